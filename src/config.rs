@@ -1,0 +1,384 @@
+//! The configuration file format: the `archeio:` section of the YAML file that also holds
+//! Pingora's own server keys at the top level.
+//!
+//! These structs are the documentation of every key: each field says what it does and has a
+//! default, and `conf/archeio.yaml` shows them all. They are only the file format; the
+//! validated form the gateway runs on is [`crate::settings::Settings`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The region-to-mirror table shipped as the default (the registry.k8s.io buckets).
+const DEFAULT_MIRRORS_YAML: &str = include_str!("../data/mirrors.yaml");
+
+/// The whole configuration file as far as archeio reads it. Pingora reads the same file for
+/// its own top-level keys (`threads`, `pid_file`, `grace_period_seconds`, ...).
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfigFile {
+    /// archeio's own section.
+    #[serde(default)]
+    pub archeio: ArcheioConfig,
+}
+
+/// Everything archeio itself is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArcheioConfig {
+    /// Addresses the registry listener binds (IPv4 `0.0.0.0:8080`, IPv6 `[::]:8080`).
+    /// The environment variable `PORT` replaces this list with `0.0.0.0:$PORT`.
+    pub listen: Vec<String>,
+    /// Addresses of the admin listener: `/metrics`, `/healthz`, `/readyz`.
+    /// The environment variable `ARCHEIO_ADMIN_PORT` replaces this list with `0.0.0.0:$PORT`.
+    pub admin_listen: Vec<String>,
+    /// Where `GET /` redirects.
+    pub info_url: String,
+    /// Where `GET /privacy...` redirects.
+    pub privacy_url: String,
+    /// The source-of-truth registry that manifests, tags and unmirrored blobs go to.
+    pub upstream: UpstreamConfig,
+    /// Registry for cosign signature and attestation tags (`sha256-<hex>.sig|.att`), with the
+    /// same path prefix as the upstream. Unset: they go to the upstream like any manifest.
+    /// Environment variable `SIGNATURE_UPSTREAM_ENDPOINT`.
+    pub signature_upstream: Option<String>,
+    /// Object-store mirrors that serve blobs.
+    pub mirrors: MirrorsConfig,
+    /// Which cloud network and region a client address belongs to.
+    pub ranges: RangesConfig,
+    /// How the client address is found.
+    pub client_address: ClientAddressConfig,
+    /// The check that a mirror holds a blob before a client is sent there.
+    pub blob_check: BlobCheckConfig,
+}
+
+impl Default for ArcheioConfig {
+    fn default() -> Self {
+        ArcheioConfig {
+            listen: vec!["0.0.0.0:8080".into()],
+            admin_listen: vec!["0.0.0.0:9090".into()],
+            info_url: "https://github.com/kubernetes/registry.k8s.io".into(),
+            privacy_url: "https://www.linuxfoundation.org/privacy-policy/".into(),
+            upstream: UpstreamConfig::default(),
+            signature_upstream: None,
+            mirrors: MirrorsConfig::default(),
+            ranges: RangesConfig::default(),
+            client_address: ClientAddressConfig::default(),
+            blob_check: BlobCheckConfig::default(),
+        }
+    }
+}
+
+/// The upstream registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Scheme and host (and optional port) of the upstream registry.
+    /// Environment variable `UPSTREAM_REGISTRY_ENDPOINT`.
+    pub endpoint: String,
+    /// Path prefix under `/v2/` at the upstream that the request's repository is joined to.
+    /// Environment variable `UPSTREAM_REGISTRY_PATH`.
+    pub path: String,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            endpoint: "https://us-central1-docker.pkg.dev".into(),
+            path: "k8s-artifacts-prod/images".into(),
+        }
+    }
+}
+
+/// Blob mirrors: one per cloud region, and a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorsConfig {
+    /// Mirror base URL for clients outside every listed region (and outside GCP).
+    /// Environment variable `DEFAULT_AWS_BASE_URL`.
+    pub default: String,
+    /// Where a blob lives under a mirror base URL; `{digest}` is replaced by the digest.
+    pub blob_path: String,
+    /// Region name (as the range files name it) to mirror base URL.
+    pub regions: BTreeMap<String, String>,
+}
+
+impl Default for MirrorsConfig {
+    fn default() -> Self {
+        MirrorsConfig {
+            default: "https://d1be1w964nk82h.cloudfront.net".into(),
+            blob_path: "/containers/images/{digest}".into(),
+            regions: serde_yaml::from_str(DEFAULT_MIRRORS_YAML)
+                .expect("data/mirrors.yaml is a map of region to URL"),
+        }
+    }
+}
+
+/// Cloud address ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RangesConfig {
+    /// Use the AWS and GCP range snapshots built into the binary.
+    pub embedded: bool,
+    /// Extra files in the AWS `ip-ranges.json` format.
+    pub aws_files: Vec<PathBuf>,
+    /// Extra files in the GCP `cloud.json` format.
+    pub gcp_files: Vec<PathBuf>,
+    /// Operator rules mapping a network to a cloud and region; they win over the files for
+    /// the same prefix. Longest prefix wins across all sources.
+    pub custom: Vec<CustomRange>,
+}
+
+impl Default for RangesConfig {
+    fn default() -> Self {
+        RangesConfig {
+            embedded: true,
+            aws_files: Vec::new(),
+            gcp_files: Vec::new(),
+            custom: Vec::new(),
+        }
+    }
+}
+
+/// One operator rule: clients in `cidr` are treated as `cloud` clients in `region`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRange {
+    /// The network, e.g. `10.0.0.0/8` or `2001:db8::/32`.
+    pub cidr: IpNet,
+    /// `aws` (blobs go to the region's mirror) or `gcp` (blobs go to the upstream).
+    pub cloud: Cloud,
+    /// Region name, looked up in `mirrors.regions` for `aws`.
+    pub region: String,
+}
+
+/// The clouds whose published ranges archeio understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Amazon Web Services: blobs come from the region's mirror.
+    Aws,
+    /// Google Cloud: blobs come from the upstream registry, which runs there.
+    Gcp,
+}
+
+/// Finding the client's address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientAddressConfig {
+    /// Number of `X-Forwarded-For` entries, counted from the right, added by proxies we trust
+    /// after the client's own entry. 1 fits Google's load balancer, which appends
+    /// `<client>,<lb>`. 0 ignores the header and uses the socket peer.
+    pub trusted_proxy_hops: usize,
+}
+
+impl Default for ClientAddressConfig {
+    fn default() -> Self {
+        ClientAddressConfig {
+            trusted_proxy_hops: 1,
+        }
+    }
+}
+
+/// The mirror `HEAD` check and its cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobCheckConfig {
+    /// Give up on a mirror `HEAD` after this long (the blob then counts as absent).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a "present" answer is cached.
+    #[serde(with = "humantime_serde")]
+    pub hit_ttl: Duration,
+    /// How long an "absent" answer (or a failed check) is cached.
+    #[serde(with = "humantime_serde")]
+    pub miss_ttl: Duration,
+    /// Most answers kept; least recently used ones go first.
+    pub capacity: u64,
+}
+
+impl Default for BlobCheckConfig {
+    fn default() -> Self {
+        BlobCheckConfig {
+            timeout: Duration::from_secs(5),
+            hit_ttl: Duration::from_secs(24 * 3600),
+            miss_ttl: Duration::from_secs(60),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// A configuration problem, naming where it came from and which key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, that held the bad value.
+    pub source: String,
+    /// What is wrong, starting with the key.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The environment variables of the original archeio, plus our admin port.
+pub const ENV_VARS: [&str; 6] = [
+    "PORT",
+    "UPSTREAM_REGISTRY_ENDPOINT",
+    "UPSTREAM_REGISTRY_PATH",
+    "SIGNATURE_UPSTREAM_ENDPOINT",
+    "DEFAULT_AWS_BASE_URL",
+    "ARCHEIO_ADMIN_PORT",
+];
+
+impl ArcheioConfig {
+    /// Reads the `archeio:` section of `path`.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_yaml(&text, &source)
+    }
+
+    /// Parses the `archeio:` section of a YAML document; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(ArcheioConfig::default());
+        }
+        let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| ConfigError {
+            source: source.to_string(),
+            message: yaml_error_message(&e),
+        })?;
+        Ok(file.archeio)
+    }
+
+    /// Applies the original archeio's environment variables (and `ARCHEIO_ADMIN_PORT`) on top
+    /// of the file. `get` looks a variable up; it is `std::env::var` outside tests.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let port = |name: &str, value: String| -> Result<String, ConfigError> {
+            match value.trim().parse::<u16>() {
+                Ok(p) if p > 0 => Ok(format!("0.0.0.0:{p}")),
+                _ => Err(ConfigError {
+                    source: format!("environment variable {name}"),
+                    message: format!("expected a TCP port number (1-65535), got {value:?}"),
+                }),
+            }
+        };
+        if let Some(v) = get("PORT") {
+            self.listen = vec![port("PORT", v)?];
+        }
+        if let Some(v) = get("ARCHEIO_ADMIN_PORT") {
+            self.admin_listen = vec![port("ARCHEIO_ADMIN_PORT", v)?];
+        }
+        if let Some(v) = get("UPSTREAM_REGISTRY_ENDPOINT") {
+            self.upstream.endpoint = v;
+        }
+        if let Some(v) = get("UPSTREAM_REGISTRY_PATH") {
+            self.upstream.path = v;
+        }
+        if let Some(v) = get("SIGNATURE_UPSTREAM_ENDPOINT") {
+            self.signature_upstream = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = get("DEFAULT_AWS_BASE_URL") {
+            self.mirrors.default = v;
+        }
+        Ok(())
+    }
+}
+
+/// serde_yaml's message already names the key path (`archeio.blob_check.timeout: ...`);
+/// make sure it also says where in the file.
+fn yaml_error_message(e: &serde_yaml::Error) -> String {
+    let text = e.to_string();
+    match e.location() {
+        Some(loc) if !text.contains(" at line ") => {
+            format!("{text} (line {}, column {})", loc.line(), loc.column())
+        }
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/archeio.yaml");
+        let shipped = ArcheioConfig::from_file(&path).unwrap();
+        assert_eq!(shipped, ArcheioConfig::default());
+    }
+
+    #[test]
+    fn default_mirror_table_is_the_registry_k8s_io_table() {
+        let m = MirrorsConfig::default().regions;
+        assert_eq!(m.len(), 36);
+        assert_eq!(
+            m["us-east-1"],
+            "https://prod-registry-k8s-io-us-east-1.s3.dualstack.us-east-1.amazonaws.com"
+        );
+        assert!(m["eu-west-2"].starts_with("https://767373bbdcb8270361b96548387bf2a9ad0d48758c35"));
+        assert_eq!(m["cn-north-1"], m["ap-east-1"]);
+        assert_eq!(m["me-south-1"], m["me-central-1"]);
+        assert!(!m.contains_key("us-gov-west-1"));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_expectation() {
+        let err = ArcheioConfig::from_yaml(
+            "threads: 2\narcheio:\n  blob_check:\n    timeout: soon\n",
+            "conf/x.yaml",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("conf/x.yaml: "), "{msg}");
+        assert!(msg.contains("archeio.blob_check.timeout"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+
+        let err = ArcheioConfig::from_yaml("archeio:\n  upstrem: {}\n", "conf/y.yaml").unwrap_err();
+        assert!(err.to_string().contains("unknown field `upstrem`"), "{err}");
+    }
+
+    #[test]
+    fn pingora_keys_and_an_empty_section_leave_the_defaults() {
+        let c = ArcheioConfig::from_yaml("version: 1\nthreads: 4\n", "f").unwrap();
+        assert_eq!(c, ArcheioConfig::default());
+        assert_eq!(
+            ArcheioConfig::from_yaml("", "f").unwrap(),
+            ArcheioConfig::default()
+        );
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let mut c = ArcheioConfig::default();
+        let env = |k: &str| match k {
+            "PORT" => Some("5001".to_string()),
+            "UPSTREAM_REGISTRY_ENDPOINT" => Some("http://up.example".to_string()),
+            "UPSTREAM_REGISTRY_PATH" => Some("a/b".to_string()),
+            "SIGNATURE_UPSTREAM_ENDPOINT" => Some("http://sig.example".to_string()),
+            "DEFAULT_AWS_BASE_URL" => Some("http://mirror.example".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.listen, ["0.0.0.0:5001"]);
+        assert_eq!(c.admin_listen, ["0.0.0.0:9090"]);
+        assert_eq!(c.upstream.endpoint, "http://up.example");
+        assert_eq!(c.upstream.path, "a/b");
+        assert_eq!(c.signature_upstream.as_deref(), Some("http://sig.example"));
+        assert_eq!(c.mirrors.default, "http://mirror.example");
+
+        let err = c
+            .apply_env(|k| (k == "PORT").then(|| "eighty".to_string()))
+            .unwrap_err();
+        assert_eq!(err.source, "environment variable PORT");
+    }
+}

@@ -1,0 +1,103 @@
+//! `archeio -c conf/archeio.yaml`: Pingora's command line (`-t` tests the configuration,
+//! `-d` daemonizes, `-u` takes over from a running instance).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::exit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use log::info;
+use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+
+use archeio::admin::AdminApp;
+use archeio::metrics;
+use archeio::mirror_check::MirrorCheck;
+use archeio::proxy::Gateway;
+use archeio::ranges::RangeTable;
+use archeio::settings::Settings;
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut opt = Opt::parse_args();
+    let conf_path = opt.conf.take();
+    let source = conf_path.as_deref().unwrap_or("built-in defaults");
+
+    let settings = Settings::load(conf_path.as_deref().map(Path::new), |k| {
+        std::env::var(k).ok()
+    })
+    .unwrap_or_else(|e| fail(&e));
+    let server_conf = server_conf(conf_path.as_deref()).unwrap_or_else(|e| fail(&e));
+
+    let ranges = RangeTable::load(&settings.ranges)
+        .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}")));
+    let (v4, v6) = ranges.prefix_counts();
+    metrics::init();
+    metrics::IP_PREFIXES
+        .with_label_values(&["ipv4"])
+        .set(v4 as i64);
+    metrics::IP_PREFIXES
+        .with_label_values(&["ipv6"])
+        .set(v6 as i64);
+    let ready = Arc::new(AtomicBool::new(false));
+    let mirror_check = MirrorCheck::new(&settings.blob_check)
+        .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
+
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    let gateway = Gateway::new(settings.routes, Arc::new(ranges), mirror_check);
+    let mut registry = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "archeio registry",
+    );
+    for addr in &settings.listen {
+        listen(&mut registry, addr);
+    }
+    let mut admin = Service::new("archeio admin".to_string(), AdminApp::server(ready.clone()));
+    for addr in &settings.admin_listen {
+        listen(&mut admin, addr);
+    }
+    info!(
+        "archeio {} from {source}: registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
+        env!("CARGO_PKG_VERSION"),
+        settings.listen,
+        settings.admin_listen
+    );
+    server.add_service(registry);
+    server.add_service(admin);
+    ready.store(true, Ordering::Release);
+    server.bootstrap();
+    server.run_forever();
+}
+
+/// Pingora's own keys from the same file. Parsed here rather than by Pingora so that a bad
+/// file is reported by name, without echoing its contents.
+fn server_conf(path: Option<&str>) -> Result<ServerConf, String> {
+    let Some(path) = path else {
+        return ServerConf::new()
+            .ok_or_else(|| "cannot build Pingora's default configuration".into());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read the file: {e}"))?;
+    let conf: ServerConf = serde_yaml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    conf.validate().map_err(|e| format!("{path}: {e}"))
+}
+
+/// IPv6 listeners are IPv6-only so that `0.0.0.0:P` and `[::]:P` can be listed together.
+fn listen<A>(service: &mut Service<A>, addr: &SocketAddr) {
+    if addr.is_ipv6() {
+        let mut opts = TcpSocketOptions::default();
+        opts.ipv6_only = Some(true);
+        service.add_tcp_with_settings(&addr.to_string(), opts);
+    } else {
+        service.add_tcp(&addr.to_string());
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("archeio: configuration error: {e}");
+    exit(2);
+}

@@ -1,0 +1,123 @@
+//! Does a mirror hold a blob? A `HEAD` of the blob's URL, where only `200` means yes, with
+//! the answers cached (bounded, separate lifetimes for yes and no) and one `HEAD` in flight
+//! per URL however many requests wait for it.
+
+use std::time::{Duration, Instant};
+
+use log::warn;
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::config::BlobCheckConfig;
+use crate::metrics;
+
+/// How a check was answered; a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache (or from a `HEAD` another request had in flight).
+    CacheHit,
+    /// `HEAD` answered `200`.
+    Present,
+    /// `HEAD` answered another status.
+    Absent,
+    /// `HEAD` failed (timeout, connection, TLS).
+    Error,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::CacheHit => "cache_hit",
+            Outcome::Present => "present",
+            Outcome::Absent => "absent",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+struct TtlByAnswer {
+    hit: Duration,
+    miss: Duration,
+}
+
+impl Expiry<String, bool> for TtlByAnswer {
+    fn expire_after_create(
+        &self,
+        _url: &String,
+        present: &bool,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(if *present { self.hit } else { self.miss })
+    }
+}
+
+/// The mirror check with its cache.
+pub struct MirrorCheck {
+    client: reqwest::Client,
+    cache: Cache<String, bool>,
+}
+
+impl MirrorCheck {
+    /// A check with the configured timeout, lifetimes and capacity.
+    pub fn new(cfg: &BlobCheckConfig) -> Result<MirrorCheck, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        let cache = Cache::builder()
+            .max_capacity(cfg.capacity)
+            .expire_after(TtlByAnswer {
+                hit: cfg.hit_ttl,
+                miss: cfg.miss_ttl,
+            })
+            .build();
+        Ok(MirrorCheck { client, cache })
+    }
+
+    /// Whether the mirror holds the blob at `url`, and how that was found out.
+    pub async fn check(&self, url: &str) -> (bool, Outcome) {
+        let mut outcome = Outcome::CacheHit;
+        let entry = self
+            .cache
+            .entry_by_ref(url)
+            .or_insert_with(async {
+                let (present, o) = self.head(url).await;
+                outcome = o;
+                present
+            })
+            .await;
+        metrics::BLOB_CHECKS
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        (entry.into_value(), outcome)
+    }
+
+    async fn head(&self, url: &str) -> (bool, Outcome) {
+        let started = Instant::now();
+        let result = self.client.head(url).send().await;
+        metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present),
+            Ok(_) => (false, Outcome::Absent),
+            Err(e) => {
+                warn!("mirror check HEAD {url} failed: {}", error_chain(&e));
+                (false, Outcome::Error)
+            }
+        }
+    }
+}
+
+/// reqwest's top-level message ("error sending request") hides the cause; say all of it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -1,0 +1,207 @@
+//! Pingora glue: gathers the request facts, runs the routing decision (and the mirror check
+//! it asks for), and writes the answer from `request_filter`, so no upstream is contacted.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::info;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::metrics;
+use crate::mirror_check::MirrorCheck;
+use crate::ranges::RangeTable;
+use crate::routing::{decide, Answer, Decision, Reply, Request, Route, Routes};
+
+/// The registry-facing service.
+pub struct Gateway {
+    routes: Routes,
+    ranges: Arc<RangeTable>,
+    mirror_check: MirrorCheck,
+}
+
+impl Gateway {
+    /// A gateway answering by `routes` over `ranges`, checking mirrors with `mirror_check`.
+    pub fn new(routes: Routes, ranges: Arc<RangeTable>, mirror_check: MirrorCheck) -> Gateway {
+        Gateway {
+            routes,
+            ranges,
+            mirror_check,
+        }
+    }
+}
+
+/// What one request did, for the access log and the metrics.
+pub struct RequestCtx {
+    started: Instant,
+    route: Option<Route>,
+    target: &'static str,
+    status: u16,
+    detail: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            target: "-",
+            status: 0,
+            detail: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let forwarded_for: Vec<&[u8]> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let facts = Request {
+            method: req.method.as_str(),
+            target: req.raw_path(),
+            peer: peer_ip(session),
+            forwarded_for: &forwarded_for,
+        };
+        let reply = match decide(&facts, &self.routes, &self.ranges) {
+            Decision::Reply(reply) => reply,
+            Decision::CheckMirror(candidate) => {
+                let (present, _) = self.mirror_check.check(&candidate.mirror_url).await;
+                candidate.decide(present)
+            }
+        };
+        let head = session.req_header().method == http::Method::HEAD;
+        ctx.route = Some(reply.route);
+        ctx.status = reply.answer.status();
+        match &reply.answer {
+            Answer::Redirect { target, .. } => {
+                ctx.target = target.kind();
+                metrics::REDIRECTS
+                    .with_label_values(&[target.kind(), target.region()])
+                    .inc();
+            }
+            Answer::Error { message, .. } => ctx.detail = Some(message.to_string()),
+            Answer::ApiVersion => {}
+        }
+        write_reply(session, &reply, head).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter.
+        Error::e_explain(ErrorType::InternalError, "redirect mode has no upstream")
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let route = ctx.route.map_or("error", Route::as_str);
+        let status = match (ctx.status, session.response_written()) {
+            (0, Some(resp)) => resp.status.as_u16(),
+            (0, None) => 0,
+            (s, _) => s,
+        };
+        let elapsed = ctx.started.elapsed();
+        metrics::REQUESTS
+            .with_label_values(&[route, status_label(status)])
+            .inc();
+        metrics::REQUEST_SECONDS
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        let path = req.raw_path();
+        let path = &path[..path.iter().position(|b| *b == b'?').unwrap_or(path.len())];
+        let client = peer_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let detail = match (&ctx.detail, error) {
+            (Some(d), _) => format!(" detail=\"{}\"", d.escape_default()),
+            (None, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
+            (None, None) => String::new(),
+        };
+        info!(
+            target: "archeio::access",
+            "{} {} client={} decision={}/{} status={} duration_ms={:.3}{}",
+            req.method,
+            path.escape_ascii(),
+            client,
+            route,
+            ctx.target,
+            status,
+            elapsed.as_secs_f64() * 1e3,
+            detail
+        );
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Status codes as label values without formatting on every request.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        307 => "307",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        0 => "none",
+        _ => "other",
+    }
+}
+
+/// Writes the answer: redirects and the version check with an empty body, errors with a JSON
+/// (registry API) or text body; HEAD gets the headers only.
+async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result<()> {
+    let status = reply.answer.status();
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let body = match &reply.answer {
+        Answer::Redirect { location, .. } => {
+            resp.insert_header("Location", location.as_str())?;
+            None
+        }
+        Answer::ApiVersion => {
+            resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+            None
+        }
+        Answer::Error {
+            code, message, oci, ..
+        } => {
+            if status == 405 {
+                resp.insert_header("Allow", "GET, HEAD")?;
+            }
+            let (content_type, body) = if *oci {
+                resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+                let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+                ("application/json; charset=utf-8", format!("{json}\n"))
+            } else {
+                ("text/plain; charset=utf-8", format!("{message}\n"))
+            };
+            resp.insert_header("Content-Type", content_type)?;
+            Some(Bytes::from(body))
+        }
+    };
+    let len = body.as_ref().map_or(0, Bytes::len);
+    resp.insert_header("Content-Length", len.to_string())?;
+    match body {
+        Some(body) if !head => {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        _ => session.write_response_header(Box::new(resp), true).await,
+    }
+}

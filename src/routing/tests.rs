@@ -1,0 +1,479 @@
+use std::sync::OnceLock;
+
+use super::*;
+use crate::config::{ArcheioConfig, CustomRange, RangesConfig};
+use crate::settings::Settings;
+
+const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
+const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
+const HEX: &str = "4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
+
+fn routes(signature: bool) -> Routes {
+    let mut cfg = ArcheioConfig::default();
+    if signature {
+        cfg.signature_upstream = Some("https://sig.example".into());
+    }
+    Settings::from_config(&cfg, "test").unwrap().routes
+}
+
+/// Embedded ranges plus operator rules for documentation networks.
+fn ranges() -> &'static RangeTable {
+    static TABLE: OnceLock<RangeTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let rule = |cidr: &str, cloud, region: &str| CustomRange {
+            cidr: cidr.parse().unwrap(),
+            cloud,
+            region: region.into(),
+        };
+        RangeTable::load(&RangesConfig {
+            custom: vec![
+                rule("198.51.100.0/24", Cloud::Aws, "us-east-1"),
+                rule("203.0.113.0/24", Cloud::Gcp, "us-central1"),
+                rule("192.0.2.0/24", Cloud::Aws, "xx-nomirror-1"),
+                rule("2001:db8:1::/48", Cloud::Aws, "eu-west-2"),
+            ],
+            ..RangesConfig::default()
+        })
+        .unwrap()
+    })
+}
+
+fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Routes) -> Decision {
+    let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
+    let req = Request {
+        method,
+        target: target.as_bytes(),
+        peer: Some(peer.parse().unwrap()),
+        forwarded_for: &lines,
+    };
+    decide(&req, routes, ranges())
+}
+
+fn get(target: &str) -> Decision {
+    decide_with("GET", target, "10.0.0.1", &[], &routes(false))
+}
+
+fn reply(d: Decision) -> Reply {
+    match d {
+        Decision::Reply(r) => r,
+        Decision::CheckMirror(c) => panic!("expected a reply, got a mirror check {c:?}"),
+    }
+}
+
+fn location(d: Decision) -> (Route, String, Target) {
+    match reply(d) {
+        Reply {
+            route,
+            answer: Answer::Redirect { location, target },
+        } => (route, location, target),
+        other => panic!("expected a redirect, got {other:?}"),
+    }
+}
+
+fn status(d: Decision) -> (Route, u16, bool) {
+    match reply(d) {
+        Reply {
+            route,
+            answer: Answer::Error { status, oci, .. },
+        } => (route, status, oci),
+        Reply { route, answer } => (route, answer.status(), false),
+    }
+}
+
+fn candidate(d: Decision) -> MirrorCandidate {
+    match d {
+        Decision::CheckMirror(c) => c,
+        Decision::Reply(r) => panic!("expected a mirror check, got {r:?}"),
+    }
+}
+
+#[test]
+fn methods_other_than_get_and_head_are_405() {
+    for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", "TRACE"] {
+        let d = decide_with(m, "/v2/", "10.0.0.1", &[], &routes(false));
+        assert_eq!(status(d), (Route::MethodNotAllowed, 405, true), "{m}");
+    }
+    let d = decide_with("POST", "/", "10.0.0.1", &[], &routes(false));
+    assert_eq!(status(d), (Route::MethodNotAllowed, 405, false));
+    let d = decide_with("HEAD", "/v2/", "10.0.0.1", &[], &routes(false));
+    assert_eq!(reply(d).answer, Answer::ApiVersion);
+}
+
+#[test]
+fn info_privacy_and_not_found() {
+    let (r, l, _) = location(get("/"));
+    assert_eq!(
+        (r, l.as_str()),
+        (Route::Info, "https://github.com/kubernetes/registry.k8s.io")
+    );
+    for p in ["/privacy", "/privacy/", "/privacy-policy", "/privacy?x=1"] {
+        let (r, l, _) = location(get(p));
+        assert_eq!(
+            (r, l.as_str()),
+            (
+                Route::Privacy,
+                "https://www.linuxfoundation.org/privacy-policy/"
+            ),
+            "{p}"
+        );
+    }
+    for p in ["/x", "/v1/", "/index.html", "/?x=1&y"] {
+        if p.starts_with("/?") {
+            assert_eq!(location(get(p)).0, Route::Info);
+        } else {
+            assert_eq!(status(get(p)), (Route::NotFound, 404, false), "{p}");
+        }
+    }
+}
+
+#[test]
+fn api_version_check_with_and_without_slash() {
+    for p in ["/v2", "/v2/", "/v2/?foo=bar"] {
+        assert_eq!(reply(get(p)).route, Route::ApiVersion, "{p}");
+        assert_eq!(reply(get(p)).answer.status(), 200);
+    }
+    assert_eq!(status(get("/v2foo")), (Route::NotFound, 404, true));
+}
+
+#[test]
+fn catalog_is_not_offered() {
+    assert_eq!(status(get("/v2/_catalog")), (Route::Catalog, 404, true));
+    assert_eq!(
+        status(get("/v2/_catalog?n=100")),
+        (Route::Catalog, 404, true)
+    );
+}
+
+#[test]
+fn manifests_tags_and_referrers_go_upstream_with_the_query() {
+    let cases = [
+        (
+            "/v2/pause/manifests/latest",
+            format!("{UP}/pause/manifests/latest"),
+        ),
+        (
+            "/v2/pause/manifests/3.9",
+            format!("{UP}/pause/manifests/3.9"),
+        ),
+        (
+            "/v2/kube-apiserver/manifests/sha256:abc",
+            format!("{UP}/kube-apiserver/manifests/sha256:abc"),
+        ),
+        ("/v2/a/b/c/manifests/v1", format!("{UP}/a/b/c/manifests/v1")),
+        (
+            "/v2/pause/tags/list?n=10&last=3.8",
+            format!("{UP}/pause/tags/list?n=10&last=3.8"),
+        ),
+        (
+            "/v2/pause/referrers/sha256:abc?artifactType=application%2Fvnd.dev.cosign",
+            format!("{UP}/pause/referrers/sha256:abc?artifactType=application%2Fvnd.dev.cosign"),
+        ),
+        // Not a digest (no ':'), so not a blob: upstream, as the original.
+        (
+            "/v2/pause/blobs/uploads",
+            format!("{UP}/pause/blobs/uploads"),
+        ),
+        ("/v2/blobs/sha256:abc", format!("{UP}/blobs/sha256:abc")),
+    ];
+    for (path, want) in cases {
+        let (r, l, t) = location(get(path));
+        assert_eq!(
+            (r, l, t),
+            (Route::Upstream, want, Target::Upstream),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn cosign_tags_go_to_the_signature_upstream_when_configured() {
+    for suffix in ["sig", "att"] {
+        let path = format!("/v2/pause/manifests/sha256-{HEX}.{suffix}");
+        let d = decide_with("GET", &path, "10.0.0.1", &[], &routes(true));
+        let want = format!("https://sig.example/v2/k8s-artifacts-prod/images/pause/manifests/sha256-{HEX}.{suffix}");
+        assert_eq!(
+            location(d),
+            (Route::Signature, want, Target::SignatureUpstream)
+        );
+        let d = decide_with("GET", &path, "10.0.0.1", &[], &routes(false));
+        assert_eq!(
+            location(d).0,
+            Route::Upstream,
+            "without a signature upstream"
+        );
+    }
+    for not_sig in [
+        format!("/v2/pause/manifests/sha256-{}.sig", &HEX[..63]),
+        format!("/v2/pause/manifests/sha256-{}.sig", HEX.to_uppercase()),
+        format!("/v2/pause/manifests/sha256-{HEX}.sbom"),
+        format!("/v2/pause/manifests/sha512-{HEX}.sig"),
+        format!("/v2/pause/tags/sha256-{HEX}.sig"),
+    ] {
+        let d = decide_with("GET", &not_sig, "10.0.0.1", &[], &routes(true));
+        assert_eq!(location(d).0, Route::Upstream, "{not_sig}");
+    }
+}
+
+#[test]
+fn blob_for_an_aws_client_checks_the_regional_mirror() {
+    let c = candidate(decide_with(
+        "GET",
+        &format!("/v2/pause/blobs/{SHA}"),
+        "198.51.100.20",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(
+        c.mirror_url,
+        format!("https://prod-registry-k8s-io-us-east-1.s3.dualstack.us-east-1.amazonaws.com/containers/images/{SHA}")
+    );
+    assert_eq!(c.target, Target::Mirror("us-east-1".into()));
+    assert_eq!(c.upstream_url, format!("{UP}/pause/blobs/{SHA}"));
+
+    let present = c.clone().decide(true);
+    assert_eq!(present.route, Route::Blob);
+    assert_eq!(
+        present.answer,
+        Answer::Redirect {
+            location: c.mirror_url.clone(),
+            target: Target::Mirror("us-east-1".into())
+        }
+    );
+    let absent = c.clone().decide(false);
+    assert_eq!(
+        absent.answer,
+        Answer::Redirect {
+            location: c.upstream_url.clone(),
+            target: Target::Upstream
+        }
+    );
+}
+
+#[test]
+fn blob_digests_of_other_algorithms_and_nested_names() {
+    let sha512 = format!("sha512:{}", "ab".repeat(64));
+    let c = candidate(decide_with(
+        "GET",
+        &format!("/v2/a/b/c/blobs/{sha512}"),
+        "198.51.100.20",
+        &[],
+        &routes(false),
+    ));
+    assert!(c
+        .mirror_url
+        .ends_with(&format!("/containers/images/{sha512}")));
+    assert_eq!(c.upstream_url, format!("{UP}/a/b/c/blobs/{sha512}"));
+    // The original's pattern allows '=', '_' and '-' in the encoded part.
+    let odd = "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8";
+    let c = candidate(decide_with(
+        "GET",
+        &format!("/v2/x/blobs/{odd}"),
+        "198.51.100.20",
+        &[],
+        &routes(false),
+    ));
+    assert!(c.mirror_url.ends_with(odd));
+}
+
+#[test]
+fn blob_query_is_kept_upstream_and_dropped_at_the_mirror() {
+    let c = candidate(decide_with(
+        "GET",
+        &format!("/v2/pause/blobs/{SHA}?ns=x"),
+        "198.51.100.20",
+        &[],
+        &routes(false),
+    ));
+    assert!(c.mirror_url.ends_with(SHA));
+    assert!(c.upstream_url.ends_with(&format!("{SHA}?ns=x")));
+}
+
+#[test]
+fn blob_for_a_gcp_client_goes_upstream_without_a_check() {
+    let path = format!("/v2/pause/blobs/{SHA}");
+    let d = decide_with("GET", &path, "203.0.113.9", &[], &routes(false));
+    assert_eq!(
+        location(d),
+        (
+            Route::Blob,
+            format!("{UP}/pause/blobs/{SHA}"),
+            Target::Upstream
+        )
+    );
+    // A real GCP address from the embedded snapshot (34.1.208.0/20, africa-south1).
+    let d = decide_with("GET", &path, "34.1.208.5", &[], &routes(false));
+    assert_eq!(location(d).2, Target::Upstream);
+}
+
+#[test]
+fn blob_for_unknown_clients_and_regions_without_a_bucket_checks_the_default_mirror() {
+    let path = format!("/v2/pause/blobs/{SHA}");
+    for peer in ["10.0.0.1", "192.0.2.7", "2001:db8:ffff::1"] {
+        let c = candidate(decide_with("GET", &path, peer, &[], &routes(false)));
+        assert_eq!(
+            c.mirror_url,
+            format!("https://d1be1w964nk82h.cloudfront.net/containers/images/{SHA}"),
+            "{peer}"
+        );
+        assert_eq!(c.target, Target::DefaultMirror);
+    }
+    // Embedded AWS GLOBAL prefix: no bucket for GLOBAL.
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "15.193.31.1",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::DefaultMirror);
+    // The nested us-east-1 prefix inside it wins (the original sent it to the default).
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "15.193.6.10",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::Mirror("us-east-1".into()));
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_clients() {
+    let path = format!("/v2/pause/blobs/{SHA}");
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "2001:db8:1::5",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::Mirror("eu-west-2".into()));
+    assert!(c
+        .mirror_url
+        .starts_with("https://767373bbdcb8270361b96548387bf2a9ad0d48758c35-eu-west-2."));
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "::ffff:198.51.100.20",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::Mirror("us-east-1".into()));
+    // An embedded AWS IPv6 prefix (2406:daba:f000::/40, ap-southeast-4).
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "2406:daba:f000::9",
+        &[],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::Mirror("ap-southeast-4".into()));
+}
+
+#[test]
+fn blob_client_comes_from_x_forwarded_for() {
+    let path = format!("/v2/pause/blobs/{SHA}");
+    let d = decide_with(
+        "GET",
+        &path,
+        "10.0.0.1",
+        &["6.6.6.6, 203.0.113.9, 130.211.0.5"],
+        &routes(false),
+    );
+    assert_eq!(
+        location(d).2,
+        Target::Upstream,
+        "GCP client behind the load balancer"
+    );
+    let c = candidate(decide_with(
+        "GET",
+        &path,
+        "203.0.113.9",
+        &["198.51.100.20,130.211.0.5"],
+        &routes(false),
+    ));
+    assert_eq!(c.target, Target::Mirror("us-east-1".into()));
+    for bad in ["198.51.100.20", "garbage, 130.211.0.5", ""] {
+        let d = decide_with("GET", &path, "10.0.0.1", &[bad], &routes(false));
+        assert_eq!(status(d), (Route::Invalid, 400, true), "{bad:?}");
+    }
+    // Only blob requests need the client: a malformed header elsewhere is ignored.
+    let d = decide_with(
+        "GET",
+        "/v2/pause/manifests/latest",
+        "10.0.0.1",
+        &["garbage"],
+        &routes(false),
+    );
+    assert_eq!(location(d).0, Route::Upstream);
+}
+
+#[test]
+fn trusted_hops_zero_uses_the_peer() {
+    let mut r = routes(false);
+    r.trusted_proxy_hops = 0;
+    let path = format!("/v2/pause/blobs/{SHA}");
+    let c = candidate(decide_with("GET", &path, "198.51.100.1", &["garbage"], &r));
+    assert_eq!(c.target, Target::Mirror("us-east-1".into()));
+}
+
+#[test]
+fn malformed_targets_are_400_with_an_oci_body_on_api_paths() {
+    let long = format!("/v2/{}/manifests/latest", "a".repeat(MAX_TARGET_LEN));
+    let cases: Vec<(String, bool)> = vec![
+        ("/v2/../x/manifests/latest".into(), true),
+        ("/v2/a/../../secret/manifests/latest".into(), true),
+        ("/v2/./a/manifests/latest".into(), true),
+        ("/v2/a/manifests/..".into(), true),
+        ("/v2//a/manifests/latest".into(), true),
+        ("/v2/a//manifests/latest".into(), true),
+        ("/v2/a/manifests/latest/".into(), true),
+        ("/v2/a%2F..%2Fb/manifests/latest".into(), true),
+        ("/v2/a/%2e%2e/manifests/latest".into(), true),
+        ("/v2/a%5c/manifests/latest".into(), true),
+        ("/v2/a%00/manifests/latest".into(), true),
+        ("/v2/a%zz/manifests/latest".into(), true),
+        ("/v2/a%2/manifests/latest".into(), true),
+        ("/v2/a\u{1}b/manifests/latest".into(), true),
+        ("/v2/a b/manifests/latest".into(), true),
+        ("/v2/a\\b/manifests/latest".into(), true),
+        ("/v2/a#frag/manifests/latest".into(), true),
+        ("/v2/é/manifests/latest".into(), true),
+        ("/v2/a/manifests/latest?x=\u{7f}".into(), true),
+        ("/v2/a/tags/list?n=1 2".into(), true),
+        (long, true),
+        ("/privacy/../etc".into(), false),
+        ("//evil.example/".into(), false),
+        ("/a\u{0}".into(), false),
+    ];
+    for (target, oci) in cases {
+        let d = get(&target);
+        assert_eq!(status(d), (Route::Invalid, 400, oci), "{target:?}");
+    }
+    let d = reply(get("http://evil.example/v2/"));
+    assert_eq!(d.answer.status(), 400);
+    // A target of exactly the limit is fine.
+    let path = "/v2/a/manifests/";
+    let exact = format!("{path}{}", "b".repeat(MAX_TARGET_LEN - path.len()));
+    assert_eq!(location(get(&exact)).0, Route::Upstream);
+}
+
+#[test]
+fn locations_never_leave_the_configured_hosts() {
+    let hosts = [
+        "https://us-central1-docker.pkg.dev/",
+        "https://sig.example/",
+    ];
+    let nasty = [
+        "/v2/@evil.example/manifests/latest",
+        "/v2/a/manifests/latest?@evil.example",
+        "/v2/a/manifests/latest?//evil.example",
+        "/v2/:evil.example/manifests/x",
+        "/v2/a;b=c/manifests/x",
+    ];
+    for target in nasty {
+        let d = decide_with("GET", target, "10.0.0.1", &[], &routes(true));
+        let (_, l, _) = location(d);
+        assert!(hosts.iter().any(|h| l.starts_with(h)), "{target} -> {l}");
+    }
+}

@@ -1,0 +1,335 @@
+//! The validated configuration the gateway runs on, built from the file format in
+//! [`crate::config`]. Every check that can fail happens here, before anything listens, and
+//! each error names the key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use url::Url;
+
+use crate::config::{ArcheioConfig, BlobCheckConfig, ConfigError, RangesConfig};
+use crate::routing::Routes;
+
+/// Everything the gateway needs, checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// Registry listener addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener addresses (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: Vec<SocketAddr>,
+    /// What the routing decision needs.
+    pub routes: Routes,
+    /// Range sources, loaded by [`crate::ranges::RangeTable::load`].
+    pub ranges: RangesConfig,
+    /// Mirror check settings.
+    pub blob_check: BlobCheckConfig,
+}
+
+impl Settings {
+    /// Loads `path` (or the defaults when there is none), applies the environment variables,
+    /// and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => ArcheioConfig::from_file(p)?,
+            None => ArcheioConfig::default(),
+        };
+        cfg.apply_env(env)?;
+        let source = path.map_or_else(
+            || "built-in defaults".to_string(),
+            |p| p.display().to_string(),
+        );
+        Settings::from_config(&cfg, &source)
+    }
+
+    /// Validates `cfg`; `source` names where it came from in errors.
+    pub fn from_config(cfg: &ArcheioConfig, source: &str) -> Result<Settings, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            source: source.to_string(),
+            message: format!("archeio.{key}: {message}"),
+        };
+        let listen = socket_addrs(&cfg.listen, "listen").map_err(|(k, m)| err(&k, m))?;
+        let admin_listen =
+            socket_addrs(&cfg.admin_listen, "admin_listen").map_err(|(k, m)| err(&k, m))?;
+        if listen.is_empty() {
+            return Err(err("listen", "needs at least one address".into()));
+        }
+
+        let info_url = redirect_url(&cfg.info_url).map_err(|m| err("info_url", m))?;
+        let privacy_url = redirect_url(&cfg.privacy_url).map_err(|m| err("privacy_url", m))?;
+        let endpoint = base_url(&cfg.upstream.endpoint).map_err(|m| err("upstream.endpoint", m))?;
+        let prefix = path_prefix(&cfg.upstream.path).map_err(|m| err("upstream.path", m))?;
+        let upstream = format!("{endpoint}/v2{prefix}");
+        let signature_upstream = match &cfg.signature_upstream {
+            Some(e) => Some(format!(
+                "{}/v2{prefix}",
+                base_url(e).map_err(|m| err("signature_upstream", m))?
+            )),
+            None => None,
+        };
+        let default_mirror =
+            base_url(&cfg.mirrors.default).map_err(|m| err("mirrors.default", m))?;
+        let mut mirrors = HashMap::new();
+        for (region, url) in &cfg.mirrors.regions {
+            let base = base_url(url).map_err(|m| err(&format!("mirrors.regions.{region}"), m))?;
+            mirrors.insert(region.as_str().into(), base);
+        }
+        let (blob_path_prefix, blob_path_suffix) =
+            blob_path(&cfg.mirrors.blob_path).map_err(|m| err("mirrors.blob_path", m))?;
+
+        let check = &cfg.blob_check;
+        if check.timeout.is_zero() {
+            return Err(err("blob_check.timeout", "must be longer than 0s".into()));
+        }
+        if check.capacity == 0 {
+            return Err(err("blob_check.capacity", "must be at least 1".into()));
+        }
+        for (i, rule) in cfg.ranges.custom.iter().enumerate() {
+            if rule.region.is_empty() {
+                return Err(err(
+                    &format!("ranges.custom[{i}].region"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+
+        Ok(Settings {
+            listen,
+            admin_listen,
+            routes: Routes {
+                info_url,
+                privacy_url,
+                upstream,
+                signature_upstream,
+                default_mirror,
+                mirrors,
+                blob_path_prefix,
+                blob_path_suffix,
+                trusted_proxy_hops: cfg.client_address.trusted_proxy_hops,
+            },
+            ranges: cfg.ranges.clone(),
+            blob_check: check.clone(),
+        })
+    }
+}
+
+fn socket_addrs(list: &[String], key: &str) -> Result<Vec<SocketAddr>, (String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse().map_err(|_| {
+                (
+                    format!("{key}[{i}]"),
+                    format!("expected IP:port such as 0.0.0.0:8080 or [::]:8080, got {a:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn http_url(text: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(text).map_err(|e| format!("expected an http(s) URL, got {text:?} ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("expected an http(s) URL with a host, got {text:?}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // It would be sent to every client in a Location header.
+        return Err("must not hold credentials".into());
+    }
+    Ok(url)
+}
+
+/// A URL clients are sent to as it is (info, privacy).
+fn redirect_url(text: &str) -> Result<String, String> {
+    http_url(text).map(|u| u.to_string())
+}
+
+/// A URL that paths are appended to: no query or fragment, no trailing slash.
+fn base_url(text: &str) -> Result<String, String> {
+    let url = http_url(text)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("must not have a query or fragment, got {text:?}"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// `a/b` becomes `/a/b`; empty stays empty. Segments are plain names: no `.`/`..`, no empty
+/// segments, only characters that need no escaping.
+fn path_prefix(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for seg in trimmed.split('/') {
+        let plain = seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if seg.is_empty() || seg == "." || seg == ".." || !plain {
+            return Err(format!(
+                "expected path segments of letters, digits, '.', '_' and '-', got {text:?}"
+            ));
+        }
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+/// Splits the layout around its one `{digest}`.
+fn blob_path(text: &str) -> Result<(String, String), String> {
+    let (prefix, suffix) = text
+        .split_once("{digest}")
+        .ok_or_else(|| format!("must contain {{digest}}, got {text:?}"))?;
+    if suffix.contains("{digest}") {
+        return Err("must contain {digest} once".into());
+    }
+    if !prefix.starts_with('/') {
+        return Err(format!("must start with '/', got {text:?}"));
+    }
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+    };
+    if !plain(prefix)
+        || !plain(suffix)
+        || text.contains("//")
+        || text.contains("/./")
+        || text.contains("/../")
+    {
+        return Err(format!(
+            "expected a path of letters, digits, '/', '.', '_' and '-' around {{digest}}, got {text:?}"
+        ));
+    }
+    Ok((prefix.to_string(), suffix.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Result<Settings, ConfigError> {
+        let cfg = ArcheioConfig::from_yaml(yaml, "test.yaml")?;
+        Settings::from_config(&cfg, "test.yaml")
+    }
+
+    #[test]
+    fn defaults_build_the_original_urls() {
+        let s = settings("").unwrap();
+        assert_eq!(
+            s.routes.upstream,
+            "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images"
+        );
+        assert_eq!(
+            s.routes.default_mirror,
+            "https://d1be1w964nk82h.cloudfront.net"
+        );
+        assert_eq!(s.routes.blob_path_prefix, "/containers/images/");
+        assert_eq!(s.routes.blob_path_suffix, "");
+        assert_eq!(s.routes.trusted_proxy_hops, 1);
+        assert_eq!(s.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(s.admin_listen, ["0.0.0.0:9090".parse().unwrap()]);
+        assert!(s.routes.signature_upstream.is_none());
+    }
+
+    #[test]
+    fn slashes_in_endpoint_and_prefix_are_normalised() {
+        let s = settings(
+            "archeio:\n  upstream: {endpoint: 'http://127.0.0.1:5000/', path: '/'}\n  signature_upstream: http://sig:1/\n",
+        )
+        .unwrap();
+        assert_eq!(s.routes.upstream, "http://127.0.0.1:5000/v2");
+        assert_eq!(
+            s.routes.signature_upstream.as_deref(),
+            Some("http://sig:1/v2")
+        );
+        let s = settings("archeio:\n  upstream: {path: '/a/b/'}\n").unwrap();
+        assert!(s.routes.upstream.ends_with("/v2/a/b"));
+    }
+
+    #[test]
+    fn ipv6_and_several_listen_addresses() {
+        let s = settings("archeio:\n  listen: ['0.0.0.0:8080', '[::]:8080']\n").unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert!(s.listen[1].is_ipv6());
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_file() {
+        let cases = [
+            ("archeio:\n  listen: ['8080']\n", "archeio.listen[0]"),
+            ("archeio:\n  listen: []\n", "archeio.listen"),
+            ("archeio:\n  info_url: 'ftp://x'\n", "archeio.info_url"),
+            (
+                "archeio:\n  upstream: {endpoint: 'http://u:p@host'}\n",
+                "archeio.upstream.endpoint",
+            ),
+            (
+                "archeio:\n  upstream: {endpoint: 'http://h/?q=1'}\n",
+                "archeio.upstream.endpoint",
+            ),
+            (
+                "archeio:\n  upstream: {path: 'a/../b'}\n",
+                "archeio.upstream.path",
+            ),
+            (
+                "archeio:\n  upstream: {path: 'a//b'}\n",
+                "archeio.upstream.path",
+            ),
+            (
+                "archeio:\n  signature_upstream: 'nope'\n",
+                "archeio.signature_upstream",
+            ),
+            (
+                "archeio:\n  mirrors: {default: 'x'}\n",
+                "archeio.mirrors.default",
+            ),
+            (
+                "archeio:\n  mirrors: {regions: {r1: 'x'}}\n",
+                "archeio.mirrors.regions.r1",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a/b'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: 'a/{digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a/{digest}/{digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a?x={digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  blob_check: {timeout: 0s}\n",
+                "archeio.blob_check.timeout",
+            ),
+            (
+                "archeio:\n  blob_check: {capacity: 0}\n",
+                "archeio.blob_check.capacity",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: aws, region: ''}]}\n",
+                "archeio.ranges.custom[0].region",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: azure, region: x}]}\n",
+                "archeio.ranges.custom[0].cloud",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/33, cloud: aws, region: x}]}\n",
+                "archeio.ranges.custom[0].cidr",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let msg = settings(yaml).unwrap_err().to_string();
+            assert!(msg.starts_with("test.yaml: "), "{yaml} -> {msg}");
+            assert!(msg.contains(key), "{yaml} -> {msg}");
+        }
+    }
+}
