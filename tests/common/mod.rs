@@ -1,0 +1,341 @@
+//! Test harness: the real gateway binary on loopback, a real HTTP mirror, a raw HTTP client.
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_archeio");
+
+/// A port that was free a moment ago (the gateway binds it itself).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `archeio_keys` (YAML lines at the indentation of keys under
+    /// `archeio:`) plus loopback listeners on fresh ports.
+    pub async fn start(archeio_keys: &str) -> Gateway {
+        Gateway::start_with_listen(&[], archeio_keys).await
+    }
+
+    /// As [`Gateway::start`], with more registry listener addresses.
+    pub async fn start_with_listen(extra: &[&str], archeio_keys: &str) -> Gateway {
+        let extra: String = extra.iter().map(|a| format!(", '{a}'")).collect();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let (port, admin) = (free_port(), free_port());
+            let conf = format!(
+                "version: 1\nthreads: 2\npid_file: {d}/archeio.pid\nupgrade_sock: {d}/upgrade.sock\n\
+                 archeio:\n  listen: ['127.0.0.1:{port}'{extra}]\n  admin_listen: ['127.0.0.1:{admin}']\n{archeio_keys}\n",
+                d = dir.path().display()
+            );
+            let path = dir.path().join("archeio.yaml");
+            std::fs::write(&path, conf).unwrap();
+            let cmd = command(&["-c", path.to_str().unwrap()], &[], dir.path());
+            if let Some(gw) = Gateway::spawn(cmd, port, admin, dir).await {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start three times in a row");
+    }
+
+    /// Spawns `cmd` and waits for `/readyz`; None when the process exits first (a port
+    /// taken in the meantime).
+    pub async fn spawn(
+        mut cmd: Command,
+        port: u16,
+        admin: u16,
+        dir: tempfile::TempDir,
+    ) -> Option<Gateway> {
+        let child = cmd.spawn().expect("spawn the gateway");
+        let mut gw = Gateway {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = gw.child.try_wait().unwrap() {
+                eprintln!("gateway exited with {status}:\n{}", gw.log());
+                return None;
+            }
+            if let Ok(r) = request(gw.admin, "GET", "/readyz", &[]).await {
+                if r.status == 200 && request(gw.addr, "GET", "/v2/", &[]).await.is_ok() {
+                    return Some(gw);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway not ready within 20 s:\n{}", gw.log());
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub async fn get(&self, target: &str) -> Resp {
+        request(self.addr, "GET", target, &[]).await.unwrap()
+    }
+
+    pub async fn send(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+        request(self.addr, method, target, headers).await.unwrap()
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = request(self.admin, "GET", "/metrics", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway command with `args` and `env`, logging to `dir/stderr.log`, with no
+/// inherited archeio environment variables.
+pub fn command(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Command {
+    let mut cmd = Command::new(BINARY);
+    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for var in [
+        "PORT",
+        "UPSTREAM_REGISTRY_ENDPOINT",
+        "UPSTREAM_REGISTRY_PATH",
+        "SIGNATURE_UPSTREAM_ENDPOINT",
+        "DEFAULT_AWS_BASE_URL",
+        "ARCHEIO_ADMIN_PORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    cmd
+}
+
+/// A response as received.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn location(&self) -> &str {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location in {self:?}"))
+    }
+
+    /// The OCI error code of a JSON error body.
+    pub fn oci_code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
+        });
+        v["errors"][0]["code"].as_str().unwrap().to_string()
+    }
+}
+
+/// One HTTP/1.1 request with the target sent byte for byte (no client-side normalisation),
+/// `Connection: close`, and the whole response read.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: impl AsRef<str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let target = target.as_ref();
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("response not complete within 10 s"))??;
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response {:?}", String::from_utf8_lossy(&raw)))
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Option<Resp> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Resp {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    })
+}
+
+/// A blob mirror: answers HEAD and GET with 200 for blobs it holds, with a configured status
+/// (404 unless set) otherwise, and counts the HEADs per path.
+pub struct Mirror {
+    pub addr: SocketAddr,
+    state: Arc<MirrorState>,
+}
+
+#[derive(Default)]
+struct MirrorState {
+    present: Mutex<HashSet<String>>,
+    status: Mutex<HashMap<String, u16>>,
+    heads: Mutex<HashMap<String, usize>>,
+    delay: Mutex<Duration>,
+}
+
+impl Mirror {
+    pub async fn start() -> Mirror {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MirrorState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.answer(req).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Mirror { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Makes the blob at `path` present.
+    pub fn put(&self, path: &str) {
+        self.state.present.lock().unwrap().insert(path.to_string());
+    }
+
+    /// Answers `status` for `path` (when not present).
+    pub fn set_status(&self, path: &str, status: u16) {
+        self.state
+            .status
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), status);
+    }
+
+    /// Delays every answer.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// HEADs received for `path`.
+    pub fn heads(&self, path: &str) -> usize {
+        self.state
+            .heads
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// HEADs received in all.
+    pub fn all_heads(&self) -> usize {
+        self.state.heads.lock().unwrap().values().sum()
+    }
+}
+
+impl MirrorState {
+    async fn answer(&self, req: hyper::Request<hyper::body::Incoming>) -> Response<Empty<Bytes>> {
+        let path = req.uri().path().to_string();
+        if req.method() == Method::HEAD {
+            *self.heads.lock().unwrap().entry(path.clone()).or_default() += 1;
+        }
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let status = if self.present.lock().unwrap().contains(&path) {
+            200
+        } else {
+            self.status
+                .lock()
+                .unwrap()
+                .get(&path)
+                .copied()
+                .unwrap_or(404)
+        };
+        let mut resp = Response::new(Empty::new());
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        resp
+    }
+}
+
+/// The value of a metric sample line `name{labels} value` (labels in Prometheus' sorted
+/// order), 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Path of a file in the repository.
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

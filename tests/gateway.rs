@@ -1,0 +1,615 @@
+//! The real gateway over real HTTP on loopback: every rule, the mirror check, metrics, and
+//! the ways of configuring it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const UP: &str = "http://upstream.test/v2/prefix/images";
+const SIG: &str = "http://sig.test/v2/prefix/images";
+const HEX: &str = "4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
+
+fn digest(n: u8) -> String {
+    format!("sha256:{:064x}", n)
+}
+
+/// The test setup: loopback clients are AWS `local-1` with a mirror; 192.0.2.0/24 is GCP;
+/// `us-east-1` (from the embedded ranges) has a second mirror; the default mirror is a third.
+async fn setup(embedded: bool, blob_check: &str) -> (Gateway, Mirror, Mirror, Mirror) {
+    let (local, east, default) = (
+        Mirror::start().await,
+        Mirror::start().await,
+        Mirror::start().await,
+    );
+    let keys = format!(
+        "  upstream: {{endpoint: 'http://upstream.test', path: prefix/images}}
+  signature_upstream: http://sig.test
+  mirrors:
+    default: {default}
+    regions: {{local-1: '{local}', us-east-1: '{east}'}}
+  ranges:
+    embedded: {embedded}
+    custom:
+      - {{cidr: 127.0.0.0/8, cloud: aws, region: local-1}}
+      - {{cidr: 192.0.2.0/24, cloud: gcp, region: test-gcp}}
+  blob_check: {blob_check}",
+        default = default.base(),
+        local = local.base(),
+        east = east.base(),
+    );
+    (Gateway::start(&keys).await, local, east, default)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_version_check_catalog_and_methods() {
+    let (gw, ..) = setup(false, "{}").await;
+
+    let r = gw.get("/").await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, "https://github.com/kubernetes/registry.k8s.io")
+    );
+    assert_eq!(r.header("content-length"), Some("0"));
+    for p in ["/privacy", "/privacy/x"] {
+        let r = gw.get(p).await;
+        assert_eq!(
+            (r.status, r.location()),
+            (307, "https://www.linuxfoundation.org/privacy-policy/")
+        );
+    }
+    let r = gw.get("/index.html").await;
+    assert_eq!(r.status, 404);
+
+    for p in ["/v2", "/v2/"] {
+        for m in ["GET", "HEAD"] {
+            let r = gw.send(m, p, &[]).await;
+            assert_eq!(r.status, 200, "{m} {p}");
+            assert_eq!(
+                r.header("docker-distribution-api-version"),
+                Some("registry/2.0")
+            );
+            assert!(r.body.is_empty());
+        }
+    }
+    let r = gw.get("/v2/_catalog").await;
+    assert_eq!((r.status, r.oci_code().as_str()), (404, "UNSUPPORTED"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+
+    for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let r = gw
+            .send(m, "/v2/pause/manifests/latest", &[("Content-Length", "0")])
+            .await;
+        assert_eq!(
+            (r.status, r.oci_code().as_str()),
+            (405, "UNSUPPORTED"),
+            "{m}"
+        );
+        assert_eq!(r.header("allow"), Some("GET, HEAD"));
+        let r = gw.send(m, "/", &[("Content-Length", "0")]).await;
+        assert_eq!(r.status, 405);
+        assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_tags_referrers_and_signatures_redirect_upstream() {
+    let (gw, local, ..) = setup(false, "{}").await;
+    let cases = [
+        (
+            "/v2/pause/manifests/latest",
+            format!("{UP}/pause/manifests/latest"),
+        ),
+        (
+            "/v2/a/b/c/manifests/sha256:abc",
+            format!("{UP}/a/b/c/manifests/sha256:abc"),
+        ),
+        (
+            "/v2/pause/tags/list?n=2&last=3.8",
+            format!("{UP}/pause/tags/list?n=2&last=3.8"),
+        ),
+        (
+            "/v2/pause/referrers/sha256:abc?artifactType=application%2Fvnd.example",
+            format!("{UP}/pause/referrers/sha256:abc?artifactType=application%2Fvnd.example"),
+        ),
+        (
+            &format!("/v2/pause/manifests/sha256-{HEX}.sig"),
+            format!("{SIG}/pause/manifests/sha256-{HEX}.sig"),
+        ),
+        (
+            &format!("/v2/pause/manifests/sha256-{HEX}.att"),
+            format!("{SIG}/pause/manifests/sha256-{HEX}.att"),
+        ),
+    ];
+    for (target, want) in &cases {
+        for m in ["GET", "HEAD"] {
+            let r = gw.send(m, target, &[]).await;
+            assert_eq!(
+                (r.status, r.location()),
+                (307, want.as_str()),
+                "{m} {target}"
+            );
+            assert_eq!(r.header("content-length"), Some("0"));
+            assert!(r.body.is_empty());
+        }
+    }
+    assert_eq!(
+        local.all_heads(),
+        0,
+        "no mirror check for non-blob requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_go_to_the_closest_mirror_that_has_them() {
+    let (gw, local, east, default) = setup(true, "{}").await;
+    let (held, missing, sha512) = (digest(1), digest(2), format!("sha512:{}", "cd".repeat(64)));
+    local.put(&format!("/containers/images/{held}"));
+    local.put(&format!("/containers/images/{sha512}"));
+    east.put(&format!("/containers/images/{held}"));
+    default.put(&format!("/containers/images/{held}"));
+
+    // Loopback is AWS local-1 by the custom rule.
+    let r = gw.get(&format!("/v2/pause/blobs/{held}")).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (
+            307,
+            format!("{}/containers/images/{held}", local.base()).as_str()
+        )
+    );
+    let r = gw
+        .send("HEAD", &format!("/v2/x/y/blobs/{sha512}"), &[])
+        .await;
+    assert_eq!(
+        r.location(),
+        format!("{}/containers/images/{sha512}", local.base())
+    );
+    let r = gw.get(&format!("/v2/pause/blobs/{missing}?q=1")).await;
+    assert_eq!(r.location(), format!("{UP}/pause/blobs/{missing}?q=1"));
+
+    // Clients named by the load balancer's X-Forwarded-For: `<client>,<lb>`.
+    let xff = |client: &str| vec![("X-Forwarded-For", format!("6.6.6.6, {client}, 130.211.0.9"))];
+    let send = |client: &'static str, d: String| {
+        let headers = xff(client);
+        let gw = &gw;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            gw.send("GET", &format!("/v2/pause/blobs/{d}"), &h).await
+        }
+    };
+    // GCP (custom rule) and GCP (embedded 34.1.208.0/20): upstream, no check.
+    let before = local.all_heads() + east.all_heads() + default.all_heads();
+    for gcp in ["192.0.2.10", "34.1.208.5"] {
+        let r = send(gcp, held.clone()).await;
+        assert_eq!(r.location(), format!("{UP}/pause/blobs/{held}"), "{gcp}");
+    }
+    assert_eq!(
+        local.all_heads() + east.all_heads() + default.all_heads(),
+        before
+    );
+    // AWS us-east-1 from the embedded ranges, in a prefix nested inside a GLOBAL one.
+    let r = send("15.193.6.10", held.clone()).await;
+    assert_eq!(
+        r.location(),
+        format!("{}/containers/images/{held}", east.base())
+    );
+    // An AWS region without a mirror, and a client in no cloud: the default mirror.
+    for client in ["3.4.12.4", "198.51.100.7"] {
+        let r = send(client, held.clone()).await;
+        assert_eq!(
+            r.location(),
+            format!("{}/containers/images/{held}", default.base()),
+            "{client}"
+        );
+    }
+    let r = send("198.51.100.7", missing.clone()).await;
+    assert_eq!(r.location(), format!("{UP}/pause/blobs/{missing}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_400_and_never_a_foreign_location() {
+    let (gw, ..) = setup(false, "{}").await;
+    let long = format!("/v2/{}/manifests/latest", "a".repeat(5000));
+    let bad = [
+        "/v2/../etc/manifests/x",
+        "/v2/pause/../../x/manifests/latest",
+        "/v2/./pause/manifests/latest",
+        "/v2//pause/manifests/latest",
+        "/v2/pause/manifests/latest/",
+        "/v2/pause%2F..%2F..%2Fx/manifests/latest",
+        "/v2/pause/%2e%2e/manifests/latest",
+        "/v2/pause\\x/manifests/latest",
+        long.as_str(),
+    ];
+    for target in bad {
+        let r = gw.get(target).await;
+        assert_eq!(r.status, 400, "{target}");
+        assert_eq!(r.oci_code(), "NAME_INVALID", "{target}");
+    }
+    let r = gw.get("/privacy/../x").await;
+    assert_eq!(r.status, 400);
+
+    let blob = format!("/v2/pause/blobs/{}", digest(3));
+    for xff in [
+        "203.0.113.1",
+        "not-an-ip, 10.0.0.1",
+        "fe80::1%eth0, 10.0.0.1",
+    ] {
+        let r = gw.send("GET", &blob, &[("X-Forwarded-For", xff)]).await;
+        assert_eq!(r.status, 400, "{xff}");
+        let body = String::from_utf8(r.body.clone()).unwrap();
+        assert!(body.contains("X-Forwarded-For"), "{body}");
+    }
+
+    for target in [
+        "/v2/@evil.example/manifests/latest",
+        "/v2/pause/manifests/latest?@evil.example/",
+        "/v2/pause/manifests/latest?//evil.example",
+    ] {
+        let r = gw.get(target).await;
+        assert_eq!(r.status, 307, "{target}");
+        assert!(
+            r.location().starts_with("http://upstream.test/"),
+            "{target} -> {}",
+            r.location()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_answers_are_cached_per_url() {
+    let (gw, local, ..) = setup(false, "{hit_ttl: 1h, miss_ttl: 1h}").await;
+    let (held, missing) = (digest(4), digest(5));
+    let held_path = format!("/containers/images/{held}");
+    let missing_path = format!("/containers/images/{missing}");
+    local.put(&held_path);
+    for _ in 0..3 {
+        assert_eq!(
+            gw.get(&format!("/v2/a/blobs/{held}")).await.location(),
+            format!("{}{held_path}", local.base())
+        );
+        assert_eq!(
+            gw.get(&format!("/v2/b/blobs/{held}")).await.location(),
+            format!("{}{held_path}", local.base())
+        );
+        assert!(gw
+            .get(&format!("/v2/a/blobs/{missing}"))
+            .await
+            .location()
+            .starts_with(UP));
+    }
+    assert_eq!(
+        local.heads(&held_path),
+        1,
+        "one HEAD per URL, whatever the repository"
+    );
+    assert_eq!(local.heads(&missing_path), 1, "misses are cached too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_for_a_cold_blob_share_one_head() {
+    let (gw, local, ..) = setup(false, "{}").await;
+    let d = digest(6);
+    let path = format!("/containers/images/{d}");
+    local.put(&path);
+    local.set_delay(Duration::from_millis(300));
+    let target = format!("/v2/pause/blobs/{d}");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(request(gw.addr, "GET", target.clone(), &[])))
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap().unwrap());
+    }
+    let want = format!("{}{path}", local.base());
+    for r in &answers {
+        assert_eq!((r.status, r.location()), (307, want.as_str()));
+    }
+    assert_eq!(local.heads(&path), 1);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="present"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="cache_hit"}"#),
+        99.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misses_expire_after_their_ttl_and_403_or_errors_are_misses() {
+    let (gw, local, ..) = setup(false, "{miss_ttl: 1s, hit_ttl: 1h, timeout: 2s}").await;
+    let d = digest(7);
+    let path = format!("/containers/images/{d}");
+    let target = format!("/v2/pause/blobs/{d}");
+    assert!(gw.get(&target).await.location().starts_with(UP));
+    local.put(&path);
+    assert!(
+        gw.get(&target).await.location().starts_with(UP),
+        "the miss is still cached"
+    );
+    assert_eq!(local.heads(&path), 1);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        gw.get(&target).await.location(),
+        format!("{}{path}", local.base())
+    );
+    assert_eq!(local.heads(&path), 2);
+
+    // S3 answers 403 for a missing key without list permission: a miss, never a target.
+    let d = digest(8);
+    local.set_status(&format!("/containers/images/{d}"), 403);
+    assert!(gw
+        .get(&format!("/v2/pause/blobs/{d}"))
+        .await
+        .location()
+        .starts_with(UP));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_mirror_counts_as_absent() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let keys = format!(
+        "  upstream: {{endpoint: 'http://upstream.test', path: prefix/images}}
+  mirrors: {{default: '{dead}', regions: {{}}}}
+  ranges: {{embedded: false}}
+  blob_check: {{timeout: 1s}}"
+    );
+    let gw = Gateway::start(&keys).await;
+    let d = digest(9);
+    let r = gw.get(&format!("/v2/pause/blobs/{d}")).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{UP}/pause/blobs/{d}").as_str())
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
+        1.0
+    );
+    assert!(
+        gw.log().contains("mirror check HEAD"),
+        "the failure is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_readiness() {
+    let (gw, local, ..) = setup(true, "{}").await;
+    let before = gw.metrics().await;
+    assert!(sample(&before, r#"archeio_ip_prefixes{family="ipv4"}"#) > 5000.0);
+    assert!(sample(&before, r#"archeio_ip_prefixes{family="ipv6"}"#) > 2000.0);
+    assert_eq!(
+        sample(&before, r#"archeio_build_info{version="0.1.0"}"#),
+        1.0
+    );
+
+    let d = digest(10);
+    local.put(&format!("/containers/images/{d}"));
+    gw.get("/v2/pause/manifests/latest").await;
+    gw.get(&format!("/v2/pause/blobs/{d}")).await;
+    gw.get(&format!("/v2/pause/blobs/{d}")).await;
+    gw.get("/v2/../x").await;
+
+    let after = gw.metrics().await;
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+    assert_eq!(
+        delta(r#"archeio_requests_total{route="upstream",status="307"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"archeio_requests_total{route="blob",status="307"}"#),
+        2.0
+    );
+    assert_eq!(
+        delta(r#"archeio_requests_total{route="invalid",status="400"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"archeio_redirects_total{region="",target="upstream"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"archeio_redirects_total{region="local-1",target="mirror"}"#),
+        2.0
+    );
+    assert_eq!(
+        delta(r#"archeio_blob_checks_total{outcome="present"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"archeio_blob_checks_total{outcome="cache_hit"}"#),
+        1.0
+    );
+    assert_eq!(delta("archeio_mirror_head_duration_seconds_count"), 1.0);
+    assert!(delta(r#"archeio_request_duration_seconds_count{route="blob"}"#) >= 2.0);
+
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/nope", 404)] {
+        assert_eq!(
+            request(gw.admin, "GET", path, &[]).await.unwrap().status,
+            status,
+            "{path}"
+        );
+    }
+    // One access-log line per request, with its decision.
+    let log = gw.log();
+    assert!(
+        log.contains(
+            "GET /v2/pause/manifests/latest client=127.0.0.1 decision=upstream/upstream status=307"
+        ),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shipped_config_with_port_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let (p, a) = (port.to_string(), admin.to_string());
+    let cmd = command(
+        &["-c", "conf/archeio.yaml"],
+        &[("PORT", &p), ("ARCHEIO_ADMIN_PORT", &a)],
+        dir.path(),
+    );
+    let gw = Gateway::spawn(cmd, port, admin, dir)
+        .await
+        .expect("starts from the shipped config");
+    let r = gw.get("/v2/pause/manifests/latest").await;
+    assert_eq!(
+        r.location(),
+        "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images/pause/manifests/latest"
+    );
+    let r = gw.get("/").await;
+    assert_eq!(
+        r.location(),
+        "https://github.com/kubernetes/registry.k8s.io"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_variables_alone() {
+    let mirror = Mirror::start().await;
+    let d = digest(11);
+    mirror.put(&format!("/containers/images/{d}"));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let (p, a, m) = (port.to_string(), admin.to_string(), mirror.base());
+    let cmd = command(
+        &[],
+        &[
+            ("PORT", &p),
+            ("ARCHEIO_ADMIN_PORT", &a),
+            ("UPSTREAM_REGISTRY_ENDPOINT", "http://reg.test:5000"),
+            ("UPSTREAM_REGISTRY_PATH", "mirror/k8s"),
+            ("SIGNATURE_UPSTREAM_ENDPOINT", "http://sig.test"),
+            ("DEFAULT_AWS_BASE_URL", &m),
+        ],
+        dir.path(),
+    );
+    let gw = Gateway::spawn(cmd, port, admin, dir)
+        .await
+        .expect("starts without a file");
+    let r = gw.get("/v2/pause/tags/list").await;
+    assert_eq!(
+        r.location(),
+        "http://reg.test:5000/v2/mirror/k8s/pause/tags/list"
+    );
+    let r = gw
+        .get(&format!("/v2/pause/manifests/sha256-{HEX}.sig"))
+        .await;
+    assert_eq!(
+        r.location(),
+        format!("http://sig.test/v2/mirror/k8s/pause/manifests/sha256-{HEX}.sig")
+    );
+    // Loopback is in no cloud: the default mirror, which holds the blob.
+    let r = gw.get(&format!("/v2/pause/blobs/{d}")).await;
+    assert_eq!(r.location(), format!("{m}/containers/images/{d}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_listener_and_ipv6_clients() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
+    let mirror = Mirror::start().await;
+    let d = digest(12);
+    mirror.put(&format!("/containers/images/{d}"));
+    let port6 = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let keys = format!(
+        "  mirrors: {{default: 'http://127.0.0.1:{}', regions: {{v6-1: '{}'}}}}
+  ranges: {{embedded: false, custom: [{{cidr: '::1/128', cloud: aws, region: v6-1}}]}}",
+        free_port(),
+        mirror.base()
+    );
+    let gw = Gateway::start_with_listen(&[&format!("[::1]:{port6}")], &keys).await;
+    let v6: std::net::SocketAddr = format!("[::1]:{port6}").parse().unwrap();
+    let r = request(v6, "GET", &format!("/v2/pause/blobs/{d}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.location(),
+        format!("{}/containers/images/{d}", mirror.base())
+    );
+    // The same request over IPv4 is from no cloud: the default mirror, which is down, so
+    // the upstream.
+    let r = gw.get(&format!("/v2/pause/blobs/{d}")).await;
+    assert!(
+        r.location()
+            .starts_with("https://us-central1-docker.pkg.dev/"),
+        "{}",
+        r.location()
+    );
+    // An IPv6 client named in X-Forwarded-For.
+    let r = gw
+        .send(
+            "GET",
+            &format!("/v2/pause/blobs/{d}"),
+            &[("X-Forwarded-For", "::1, 10.0.0.1")],
+        )
+        .await;
+    assert_eq!(
+        r.location(),
+        format!("{}/containers/images/{d}", mirror.base())
+    );
+}
+
+#[test]
+fn config_test_flag_checks_our_section_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BINARY)
+            .args(args)
+            .current_dir(repo_file(""))
+            .env_remove("PORT")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _) = run(&["-t", "-c", "conf/archeio.yaml"]);
+    assert_eq!(code, Some(0));
+
+    let cases = [
+        (
+            "archeio:\n  blob_check:\n    hit_ttl: forever\n",
+            "archeio.blob_check.hit_ttl",
+        ),
+        (
+            "archeio:\n  upstream:\n    endpoint: not a url\n",
+            "archeio.upstream.endpoint",
+        ),
+        ("archeio:\n  listn: []\n", "unknown field `listn`"),
+        (
+            "archeio:\n  ranges: {aws_files: [/nonexistent/ip-ranges.json]}\n",
+            "/nonexistent/ip-ranges.json",
+        ),
+        ("threads: many\n", "threads"),
+    ];
+    for (i, (yaml, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let (code, stderr) = run(&["-t", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{yaml}: {stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "{yaml}: {stderr}");
+        assert!(stderr.contains(key), "{yaml}: {stderr}");
+    }
+    let (code, stderr) = run(&["-t", "-c", "/nonexistent/archeio.yaml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("/nonexistent/archeio.yaml: cannot read"),
+        "{stderr}"
+    );
+}
