@@ -1,0 +1,168 @@
+//! Criterion benchmarks of the request path's pure parts: prefix lookup over the full
+//! embedded table, the routing decision per route (URL building included), the cached mirror
+//! answer, `X-Forwarded-For` parsing, and loading the range files.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+
+use archeio::client_addr::client_addr;
+use archeio::config::{ArcheioConfig, BlobCheckConfig, RangesConfig};
+use archeio::mirror_check::MirrorCheck;
+use archeio::ranges::RangeTable;
+use archeio::routing::{decide, Decision, Request, Routes};
+use archeio::settings::Settings;
+
+const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
+
+/// Deterministic pseudo-random addresses (xorshift), so runs compare.
+fn addresses(n: usize, v6: bool) -> Vec<IpAddr> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if v6 {
+                // Inside 2000::/3, where the cloud prefixes are.
+                let hi = (0x2000u128 << 112) | ((x as u128) << 48);
+                IpAddr::from((hi | (x as u128 >> 16)).to_be_bytes())
+            } else {
+                IpAddr::from((x as u32).to_be_bytes())
+            }
+        })
+        .collect()
+}
+
+fn lookup(c: &mut Criterion) {
+    let table = RangeTable::load(&RangesConfig::default()).unwrap();
+    let mut g = c.benchmark_group("prefix_lookup");
+    let hit4: IpAddr = "15.193.6.10".parse().unwrap();
+    let miss4: IpAddr = "192.0.2.1".parse().unwrap();
+    let hit6: IpAddr = "2406:daba:f000::9".parse().unwrap();
+    let miss6: IpAddr = "2001:db8::1".parse().unwrap();
+    for (name, ip) in [
+        ("v4_hit", hit4),
+        ("v4_miss", miss4),
+        ("v6_hit", hit6),
+        ("v6_miss", miss6),
+    ] {
+        assert_eq!(table.lookup(ip).is_some(), name.ends_with("hit"));
+        g.bench_function(name, |b| b.iter(|| table.lookup(black_box(ip))));
+    }
+    for (name, ips) in [
+        ("v4_random_1024", addresses(1024, false)),
+        ("v6_random_1024", addresses(1024, true)),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| ips.iter().filter(|ip| table.lookup(**ip).is_some()).count())
+        });
+    }
+    g.finish();
+}
+
+/// The default routes, with the us-east-1 mirror on a closed loopback port: warming the
+/// cache then costs one refused connection and no traffic leaves the machine.
+fn routes() -> Routes {
+    let mut cfg = ArcheioConfig::default();
+    cfg.signature_upstream = Some("https://sig.example".into());
+    cfg.mirrors
+        .regions
+        .insert("us-east-1".into(), "http://127.0.0.1:9".into());
+    Settings::from_config(&cfg, "bench").unwrap().routes
+}
+
+fn decision(c: &mut Criterion) {
+    let routes = routes();
+    let table = RangeTable::load(&RangesConfig::default()).unwrap();
+    let manifest = "/v2/pause/manifests/3.10";
+    let blob = format!("/v2/pause/blobs/{SHA}");
+    let xff_aws: [&[u8]; 1] = [b"15.193.6.10, 130.211.0.1"];
+    let xff_gcp: [&[u8]; 1] = [b"34.1.208.5, 130.211.0.1"];
+    let cases: [(&str, &str, &[&[u8]]); 7] = [
+        ("api_version", "/v2/", &[]),
+        ("info", "/", &[]),
+        ("manifest", manifest, &[]),
+        ("tags_list_query", "/v2/pause/tags/list?n=50&last=3.9", &[]),
+        ("blob_aws_client", &blob, &xff_aws),
+        ("blob_gcp_client", &blob, &xff_gcp),
+        ("invalid_dotdot", "/v2/a/../b/manifests/x", &[]),
+    ];
+    let mut g = c.benchmark_group("decide");
+    for (name, target, xff) in cases {
+        let req = Request {
+            method: "GET",
+            target: target.as_bytes(),
+            peer: Some("10.1.2.3".parse().unwrap()),
+            forwarded_for: xff,
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| decide(black_box(&req), &routes, &table))
+        });
+    }
+    g.finish();
+
+    // The whole blob path for a client whose mirror answer is cached: decision, cache, answer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let check = MirrorCheck::new(&BlobCheckConfig {
+        miss_ttl: std::time::Duration::from_secs(3600),
+        ..BlobCheckConfig::default()
+    })
+    .unwrap();
+    let req = Request {
+        method: "GET",
+        target: blob.as_bytes(),
+        peer: Some("10.1.2.3".parse().unwrap()),
+        forwarded_for: &xff_aws,
+    };
+    let Decision::CheckMirror(warm) = decide(&req, &routes, &table) else {
+        panic!("an AWS client's blob needs a mirror check");
+    };
+    rt.block_on(check.check(&warm.mirror_url));
+    c.bench_function("blob_decision_with_cached_mirror_answer", |b| {
+        b.to_async(&rt).iter(|| async {
+            match decide(black_box(&req), &routes, &table) {
+                Decision::CheckMirror(m) => {
+                    let (present, _) = check.check(&m.mirror_url).await;
+                    m.decide(present)
+                }
+                Decision::Reply(r) => r,
+            }
+        })
+    });
+}
+
+fn forwarded_for(c: &mut Criterion) {
+    let mut g = c.benchmark_group("x_forwarded_for");
+    let peer = Some("10.0.0.1".parse().unwrap());
+    let lb: [&[u8]; 1] = [b"203.0.113.7, 130.211.0.1"];
+    let long: [&[u8]; 1] =
+        [b"1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4, 5.5.5.5, 2001:db8::7, 130.211.0.1"];
+    g.bench_function("lb_pair", |b| {
+        b.iter(|| client_addr(peer, black_box(&lb), 1))
+    });
+    g.bench_function("long_chain_v6", |b| {
+        b.iter(|| client_addr(peer, black_box(&long), 1))
+    });
+    g.finish();
+}
+
+fn range_loading(c: &mut Criterion) {
+    let mut g = c.benchmark_group("range_loading");
+    g.sample_size(10);
+    g.bench_function("embedded_aws_and_gcp", |b| {
+        b.iter_batched(
+            RangesConfig::default,
+            |cfg| RangeTable::load(&cfg).unwrap(),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookup, decision, forwarded_for, range_loading);
+criterion_main!(benches);
