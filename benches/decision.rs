@@ -65,8 +65,10 @@ fn lookup(c: &mut Criterion) {
 /// The default routes, with the us-east-1 mirror on a closed loopback port: warming the
 /// cache then costs one refused connection and no traffic leaves the machine.
 fn routes() -> Routes {
-    let mut cfg = ArcheioConfig::default();
-    cfg.signature_upstream = Some("https://sig.example".into());
+    let mut cfg = ArcheioConfig {
+        signature_upstream: Some("https://sig.example".into()),
+        ..ArcheioConfig::default()
+    };
     cfg.mirrors
         .regions
         .insert("us-east-1".into(), "http://127.0.0.1:9".into());

@@ -1,11 +1,14 @@
 //! Prometheus metrics, registered in the default registry that the admin listener serves.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
-    Histogram, HistogramVec, IntCounterVec, IntGaugeVec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
 };
+
+use crate::mirror_check::Outcome;
+use crate::routing::{Route, Target};
 
 /// Latency buckets for answers given without I/O and for mirror `HEAD`s (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -83,6 +86,68 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Status codes the gateway answers with, as label values; the last two stand for "no
+/// response" and anything else.
+const STATUSES: [(u16, &str); 11] = [
+    (200, "200"),
+    (307, "307"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+    (0, "none"),
+    (u16::MAX, "other"),
+];
+const ROUTES: usize = Route::ALL.len();
+
+// Series handles resolved once, so that the request path hashes no label values.
+static REQUEST_SERIES: [OnceLock<IntCounter>; ROUTES * STATUSES.len()] =
+    [const { OnceLock::new() }; ROUTES * STATUSES.len()];
+static DURATION_SERIES: [OnceLock<Histogram>; ROUTES] = [const { OnceLock::new() }; ROUTES];
+static FIXED_REDIRECT_SERIES: [OnceLock<IntCounter>; 4] = [const { OnceLock::new() }; 4];
+static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; 4] = [const { OnceLock::new() }; 4];
+
+/// Counts an answered request and its duration.
+pub fn record_request(route: Route, status: u16, seconds: f64) {
+    let s = STATUSES
+        .iter()
+        .position(|(code, _)| *code == status)
+        .unwrap_or(STATUSES.len() - 1);
+    let r = route as usize;
+    REQUEST_SERIES[r * STATUSES.len() + s]
+        .get_or_init(|| REQUESTS.with_label_values(&[route.as_str(), STATUSES[s].1]))
+        .inc();
+    DURATION_SERIES[r]
+        .get_or_init(|| REQUEST_SECONDS.with_label_values(&[route.as_str()]))
+        .observe(seconds);
+}
+
+/// Counts a redirect.
+pub fn record_redirect(target: &Target) {
+    let slot = match target {
+        Target::Mirror(region) => {
+            return REDIRECTS.with_label_values(&[target.kind(), region]).inc()
+        }
+        Target::Upstream => 0,
+        Target::SignatureUpstream => 1,
+        Target::DefaultMirror => 2,
+        Target::Page => 3,
+    };
+    FIXED_REDIRECT_SERIES[slot]
+        .get_or_init(|| REDIRECTS.with_label_values(&[target.kind(), ""]))
+        .inc();
+}
+
+/// Counts a mirror check.
+pub fn record_blob_check(outcome: Outcome) {
+    BLOB_CHECK_SERIES[outcome as usize]
+        .get_or_init(|| BLOB_CHECKS.with_label_values(&[outcome.as_str()]))
+        .inc();
+}
 
 /// Registers every metric so that a scrape lists them before the first request.
 pub fn init() {

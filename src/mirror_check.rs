@@ -89,9 +89,7 @@ impl MirrorCheck {
                 present
             })
             .await;
-        metrics::BLOB_CHECKS
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        metrics::record_blob_check(outcome);
         (entry.into_value(), outcome)
     }
 

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use log::info;
+use log::{info, log_enabled, Level};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -86,9 +87,7 @@ impl ProxyHttp for Gateway {
         match &reply.answer {
             Answer::Redirect { target, .. } => {
                 ctx.target = target.kind();
-                metrics::REDIRECTS
-                    .with_label_values(&[target.kind(), target.region()])
-                    .inc();
+                metrics::record_redirect(target);
             }
             Answer::Error { message, .. } => ctx.detail = Some(message.to_string()),
             Answer::ApiVersion => {}
@@ -97,25 +96,27 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // Every answer is small and built here: no response compression module to consult.
+    }
+
     async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // Every request is answered in request_filter.
         Error::e_explain(ErrorType::InternalError, "redirect mode has no upstream")
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        let route = ctx.route.map_or("error", Route::as_str);
         let status = match (ctx.status, session.response_written()) {
             (0, Some(resp)) => resp.status.as_u16(),
-            (0, None) => 0,
             (s, _) => s,
         };
         let elapsed = ctx.started.elapsed();
-        metrics::REQUESTS
-            .with_label_values(&[route, status_label(status)])
-            .inc();
-        metrics::REQUEST_SECONDS
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        if let Some(route) = ctx.route {
+            metrics::record_request(route, status, elapsed.as_secs_f64());
+        }
+        if !log_enabled!(target: "archeio::access", Level::Info) {
+            return;
+        }
         let req = session.req_header();
         let path = req.raw_path();
         let path = &path[..path.iter().position(|b| *b == b'?').unwrap_or(path.len())];
@@ -131,7 +132,7 @@ impl ProxyHttp for Gateway {
             req.method,
             path.escape_ascii(),
             client,
-            route,
+            ctx.route.map_or("error", Route::as_str),
             ctx.target,
             status,
             elapsed.as_secs_f64() * 1e3,
@@ -145,23 +146,6 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
-}
-
-/// Status codes as label values without formatting on every request.
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        307 => "307",
-        400 => "400",
-        404 => "404",
-        405 => "405",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        0 => "none",
-        _ => "other",
-    }
 }
 
 /// Writes the answer: redirects and the version check with an empty body, errors with a JSON

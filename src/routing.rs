@@ -75,6 +75,20 @@ pub enum Route {
 }
 
 impl Route {
+    /// Every route, in declaration order (`route as usize` indexes it).
+    pub const ALL: [Route; 10] = [
+        Route::MethodNotAllowed,
+        Route::Invalid,
+        Route::Info,
+        Route::Privacy,
+        Route::ApiVersion,
+        Route::Catalog,
+        Route::Blob,
+        Route::Signature,
+        Route::Upstream,
+        Route::NotFound,
+    ];
+
     /// Stable lowercase name for labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,14 +130,6 @@ impl Target {
             Target::Mirror(_) => "mirror",
             Target::DefaultMirror => "default_mirror",
             Target::Page => "page",
-        }
-    }
-
-    /// Label value for the mirror's region, empty for other targets.
-    pub fn region(&self) -> &str {
-        match self {
-            Target::Mirror(r) => r,
-            _ => "",
         }
     }
 }
