@@ -20,11 +20,6 @@ use archeio::proxy::Gateway;
 use archeio::ranges::RangeTable;
 use archeio::settings::Settings;
 
-// Requests allocate and free many small buffers; mimalloc does that with less work than
-// glibc's malloc (see docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut opt = Opt::parse_args();

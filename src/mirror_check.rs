@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use moka::future::Cache;
 use moka::Expiry;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::config::BlobCheckConfig;
 use crate::metrics;
@@ -41,21 +42,22 @@ struct TtlByAnswer {
     miss: Duration,
 }
 
-impl Expiry<String, bool> for TtlByAnswer {
-    fn expire_after_create(
-        &self,
-        _url: &String,
-        present: &bool,
-        _now: Instant,
-    ) -> Option<Duration> {
+impl Expiry<u128, bool> for TtlByAnswer {
+    fn expire_after_create(&self, _url: &u128, present: &bool, _now: Instant) -> Option<Duration> {
         Some(if *present { self.hit } else { self.miss })
     }
 }
 
 /// The mirror check with its cache.
+///
+/// The cache is keyed by a seeded 128-bit hash of the URL rather than the URL itself: an
+/// entry then costs a fraction of the memory (blob URLs are over 100 bytes), and with a
+/// per-process random seed a collision is neither likely (about 2^-100 for 100,000 entries)
+/// nor something a client can aim for.
 pub struct MirrorCheck {
     client: reqwest::Client,
-    cache: Cache<String, bool>,
+    cache: Cache<u128, bool>,
+    seed: u64,
 }
 
 impl MirrorCheck {
@@ -74,7 +76,12 @@ impl MirrorCheck {
                 miss: cfg.miss_ttl,
             })
             .build();
-        Ok(MirrorCheck { client, cache })
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        Ok(MirrorCheck {
+            client,
+            cache,
+            seed,
+        })
     }
 
     /// Whether the mirror holds the blob at `url`, and how that was found out.
@@ -82,7 +89,7 @@ impl MirrorCheck {
         let mut outcome = Outcome::CacheHit;
         let entry = self
             .cache
-            .entry_by_ref(url)
+            .entry(xxh3_128_with_seed(url.as_bytes(), self.seed))
             .or_insert_with(async {
                 let (present, o) = self.head(url).await;
                 outcome = o;

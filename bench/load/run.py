@@ -211,6 +211,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown", help="also write the tables here")
     ap.add_argument("--skip-cache-fill", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true", help="only start time and memory")
     a = ap.parse_args()
     ensure_tools()
     if not a.no_build:
@@ -238,7 +239,7 @@ def main():
         say("| threads | scenario | gateway req/s | nginx req/s | ratio | gateway p50/p99 ms | nginx p50/p99 ms |")
         say("|---|---|---|---|---|---|---|")
         rss = {}
-        for threads in [int(t) for t in a.threads.split(",")]:
+        for threads in [] if a.skip_throughput else [int(t) for t in a.threads.split(",")]:
             gdir = os.path.join(tmp, f"gw{threads}")
             os.makedirs(gdir)
             gport, admin, nport = free_port(), free_port(), free_port()
