@@ -388,7 +388,7 @@ fn blob_digest(rest: &str) -> Option<&str> {
     let encoded_ok = !encoded.is_empty()
         && encoded
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+            .all(|b| CLASSES[b as usize] & DIGEST_ENCODED != 0);
     (!name.is_empty() && !alg.is_empty() && encoded_ok).then_some(digest)
 }
 
@@ -450,10 +450,62 @@ fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("checked ASCII")
 }
 
+/// Byte classes for [`check_chars`] and [`blob_digest`], looked up once per byte.
+const PATH: u8 = 1;
+const QUERY: u8 = 2;
+const DIGEST_ENCODED: u8 = 4;
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alnum = c.is_ascii_alphanumeric();
+        let path = alnum
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        let mut class = 0;
+        if path {
+            class |= PATH | QUERY;
+        }
+        if c == b'?' {
+            class |= QUERY;
+        }
+        if alnum || matches!(c, b'=' | b'_' | b'-') {
+            class |= DIGEST_ENCODED;
+        }
+        t[b] = class;
+        b += 1;
+    }
+    t
+};
+
 fn check_chars(part: &[u8], query: bool) -> Result<(), &'static str> {
+    let allowed = if query { QUERY } else { PATH };
     let mut i = 0;
     while i < part.len() {
         let b = part[i];
+        if CLASSES[b as usize] & allowed != 0 {
+            i += 1;
+            continue;
+        }
         match b {
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
@@ -470,16 +522,10 @@ fn check_chars(part: &[u8], query: bool) -> Result<(), &'static str> {
                     return Err("path has a percent-escaped '/', '.', '\\' or control byte");
                 }
                 i += 3;
-                continue;
             }
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => {}
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
-            | b',' | b';' | b'=' | b':' | b'@' | b'/' => {}
-            b'?' if query => {}
             0..=0x1f | 0x7f => return Err("request target has a control byte"),
             _ => return Err("request target has a character that must be percent-encoded"),
         }
-        i += 1;
     }
     Ok(())
 }
