@@ -129,7 +129,7 @@ fn decision(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             match decide(black_box(&req), &routes, &table) {
                 Decision::CheckMirror(m) => {
-                    let (present, _) = check.check(&m.mirror_url).await;
+                    let present = check.check(&m.mirror_url).await;
                     m.decide(present)
                 }
                 Decision::Reply(r) => r,

@@ -227,7 +227,8 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The environment variables of the original archeio, plus our admin port.
+/// The environment variables [`ArcheioConfig::apply_env`] reads: the original archeio's, plus
+/// our admin port.
 pub const ENV_VARS: [&str; 6] = [
     "PORT",
     "UPSTREAM_REGISTRY_ENDPOINT",

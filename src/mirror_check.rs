@@ -43,7 +43,7 @@ struct TtlByAnswer {
 }
 
 impl Expiry<u128, bool> for TtlByAnswer {
-    fn expire_after_create(&self, _url: &u128, present: &bool, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &u128, present: &bool, _now: Instant) -> Option<Duration> {
         Some(if *present { self.hit } else { self.miss })
     }
 }
@@ -84,8 +84,8 @@ impl MirrorCheck {
         })
     }
 
-    /// Whether the mirror holds the blob at `url`, and how that was found out.
-    pub async fn check(&self, url: &str) -> (bool, Outcome) {
+    /// Whether the mirror holds the blob at `url`; how that was found out goes to the metrics.
+    pub async fn check(&self, url: &str) -> bool {
         let mut outcome = Outcome::CacheHit;
         let entry = self
             .cache
@@ -97,7 +97,7 @@ impl MirrorCheck {
             })
             .await;
         metrics::record_blob_check(outcome);
-        (entry.into_value(), outcome)
+        entry.into_value()
     }
 
     async fn head(&self, url: &str) -> (bool, Outcome) {

@@ -77,7 +77,7 @@ impl ProxyHttp for Gateway {
         let reply = match decide(&facts, &self.routes, &self.ranges) {
             Decision::Reply(reply) => reply,
             Decision::CheckMirror(candidate) => {
-                let (present, _) = self.mirror_check.check(&candidate.mirror_url).await;
+                let present = self.mirror_check.check(&candidate.mirror_url).await;
                 candidate.decide(present)
             }
         };

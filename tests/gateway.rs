@@ -568,12 +568,11 @@ async fn ipv6_listener_and_ipv6_clients() {
 fn config_test_flag_checks_our_section_too() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(BINARY)
-            .args(args)
-            .current_dir(repo_file(""))
-            .env_remove("PORT")
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new(BINARY);
+        for var in archeio::config::ENV_VARS {
+            cmd.env_remove(var);
+        }
+        let out = cmd.args(args).current_dir(repo_file("")).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).to_string(),

@@ -129,14 +129,7 @@ impl Drop for Gateway {
 pub fn command(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Command {
     let mut cmd = Command::new(BINARY);
     cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    for var in [
-        "PORT",
-        "UPSTREAM_REGISTRY_ENDPOINT",
-        "UPSTREAM_REGISTRY_PATH",
-        "SIGNATURE_UPSTREAM_ENDPOINT",
-        "DEFAULT_AWS_BASE_URL",
-        "ARCHEIO_ADMIN_PORT",
-    ] {
+    for var in archeio::config::ENV_VARS {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
