@@ -612,3 +612,62 @@ fn config_test_flag_checks_our_section_too() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_upgrade_loses_no_request() {
+    let mut old = Gateway::start("  ranges: {embedded: false}").await;
+    let conf = old.dir.path().join("archeio.yaml");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (addr, stop) = (old.addr, stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match request(addr, "GET", "/v2/pause/manifests/latest", &[]).await {
+                    Ok(r) if r.status == 307 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new process waits on upgrade_sock for the old one's listening sockets.
+    let new_dir = tempfile::tempdir().unwrap();
+    let mut new = command(&["-u", "-c", conf.to_str().unwrap()], &[], new_dir.path())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = old.pid();
+    assert!(std::process::Command::new("kill")
+        .args(["-QUIT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Pingora keeps the old process 5 s after handing the sockets over, then drains it
+    // (grace period 1 s, shutdown timeout 1 s in the test configuration).
+    assert!(
+        old.exited_within(Duration::from_secs(15)).await,
+        "the old process exits"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    let served_by_new = request(old.addr, "GET", "/v2/", &[]).await;
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 100, "only {ok} requests during the upgrade");
+    assert_eq!(
+        served_by_new
+            .expect("the port answers after the old process exited")
+            .status,
+        200
+    );
+}

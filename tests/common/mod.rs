@@ -52,6 +52,7 @@ impl Gateway {
             let (port, admin) = (free_port(), free_port());
             let conf = format!(
                 "version: 1\nthreads: 2\npid_file: {d}/archeio.pid\nupgrade_sock: {d}/upgrade.sock\n\
+                 grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\n\
                  archeio:\n  listen: ['127.0.0.1:{port}'{extra}]\n  admin_listen: ['127.0.0.1:{admin}']\n{archeio_keys}\n",
                 d = dir.path().display()
             );
@@ -94,6 +95,23 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("gateway not ready within 20 s:\n{}", gw.log());
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub async fn exited_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// What the process wrote to stderr so far.
