@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 use moka::Expiry;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
@@ -71,6 +72,9 @@ impl MirrorCheck {
             .build()?;
         let cache = Cache::builder()
             .max_capacity(cfg.capacity)
+            // New digests keep arriving and each is asked for in bursts: plain LRU admits
+            // them, where TinyLFU could turn a fresh blob away while the cache is full.
+            .eviction_policy(EvictionPolicy::lru())
             .expire_after(TtlByAnswer {
                 hit: cfg.hit_ttl,
                 miss: cfg.miss_ttl,

@@ -312,9 +312,9 @@ def main():
             wait_ready(admin, "/readyz")
             script = os.path.join(d, "distinct.lua")
             with open(script, "w") as f:
-                f.write("counter = 0\nrequest = function()\n  counter = counter + 1\n"
+                f.write("counter = 0\nrequest = function()\n  counter = counter % 100000 + 1\n"
                         "  return wrk.format('GET', string.format('/v2/p/blobs/sha256:%064x', counter))\nend\n")
-            # One wrk thread so that the counter walks every digest once.
+            # One wrk thread so that one counter walks the 100,000 digests, then again (hits).
             filled = 0
             deadline = time.monotonic() + 120
             while filled < 100_000 and time.monotonic() < deadline:
