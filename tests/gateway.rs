@@ -449,17 +449,7 @@ async fn metrics_health_and_readiness() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_config_with_port_variables() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let (p, a) = (port.to_string(), admin.to_string());
-    let cmd = command(
-        &["-c", "conf/archeio.yaml"],
-        &[("PORT", &p), ("ARCHEIO_ADMIN_PORT", &a)],
-        dir.path(),
-    );
-    let gw = Gateway::spawn(cmd, port, admin, dir)
-        .await
-        .expect("starts from the shipped config");
+    let gw = Gateway::start_with_env(&["-c", "conf/archeio.yaml"], &[]).await;
     let r = gw.get("/v2/pause/manifests/latest").await;
     assert_eq!(
         r.location(),
@@ -477,24 +467,17 @@ async fn environment_variables_alone() {
     let mirror = Mirror::start().await;
     let d = digest(11);
     mirror.put(&format!("/containers/images/{d}"));
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let (p, a, m) = (port.to_string(), admin.to_string(), mirror.base());
-    let cmd = command(
+    let m = mirror.base();
+    let gw = Gateway::start_with_env(
         &[],
         &[
-            ("PORT", &p),
-            ("ARCHEIO_ADMIN_PORT", &a),
             ("UPSTREAM_REGISTRY_ENDPOINT", "http://reg.test:5000"),
             ("UPSTREAM_REGISTRY_PATH", "mirror/k8s"),
             ("SIGNATURE_UPSTREAM_ENDPOINT", "http://sig.test"),
             ("DEFAULT_AWS_BASE_URL", &m),
         ],
-        dir.path(),
-    );
-    let gw = Gateway::spawn(cmd, port, admin, dir)
-        .await
-        .expect("starts without a file");
+    )
+    .await;
     let r = gw.get("/v2/pause/tags/list").await;
     assert_eq!(
         r.location(),

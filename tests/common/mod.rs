@@ -66,6 +66,23 @@ impl Gateway {
         panic!("the gateway did not start three times in a row");
     }
 
+    /// Starts the gateway with `args` and `env`, its ports given by `PORT` and
+    /// `ARCHEIO_ADMIN_PORT`.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let (port, admin) = (free_port(), free_port());
+            let (p, a) = (port.to_string(), admin.to_string());
+            let mut all = vec![("PORT", p.as_str()), ("ARCHEIO_ADMIN_PORT", a.as_str())];
+            all.extend_from_slice(env);
+            let cmd = command(args, &all, dir.path());
+            if let Some(gw) = Gateway::spawn(cmd, port, admin, dir).await {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start three times in a row");
+    }
+
     /// Spawns `cmd` and waits for `/readyz`; None when the process exits first (a port
     /// taken in the meantime).
     pub async fn spawn(
