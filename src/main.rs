@@ -47,7 +47,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    let gateway = Gateway::new(settings.routes, Arc::new(ranges), mirror_check);
+    let gateway = Gateway::new(settings.routes, ranges, mirror_check);
     let mut registry = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,

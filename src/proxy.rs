@@ -2,7 +2,6 @@
 //! it asks for), and writes the answer from `request_filter`, so no upstream is contacted.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -17,18 +16,18 @@ use pingora_proxy::{ProxyHttp, Session};
 use crate::metrics;
 use crate::mirror_check::MirrorCheck;
 use crate::ranges::RangeTable;
-use crate::routing::{decide, Answer, Decision, Reply, Request, Route, Routes};
+use crate::routing::{decide, Answer, Decision, Reply, Request, Routes};
 
 /// The registry-facing service.
 pub struct Gateway {
     routes: Routes,
-    ranges: Arc<RangeTable>,
+    ranges: RangeTable,
     mirror_check: MirrorCheck,
 }
 
 impl Gateway {
     /// A gateway answering by `routes` over `ranges`, checking mirrors with `mirror_check`.
-    pub fn new(routes: Routes, ranges: Arc<RangeTable>, mirror_check: MirrorCheck) -> Gateway {
+    pub fn new(routes: Routes, ranges: RangeTable, mirror_check: MirrorCheck) -> Gateway {
         Gateway {
             routes,
             ranges,
@@ -40,10 +39,8 @@ impl Gateway {
 /// What one request did, for the access log and the metrics.
 pub struct RequestCtx {
     started: Instant,
-    route: Option<Route>,
-    target: &'static str,
-    status: u16,
-    detail: Option<String>,
+    /// The answer sent, once decided.
+    reply: Option<Reply>,
 }
 
 #[async_trait]
@@ -53,10 +50,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            route: None,
-            target: "-",
-            status: 0,
-            detail: None,
+            reply: None,
         }
     }
 
@@ -82,17 +76,8 @@ impl ProxyHttp for Gateway {
             }
         };
         let head = session.req_header().method == http::Method::HEAD;
-        ctx.route = Some(reply.route);
-        ctx.status = reply.answer.status();
-        match &reply.answer {
-            Answer::Redirect { target, .. } => {
-                ctx.target = target.kind();
-                metrics::record_redirect(target);
-            }
-            Answer::Error { message, .. } => ctx.detail = Some(message.to_string()),
-            Answer::ApiVersion => {}
-        }
-        write_reply(session, &reply, head).await?;
+        let reply = ctx.reply.insert(reply);
+        write_reply(session, reply, head).await?;
         Ok(true)
     }
 
@@ -106,34 +91,49 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = match (ctx.status, session.response_written()) {
-            (0, Some(resp)) => resp.status.as_u16(),
-            (s, _) => s,
-        };
         let elapsed = ctx.started.elapsed();
-        if let Some(route) = ctx.route {
-            metrics::record_request(route, status, elapsed.as_secs_f64());
+        let reply = ctx.reply.as_ref();
+        if let Some(reply) = reply {
+            metrics::record_request(reply.route, reply.answer.status(), elapsed.as_secs_f64());
+            if let Answer::Redirect { target, .. } = &reply.answer {
+                metrics::record_redirect(target);
+            }
         }
         if !log_enabled!(target: "archeio::access", Level::Info) {
             return;
         }
+        let status = match (reply, session.response_written()) {
+            (Some(r), _) => r.answer.status(),
+            (None, Some(resp)) => resp.status.as_u16(),
+            (None, None) => 0,
+        };
+        let (route, target) = match reply {
+            Some(Reply {
+                route,
+                answer: Answer::Redirect { target, .. },
+            }) => (route.as_str(), target.kind()),
+            Some(r) => (r.route.as_str(), "-"),
+            None => ("error", "-"),
+        };
+        let detail = match (reply.map(|r| &r.answer), error) {
+            (Some(Answer::Error { message, .. }), _) => {
+                format!(" detail=\"{}\"", message.escape_default())
+            }
+            (_, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
+            _ => String::new(),
+        };
         let req = session.req_header();
         let path = req.raw_path();
         let path = &path[..path.iter().position(|b| *b == b'?').unwrap_or(path.len())];
         let client = peer_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string());
-        let detail = match (&ctx.detail, error) {
-            (Some(d), _) => format!(" detail=\"{}\"", d.escape_default()),
-            (None, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
-            (None, None) => String::new(),
-        };
         info!(
             target: "archeio::access",
             "{} {} client={} decision={}/{} status={} duration_ms={:.3}{}",
             req.method,
             path.escape_ascii(),
             client,
-            ctx.route.map_or("error", Route::as_str),
-            ctx.target,
+            route,
+            target,
             status,
             elapsed.as_secs_f64() * 1e3,
             detail
