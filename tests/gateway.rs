@@ -620,7 +620,16 @@ async fn graceful_upgrade_loses_no_request() {
     let mut new = command(&["-u", "-c", conf.to_str().unwrap()], &[], new_dir.path())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Only signal the old process once the new one listens on the upgrade socket.
+    let sock = old.dir.path().join("upgrade.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upgrade socket from the new process"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = old.pid();
     assert!(std::process::Command::new("kill")
         .args(["-QUIT", &pid.to_string()])
