@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from nginx_conf import read_mirrors
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARY = os.path.join(ROOT, "target", "release", "archeio")
 SHA = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
@@ -128,13 +130,8 @@ def wrk(port, target, xff, threads, duration, connections):
 
 
 def gateway_config(d, threads, port, admin, mirror_base):
-    mirrors = {}
-    for line in open(os.path.join(ROOT, "data", "mirrors.yaml")):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            region = line.split(":", 1)[0].strip()
-            mirrors[region] = f"{mirror_base}/{region}"
-    regions = "".join(f"      {r}: {u}\n" for r, u in sorted(mirrors.items()))
+    regions = "".join(f"      {r}: {mirror_base}/{r}\n"
+                      for r in sorted(read_mirrors(os.path.join(ROOT, "data", "mirrors.yaml"))))
     path = os.path.join(d, "archeio.yaml")
     with open(path, "w") as f:
         f.write(f"""version: 1
