@@ -72,7 +72,9 @@ fn routes() -> Routes {
     cfg.mirrors
         .regions
         .insert("us-east-1".into(), "http://127.0.0.1:9".into());
-    Settings::from_config(&cfg, "bench").unwrap().routes
+    Settings::from_config(&cfg, "bench", |_| None)
+        .unwrap()
+        .routes
 }
 
 fn decision(c: &mut Criterion) {
@@ -98,6 +100,7 @@ fn decision(c: &mut Criterion) {
             target: target.as_bytes(),
             peer: Some("10.1.2.3".parse().unwrap()),
             forwarded_for: xff,
+            upstream: 0,
         };
         g.bench_function(name, |b| {
             b.iter(|| decide(black_box(&req), &routes, &table))
@@ -120,6 +123,7 @@ fn decision(c: &mut Criterion) {
         target: blob.as_bytes(),
         peer: Some("10.1.2.3".parse().unwrap()),
         forwarded_for: &xff_aws,
+        upstream: 0,
     };
     let Decision::CheckMirror(warm) = decide(&req, &routes, &table) else {
         panic!("an AWS client's blob needs a mirror check");

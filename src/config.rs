@@ -38,6 +38,9 @@ pub struct ArcheioConfig {
     pub info_url: String,
     /// Where `GET /privacy...` redirects.
     pub privacy_url: String,
+    /// How requests bound for the upstream are served: `redirect` sends the client there
+    /// with a `307`; `passthrough` proxies them, so clients never reach the upstream.
+    pub mode: Mode,
     /// The source-of-truth registry that manifests, tags and unmirrored blobs go to.
     pub upstream: UpstreamConfig,
     /// Registry for cosign signature and attestation tags (`sha256-<hex>.sig|.att`), with the
@@ -52,6 +55,8 @@ pub struct ArcheioConfig {
     pub client_address: ClientAddressConfig,
     /// The check that a mirror holds a blob before a client is sent there.
     pub blob_check: BlobCheckConfig,
+    /// Manifests kept in memory in pass-through mode.
+    pub manifest_cache: ManifestCacheConfig,
 }
 
 impl Default for ArcheioConfig {
@@ -61,33 +66,152 @@ impl Default for ArcheioConfig {
             admin_listen: vec!["0.0.0.0:9090".into()],
             info_url: "https://github.com/kubernetes/registry.k8s.io".into(),
             privacy_url: "https://www.linuxfoundation.org/privacy-policy/".into(),
+            mode: Mode::Redirect,
             upstream: UpstreamConfig::default(),
             signature_upstream: None,
             mirrors: MirrorsConfig::default(),
             ranges: RangesConfig::default(),
             client_address: ClientAddressConfig::default(),
             blob_check: BlobCheckConfig::default(),
+            manifest_cache: ManifestCacheConfig::default(),
         }
     }
+}
+
+/// How requests bound for the upstream are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `307` to the upstream; the client fetches from it.
+    #[default]
+    Redirect,
+    /// The gateway fetches from the upstream and streams the answer back.
+    Passthrough,
 }
 
 /// The upstream registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Scheme and host (and optional port) of the upstream registry.
-    /// Environment variable `UPSTREAM_REGISTRY_ENDPOINT`.
-    pub endpoint: String,
+    /// Endpoints of the upstream registry (scheme, host, optional port), in order of
+    /// preference: requests go to the first healthy one. Environment variable
+    /// `UPSTREAM_REGISTRY_ENDPOINT` replaces the list with one endpoint.
+    pub endpoints: Vec<String>,
     /// Path prefix under `/v2/` at the upstream that the request's repository is joined to.
     /// Environment variable `UPSTREAM_REGISTRY_PATH`.
     pub path: String,
+    /// PEM file with the CA certificates trusted for TLS to the upstream, instead of the
+    /// system's (for private registries). Unset: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials the gateway presents to the upstream in pass-through mode: as HTTP Basic
+    /// auth, or to its token service when it asks for a Bearer token. Unset: anonymous.
+    pub credentials: Option<CredentialsConfig>,
+    /// Limits on upstream requests in pass-through mode.
+    pub timeouts: UpstreamTimeoutsConfig,
+    /// Active health checks of the endpoints (used when there are several, or in
+    /// pass-through mode).
+    pub health_check: HealthCheckConfig,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
-            endpoint: "https://us-central1-docker.pkg.dev".into(),
+            endpoints: vec!["https://us-central1-docker.pkg.dev".into()],
             path: "k8s-artifacts-prod/images".into(),
+            ca_file: None,
+            credentials: None,
+            timeouts: UpstreamTimeoutsConfig::default(),
+            health_check: HealthCheckConfig::default(),
+        }
+    }
+}
+
+/// A user name and where its password is read from (never the YAML file itself, so the file
+/// can be shared and logged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// The user name.
+    pub username: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (a trailing newline is ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Time limits for one upstream request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTimeoutsConfig {
+    /// Establishing the connection, TLS handshake included.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Waiting for the response header, or for the next piece of the body.
+    #[serde(with = "humantime_serde")]
+    pub read: Duration,
+    /// The whole response, from the request sent to its last byte; 0s: no limit.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
+}
+
+impl Default for UpstreamTimeoutsConfig {
+    fn default() -> Self {
+        UpstreamTimeoutsConfig {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Active health checks: `GET <endpoint>/v2/` on an interval; any answer below 500 (`401`
+/// included) counts as healthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Time between checks of each endpoint.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check not answered within this counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that mark an endpoint unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive good checks that mark an unhealthy endpoint healthy again.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            unhealthy_after: 2,
+            healthy_after: 1,
+        }
+    }
+}
+
+/// The pass-through manifest cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestCacheConfig {
+    /// Most bytes of manifests kept (bodies and keys); least recently used go first.
+    /// 0 turns the cache off.
+    pub max_bytes: u64,
+    /// How long a manifest fetched by tag is served from the cache; 0s: tags are not
+    /// cached. Manifests fetched by digest never change and stay until evicted.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+}
+
+impl Default for ManifestCacheConfig {
+    fn default() -> Self {
+        ManifestCacheConfig {
+            max_bytes: 64 * 1024 * 1024,
+            tag_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -280,7 +404,7 @@ impl ArcheioConfig {
             self.admin_listen = vec![port("ARCHEIO_ADMIN_PORT", v)?];
         }
         if let Some(v) = get("UPSTREAM_REGISTRY_ENDPOINT") {
-            self.upstream.endpoint = v;
+            self.upstream.endpoints = vec![v];
         }
         if let Some(v) = get("UPSTREAM_REGISTRY_PATH") {
             self.upstream.path = v;
@@ -372,7 +496,7 @@ mod tests {
         c.apply_env(env).unwrap();
         assert_eq!(c.listen, ["0.0.0.0:5001"]);
         assert_eq!(c.admin_listen, ["0.0.0.0:9090"]);
-        assert_eq!(c.upstream.endpoint, "http://up.example");
+        assert_eq!(c.upstream.endpoints, ["http://up.example"]);
         assert_eq!(c.upstream.path, "a/b");
         assert_eq!(c.signature_upstream.as_deref(), Some("http://sig.example"));
         assert_eq!(c.mirrors.default, "http://mirror.example");

@@ -11,14 +11,19 @@ use log::info;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use archeio::admin::AdminApp;
+use archeio::config::Mode;
+use archeio::manifest_cache::ManifestCache;
 use archeio::metrics;
 use archeio::mirror_check::MirrorCheck;
 use archeio::proxy::Gateway;
 use archeio::ranges::RangeTable;
 use archeio::settings::Settings;
+use archeio::upstream::{HealthChecks, Upstreams};
+use archeio::upstream_auth::UpstreamAuth;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -46,8 +51,27 @@ fn main() {
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
+    let upstreams = Arc::new(Upstreams::new(&settings.upstream).unwrap_or_else(|e| fail(&e)));
+    let auth = UpstreamAuth::new(
+        upstreams.len(),
+        settings.upstream.credentials.clone(),
+        upstreams.token_client(),
+    );
+    let passthrough = settings.mode == Mode::Passthrough;
+    // With one endpoint, redirect mode has nothing to choose: no checks to send.
+    let health_checks = (passthrough || upstreams.len() > 1)
+        .then(|| background_service("upstream health", HealthChecks(upstreams.clone())));
+
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    let gateway = Gateway::new(settings.routes, ranges, mirror_check);
+    let gateway = Gateway::new(
+        settings.routes,
+        ranges,
+        mirror_check,
+        upstreams,
+        auth,
+        ManifestCache::new(&settings.manifest_cache),
+        settings.upstream.timeouts.total,
+    );
     let mut registry = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -61,13 +85,17 @@ fn main() {
         listen(&mut admin, addr);
     }
     info!(
-        "archeio {} from {source}: registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
+        "archeio {} from {source}: {:?} mode, registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
         env!("CARGO_PKG_VERSION"),
+        settings.mode,
         settings.listen,
         settings.admin_listen
     );
     server.add_service(registry);
     server.add_service(admin);
+    if let Some(checks) = health_checks {
+        server.add_service(checks);
+    }
     ready.store(true, Ordering::Release);
     server.bootstrap();
     server.run_forever();

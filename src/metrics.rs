@@ -3,8 +3,9 @@
 use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 
 use crate::mirror_check::Outcome;
@@ -73,6 +74,66 @@ pub static IP_PREFIXES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         "archeio_ip_prefixes",
         "Cloud IP prefixes loaded, by address family.",
         &["family"]
+    )
+    .expect("metric registers once")
+});
+
+/// Upstream responses in pass-through mode, by endpoint and status.
+pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_upstream_requests_total",
+        "Pass-through requests to the upstream, by endpoint (host:port) and status code (\"error\" when no response came).",
+        &["endpoint", "status"]
+    )
+    .expect("metric registers once")
+});
+
+/// Time to the upstream's response header, by endpoint.
+pub static UPSTREAM_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "archeio_upstream_response_seconds",
+        "Pass-through: time from choosing the endpoint to its response header, by endpoint.",
+        &["endpoint"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// Health of each endpoint.
+pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "archeio_upstream_healthy",
+        "1 when the upstream endpoint is considered healthy, else 0.",
+        &["endpoint"]
+    )
+    .expect("metric registers once")
+});
+
+/// Bearer token requests to upstream token services.
+pub static TOKEN_FETCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_upstream_token_fetches_total",
+        "Token requests to the upstream's token service, by result (ok, error).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Manifest cache lookups.
+pub static MANIFEST_CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_manifest_cache_lookups_total",
+        "Pass-through manifest cache lookups, by result (hit, miss).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Manifest bytes held by the cache.
+pub static MANIFEST_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "archeio_manifest_cache_bytes",
+        "Manifest bytes held in the pass-through cache."
     )
     .expect("metric registers once")
 });
@@ -157,6 +218,12 @@ pub fn init() {
     LazyLock::force(&BLOB_CHECKS);
     LazyLock::force(&MIRROR_HEAD_SECONDS);
     LazyLock::force(&IP_PREFIXES);
+    LazyLock::force(&UPSTREAM_REQUESTS);
+    LazyLock::force(&UPSTREAM_SECONDS);
+    LazyLock::force(&UPSTREAM_HEALTHY);
+    LazyLock::force(&TOKEN_FETCHES);
+    LazyLock::force(&MANIFEST_CACHE_LOOKUPS);
+    LazyLock::force(&MANIFEST_CACHE_BYTES);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);

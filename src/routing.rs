@@ -20,8 +20,13 @@ pub struct Routes {
     pub info_url: String,
     /// Location for `/privacy...`.
     pub privacy_url: String,
-    /// Upstream endpoint, `/v2` and the path prefix, e.g. `https://host/v2/prefix`.
-    pub upstream: String,
+    /// Per upstream endpoint, in order: endpoint, `/v2` and the path prefix, e.g.
+    /// `https://host/v2/prefix`.
+    pub upstreams: Vec<String>,
+    /// `/v2` and the path prefix: the upstream's request path in pass-through mode.
+    pub upstream_prefix: String,
+    /// Pass-through mode: upstream-bound requests are proxied instead of redirected.
+    pub passthrough: bool,
     /// The same for the signature upstream, when configured.
     pub signature_upstream: Option<String>,
     /// Mirror base URL for clients without a regional mirror.
@@ -47,6 +52,8 @@ pub struct Request<'a> {
     pub peer: Option<IpAddr>,
     /// Values of every `X-Forwarded-For` header line, in order.
     pub forwarded_for: &'a [&'a [u8]],
+    /// Index in [`Routes::upstreams`] of the endpoint to redirect to: the first healthy one.
+    pub upstream: usize,
 }
 
 /// Which rule answered; a metrics label and the access log's `decision`.
@@ -148,15 +155,32 @@ pub enum Answer {
         message: Cow<'static, str>,
         oci: bool,
     },
+    /// Pass-through: fetch `path` (the upstream's request target, query included) from the
+    /// upstream and stream the answer back. `manifest` says whether and how long the answer
+    /// may be cached.
+    Proxy {
+        path: String,
+        manifest: Option<ManifestRef>,
+    },
+}
+
+/// How a manifest was asked for, which decides how long its answer stays valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestRef {
+    /// By digest: the answer never changes.
+    Digest,
+    /// By tag: the answer changes when the tag moves.
+    Tag,
 }
 
 impl Answer {
-    /// The HTTP status code.
-    pub fn status(&self) -> u16 {
+    /// The HTTP status code, when the gateway decides it (not for proxied requests).
+    pub fn status(&self) -> Option<u16> {
         match self {
-            Answer::Redirect { .. } => 307,
-            Answer::ApiVersion => 200,
-            Answer::Error { status, .. } => *status,
+            Answer::Redirect { .. } => Some(307),
+            Answer::ApiVersion => Some(200),
+            Answer::Error { status, .. } => Some(*status),
+            Answer::Proxy { .. } => None,
         }
     }
 }
@@ -175,8 +199,8 @@ pub struct Reply {
 pub struct MirrorCandidate {
     /// The blob's URL at the chosen mirror.
     pub mirror_url: String,
-    /// Where to go when the mirror does not have it.
-    pub upstream_url: String,
+    /// The answer when the mirror does not have it: to the upstream.
+    pub fallback: Answer,
     /// Which mirror it is.
     pub target: Target,
 }
@@ -190,10 +214,7 @@ impl MirrorCandidate {
                 target: self.target,
             }
         } else {
-            Answer::Redirect {
-                location: self.upstream_url,
-                target: Target::Upstream,
-            }
+            self.fallback
         };
         Reply {
             route: Route::Blob,
@@ -251,13 +272,14 @@ pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decisi
 /// 2. `/v2` followed by anything but `/` (`/v2foo`): `404` (the original sent these upstream);
 /// 3. `/v2/_catalog`: `404`;
 /// 4. blob (`/v2/<name>/blobs/<alg>:<hex>`): client address (`400` if unusable); GCP client:
-///    `307` upstream; else the region's mirror (or the default one) if it has the blob, else
-///    `307` upstream;
+///    upstream; else the region's mirror (or the default one) if it has the blob, else
+///    upstream;
 /// 5. cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a signature upstream:
 ///    `307` there;
-/// 6. anything else: `307` upstream.
+/// 6. anything else: upstream.
 ///
-/// Upstream redirects keep the query string.
+/// "Upstream" is a `307` to the first healthy endpoint in redirect mode, and proxying there
+/// in pass-through mode. Both keep the query string.
 fn decide_api(
     path: &str,
     query: Option<&str>,
@@ -295,11 +317,14 @@ fn decide_api(
             Ok(ip) => ip,
             Err(e) => return error(Route::Invalid, 400, "UNSUPPORTED", e.to_string(), true),
         };
-        let upstream_url = join(&routes.upstream, rest, query);
+        let fallback = upstream(rest, query, req, routes, None);
         let placement = ranges.lookup(client);
         let (base, target) = match placement {
             Some(p) if p.cloud == Cloud::Gcp => {
-                return redirect(Route::Blob, upstream_url, Target::Upstream);
+                return Decision::Reply(Reply {
+                    route: Route::Blob,
+                    answer: fallback,
+                });
             }
             Some(p) => match routes.mirrors.get(&p.region) {
                 Some(base) => (base, Target::Mirror(p.region.clone())),
@@ -319,7 +344,7 @@ fn decide_api(
         mirror_url.push_str(&routes.blob_path_suffix);
         return Decision::CheckMirror(MirrorCandidate {
             mirror_url,
-            upstream_url,
+            fallback,
             target,
         });
     }
@@ -334,11 +359,48 @@ fn decide_api(
             Target::SignatureUpstream,
         );
     }
-    redirect(
-        Route::Upstream,
-        join(&routes.upstream, rest, query),
-        Target::Upstream,
-    )
+    Decision::Reply(Reply {
+        route: Route::Upstream,
+        answer: upstream(rest, query, req, routes, manifest_ref(rest)),
+    })
+}
+
+/// Sends `rest` to the upstream: a redirect to the chosen endpoint, or a proxied request.
+fn upstream(
+    rest: &str,
+    query: Option<&str>,
+    req: &Request<'_>,
+    routes: &Routes,
+    manifest: Option<ManifestRef>,
+) -> Answer {
+    if routes.passthrough {
+        return Answer::Proxy {
+            path: join(&routes.upstream_prefix, rest, query),
+            manifest,
+        };
+    }
+    let base = routes
+        .upstreams
+        .get(req.upstream)
+        .unwrap_or(&routes.upstreams[0]);
+    Answer::Redirect {
+        location: join(base, rest, query),
+        target: Target::Upstream,
+    }
+}
+
+/// `/<name>/manifests/<reference>`: by digest when the reference has a `:`.
+fn manifest_ref(rest: &str) -> Option<ManifestRef> {
+    let (before, reference) = rest.rsplit_once('/')?;
+    let name = before.strip_suffix("/manifests")?;
+    if name.is_empty() || reference.is_empty() {
+        return None;
+    }
+    Some(if reference.contains(':') {
+        ManifestRef::Digest
+    } else {
+        ManifestRef::Tag
+    })
 }
 
 fn redirect(route: Route, location: String, target: Target) -> Decision {

@@ -4,11 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use url::Url;
 
-use crate::config::{ArcheioConfig, BlobCheckConfig, ConfigError, RangesConfig};
+use crate::config::{
+    ArcheioConfig, BlobCheckConfig, ConfigError, CredentialsConfig, HealthCheckConfig,
+    ManifestCacheConfig, Mode, RangesConfig, UpstreamTimeoutsConfig,
+};
 use crate::routing::Routes;
 
 /// Everything the gateway needs, checked.
@@ -24,6 +29,70 @@ pub struct Settings {
     pub ranges: RangesConfig,
     /// Mirror check settings.
     pub blob_check: BlobCheckConfig,
+    /// Redirect or pass-through.
+    pub mode: Mode,
+    /// The upstream endpoints and how to reach them.
+    pub upstream: UpstreamSettings,
+    /// The pass-through manifest cache.
+    pub manifest_cache: ManifestCacheConfig,
+}
+
+/// The upstream registry, checked.
+#[derive(Debug)]
+pub struct UpstreamSettings {
+    /// Endpoints in order of preference.
+    pub endpoints: Vec<Endpoint>,
+    /// CA certificates (DER) trusted instead of the system's, from `upstream.ca_file`.
+    pub ca_certs: Option<Vec<CertificateDer<'static>>>,
+    /// What the gateway authenticates with.
+    pub credentials: Option<Credentials>,
+    /// Request time limits.
+    pub timeouts: UpstreamTimeoutsConfig,
+    /// Active health checks.
+    pub health_check: HealthCheckConfig,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Base URL without a trailing slash, e.g. `https://registry.example:5000`.
+    pub url: String,
+    /// `https`.
+    pub tls: bool,
+    /// Host name or address literal (without IPv6 brackets), also the TLS server name.
+    pub host: String,
+    /// Port, the scheme's default when the URL has none.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port` for labels and logs (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Upstream credentials; the password is read from the environment or a file and never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Settings {
@@ -37,16 +106,21 @@ impl Settings {
             Some(p) => ArcheioConfig::from_file(p)?,
             None => ArcheioConfig::default(),
         };
-        cfg.apply_env(env)?;
+        cfg.apply_env(&env)?;
         let source = path.map_or_else(
             || "built-in defaults".to_string(),
             |p| p.display().to_string(),
         );
-        Settings::from_config(&cfg, &source)
+        Settings::from_config(&cfg, &source, env)
     }
 
-    /// Validates `cfg`; `source` names where it came from in errors.
-    pub fn from_config(cfg: &ArcheioConfig, source: &str) -> Result<Settings, ConfigError> {
+    /// Validates `cfg`; `source` names where it came from in errors; `env` looks up the
+    /// environment variables that secrets are read from.
+    pub fn from_config(
+        cfg: &ArcheioConfig,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             source: source.to_string(),
             message: format!("archeio.{key}: {message}"),
@@ -60,9 +134,53 @@ impl Settings {
 
         let info_url = redirect_url(&cfg.info_url).map_err(|m| err("info_url", m))?;
         let privacy_url = redirect_url(&cfg.privacy_url).map_err(|m| err("privacy_url", m))?;
-        let endpoint = base_url(&cfg.upstream.endpoint).map_err(|m| err("upstream.endpoint", m))?;
-        let prefix = path_prefix(&cfg.upstream.path).map_err(|m| err("upstream.path", m))?;
-        let upstream = format!("{endpoint}/v2{prefix}");
+        let up = &cfg.upstream;
+        if up.endpoints.is_empty() {
+            return Err(err("upstream.endpoints", "needs at least one URL".into()));
+        }
+        let endpoints = up
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| endpoint(e).map_err(|m| err(&format!("upstream.endpoints[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefix = path_prefix(&up.path).map_err(|m| err("upstream.path", m))?;
+        let ca_certs = match &up.ca_file {
+            Some(path) => Some(ca_certs(path).map_err(|m| err("upstream.ca_file", m))?),
+            None => None,
+        };
+        let credentials = match &up.credentials {
+            Some(c) => Some(credentials(c, &env).map_err(|(k, m)| err(&k, m))?),
+            None => None,
+        };
+        for (key, value) in [
+            ("upstream.timeouts.connect", up.timeouts.connect),
+            ("upstream.timeouts.read", up.timeouts.read),
+            ("upstream.health_check.interval", up.health_check.interval),
+            ("upstream.health_check.timeout", up.health_check.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be longer than 0s".into()));
+            }
+        }
+        for (key, value) in [
+            (
+                "upstream.health_check.unhealthy_after",
+                up.health_check.unhealthy_after,
+            ),
+            (
+                "upstream.health_check.healthy_after",
+                up.health_check.healthy_after,
+            ),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be at least 1".into()));
+            }
+        }
+        let upstreams = endpoints
+            .iter()
+            .map(|e| format!("{}/v2{prefix}", e.url))
+            .collect();
         let signature_upstream = match &cfg.signature_upstream {
             Some(e) => Some(format!(
                 "{}/v2{prefix}",
@@ -102,7 +220,9 @@ impl Settings {
             routes: Routes {
                 info_url,
                 privacy_url,
-                upstream,
+                upstreams,
+                upstream_prefix: format!("/v2{prefix}"),
+                passthrough: cfg.mode == Mode::Passthrough,
                 signature_upstream,
                 default_mirror,
                 mirrors,
@@ -112,6 +232,15 @@ impl Settings {
             },
             ranges: cfg.ranges.clone(),
             blob_check: check.clone(),
+            mode: cfg.mode,
+            upstream: UpstreamSettings {
+                endpoints,
+                ca_certs,
+                credentials,
+                timeouts: up.timeouts.clone(),
+                health_check: up.health_check.clone(),
+            },
+            manifest_cache: cfg.manifest_cache.clone(),
         })
     }
 }
@@ -155,6 +284,81 @@ fn base_url(text: &str) -> Result<String, String> {
         return Err(format!("must not have a query or fragment, got {text:?}"));
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// An upstream endpoint: http(s), host, optional port, nothing else.
+fn endpoint(text: &str) -> Result<Endpoint, String> {
+    let url = base_url(text)?;
+    let parsed = Url::parse(&url).map_err(|e| e.to_string())?;
+    if parsed.path() != "/" && !parsed.path().is_empty() {
+        return Err(format!(
+            "expected scheme, host and port only (the path prefix is upstream.path), got {text:?}"
+        ));
+    }
+    let host = match parsed.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => return Err(format!("expected a host, got {text:?}")),
+    };
+    Ok(Endpoint {
+        tls: parsed.scheme() == "https",
+        port: parsed.port_or_known_default().unwrap_or(443),
+        host,
+        url,
+    })
+}
+
+/// The certificates in a PEM file; at least one.
+fn ca_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("expected PEM certificates in {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "expected PEM certificates in {}, found none",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads the password from exactly one of the environment variable or the file.
+fn credentials(
+    c: &CredentialsConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Credentials, (String, String)> {
+    let key = |k: &str| format!("upstream.credentials.{k}");
+    if c.username.is_empty() || c.username.contains(':') {
+        return Err((key("username"), "must be non-empty and without ':'".into()));
+    }
+    let password = match (&c.password_env, &c.password_file) {
+        (Some(var), None) => env(var).ok_or_else(|| {
+            (
+                key("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                (
+                    key("password_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        _ => {
+            return Err((
+                key("password_env"),
+                "expected exactly one of password_env and password_file".into(),
+            ))
+        }
+    };
+    Ok(Credentials {
+        username: c.username.clone(),
+        password,
+    })
 }
 
 /// `a/b` becomes `/a/b`; empty stays empty. Segments are plain names: no `.`/`..`, no empty
@@ -211,16 +415,25 @@ mod tests {
 
     fn settings(yaml: &str) -> Result<Settings, ConfigError> {
         let cfg = ArcheioConfig::from_yaml(yaml, "test.yaml")?;
-        Settings::from_config(&cfg, "test.yaml")
+        Settings::from_config(&cfg, "test.yaml", |k| {
+            (k == "REG_PASSWORD").then(|| "s3cret".to_string())
+        })
     }
 
     #[test]
     fn defaults_build_the_original_urls() {
         let s = settings("").unwrap();
         assert_eq!(
-            s.routes.upstream,
-            "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images"
+            s.routes.upstreams,
+            ["https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images"]
         );
+        assert_eq!(s.routes.upstream_prefix, "/v2/k8s-artifacts-prod/images");
+        assert!(!s.routes.passthrough);
+        assert_eq!(
+            s.upstream.endpoints[0].authority(),
+            "us-central1-docker.pkg.dev:443"
+        );
+        assert!(s.upstream.endpoints[0].tls);
         assert_eq!(
             s.routes.default_mirror,
             "https://d1be1w964nk82h.cloudfront.net"
@@ -236,16 +449,21 @@ mod tests {
     #[test]
     fn slashes_in_endpoint_and_prefix_are_normalised() {
         let s = settings(
-            "archeio:\n  upstream: {endpoint: 'http://127.0.0.1:5000/', path: '/'}\n  signature_upstream: http://sig:1/\n",
+            "archeio:\n  upstream: {endpoints: ['http://127.0.0.1:5000/', 'https://[::1]'], path: '/'}\n  signature_upstream: http://sig:1/\n",
         )
         .unwrap();
-        assert_eq!(s.routes.upstream, "http://127.0.0.1:5000/v2");
+        assert_eq!(
+            s.routes.upstreams,
+            ["http://127.0.0.1:5000/v2", "https://[::1]/v2"]
+        );
+        assert_eq!(s.upstream.endpoints[1].authority(), "[::1]:443");
+        assert_eq!(s.upstream.endpoints[1].host, "::1");
         assert_eq!(
             s.routes.signature_upstream.as_deref(),
             Some("http://sig:1/v2")
         );
         let s = settings("archeio:\n  upstream: {path: '/a/b/'}\n").unwrap();
-        assert!(s.routes.upstream.ends_with("/v2/a/b"));
+        assert!(s.routes.upstreams[0].ends_with("/v2/a/b"));
     }
 
     #[test]
@@ -262,13 +480,50 @@ mod tests {
             ("archeio:\n  listen: []\n", "archeio.listen"),
             ("archeio:\n  info_url: 'ftp://x'\n", "archeio.info_url"),
             (
-                "archeio:\n  upstream: {endpoint: 'http://u:p@host'}\n",
-                "archeio.upstream.endpoint",
+                "archeio:\n  upstream: {endpoints: ['http://u:p@host']}\n",
+                "archeio.upstream.endpoints[0]",
             ),
             (
-                "archeio:\n  upstream: {endpoint: 'http://h/?q=1'}\n",
-                "archeio.upstream.endpoint",
+                "archeio:\n  upstream: {endpoints: ['http://a', 'http://h/?q=1']}\n",
+                "archeio.upstream.endpoints[1]",
             ),
+            (
+                "archeio:\n  upstream: {endpoints: ['http://h/v2']}\n",
+                "archeio.upstream.endpoints[0]",
+            ),
+            (
+                "archeio:\n  upstream: {endpoints: []}\n",
+                "archeio.upstream.endpoints",
+            ),
+            (
+                "archeio:\n  upstream: {ca_file: /nonexistent/ca.pem}\n",
+                "archeio.upstream.ca_file",
+            ),
+            (
+                "archeio:\n  upstream: {ca_file: Cargo.toml}\n",
+                "archeio.upstream.ca_file",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u}}\n",
+                "archeio.upstream.credentials.password_env",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u, password_env: NOPE}}\n",
+                "archeio.upstream.credentials.password_env",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u, password_file: /nonexistent}}\n",
+                "archeio.upstream.credentials.password_file",
+            ),
+            (
+                "archeio:\n  upstream: {timeouts: {read: 0s}}\n",
+                "archeio.upstream.timeouts.read",
+            ),
+            (
+                "archeio:\n  upstream: {health_check: {unhealthy_after: 0}}\n",
+                "archeio.upstream.health_check.unhealthy_after",
+            ),
+            ("archeio:\n  mode: mirror\n", "archeio.mode"),
             (
                 "archeio:\n  upstream: {path: 'a/../b'}\n",
                 "archeio.upstream.path",
@@ -331,5 +586,30 @@ mod tests {
             assert!(msg.starts_with("test.yaml: "), "{yaml} -> {msg}");
             assert!(msg.contains(key), "{yaml} -> {msg}");
         }
+    }
+
+    #[test]
+    fn passthrough_credentials_come_from_the_environment_and_are_never_printed() {
+        let s = settings(
+            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: bot, password_env: REG_PASSWORD}\n",
+        )
+        .unwrap();
+        assert!(s.routes.passthrough);
+        let c = s.upstream.credentials.as_ref().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bot", "s3cret")
+        );
+        assert!(!format!("{s:?}").contains("s3cret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let s = settings(&format!(
+            "archeio:\n  upstream:\n    credentials: {{username: bot, password_file: {}}}\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(s.upstream.credentials.unwrap().password, "from-file");
     }
 }

@@ -24,7 +24,7 @@ async fn setup(embedded: bool, blob_check: &str) -> (Gateway, Mirror, Mirror, Mi
         Mirror::start().await,
     );
     let keys = format!(
-        "  upstream: {{endpoint: 'http://upstream.test', path: prefix/images}}
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
   signature_upstream: http://sig.test
   mirrors:
     default: {default}
@@ -356,7 +356,7 @@ async fn misses_expire_after_their_ttl_and_403_or_errors_are_misses() {
 async fn an_unreachable_mirror_counts_as_absent() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let keys = format!(
-        "  upstream: {{endpoint: 'http://upstream.test', path: prefix/images}}
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
   mirrors: {{default: '{dead}', regions: {{}}}}
   ranges: {{embedded: false}}
   blob_check: {{timeout: 1s}}"
@@ -570,8 +570,8 @@ fn config_test_flag_checks_our_section_too() {
             "archeio.blob_check.hit_ttl",
         ),
         (
-            "archeio:\n  upstream:\n    endpoint: not a url\n",
-            "archeio.upstream.endpoint",
+            "archeio:\n  upstream:\n    endpoints: [not a url]\n",
+            "archeio.upstream.endpoints[0]",
         ),
         ("archeio:\n  listn: []\n", "unknown field `listn`"),
         (

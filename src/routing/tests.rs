@@ -13,7 +13,9 @@ fn routes(signature: bool) -> Routes {
     if signature {
         cfg.signature_upstream = Some("https://sig.example".into());
     }
-    Settings::from_config(&cfg, "test").unwrap().routes
+    Settings::from_config(&cfg, "test", |_| None)
+        .unwrap()
+        .routes
 }
 
 /// Embedded ranges plus operator rules for documentation networks.
@@ -45,8 +47,16 @@ fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Ro
         target: target.as_bytes(),
         peer: Some(peer.parse().unwrap()),
         forwarded_for: &lines,
+        upstream: 0,
     };
     decide(&req, routes, ranges())
+}
+
+fn url(answer: &Answer) -> &str {
+    match answer {
+        Answer::Redirect { location, .. } => location,
+        other => panic!("expected a redirect, got {other:?}"),
+    }
 }
 
 fn get(target: &str) -> Decision {
@@ -76,7 +86,7 @@ fn status(d: Decision) -> (Route, u16, bool) {
             route,
             answer: Answer::Error { status, oci, .. },
         } => (route, status, oci),
-        Reply { route, answer } => (route, answer.status(), false),
+        Reply { route, answer } => (route, answer.status().unwrap(), false),
     }
 }
 
@@ -127,7 +137,7 @@ fn info_privacy_and_not_found() {
 fn api_version_check_with_and_without_slash() {
     for p in ["/v2", "/v2/", "/v2/?foo=bar"] {
         assert_eq!(reply(get(p)).route, Route::ApiVersion, "{p}");
-        assert_eq!(reply(get(p)).answer.status(), 200);
+        assert_eq!(reply(get(p)).answer.status(), Some(200));
     }
     assert_eq!(status(get("/v2foo")), (Route::NotFound, 404, true));
 }
@@ -225,7 +235,7 @@ fn blob_for_an_aws_client_checks_the_regional_mirror() {
         format!("https://prod-registry-k8s-io-us-east-1.s3.dualstack.us-east-1.amazonaws.com/containers/images/{SHA}")
     );
     assert_eq!(c.target, Target::Mirror("us-east-1".into()));
-    assert_eq!(c.upstream_url, format!("{UP}/pause/blobs/{SHA}"));
+    assert_eq!(url(&c.fallback), format!("{UP}/pause/blobs/{SHA}"));
 
     let present = c.clone().decide(true);
     assert_eq!(present.route, Route::Blob);
@@ -240,7 +250,7 @@ fn blob_for_an_aws_client_checks_the_regional_mirror() {
     assert_eq!(
         absent.answer,
         Answer::Redirect {
-            location: c.upstream_url.clone(),
+            location: format!("{UP}/pause/blobs/{SHA}"),
             target: Target::Upstream
         }
     );
@@ -259,7 +269,7 @@ fn blob_digests_of_other_algorithms_and_nested_names() {
     assert!(c
         .mirror_url
         .ends_with(&format!("/containers/images/{sha512}")));
-    assert_eq!(c.upstream_url, format!("{UP}/a/b/c/blobs/{sha512}"));
+    assert_eq!(url(&c.fallback), format!("{UP}/a/b/c/blobs/{sha512}"));
     // The original's pattern allows '=', '_' and '-' in the encoded part.
     let odd = "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8";
     let c = candidate(decide_with(
@@ -282,7 +292,7 @@ fn blob_query_is_kept_upstream_and_dropped_at_the_mirror() {
         &routes(false),
     ));
     assert!(c.mirror_url.ends_with(SHA));
-    assert!(c.upstream_url.ends_with(&format!("{SHA}?ns=x")));
+    assert!(url(&c.fallback).ends_with(&format!("{SHA}?ns=x")));
 }
 
 #[test]
@@ -448,7 +458,7 @@ fn malformed_targets_are_400_with_an_oci_body_on_api_paths() {
         assert_eq!(status(d), (Route::Invalid, 400, oci), "{target:?}");
     }
     let d = reply(get("http://evil.example/v2/"));
-    assert_eq!(d.answer.status(), 400);
+    assert_eq!(d.answer.status(), Some(400));
     // A target of exactly the limit is fine.
     let path = "/v2/a/manifests/";
     let exact = format!("{path}{}", "b".repeat(MAX_TARGET_LEN - path.len()));
@@ -472,5 +482,102 @@ fn locations_never_leave_the_configured_hosts() {
         let d = decide_with("GET", target, "10.0.0.1", &[], &routes(true));
         let (_, l, _) = location(d);
         assert!(hosts.iter().any(|h| l.starts_with(h)), "{target} -> {l}");
+    }
+}
+
+fn passthrough_routes() -> Routes {
+    let cfg = ArcheioConfig {
+        mode: crate::config::Mode::Passthrough,
+        ..ArcheioConfig::default()
+    };
+    Settings::from_config(&cfg, "test", |_| None)
+        .unwrap()
+        .routes
+}
+
+#[test]
+fn passthrough_proxies_manifests_tags_and_referrers_with_the_upstream_path() {
+    let routes = passthrough_routes();
+    let cases = [
+        ("/v2/pause/manifests/3.9", Some(ManifestRef::Tag)),
+        (
+            &*format!("/v2/pause/manifests/{SHA}"),
+            Some(ManifestRef::Digest),
+        ),
+        ("/v2/a/b/tags/list?n=10&last=x", None),
+        (&*format!("/v2/pause/referrers/{SHA}"), None),
+    ];
+    for (target, manifest) in cases {
+        let r = reply(decide_with("HEAD", target, "10.0.0.1", &[], &routes));
+        assert_eq!(r.route, Route::Upstream, "{target}");
+        assert_eq!(
+            r.answer,
+            Answer::Proxy {
+                path: format!("/v2/k8s-artifacts-prod/images{}", &target[3..]),
+                manifest
+            },
+            "{target}"
+        );
+        assert_eq!(r.answer.status(), None);
+    }
+    // The API version check and bad input are still answered by the gateway.
+    assert_eq!(
+        reply(decide_with("GET", "/v2/", "10.0.0.1", &[], &routes)).answer,
+        Answer::ApiVersion
+    );
+    let bad = reply(decide_with(
+        "GET",
+        "/v2/a/../b/manifests/x",
+        "10.0.0.1",
+        &[],
+        &routes,
+    ));
+    assert_eq!(bad.answer.status(), Some(400));
+}
+
+#[test]
+fn passthrough_blob_falls_back_to_proxying_not_redirecting() {
+    let routes = passthrough_routes();
+    let target = format!("/v2/pause/blobs/{SHA}");
+    let c = candidate(decide_with("GET", &target, "198.51.100.20", &[], &routes));
+    let proxied = Answer::Proxy {
+        path: format!("/v2/k8s-artifacts-prod/images/pause/blobs/{SHA}"),
+        manifest: None,
+    };
+    assert_eq!(c.fallback, proxied);
+    assert_eq!(c.clone().decide(false).answer, proxied);
+    assert!(matches!(
+        c.decide(true).answer,
+        Answer::Redirect {
+            target: Target::Mirror(_),
+            ..
+        }
+    ));
+    // A GCP client is proxied at once, as it would be redirected upstream at once.
+    let r = reply(decide_with("GET", &target, "203.0.113.9", &[], &routes));
+    assert_eq!(r.answer, proxied);
+}
+
+#[test]
+fn redirects_go_to_the_endpoint_the_health_checks_chose() {
+    let mut cfg = ArcheioConfig::default();
+    cfg.upstream.endpoints = vec!["https://a.example".into(), "https://b.example".into()];
+    let routes = Settings::from_config(&cfg, "test", |_| None)
+        .unwrap()
+        .routes;
+    let lines: Vec<&[u8]> = Vec::new();
+    for (choice, host) in [(0, "a.example"), (1, "b.example"), (7, "a.example")] {
+        let req = Request {
+            method: "GET",
+            target: b"/v2/pause/manifests/3.9?x=1",
+            peer: Some("10.0.0.1".parse().unwrap()),
+            forwarded_for: &lines,
+            upstream: choice,
+        };
+        let r = reply(decide(&req, &routes, ranges()));
+        assert_eq!(
+            url(&r.answer),
+            format!("https://{host}/v2/k8s-artifacts-prod/images/pause/manifests/3.9?x=1")
+        );
     }
 }

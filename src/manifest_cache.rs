@@ -1,0 +1,236 @@
+//! Pass-through manifest cache: upstream `200` answers to `GET .../manifests/<reference>`,
+//! bounded in bytes. Answers by digest never change and stay until evicted; answers by tag
+//! stay `tag_ttl`. The key holds the `Accept` set, because the upstream picks the manifest
+//! format from it: a client that only reads Docker v2 manifests must never get an OCI index
+//! cached for another client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::warn;
+use moka::sync::Cache;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use crate::config::ManifestCacheConfig;
+use crate::metrics;
+use crate::routing::ManifestRef;
+
+/// Largest manifest kept (the distribution spec lets registries refuse larger ones).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Response headers kept with a cached manifest; `Content-Length` is derived from the body.
+pub const KEPT_HEADERS: [&str; 5] = [
+    "content-type",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "etag",
+    "last-modified",
+];
+
+/// A cached answer.
+#[derive(Debug)]
+pub struct CachedManifest {
+    /// The [`KEPT_HEADERS`] the upstream sent, in its order.
+    pub headers: Vec<(&'static str, Bytes)>,
+    /// The manifest bytes.
+    pub body: Bytes,
+    reference: ManifestRef,
+}
+
+struct TtlByReference {
+    tag_ttl: Duration,
+}
+
+impl Expiry<String, Arc<CachedManifest>> for TtlByReference {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Arc<CachedManifest>,
+        _: Instant,
+    ) -> Option<Duration> {
+        match entry.reference {
+            ManifestRef::Digest => None,
+            ManifestRef::Tag => Some(self.tag_ttl),
+        }
+    }
+}
+
+/// The cache; disabled when `max_bytes` is 0.
+pub struct ManifestCache {
+    cache: Option<Cache<String, Arc<CachedManifest>>>,
+    tag_ttl: Duration,
+}
+
+impl ManifestCache {
+    /// A cache of at most `cfg.max_bytes`.
+    pub fn new(cfg: &ManifestCacheConfig) -> ManifestCache {
+        let cache = (cfg.max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(cfg.max_bytes)
+                .weigher(|key: &String, entry: &Arc<CachedManifest>| {
+                    let headers: usize = entry.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+                    u32::try_from(key.len() + headers + entry.body.len() + 64).unwrap_or(u32::MAX)
+                })
+                .expire_after(TtlByReference {
+                    tag_ttl: cfg.tag_ttl,
+                })
+                .eviction_listener(|_, entry: Arc<CachedManifest>, _| {
+                    metrics::MANIFEST_CACHE_BYTES.sub(entry.body.len() as i64);
+                })
+                .build()
+        });
+        ManifestCache {
+            cache,
+            tag_ttl: cfg.tag_ttl,
+        }
+    }
+
+    /// Whether answers for `reference` are cached at all.
+    pub fn caches(&self, reference: ManifestRef) -> bool {
+        self.cache.is_some() && (reference == ManifestRef::Digest || !self.tag_ttl.is_zero())
+    }
+
+    /// The key for an upstream path and the request's `Accept` header lines: media types
+    /// without parameters, lowercased, sorted, deduplicated.
+    pub fn key<'a>(path: &str, accept: impl Iterator<Item = &'a [u8]>) -> String {
+        let mut types: Vec<String> = accept
+            .flat_map(|line| line.split(|b| *b == b','))
+            .map(|item| {
+                let media = item.split(|b| *b == b';').next().unwrap_or_default();
+                String::from_utf8_lossy(media.trim_ascii()).to_ascii_lowercase()
+            })
+            .filter(|m| !m.is_empty())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        let mut key = String::with_capacity(
+            path.len() + 1 + types.iter().map(|t| t.len() + 1).sum::<usize>(),
+        );
+        key.push_str(path);
+        key.push('\n');
+        key.push_str(&types.join(","));
+        key
+    }
+
+    /// The cached answer for `key`, counting the hit or miss.
+    pub fn get(&self, key: &str) -> Option<Arc<CachedManifest>> {
+        let found = self.cache.as_ref()?.get(key);
+        let label = if found.is_some() { "hit" } else { "miss" };
+        metrics::MANIFEST_CACHE_LOOKUPS
+            .with_label_values(&[label])
+            .inc();
+        found
+    }
+
+    /// Keeps a complete `200` answer. A manifest fetched by a `sha256` digest is kept only if
+    /// its bytes have that digest.
+    pub fn insert(
+        &self,
+        key: String,
+        path: &str,
+        reference: ManifestRef,
+        headers: Vec<(&'static str, Bytes)>,
+        body: Bytes,
+    ) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        if reference == ManifestRef::Digest {
+            let path = &path[..path.find('?').unwrap_or(path.len())];
+            if let Some(hex) = path.rsplit_once("/sha256:").map(|(_, h)| h) {
+                let actual = hex_lower(&Sha256::digest(&body));
+                if actual != hex {
+                    warn!("upstream manifest {path} has digest sha256:{actual}: not cached");
+                    return;
+                }
+            }
+        }
+        metrics::MANIFEST_CACHE_BYTES.add(body.len() as i64);
+        cache.insert(
+            key,
+            Arc::new(CachedManifest {
+                headers,
+                body,
+                reference,
+            }),
+        );
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(tag_ttl: u64) -> ManifestCache {
+        ManifestCache::new(&ManifestCacheConfig {
+            max_bytes: 1 << 20,
+            tag_ttl: Duration::from_secs(tag_ttl),
+        })
+    }
+
+    #[test]
+    fn key_normalises_the_accept_set() {
+        let a = ManifestCache::key(
+            "/v2/a/manifests/v1",
+            [
+                b"application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9".as_slice(),
+                b"Application/vnd.oci.image.index.v1+json".as_slice(),
+            ]
+            .into_iter(),
+        );
+        let b = ManifestCache::key(
+            "/v2/a/manifests/v1",
+            [b"application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json".as_slice()]
+                .into_iter(),
+        );
+        assert_eq!(a, b);
+        let docker_only = ManifestCache::key(
+            "/v2/a/manifests/v1",
+            [b"application/vnd.docker.distribution.manifest.v2+json".as_slice()].into_iter(),
+        );
+        assert_ne!(a, docker_only);
+        assert_ne!(
+            ManifestCache::key("/v2/a/manifests/v2", std::iter::empty()),
+            ManifestCache::key("/v2/a/manifests/v1", std::iter::empty())
+        );
+    }
+
+    #[test]
+    fn digest_answers_are_kept_only_when_the_bytes_match() {
+        let c = cache(30);
+        let body = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let good = format!(
+            "/v2/a/manifests/sha256:{}",
+            hex_lower(&Sha256::digest(&body))
+        );
+        c.insert(
+            "k1".into(),
+            &good,
+            ManifestRef::Digest,
+            vec![("content-type", Bytes::from_static(b"application/json"))],
+            body.clone(),
+        );
+        assert_eq!(c.get("k1").unwrap().body, body);
+        let bad = format!("/v2/a/manifests/sha256:{}", "0".repeat(64));
+        c.insert("k2".into(), &bad, ManifestRef::Digest, vec![], body);
+        assert!(c.get("k2").is_none());
+    }
+
+    #[test]
+    fn tags_are_not_cached_with_a_zero_ttl_and_nothing_with_zero_bytes() {
+        assert!(!cache(0).caches(ManifestRef::Tag));
+        assert!(cache(0).caches(ManifestRef::Digest));
+        assert!(cache(1).caches(ManifestRef::Tag));
+        let off = ManifestCache::new(&ManifestCacheConfig {
+            max_bytes: 0,
+            tag_ttl: Duration::from_secs(30),
+        });
+        assert!(!off.caches(ManifestRef::Digest));
+    }
+}

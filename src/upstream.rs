@@ -1,0 +1,317 @@
+//! The upstream endpoints: which are healthy (active checks on an interval, plus connection
+//! failures seen by the proxy), where they resolve to, and the Pingora peer for each.
+//!
+//! Endpoints are kept in configured order; requests go to the first healthy one. An endpoint
+//! that fails is not skipped forever: when none is healthy, they are all tried in order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use pingora_core::{Error, ErrorType, Result};
+
+use crate::config::{HealthCheckConfig, UpstreamTimeoutsConfig};
+use crate::metrics;
+use crate::settings::{Endpoint, UpstreamSettings};
+
+/// One endpoint and what is known about it.
+struct EndpointState {
+    endpoint: Endpoint,
+    /// `host:port`, the metrics label.
+    label: String,
+    /// Last resolved address; `None` until the host name resolved once.
+    addr: RwLock<Option<SocketAddr>>,
+    healthy: AtomicBool,
+    /// Consecutive failed checks (or connection failures) and consecutive good checks.
+    failures: AtomicU32,
+    successes: AtomicU32,
+}
+
+/// The upstream endpoints.
+pub struct Upstreams {
+    endpoints: Vec<EndpointState>,
+    ca: Option<Arc<[WrappedX509]>>,
+    timeouts: UpstreamTimeoutsConfig,
+    health: HealthCheckConfig,
+    /// For the health checks; trusts the same CA as the proxy path.
+    client: reqwest::Client,
+    /// For token services; trusts the same CA.
+    token_client: reqwest::Client,
+}
+
+impl Upstreams {
+    /// The endpoints of `settings`, each assumed healthy until checked. Host names are
+    /// resolved on first use and again before each health check.
+    pub fn new(settings: &UpstreamSettings) -> Result<Upstreams, String> {
+        let client_with = |timeout: Duration| -> Result<reqwest::Client, String> {
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(settings.timeouts.connect)
+                .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")));
+            if let Some(certs) = &settings.ca_certs {
+                builder = builder.tls_built_in_root_certs(false);
+                for der in certs {
+                    let cert = reqwest::Certificate::from_der(der)
+                        .map_err(|e| format!("upstream.ca_file: {e}"))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            builder
+                .build()
+                .map_err(|e| format!("cannot build an HTTP client for the upstream: {e}"))
+        };
+        let client = client_with(settings.health_check.timeout)?;
+        let token_client = client_with(settings.timeouts.read)?;
+        let ca = settings.ca_certs.as_ref().map(|certs| {
+            let wrapped: Vec<WrappedX509> = certs
+                .iter()
+                .map(|der| WrappedX509::new(der.to_vec(), parse_x509))
+                .collect();
+            Arc::from(wrapped)
+        });
+        let endpoints = settings
+            .endpoints
+            .iter()
+            .map(|e| {
+                let literal = e.host.parse().ok().map(|ip| SocketAddr::new(ip, e.port));
+                EndpointState {
+                    label: e.authority(),
+                    endpoint: e.clone(),
+                    addr: RwLock::new(literal),
+                    healthy: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
+                    successes: AtomicU32::new(0),
+                }
+            })
+            .collect::<Vec<_>>();
+        for e in &endpoints {
+            metrics::UPSTREAM_HEALTHY
+                .with_label_values(&[&e.label])
+                .set(1);
+        }
+        Ok(Upstreams {
+            endpoints,
+            ca,
+            timeouts: settings.timeouts.clone(),
+            health: settings.health_check.clone(),
+            client,
+            token_client,
+        })
+    }
+
+    /// An HTTP client for the upstream's token service, trusting the configured CA.
+    pub fn token_client(&self) -> reqwest::Client {
+        self.token_client.clone()
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Always false: settings require one endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The endpoint at `i`.
+    pub fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i].endpoint
+    }
+
+    /// `host:port` of the endpoint at `i`, the metrics label.
+    pub fn label(&self, i: usize) -> &str {
+        &self.endpoints[i].label
+    }
+
+    /// Whether the endpoint at `i` is currently considered healthy.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.endpoints[i].healthy.load(Ordering::Relaxed)
+    }
+
+    /// The first healthy endpoint, or the first one when none is.
+    pub fn preferred(&self) -> usize {
+        (0..self.endpoints.len())
+            .find(|&i| self.is_healthy(i))
+            .unwrap_or(0)
+    }
+
+    /// The endpoint to try next, given the bit set of endpoints already tried: the first
+    /// healthy untried one, else the first untried one.
+    pub fn next(&self, tried: u64) -> Option<usize> {
+        let untried = |i: &usize| *i >= 64 || tried & (1 << i) == 0;
+        (0..self.endpoints.len())
+            .filter(untried)
+            .find(|&i| self.is_healthy(i))
+            .or_else(|| (0..self.endpoints.len()).find(untried))
+    }
+
+    /// The Pingora peer for endpoint `i`, with the TLS and timeout settings.
+    pub async fn peer(&self, i: usize) -> Result<Box<HttpPeer>> {
+        let state = &self.endpoints[i];
+        let known = *state.addr.read().expect("lock is never poisoned");
+        let addr = match known {
+            Some(addr) => addr,
+            None => self.resolve(i).await.ok_or_else(|| {
+                Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    format!("upstream {} does not resolve", state.endpoint.url),
+                )
+            })?,
+        };
+        let e = &state.endpoint;
+        let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
+        let o = &mut peer.options;
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.read);
+        o.idle_timeout = Some(Duration::from_secs(60));
+        o.ca = self.ca.clone();
+        Ok(Box::new(peer))
+    }
+
+    /// The proxy could not connect to endpoint `i`: count it like a failed check, so a dead
+    /// endpoint stops being tried first before the next check round.
+    pub fn connect_failed(&self, i: usize) {
+        self.record(i, false, "connection failed");
+    }
+
+    /// One round of checks: resolve each host again, then `GET /v2/` on each endpoint.
+    pub async fn check_all(&self) {
+        for i in 0..self.endpoints.len() {
+            let e = &self.endpoints[i].endpoint;
+            self.resolve(i).await;
+            let (good, why) = match self.client.get(format!("{}/v2/", e.url)).send().await {
+                Ok(resp) if resp.status().as_u16() < 500 => (true, String::new()),
+                Ok(resp) => (false, format!("GET /v2/ answered {}", resp.status())),
+                Err(err) => (false, format!("GET /v2/ failed: {err}")),
+            };
+            self.record(i, good, &why);
+        }
+    }
+
+    /// Looks the host of endpoint `i` up again and keeps the first address.
+    async fn resolve(&self, i: usize) -> Option<SocketAddr> {
+        let state = &self.endpoints[i];
+        let e = &state.endpoint;
+        if e.host.parse::<std::net::IpAddr>().is_ok() {
+            return *state.addr.read().expect("lock is never poisoned");
+        }
+        match tokio::net::lookup_host((e.host.as_str(), e.port)).await {
+            Ok(mut addrs) => {
+                let addr = addrs.next();
+                if addr.is_some() {
+                    *state.addr.write().expect("lock is never poisoned") = addr;
+                }
+                addr
+            }
+            Err(err) => {
+                warn!("upstream {}: cannot resolve the host: {err}", e.url);
+                None
+            }
+        }
+    }
+
+    /// Counts a check result and flips the state after enough in a row.
+    fn record(&self, i: usize, good: bool, why: &str) {
+        let state = &self.endpoints[i];
+        let was = state.healthy.load(Ordering::Relaxed);
+        if good {
+            state.failures.store(0, Ordering::Relaxed);
+            let n = state.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !was && n >= self.health.healthy_after {
+                state.healthy.store(true, Ordering::Relaxed);
+                info!("upstream {} is healthy again", state.endpoint.url);
+                metrics::UPSTREAM_HEALTHY
+                    .with_label_values(&[&state.label])
+                    .set(1);
+            }
+        } else {
+            state.successes.store(0, Ordering::Relaxed);
+            let n = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if was && n >= self.health.unhealthy_after {
+                state.healthy.store(false, Ordering::Relaxed);
+                warn!(
+                    "upstream {} marked unhealthy after {n} failures: {why}",
+                    state.endpoint.url
+                );
+                metrics::UPSTREAM_HEALTHY
+                    .with_label_values(&[&state.label])
+                    .set(0);
+            }
+        }
+    }
+}
+
+/// Runs [`Upstreams::check_all`] every `health_check.interval` until shutdown.
+pub struct HealthChecks(pub Arc<Upstreams>);
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.0.health.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.0.check_all().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ArcheioConfig;
+    use crate::settings::Settings;
+
+    fn upstreams(n: usize) -> Upstreams {
+        let mut cfg = ArcheioConfig::default();
+        cfg.upstream.endpoints = (0..n)
+            .map(|i| format!("http://127.0.0.{}:1", i + 1))
+            .collect();
+        cfg.upstream.health_check.unhealthy_after = 1;
+        let s = Settings::from_config(&cfg, "test", |_| None).unwrap();
+        Upstreams::new(&s.upstream).unwrap()
+    }
+
+    #[test]
+    fn order_is_first_healthy_then_first_untried() {
+        let u = upstreams(3);
+        assert_eq!(u.preferred(), 0);
+        assert_eq!(u.next(0), Some(0));
+        assert_eq!(u.next(0b001), Some(1));
+        assert_eq!(u.next(0b011), Some(2));
+        assert_eq!(u.next(0b111), None);
+        u.connect_failed(0);
+        assert!(!u.is_healthy(0));
+        assert_eq!(u.preferred(), 1);
+        assert_eq!(u.next(0), Some(1));
+        u.connect_failed(1);
+        u.connect_failed(2);
+        // None healthy: still tried, in order.
+        assert_eq!(u.preferred(), 0);
+        assert_eq!(u.next(0), Some(0));
+        assert_eq!(u.next(0b001), Some(1));
+        u.record(2, true, "");
+        assert_eq!(u.preferred(), 2);
+    }
+
+    #[tokio::test]
+    async fn peers_carry_address_tls_and_timeouts() {
+        let u = upstreams(1);
+        let peer = u.peer(0).await.unwrap();
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(peer.sni, "127.0.0.1");
+        assert!(format!("{peer}").contains("127.0.0.1:1"), "{peer}");
+    }
+}
