@@ -1,0 +1,716 @@
+//! Pass-through mode against a real upstream registry (Debian's `docker-registry`, filled by
+//! `skopeo`) on loopback: proxied manifests, tags and blobs, the manifest cache, TLS with a
+//! test CA, Basic and token auth, failover, and the error answers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use common::registry::{images, sha256, Auth, Registry};
+use common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A pass-through gateway in front of `endpoints` with the repository prefix `test`, whose
+/// only mirror (for loopback clients) holds nothing unless told.
+async fn gateway(endpoints: &[String], upstream_extra: &str) -> (Gateway, Mirror) {
+    gateway_in_mode("passthrough", endpoints, upstream_extra).await
+}
+
+async fn gateway_in_mode(
+    mode: &str,
+    endpoints: &[String],
+    upstream_extra: &str,
+) -> (Gateway, Mirror) {
+    let mirror = Mirror::start().await;
+    let list: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
+    let keys = format!(
+        "  mode: {mode}
+  upstream:
+    endpoints: [{}]
+    path: test
+    timeouts: {{connect: 2s, read: 3s, total: 60s}}
+    health_check: {{interval: 200ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}
+{upstream_extra}
+  mirrors: {{default: '{m}', regions: {{local-1: '{m}'}}}}
+  ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: local-1}}]}}
+  client_address: {{trusted_proxy_hops: 0}}",
+        list.join(", "),
+        m = mirror.base(),
+    );
+    (Gateway::start(&keys).await, mirror)
+}
+
+fn assert_digest(r: &Resp, digest: &str) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(sha256(&r.body), digest);
+    assert_eq!(r.header("docker-content-digest"), Some(digest));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_tags_and_blobs_are_proxied_and_errors_pass_through() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let (gw, mirror) = gateway(&[reg.url(false)], "").await;
+    let accept = [("Accept", OCI_MANIFEST)];
+
+    let r = gw.send("GET", "/v2/app/manifests/v1", &accept).await;
+    assert_digest(&r, &img.app_manifest);
+    assert_eq!(r.header("content-type"), Some(OCI_MANIFEST));
+    let head = gw.send("HEAD", "/v2/app/manifests/v1", &accept).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(img.app_manifest.as_str())
+    );
+    let by_digest = format!("/v2/app/manifests/{}", img.app_manifest);
+    assert_digest(
+        &gw.send("GET", &by_digest, &accept).await,
+        &img.app_manifest,
+    );
+    assert_eq!(gw.send("HEAD", &by_digest, &accept).await.status, 200);
+
+    let r = gw
+        .send("GET", "/v2/multi/manifests/v1", &[("Accept", OCI_INDEX)])
+        .await;
+    assert_digest(&r, &img.multi_index);
+    assert_eq!(r.header("content-type"), Some(OCI_INDEX));
+    for platform in &img.multi_platforms {
+        let r = gw
+            .send("GET", &format!("/v2/multi/manifests/{platform}"), &accept)
+            .await;
+        assert_digest(&r, platform);
+    }
+
+    let r = gw.get("/v2/app/tags/list").await;
+    assert_eq!(r.status, 200);
+    let tags: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        tags,
+        serde_json::json!({"name": "test/app", "tags": ["v1"]})
+    );
+
+    // A blob the mirror lacks is streamed from the upstream; the mirror was still asked.
+    let blob = format!("/v2/app/blobs/{}", img.app_layer);
+    let r = gw.get(&blob).await;
+    assert_digest(&r, &img.app_layer);
+    assert!(r.body.len() > 600 * 1024);
+    let mirror_path = format!("/containers/images/{}", img.app_layer);
+    assert_eq!(mirror.heads(&mirror_path), 1);
+    assert_eq!(
+        reg.served("GET", &format!("/v2/test/app/blobs/{}", img.app_layer)),
+        1
+    );
+    // A blob the mirror holds is still redirected there.
+    let config_path = format!("/containers/images/{}", img.app_config);
+    mirror.put(&config_path);
+    let r = gw.get(&format!("/v2/app/blobs/{}", img.app_config)).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{}{config_path}", mirror.base()).as_str())
+    );
+
+    // Upstream 4xx answers come back as the upstream sent them.
+    let r = gw.send("GET", "/v2/app/manifests/nope", &accept).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.oci_code(), "MANIFEST_UNKNOWN");
+    let r = gw.get("/v2/nothing/tags/list").await;
+    assert_eq!((r.status, r.oci_code().as_str()), (404, "NAME_UNKNOWN"));
+
+    // The gateway still answers the API check itself, and the upstream saw prefixed paths.
+    assert_eq!(gw.get("/v2/").await.status, 200);
+    assert!(
+        reg.served("GET", "/v2/test/app/manifests/v1") >= 1,
+        "{}",
+        reg.log()
+    );
+    let m = gw.metrics().await;
+    let ep = format!("127.0.0.1:{}", reg.port);
+    // Two HEADs were answered from the cache.
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_requests_total{{endpoint=\"{ep}\",status=\"200\"}}")
+        ),
+        7.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_requests_total{{endpoint=\"{ep}\",status=\"404\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_healthy{{endpoint=\"{ep}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_response_seconds_count{{endpoint=\"{ep}\"}}")
+        ),
+        9.0
+    );
+    assert_eq!(
+        sample(&m, "archeio_manifest_cache_lookups_total{result=\"hit\"}"),
+        2.0
+    );
+    assert!(gw.log().contains("decision=upstream/proxy"), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manifest_cache_spares_the_upstream_and_keys_on_accept() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let (gw, _mirror) = gateway(&[reg.url(false)], "").await;
+
+    let path = format!("/v2/app/manifests/{}", img.app_manifest);
+    let upstream_path = format!("/v2/test/app/manifests/{}", img.app_manifest);
+    let accept = [("Accept", OCI_MANIFEST)];
+    for _ in 0..3 {
+        assert_digest(&gw.send("GET", &path, &accept).await, &img.app_manifest);
+    }
+    let head = gw.send("HEAD", &path, &accept).await;
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(img.app_manifest.as_str())
+    );
+    assert_eq!(reg.served("GET", &upstream_path), 1, "{}", reg.log());
+    assert_eq!(reg.served("HEAD", &upstream_path), 0);
+
+    // A client that only reads Docker manifests must not get the OCI index another client
+    // caused to be cached.
+    let tag = "/v2/multi/manifests/v1";
+    let upstream_tag = "/v2/test/multi/manifests/v1";
+    let docker_only = [("Accept", DOCKER_MANIFEST)];
+    let first = gw.send("GET", tag, &docker_only).await;
+    assert_ne!(first.header("content-type"), Some(OCI_INDEX));
+    let index = gw.send("GET", tag, &[("Accept", OCI_INDEX)]).await;
+    assert_digest(&index, &img.multi_index);
+    let again = gw.send("GET", tag, &docker_only).await;
+    assert_eq!(again.status, first.status);
+    assert_ne!(again.header("content-type"), Some(OCI_INDEX));
+    assert_eq!(reg.served("GET", upstream_tag), 3);
+    // The same Accept set in another order, case and line split is the same entry.
+    let index = gw
+        .send(
+            "GET",
+            tag,
+            &[(
+                "Accept",
+                "*/*, application/vnd.oci.image.index.v1+json;q=0.9",
+            )],
+        )
+        .await;
+    assert_digest(&index, &img.multi_index);
+    assert_eq!(reg.served("GET", upstream_tag), 4);
+    let index = gw
+        .send(
+            "GET",
+            tag,
+            &[
+                ("Accept", "Application/Vnd.OCI.Image.Index.v1+json"),
+                ("Accept", "*/*"),
+            ],
+        )
+        .await;
+    assert_digest(&index, &img.multi_index);
+    assert_eq!(reg.served("GET", upstream_tag), 4);
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, "archeio_manifest_cache_lookups_total{result=\"hit\"}"),
+        4.0,
+        "{m}"
+    );
+    assert!(sample(&m, "archeio_manifest_cache_bytes") > 0.0);
+    assert!(gw.log().contains("decision=upstream/cache"));
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it: (CA PEM, leaf PEM, leaf key PEM).
+fn test_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "archeio test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_upstream_is_verified_with_the_configured_ca() {
+    let img = images();
+    let (ca, cert, key) = test_ca();
+    let reg = Registry::start(&img.storage, Some((&cert, &key)), Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+
+    let (gw, _m) = gateway(
+        &[reg.url(true)],
+        &format!("    ca_file: {}", ca_file.display()),
+    )
+    .await;
+    let r = gw
+        .send("GET", "/v2/multi/manifests/v1", &[("Accept", OCI_INDEX)])
+        .await;
+    assert_digest(&r, &img.multi_index);
+    let r = gw.get(&format!("/v2/app/blobs/{}", img.app_config)).await;
+    assert_digest(&r, &img.app_config);
+
+    // Without the CA the certificate is not trusted: no answer from that upstream.
+    let (untrusting, _m) = gateway(&[reg.url(true)], "").await;
+    let r = untrusting
+        .send("GET", "/v2/multi/manifests/v1", &[("Accept", OCI_INDEX)])
+        .await;
+    assert_eq!(
+        (r.status, r.oci_code().as_str()),
+        (502, "UNAVAILABLE"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_upstream_gets_the_configured_credentials() {
+    let img = images();
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Basic {
+            user: "puller".into(),
+            password: "pa55word".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "pa55word\n").unwrap();
+    let creds = format!(
+        "    credentials: {{username: puller, password_file: {}}}",
+        pw.display()
+    );
+    let (gw, _m) = gateway(&[reg.url(false)], &creds).await;
+    let accept = [("Accept", OCI_MANIFEST)];
+    assert_digest(
+        &gw.send("GET", "/v2/app/manifests/v1", &accept).await,
+        &img.app_manifest,
+    );
+    assert_digest(
+        &gw.get(&format!("/v2/app/blobs/{}", img.app_layer)).await,
+        &img.app_layer,
+    );
+    assert!(!gw.log().contains("pa55word"));
+    assert!(!gw.metrics().await.contains("pa55word"));
+
+    // Without credentials the upstream's 401 reaches the client unchanged.
+    let (anonymous, _m) = gateway(&[reg.url(false)], "").await;
+    let r = anonymous.send("GET", "/v2/app/manifests/v1", &accept).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+}
+
+/// A token service in the style of the distribution token protocol: checks Basic
+/// credentials, signs ES256 tokens for the requested scope; counts requests per scope.
+struct TokenServer {
+    addr: SocketAddr,
+    cert_pem: String,
+    requests: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TokenServer {
+    async fn start(user: &'static str, password: &'static str) -> TokenServer {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["token-signer".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let signing = Arc::new(
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        );
+        let requests: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = requests.clone();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (signing, x5c, counts, expected) = (
+                    signing.clone(),
+                    x5c.clone(),
+                    counts.clone(),
+                    expected.clone(),
+                );
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let query: HashMap<String, String> =
+                            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                                .into_owned()
+                                .collect();
+                        let scope = query.get("scope").cloned().unwrap_or_default();
+                        *counts.lock().unwrap().entry(scope.clone()).or_default() += 1;
+                        let authorized = req
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                        let body = if authorized {
+                            let name = scope.split(':').nth(1).unwrap_or("");
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_secs();
+                            let claims = serde_json::json!({
+                                "iss": "test-issuer", "sub": "archeio", "aud": "test-registry",
+                                "exp": now + 300, "nbf": now - 10, "iat": now,
+                                "jti": format!("{now}-{name}"),
+                                "access": [{"type": "repository", "name": name, "actions": ["pull"]}]
+                            });
+                            let mut header =
+                                jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                            header.x5c = Some(vec![x5c.clone()]);
+                            let token = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+                            Some(serde_json::json!({"token": token, "expires_in": 300}).to_string())
+                        } else {
+                            None
+                        };
+                        async move {
+                            let resp = match body {
+                                Some(b) => Response::new(Full::new(Bytes::from(b))),
+                                None => Response::builder()
+                                    .status(401)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TokenServer {
+            addr,
+            cert_pem: cert.pem(),
+            requests,
+        }
+    }
+
+    fn count(&self, scope: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .get(scope)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_pulls_a_multi_arch_image_from_a_token_auth_upstream_it_cannot_reach() {
+    let img = images();
+    let tokens = TokenServer::start("puller", "t0ken-pass").await;
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Token {
+            realm: format!("http://{}/token", tokens.addr),
+            service: "test-registry".into(),
+            issuer: "test-issuer".into(),
+            cert_pem: tokens.cert_pem.clone(),
+        },
+    );
+    // The registry itself refuses anonymous clients.
+    let direct = request(
+        ([127, 0, 0, 1], reg.port).into(),
+        "GET",
+        "/v2/test/multi/manifests/v1",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(direct.status, 401);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "t0ken-pass").unwrap();
+    let creds = format!(
+        "    credentials: {{username: puller, password_file: {}}}",
+        pw.display()
+    );
+    let (gw, _m) = gateway(&[reg.url(false)], &creds).await;
+
+    // skopeo only knows the gateway, sends no credentials, and must get every platform.
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = format!("oci:{}:v1", out_dir.path().display());
+    let src = format!("docker://{}/multi:v1", gw.addr);
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--src-tls-verify=false",
+            &src,
+            &dest,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], img.multi_index.as_str());
+    for platform in &img.multi_platforms {
+        let hex = platform.trim_start_matches("sha256:");
+        let bytes = std::fs::read(out_dir.path().join("blobs/sha256").join(hex)).unwrap();
+        assert_eq!(&sha256(&bytes), platform);
+    }
+
+    // One token for the repository served every request (cached until it expires), and
+    // the upstream challenged the gateway once, never the client.
+    assert_eq!(tokens.count("repository:test/multi:pull"), 1);
+    let m = gw.metrics().await;
+    let ep = format!("127.0.0.1:{}", reg.port);
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_requests_total{{endpoint=\"{ep}\",status=\"401\"}}")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_requests_total{route=\"upstream\",status=\"401\"}"
+        ),
+        0.0
+    );
+    assert!(!gw.log().contains("t0ken-pass"));
+
+    // Another repository gets its own scope, learnt without a new challenge.
+    let r = gw
+        .send("GET", "/v2/app/manifests/v1", &[("Accept", OCI_MANIFEST)])
+        .await;
+    assert_digest(&r, &img.app_manifest);
+    assert_eq!(tokens.count("repository:test/app:pull"), 1);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_upstream_requests_total{{endpoint=\"{ep}\",status=\"401\"}}")
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_to_the_next_endpoint_and_502_when_none_answers() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (gw, _m) = gateway(&[dead.clone(), reg.url(false)], "").await;
+    let accept = [("Accept", OCI_MANIFEST)];
+    // The very first request may find the dead endpoint still marked healthy: it is retried
+    // on the next one.
+    assert_digest(
+        &gw.send("GET", "/v2/app/manifests/v1", &accept).await,
+        &img.app_manifest,
+    );
+    let head = gw.send("HEAD", "/v2/app/manifests/v1", &accept).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(img.app_manifest.as_str())
+    );
+    let dead_label = dead.trim_start_matches("http://");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = gw.metrics().await;
+        if sample(
+            &m,
+            &format!("archeio_upstream_healthy{{endpoint=\"{dead_label}\"}}"),
+        ) == 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead endpoint never marked unhealthy:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (gw, _m) = gateway(&[dead, format!("http://127.0.0.1:{}", free_port())], "").await;
+    let r = gw.send("GET", "/v2/app/manifests/v1", &accept).await;
+    assert_eq!(
+        (r.status, r.oci_code().as_str()),
+        (502, "UNAVAILABLE"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let r = gw.send("HEAD", "/v2/app/manifests/v1", &accept).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_never_answers_gives_504() {
+    // Accepts connections and reads requests, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let (gw, _m) = gateway(&[format!("http://{addr}")], "").await;
+    let started = Instant::now();
+    let r = gw.get("/v2/app/manifests/v1").await;
+    assert_eq!(
+        (r.status, r.oci_code().as_str()),
+        (504, "UNAVAILABLE"),
+        "{r:?}"
+    );
+    // Read timeout 3 s, GET retried at most on a reused connection: well under 10 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_redirects_pass_untouched_and_hop_by_hop_headers_do_not() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let resp = if req.uri().path().contains("/blobs/") {
+                        Response::builder()
+                            .status(307)
+                            .header("Location", "https://storage.example/b?X-Sig=abc")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        Response::builder()
+                            .header("Content-Type", OCI_MANIFEST)
+                            .header("Docker-Content-Digest", "sha256:abc")
+                            .header("ETag", "\"sha256:abc\"")
+                            .header("Link", "</v2/x/tags/list?last=b>; rel=\"next\"")
+                            .header("Connection", "X-Private")
+                            .header("X-Private", "1")
+                            .header("Keep-Alive", "timeout=5")
+                            .header("X-Seen-Host", req.headers()["host"].to_str().unwrap())
+                            .header("X-Seen-Path", req.uri().to_string())
+                            .body(Full::new(Bytes::from_static(b"{}")))
+                    };
+                    Ok::<_, Infallible>(resp.unwrap())
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let (gw, _m) = gateway(&[format!("http://{addr}")], "").await;
+    let r = gw
+        .send(
+            "GET",
+            "/v2/x/manifests/v1?a=b",
+            &[("Authorization", "Bearer client-secret")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"{}");
+    for (name, value) in [
+        ("content-type", OCI_MANIFEST),
+        ("docker-content-digest", "sha256:abc"),
+        ("etag", "\"sha256:abc\""),
+        ("link", "</v2/x/tags/list?last=b>; rel=\"next\""),
+        ("x-seen-host", &addr.to_string()),
+        ("x-seen-path", "/v2/test/x/manifests/v1?a=b"),
+    ] {
+        assert_eq!(r.header(name), Some(value), "{name} in {r:?}");
+    }
+    assert_eq!(r.header("x-private"), None, "{r:?}");
+    assert_eq!(r.header("keep-alive"), None, "{r:?}");
+
+    let sha = format!("sha256:{:064x}", 7);
+    let r = gw.get(&format!("/v2/x/blobs/{sha}")).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, "https://storage.example/b?X-Sig=abc")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_mode_sends_clients_to_the_first_healthy_endpoint() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (gw, _m) = gateway_in_mode("redirect", &[dead, reg.url(false)], "").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = format!("{}/v2/test/app/manifests/v1", reg.url(false));
+    loop {
+        let r = gw.get("/v2/app/manifests/v1").await;
+        assert_eq!(r.status, 307);
+        if r.location() == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still redirected to {}",
+            r.location()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
