@@ -9,6 +9,9 @@ missing=()
 command -v cmake >/dev/null || missing+=(cmake)          # libz-ng-sys, a pingora dependency
 command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# The pass-through tests run a real upstream registry and push images with skopeo.
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
