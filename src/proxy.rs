@@ -383,8 +383,13 @@ impl ProxyHttp for Gateway {
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
         use ErrorType::*;
+        // The body says what kind of failure it was, not where: upstream addresses and
+        // causes stay in the log.
         let (status, message) = match (e.etype(), e.esource()) {
-            (HTTPStatus(code), _) => (*code, "upstream request failed"),
+            (HTTPStatus(code), _) => (
+                *code,
+                "the upstream registry refused the gateway's credentials",
+            ),
             (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, _) => {
                 (504, "the upstream registry did not answer in time")
             }
@@ -394,13 +399,12 @@ impl ProxyHttp for Gateway {
             _ => (500, "internal error"),
         };
         if status > 0 && session.response_written().is_none() {
-            let detail = e.context.as_ref().map(|c| c.as_str()).unwrap_or(message);
             let code = if status >= 500 {
                 "UNAVAILABLE"
             } else {
                 "UNSUPPORTED"
             };
-            let json = serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": detail }] });
+            let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
             let body = Bytes::from(format!("{json}\n"));
             let written = async {
                 let mut resp = ResponseHeader::build(status, Some(4))?;

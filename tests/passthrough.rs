@@ -651,6 +651,10 @@ async fn upstream_redirects_pass_untouched_and_hop_by_hop_headers_do_not() {
                             .header("Keep-Alive", "timeout=5")
                             .header("X-Seen-Host", req.headers()["host"].to_str().unwrap())
                             .header("X-Seen-Path", req.uri().to_string())
+                            .header(
+                                "X-Seen-Authorization",
+                                req.headers().contains_key("authorization").to_string(),
+                            )
                             .body(Full::new(Bytes::from_static(b"{}")))
                     };
                     Ok::<_, Infallible>(resp.unwrap())
@@ -678,6 +682,8 @@ async fn upstream_redirects_pass_untouched_and_hop_by_hop_headers_do_not() {
         ("link", "</v2/x/tags/list?last=b>; rel=\"next\""),
         ("x-seen-host", &addr.to_string()),
         ("x-seen-path", "/v2/test/x/manifests/v1?a=b"),
+        // The client's credentials are not the upstream's business.
+        ("x-seen-authorization", "false"),
     ] {
         assert_eq!(r.header(name), Some(value), "{name} in {r:?}");
     }
