@@ -250,6 +250,19 @@ pub struct RangesConfig {
     pub aws_files: Vec<PathBuf>,
     /// Extra files in the GCP `cloud.json` format.
     pub gcp_files: Vec<PathBuf>,
+    /// Range documents fetched over HTTP(S) in the AWS format, e.g.
+    /// `https://ip-ranges.amazonaws.com/ip-ranges.json`. Fetched after start-up (the gateway
+    /// serves with the other sources meanwhile) and on every refresh.
+    pub aws_urls: Vec<String>,
+    /// Range documents fetched over HTTP(S) in the GCP format, e.g.
+    /// `https://www.gstatic.com/ipranges/cloud.json`.
+    pub gcp_urls: Vec<String>,
+    /// How often files and URLs are read again; `0s`: only on `SIGHUP`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// A refreshed file or URL with fewer prefixes than this fraction of its last good
+    /// version is refused (a truncated download must not empty the table).
+    pub min_prefix_ratio: f64,
     /// Operator rules mapping a network to a cloud and region; they win over the files for
     /// the same prefix. Longest prefix wins across all sources.
     pub custom: Vec<CustomRange>,
@@ -261,6 +274,10 @@ impl Default for RangesConfig {
             embedded: true,
             aws_files: Vec::new(),
             gcp_files: Vec::new(),
+            aws_urls: Vec::new(),
+            gcp_urls: Vec::new(),
+            refresh_interval: Duration::from_secs(6 * 3600),
+            min_prefix_ratio: 0.5,
             custom: Vec::new(),
         }
     }

@@ -12,6 +12,7 @@ pub mod manifest_cache;
 pub mod metrics;
 pub mod mirror_check;
 pub mod proxy;
+pub mod range_refresh;
 pub mod ranges;
 pub mod routing;
 pub mod settings;

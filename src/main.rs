@@ -20,7 +20,7 @@ use archeio::manifest_cache::ManifestCache;
 use archeio::metrics;
 use archeio::mirror_check::MirrorCheck;
 use archeio::proxy::Gateway;
-use archeio::ranges::RangeTable;
+use archeio::range_refresh::RangeRefresher;
 use archeio::settings::Settings;
 use archeio::upstream::{HealthChecks, Upstreams};
 use archeio::upstream_auth::UpstreamAuth;
@@ -37,16 +37,11 @@ fn main() {
     .unwrap_or_else(|e| fail(&e));
     let server_conf = server_conf(conf_path.as_deref()).unwrap_or_else(|e| fail(&e));
 
-    let ranges = RangeTable::load(&settings.ranges)
+    let refresher = RangeRefresher::start_up(&settings.ranges)
         .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}")));
-    let (v4, v6) = ranges.prefix_counts();
+    let (v4, v6) = refresher.live().load().prefix_counts();
     metrics::init();
-    metrics::IP_PREFIXES
-        .with_label_values(&["ipv4"])
-        .set(v4 as i64);
-    metrics::IP_PREFIXES
-        .with_label_values(&["ipv6"])
-        .set(v6 as i64);
+    metrics::set_prefix_counts(v4, v6);
     let ready = Arc::new(AtomicBool::new(false));
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
@@ -65,7 +60,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     let gateway = Gateway::new(
         settings.routes,
-        ranges,
+        refresher.live(),
         mirror_check,
         upstreams,
         auth,
@@ -96,6 +91,8 @@ fn main() {
     if let Some(checks) = health_checks {
         server.add_service(checks);
     }
+    // Also without files or URLs: SIGHUP must not end the process.
+    server.add_service(background_service("cloud ranges", refresher));
     ready.store(true, Ordering::Release);
     server.bootstrap();
     server.run_forever();

@@ -138,6 +138,26 @@ pub static MANIFEST_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Range source refreshes.
+pub static RANGE_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_range_refreshes_total",
+        "Reads of a range file or URL, by source and result (ok, failed: unreadable, unparsable or refused as too small).",
+        &["source", "result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Last good read of each range source.
+pub static RANGE_LAST_SUCCESS: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        "archeio_range_last_success_timestamp_seconds",
+        "Unix time of the last good read of a range file or URL.",
+        &["source"]
+    )
+    .expect("metric registers once")
+});
+
 /// Build information, value 1.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -210,6 +230,12 @@ pub fn record_blob_check(outcome: Outcome) {
         .inc();
 }
 
+/// Records the size of the range table in use.
+pub fn set_prefix_counts(v4: usize, v6: usize) {
+    IP_PREFIXES.with_label_values(&["ipv4"]).set(v4 as i64);
+    IP_PREFIXES.with_label_values(&["ipv6"]).set(v6 as i64);
+}
+
 /// Registers every metric so that a scrape lists them before the first request.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -224,6 +250,8 @@ pub fn init() {
     LazyLock::force(&TOKEN_FETCHES);
     LazyLock::force(&MANIFEST_CACHE_LOOKUPS);
     LazyLock::force(&MANIFEST_CACHE_BYTES);
+    LazyLock::force(&RANGE_REFRESHES);
+    LazyLock::force(&RANGE_LAST_SUCCESS);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);

@@ -20,7 +20,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use crate::manifest_cache::{CachedManifest, ManifestCache, KEPT_HEADERS, MAX_MANIFEST_BYTES};
 use crate::metrics;
 use crate::mirror_check::MirrorCheck;
-use crate::ranges::RangeTable;
+use crate::range_refresh::LiveRanges;
 use crate::routing::{decide, Answer, Decision, Reply, Request, Routes};
 use crate::upstream::Upstreams;
 use crate::upstream_auth::{parse_challenge, repository, UpstreamAuth};
@@ -39,7 +39,7 @@ const HOP_BY_HOP: [&str; 7] = [
 /// The registry-facing service.
 pub struct Gateway {
     routes: Routes,
-    ranges: RangeTable,
+    ranges: LiveRanges,
     mirror_check: MirrorCheck,
     upstreams: Arc<Upstreams>,
     auth: UpstreamAuth,
@@ -54,7 +54,7 @@ impl Gateway {
     /// `manifests`.
     pub fn new(
         routes: Routes,
-        ranges: RangeTable,
+        ranges: LiveRanges,
         mirror_check: MirrorCheck,
         upstreams: Arc<Upstreams>,
         auth: UpstreamAuth,
@@ -133,7 +133,7 @@ impl ProxyHttp for Gateway {
             forwarded_for: &forwarded_for,
             upstream: self.upstreams.preferred(),
         };
-        let reply = match decide(&facts, &self.routes, &self.ranges) {
+        let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
             Decision::CheckMirror(candidate) => {
                 let present = self.mirror_check.check(&candidate.mirror_url).await;

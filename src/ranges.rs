@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
@@ -132,36 +131,104 @@ impl RangeTable {
         Ok(doc.prefixes.len())
     }
 
-    /// Builds the table from the configured sources. Precedence for an identical prefix:
-    /// operator rules, then GCP (its clients are served by the upstream), then AWS; extra
-    /// files before the embedded snapshots.
+    /// Builds the table from the configured sources, reading the files; URLs are left to
+    /// the refresher ([`crate::range_refresh`]).
     pub fn load(cfg: &RangesConfig) -> Result<RangeTable, String> {
+        let mut docs = Vec::new();
+        for source in sources(cfg).into_iter().filter(|s| !s.is_url) {
+            let bytes = std::fs::read(&source.location)
+                .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
+            docs.push((source, bytes));
+        }
+        let docs: Vec<(&Source, &[u8])> = docs.iter().map(|(s, b)| (s, b.as_slice())).collect();
+        RangeTable::build(cfg, &docs)
+    }
+
+    /// Builds the table from the operator rules, `docs` (range documents and where they
+    /// came from) and the embedded snapshots. Precedence for an identical prefix: operator
+    /// rules, then GCP (its clients are served by the upstream), then AWS; files and URLs
+    /// before the embedded snapshots.
+    pub fn build(cfg: &RangesConfig, docs: &[(&Source, &[u8])]) -> Result<RangeTable, String> {
         let mut table = RangeTable::default();
         for rule in &cfg.custom {
             table.insert(rule.cidr, rule.cloud, &rule.region);
         }
-        for path in &cfg.gcp_files {
-            table
-                .add_gcp_json(&read(path)?)
-                .map_err(|e| format!("{}: not a GCP cloud.json file: {e}", path.display()))?;
-        }
-        if cfg.embedded {
-            table.add_gcp_json(EMBEDDED_GCP)?;
-        }
-        for path in &cfg.aws_files {
-            table
-                .add_aws_json(&read(path)?)
-                .map_err(|e| format!("{}: not an AWS ip-ranges.json file: {e}", path.display()))?;
-        }
-        if cfg.embedded {
-            table.add_aws_json(EMBEDDED_AWS)?;
+        for format in [Format::Gcp, Format::Aws] {
+            for (source, bytes) in docs.iter().filter(|(s, _)| s.format == format) {
+                table
+                    .add(format, bytes)
+                    .map_err(|e| format!("{}: {e}", source.location))?;
+            }
+            if cfg.embedded {
+                let embedded = match format {
+                    Format::Gcp => EMBEDDED_GCP,
+                    Format::Aws => EMBEDDED_AWS,
+                };
+                table.add(format, embedded)?;
+            }
         }
         Ok(table)
     }
+
+    /// Adds a document in `format`; returns how many prefixes it held.
+    pub fn add(&mut self, format: Format, json: &[u8]) -> Result<usize, String> {
+        match format {
+            Format::Aws => self
+                .add_aws_json(json)
+                .map_err(|e| format!("not an AWS ip-ranges.json document: {e}")),
+            Format::Gcp => self
+                .add_gcp_json(json)
+                .map_err(|e| format!("not a GCP cloud.json document: {e}")),
+        }
+    }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+/// The layout of a range document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// AWS `ip-ranges.json`.
+    Aws,
+    /// GCP `cloud.json`.
+    Gcp,
+}
+
+/// A configured range file or URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The path or URL, also its name in logs and metrics.
+    pub location: String,
+    /// Fetched over HTTP(S) rather than read from disk.
+    pub is_url: bool,
+    /// Its layout.
+    pub format: Format,
+}
+
+/// Every configured file and URL.
+pub fn sources(cfg: &RangesConfig) -> Vec<Source> {
+    let files = |paths: &[std::path::PathBuf], format| {
+        paths
+            .iter()
+            .map(move |p| Source {
+                location: p.display().to_string(),
+                is_url: false,
+                format,
+            })
+            .collect::<Vec<_>>()
+    };
+    let urls = |urls: &[String], format| {
+        urls.iter()
+            .map(move |u| Source {
+                location: u.clone(),
+                is_url: true,
+                format,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = files(&cfg.gcp_files, Format::Gcp);
+    all.extend(urls(&cfg.gcp_urls, Format::Gcp));
+    all.extend(files(&cfg.aws_files, Format::Aws));
+    all.extend(urls(&cfg.aws_urls, Format::Aws));
+    all
 }
 
 #[cfg(test)]

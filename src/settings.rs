@@ -205,6 +205,21 @@ impl Settings {
         if check.capacity == 0 {
             return Err(err("blob_check.capacity", "must be at least 1".into()));
         }
+        let ratio = cfg.ranges.min_prefix_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(err(
+                "ranges.min_prefix_ratio",
+                format!("expected a fraction between 0 and 1, got {ratio}"),
+            ));
+        }
+        for (key, urls) in [
+            ("ranges.aws_urls", &cfg.ranges.aws_urls),
+            ("ranges.gcp_urls", &cfg.ranges.gcp_urls),
+        ] {
+            for (i, u) in urls.iter().enumerate() {
+                http_url(u).map_err(|m| err(&format!("{key}[{i}]"), m))?;
+            }
+        }
         for (i, rule) in cfg.ranges.custom.iter().enumerate() {
             if rule.region.is_empty() {
                 return Err(err(

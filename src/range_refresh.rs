@@ -1,0 +1,241 @@
+//! Live cloud ranges: the configured files and URLs are read again on an interval and on
+//! `SIGHUP`, off the request path, and the rebuilt table is swapped in atomically. A source
+//! that fails, does not parse, or shrinks below `min_prefix_ratio` of its last good version
+//! keeps its last good version; the reason is logged and counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::RangesConfig;
+use crate::metrics;
+use crate::ranges::{sources, RangeTable, Source};
+
+/// The table requests read, swapped whole by the refresher.
+pub type LiveRanges = Arc<ArcSwap<RangeTable>>;
+
+/// One source and its last good document.
+struct Known {
+    source: Source,
+    good: Option<(Vec<u8>, usize)>,
+}
+
+/// Reads the sources again and swaps the table in.
+pub struct RangeRefresher {
+    cfg: RangesConfig,
+    live: LiveRanges,
+    client: reqwest::Client,
+    known: Mutex<Vec<Known>>,
+}
+
+impl RangeRefresher {
+    /// Builds the first table from the operator rules, the embedded snapshots and the files
+    /// (read here: a missing or bad file is a start-up error). URLs are fetched by the first
+    /// refresh, right after start-up.
+    pub fn start_up(cfg: &RangesConfig) -> Result<RangeRefresher, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the range download client: {e}"))?;
+        let mut known = Vec::new();
+        for source in sources(cfg) {
+            let good = if source.is_url {
+                None
+            } else {
+                let bytes = std::fs::read(&source.location)
+                    .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
+                let count = RangeTable::default()
+                    .add(source.format, &bytes)
+                    .map_err(|e| format!("{}: {e}", source.location))?;
+                Some((bytes, count))
+            };
+            known.push(Known { source, good });
+        }
+        let docs: Vec<(&Source, &[u8])> = known
+            .iter()
+            .filter_map(|k| Some((&k.source, k.good.as_ref()?.0.as_slice())))
+            .collect();
+        let table = RangeTable::build(cfg, &docs)?;
+        Ok(RangeRefresher {
+            cfg: cfg.clone(),
+            live: Arc::new(ArcSwap::from_pointee(table)),
+            client,
+            known: Mutex::new(known),
+        })
+    }
+
+    /// The table requests read.
+    pub fn live(&self) -> LiveRanges {
+        self.live.clone()
+    }
+
+    /// Reads every source, keeps those that pass, and swaps in a table built from the last
+    /// good version of each. Returns whether a new table was swapped in.
+    pub async fn refresh(&self) -> bool {
+        let list: Vec<(usize, Source)> = {
+            let known = self.known.lock().expect("lock is never poisoned");
+            known.iter().map(|k| k.source.clone()).enumerate().collect()
+        };
+        let mut changed = false;
+        for (i, source) in list {
+            let result = match self.fetch(&source).await {
+                Ok(bytes) => self.validate(i, &source, bytes).await,
+                Err(why) => Err(why),
+            };
+            let label = source.location.as_str();
+            match result {
+                Ok((bytes, count)) => {
+                    let mut known = self.known.lock().expect("lock is never poisoned");
+                    if known[i].good.as_ref().map(|(b, _)| b) != Some(&bytes) {
+                        changed = true;
+                    }
+                    known[i].good = Some((bytes, count));
+                    metrics::RANGE_REFRESHES
+                        .with_label_values(&[label, "ok"])
+                        .inc();
+                    metrics::RANGE_LAST_SUCCESS
+                        .with_label_values(&[label])
+                        .set(unix_now());
+                }
+                Err(why) => {
+                    warn!("cloud ranges from {label}: {why}; keeping the last good version");
+                    metrics::RANGE_REFRESHES
+                        .with_label_values(&[label, "failed"])
+                        .inc();
+                }
+            }
+        }
+        if !changed {
+            return false;
+        }
+        let docs: Vec<(Source, Vec<u8>)> = self
+            .known
+            .lock()
+            .expect("lock is never poisoned")
+            .iter()
+            .filter_map(|k| Some((k.source.clone(), k.good.as_ref()?.0.clone())))
+            .collect();
+        let cfg = self.cfg.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&Source, &[u8])> = docs.iter().map(|(s, b)| (s, b.as_slice())).collect();
+            RangeTable::build(&cfg, &refs)
+        })
+        .await;
+        match built {
+            Ok(Ok(table)) => {
+                let (v4, v6) = table.prefix_counts();
+                metrics::set_prefix_counts(v4, v6);
+                self.live.store(Arc::new(table));
+                info!("cloud ranges reloaded: {v4} IPv4 and {v6} IPv6 prefixes");
+                true
+            }
+            Ok(Err(why)) => {
+                warn!("cloud ranges not rebuilt: {why}; keeping the current table");
+                false
+            }
+            Err(join) => {
+                warn!("cloud ranges not rebuilt: {join}; keeping the current table");
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self, source: &Source) -> Result<Vec<u8>, String> {
+        if !source.is_url {
+            let path = source.location.clone();
+            return tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read: {e}"));
+        }
+        let resp = self
+            .client
+            .get(&source.location)
+            .send()
+            .await
+            .map_err(|e| format!("download failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("download answered {}", resp.status()));
+        }
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("download failed: {e}"))
+    }
+
+    /// Parses `bytes` off the request path and checks its size against the last good one.
+    async fn validate(
+        &self,
+        i: usize,
+        source: &Source,
+        bytes: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize), String> {
+        let format = source.format;
+        let (bytes, parsed) = tokio::task::spawn_blocking(move || {
+            let parsed = RangeTable::default().add(format, &bytes);
+            (bytes, parsed)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let count = parsed?;
+        let last = self.known.lock().expect("lock is never poisoned")[i]
+            .good
+            .as_ref()
+            .map_or(0, |(_, n)| *n);
+        let floor = (last as f64 * self.cfg.min_prefix_ratio).ceil() as usize;
+        if count == 0 || count < floor {
+            return Err(format!(
+                "refused: {count} prefixes where the last good version had {last} (minimum {floor})"
+            ));
+        }
+        Ok((bytes, count))
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[async_trait]
+impl BackgroundService for RangeRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP, ranges refresh on the interval only: {e}");
+                None
+            }
+        };
+        let interval = self.cfg.refresh_interval;
+        let mut tick = tokio::time::interval(if interval.is_zero() {
+            Duration::from_secs(u32::MAX.into())
+        } else {
+            interval
+        });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: read the URLs now, the files again (they were read
+        // at start-up, so an unchanged file swaps nothing).
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => info!("SIGHUP: reloading cloud ranges"),
+            }
+            self.refresh().await;
+        }
+    }
+}
