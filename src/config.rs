@@ -338,6 +338,30 @@ pub struct BlobCheckConfig {
     pub miss_ttl: Duration,
     /// Most answers kept; least recently used ones go first.
     pub capacity: u64,
+    /// When a mirror host is considered down and skipped.
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit breaker per mirror host: after `failures` failed checks in a row (timeout,
+/// connection error, 5xx) the host's blobs go to the upstream without a check for
+/// `cool_down`; then one check probes whether it is back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed checks in a row that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker skips the host's checks.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for BlobCheckConfig {
@@ -347,6 +371,7 @@ impl Default for BlobCheckConfig {
             hit_ttl: Duration::from_secs(24 * 3600),
             miss_ttl: Duration::from_secs(60),
             capacity: 100_000,
+            breaker: BreakerConfig::default(),
         }
     }
 }

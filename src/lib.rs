@@ -6,6 +6,7 @@
 //! for the rules.
 
 pub mod admin;
+pub mod breaker;
 pub mod client_addr;
 pub mod config;
 pub mod manifest_cache;

@@ -205,6 +205,18 @@ impl Settings {
         if check.capacity == 0 {
             return Err(err("blob_check.capacity", "must be at least 1".into()));
         }
+        if check.breaker.failures == 0 {
+            return Err(err(
+                "blob_check.breaker.failures",
+                "must be at least 1".into(),
+            ));
+        }
+        if check.breaker.cool_down.is_zero() {
+            return Err(err(
+                "blob_check.breaker.cool_down",
+                "must be longer than 0s".into(),
+            ));
+        }
         let ratio = cfg.ranges.min_prefix_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(err(
