@@ -57,6 +57,8 @@ pub struct ArcheioConfig {
     pub blob_check: BlobCheckConfig,
     /// Manifests kept in memory in pass-through mode.
     pub manifest_cache: ManifestCacheConfig,
+    /// Limits on slow and idle clients of the registry listener.
+    pub client_timeouts: ClientTimeoutsConfig,
 }
 
 impl Default for ArcheioConfig {
@@ -74,6 +76,7 @@ impl Default for ArcheioConfig {
             client_address: ClientAddressConfig::default(),
             blob_check: BlobCheckConfig::default(),
             manifest_cache: ManifestCacheConfig::default(),
+            client_timeouts: ClientTimeoutsConfig::default(),
         }
     }
 }
@@ -190,6 +193,32 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(2),
             unhealthy_after: 2,
             healthy_after: 1,
+        }
+    }
+}
+
+/// How long the registry listener waits for clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTimeoutsConfig {
+    /// A whole request header, from its first byte to the empty line that ends it.
+    #[serde(with = "humantime_serde")]
+    pub header: Duration,
+    /// A new connection's first byte, and the next request on a kept-alive connection
+    /// (whole seconds).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Reading (or draining) a request body, and each read of it.
+    #[serde(with = "humantime_serde")]
+    pub body: Duration,
+}
+
+impl Default for ClientTimeoutsConfig {
+    fn default() -> Self {
+        ClientTimeoutsConfig {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            body: Duration::from_secs(10),
         }
     }
 }

@@ -17,5 +17,6 @@ pub mod range_refresh;
 pub mod ranges;
 pub mod routing;
 pub mod settings;
+pub mod slow_clients;
 pub mod upstream;
 pub mod upstream_auth;

@@ -17,6 +17,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::config::ClientTimeoutsConfig;
 use crate::manifest_cache::{CachedManifest, ManifestCache, KEPT_HEADERS, MAX_MANIFEST_BYTES};
 use crate::metrics;
 use crate::mirror_check::MirrorCheck;
@@ -46,6 +47,8 @@ pub struct Gateway {
     manifests: ManifestCache,
     /// Limit on a whole upstream response; zero: none.
     total_timeout: Duration,
+    /// Limits on slow and idle clients.
+    client_timeouts: ClientTimeoutsConfig,
 }
 
 impl Gateway {
@@ -60,6 +63,7 @@ impl Gateway {
         auth: UpstreamAuth,
         manifests: ManifestCache,
         total_timeout: Duration,
+        client_timeouts: ClientTimeoutsConfig,
     ) -> Gateway {
         Gateway {
             routes,
@@ -69,6 +73,7 @@ impl Gateway {
             auth,
             manifests,
             total_timeout,
+            client_timeouts,
         }
     }
 }
@@ -116,6 +121,18 @@ impl ProxyHttp for Gateway {
             reply: None,
             upstream: UpstreamCtx::default(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
+        // Pingora waits for the next keep-alive request without limit and reads bodies with
+        // a per-read limit only.
+        let t = &self.client_timeouts;
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(t.idle.as_secs()));
+        }
+        session.set_read_timeout(Some(t.body));
+        session.set_total_drain_timeout(Some(t.body));
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
