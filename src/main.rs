@@ -20,7 +20,7 @@ use archeio::config::Mode;
 use archeio::manifest_cache::ManifestCache;
 use archeio::metrics;
 use archeio::mirror_check::MirrorCheck;
-use archeio::proxy::Gateway;
+use archeio::proxy::{Gateway, UpstreamAccess};
 use archeio::range_refresh::RangeRefresher;
 use archeio::settings::Settings;
 use archeio::slow_clients::HeaderDeadline;
@@ -64,10 +64,12 @@ fn main() {
         settings.routes,
         refresher.live(),
         mirror_check,
-        upstreams,
-        auth,
-        ManifestCache::new(&settings.manifest_cache),
-        settings.upstream.timeouts.total,
+        UpstreamAccess {
+            endpoints: upstreams,
+            auth,
+            manifests: ManifestCache::new(&settings.manifest_cache),
+            total_timeout: settings.upstream.timeouts.total,
+        },
         settings.client_timeouts.clone(),
     );
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
