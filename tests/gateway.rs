@@ -684,6 +684,26 @@ fn config_test_flag_checks_our_section_too() {
             "/nonexistent/ip-ranges.json",
         ),
         ("threads: many\n", "threads"),
+        (
+            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: u, password_env: ARCHEIO_TEST_UNSET}\n",
+            "archeio.upstream.credentials.password_env: environment variable ARCHEIO_TEST_UNSET is not set",
+        ),
+        (
+            "archeio:\n  blob_check: {breaker: {failures: 0}}\n",
+            "archeio.blob_check.breaker.failures: must be at least 1",
+        ),
+        (
+            "archeio:\n  client_timeouts: {idle: 500ms}\n",
+            "archeio.client_timeouts.idle: must be at least 1s",
+        ),
+        (
+            "archeio:\n  ranges: {min_prefix_ratio: 1.5}\n",
+            "archeio.ranges.min_prefix_ratio: expected a fraction between 0 and 1",
+        ),
+        (
+            "archeio:\n  upstream: {ca_file: Cargo.toml}\n",
+            "archeio.upstream.ca_file: expected PEM certificates",
+        ),
     ];
     for (i, (yaml, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.yaml"));
