@@ -28,6 +28,11 @@ for component in rustfmt clippy; do
   fi
 done
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# The sync tests write to moto_server, an S3-compatible server.
+if ! python3 -c "import moto.server, flask, werkzeug" 2>/dev/null; then
+  echo "== installing moto[server]"
+  python3 -m pip install -q 'moto[server]'
+fi
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 SOAK_SECONDS=${SOAK_SECONDS:-60}
 

@@ -18,5 +18,6 @@ pub mod ranges;
 pub mod routing;
 pub mod settings;
 pub mod slow_clients;
+pub mod sync;
 pub mod upstream;
 pub mod upstream_auth;

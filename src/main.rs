@@ -24,11 +24,15 @@ use archeio::proxy::{Gateway, UpstreamAccess};
 use archeio::range_refresh::RangeRefresher;
 use archeio::settings::Settings;
 use archeio::slow_clients::HeaderDeadline;
+use archeio::sync;
 use archeio::upstream::{HealthChecks, Upstreams};
 use archeio::upstream_auth::UpstreamAuth;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if std::env::args().nth(1).as_deref() == Some("sync") {
+        exit(run_sync());
+    }
     let mut opt = Opt::parse_args();
     let conf_path = opt.conf.take();
     let source = conf_path.as_deref().unwrap_or("built-in defaults");
@@ -103,6 +107,27 @@ fn main() {
     ready.store(true, Ordering::Release);
     server.bootstrap();
     server.run_forever();
+}
+
+/// `archeio sync ...`: fills the mirrors, then exits (no server).
+fn run_sync() -> i32 {
+    let opts = match sync::Options::parse(std::env::args().skip(2)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("archeio sync: {e}");
+            return 2;
+        }
+    };
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(sync::run(opts)),
+        Err(e) => {
+            eprintln!("archeio sync: cannot start the runtime: {e}");
+            1
+        }
+    }
 }
 
 /// Pingora's own keys from the same file. Parsed here rather than by Pingora so that a bad

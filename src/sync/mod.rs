@@ -1,0 +1,426 @@
+//! `archeio sync -c FILE`: copies every blob that the source registry's manifests refer to
+//! into each destination object store that lacks it, under the gateway's blob layout. See
+//! `docs/sync.md`.
+//!
+//! A blob is streamed from the registry into a multipart upload while its SHA-256 is
+//! computed; the upload is completed only when the digest matches, otherwise aborted, so a
+//! store never holds bytes under the wrong name. A blob already in a store costs one `HEAD`,
+//! which makes a re-run after an interruption copy only what is missing.
+
+pub mod config;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use log::{error, info};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, WriteMultipart};
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use config::{DestinationConfig, SyncConfig};
+use source::{BlobRef, Source};
+
+/// Command-line options of `archeio sync`.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The configuration file (`-c`).
+    pub config: Option<PathBuf>,
+    /// List what would be copied; copy nothing.
+    pub dry_run: bool,
+    /// Write the sync metrics as Prometheus text here at the end.
+    pub metrics_file: Option<PathBuf>,
+    /// Push the sync metrics to this Prometheus Pushgateway at the end.
+    pub push_gateway: Option<String>,
+}
+
+const USAGE: &str =
+    "usage: archeio sync -c FILE [--dry-run] [--metrics-file FILE] [--push-gateway URL]";
+
+impl Options {
+    /// Parses the arguments after `sync`.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut opts = Options::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "-c" | "--conf" => opts.config = Some(value("-c")?.into()),
+                "--dry-run" => opts.dry_run = true,
+                "--metrics-file" => opts.metrics_file = Some(value("--metrics-file")?.into()),
+                "--push-gateway" => opts.push_gateway = Some(value("--push-gateway")?),
+                "-h" | "--help" => return Err(USAGE.into()),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        if opts.config.is_none() {
+            return Err(format!("-c FILE is required\n{USAGE}"));
+        }
+        Ok(opts)
+    }
+}
+
+/// A destination ready to write to.
+struct Store {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+fn open_store(d: &DestinationConfig) -> Result<Store, String> {
+    let name = d.url.clone();
+    if let Some(dir) = d.url.strip_prefix("file://") {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{name}: cannot create {dir}: {e}"))?;
+        let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{name}: {e}"))?;
+        return Ok(Store {
+            name,
+            store: Arc::new(store),
+        });
+    }
+    let bucket = d.url.trim_start_matches("s3://");
+    let bucket = bucket.split('/').next().unwrap_or(bucket);
+    let env =
+        |var: &Option<String>, default: &str| std::env::var(var.as_deref().unwrap_or(default)).ok();
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(&d.region);
+    if let Some(id) = env(&d.access_key_id_env, "AWS_ACCESS_KEY_ID") {
+        b = b.with_access_key_id(id);
+    }
+    let secret = match &d.secret_access_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{name}: cannot read {}: {e}", path.display()))?
+                .trim_end()
+                .to_string(),
+        ),
+        None => env(&d.secret_access_key_env, "AWS_SECRET_ACCESS_KEY"),
+    };
+    if let Some(secret) = secret {
+        b = b.with_secret_access_key(secret);
+    }
+    let mut options = ClientOptions::new();
+    if let Some(endpoint) = &d.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_virtual_hosted_style_request(false);
+        options = options.with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(acl) = &d.acl {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = acl
+            .parse()
+            .map_err(|_| format!("{name}: acl {acl:?} is not a header value"))?;
+        headers.insert("x-amz-acl", value);
+        options = options.with_default_headers(headers);
+    }
+    let store = b
+        .with_client_options(options)
+        .build()
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(Store {
+        name,
+        store: Arc::new(store),
+    })
+}
+
+/// Counters for the summary and the metrics.
+#[derive(Default)]
+struct Tally {
+    copied: AtomicU64,
+    present: AtomicU64,
+    failed: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Runs the sync; the process exit code.
+pub async fn run(opts: Options) -> i32 {
+    let path = opts.config.as_deref().unwrap_or(Path::new("-"));
+    let cfg = match SyncConfig::from_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("archeio sync: configuration error: {e}");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    match sync(&cfg, &opts).await {
+        Ok(tally) => {
+            let failed = tally.failed.load(Ordering::Relaxed);
+            let summary = format!(
+                "sync {}: {} blobs copied, {} already present, {} failed, {} bytes copied in {:.1} s",
+                if opts.dry_run { "(dry run)" } else { "done" },
+                tally.copied.load(Ordering::Relaxed),
+                tally.present.load(Ordering::Relaxed),
+                failed,
+                tally.bytes.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            );
+            println!("{summary}");
+            if let Err(e) = report_metrics(&opts, &tally, started.elapsed(), failed == 0).await {
+                error!("sync metrics: {e}");
+                return 1;
+            }
+            i32::from(failed > 0)
+        }
+        Err(e) => {
+            error!("sync failed: {e}");
+            1
+        }
+    }
+}
+
+async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
+    let source = Arc::new(Source::new(&cfg.source)?);
+    let stores = cfg
+        .destinations
+        .iter()
+        .map(open_store)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut repositories = cfg.source.repositories.clone();
+    if let Some(prefix) = &cfg.source.prefix {
+        repositories.extend(source.repositories_under(prefix).await?);
+    }
+    repositories.sort();
+    repositories.dedup();
+    let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
+    for repo in &repositories {
+        for tag in source.tags(repo).await? {
+            source.collect(repo, &tag, &mut blobs).await?;
+        }
+    }
+    let total_bytes: u64 = blobs.values().map(|b| b.size).sum::<u64>() * stores.len() as u64;
+    info!(
+        "{} repositories, {} blobs ({total_bytes} bytes over {} destinations)",
+        repositories.len(),
+        blobs.len(),
+        stores.len()
+    );
+
+    let tally = Arc::new(Tally::default());
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let tally = tally.clone();
+        let total = (blobs.len() * stores.len()) as u64;
+        tokio::spawn(show_progress(tally, total, total_bytes))
+    });
+    let limit = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (digest, blob) in blobs {
+        for store in &stores {
+            let key = ObjectPath::from(cfg.blob_path.replace("{digest}", &digest));
+            let (source, tally, limit) = (source.clone(), tally.clone(), limit.clone());
+            let (store, name) = (store.store.clone(), store.name.clone());
+            let (digest, blob, dry_run) = (digest.clone(), blob.clone(), opts.dry_run);
+            tasks.spawn(async move {
+                let _permit = limit.acquire().await;
+                match copy(&source, &*store, &key, &digest, &blob, dry_run).await {
+                    Ok(Copy::Present) => {
+                        tally.present.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Copy::Copied(n)) => {
+                        tally.copied.fetch_add(1, Ordering::Relaxed);
+                        tally.bytes.fetch_add(n, Ordering::Relaxed);
+                        if dry_run {
+                            println!("would copy {digest} ({n} bytes) to {name}");
+                        } else {
+                            info!("copied {digest} ({n} bytes) to {name}");
+                        }
+                    }
+                    Err(e) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        error!("blob {digest} to {name}: {e}");
+                    }
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    Ok(tally)
+}
+
+enum Copy {
+    Present,
+    /// Copied (or, in a dry run, would be), with its size.
+    Copied(u64),
+}
+
+async fn copy(
+    source: &Source,
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    digest: &str,
+    blob: &BlobRef,
+    dry_run: bool,
+) -> Result<Copy, String> {
+    match store.head(key).await {
+        Ok(_) => return Ok(Copy::Present),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(format!("HEAD {key}: {e}")),
+    }
+    if dry_run {
+        return Ok(Copy::Copied(blob.size));
+    }
+    let expected = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "only sha256 digests can be verified".to_string())?;
+    let mut body = source.blob(&blob.repository, digest).await?.bytes_stream();
+    let upload = store
+        .put_multipart(key)
+        .await
+        .map_err(|e| format!("starting the upload: {e}"))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+    let mut hasher = Sha256::new();
+    let mut n = 0u64;
+    let streamed: Result<(), String> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("reading the blob: {e}"))?;
+            hasher.update(&chunk);
+            n += chunk.len() as u64;
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| format!("uploading: {e}"))?;
+            writer.write(&chunk);
+        }
+        Ok(())
+    }
+    .await;
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let problem = match streamed {
+        Err(e) => Some(e),
+        Ok(()) if actual != expected => Some(format!(
+            "the registry sent bytes with digest sha256:{actual}: refused, nothing written"
+        )),
+        Ok(()) => None,
+    };
+    if let Some(problem) = problem {
+        // Abort failures leave only invisible parts behind; the problem is what matters.
+        let _ = writer.abort().await;
+        return Err(problem);
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| format!("completing the upload: {e}"))?;
+    Ok(Copy::Copied(n))
+}
+
+/// One status line on the terminal, redrawn four times a second.
+async fn show_progress(tally: Arc<Tally>, total: u64, total_bytes: u64) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let done = tally.copied.load(Ordering::Relaxed)
+            + tally.present.load(Ordering::Relaxed)
+            + tally.failed.load(Ordering::Relaxed);
+        let bytes = tally.bytes.load(Ordering::Relaxed);
+        let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", total_bytes.saturating_sub(bytes) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        eprint!(
+            "\r{done}/{total} blobs, {:.1} MiB copied, {:.1} MiB/s, ETA {eta}   ",
+            bytes as f64 / 1048576.0,
+            rate / 1048576.0
+        );
+    }
+}
+
+/// The run as Prometheus text, for cron jobs: to a file and/or a Pushgateway.
+async fn report_metrics(
+    opts: &Options,
+    tally: &Tally,
+    elapsed: Duration,
+    success: bool,
+) -> Result<(), String> {
+    if opts.metrics_file.is_none() && opts.push_gateway.is_none() {
+        return Ok(());
+    }
+    let registry = Registry::new();
+    let blobs = IntCounterVec::new(
+        Opts::new(
+            "archeio_sync_blobs_total",
+            "Blobs by result of the last sync run.",
+        ),
+        &["result"],
+    )
+    .map_err(|e| e.to_string())?;
+    let bytes = IntGauge::new(
+        "archeio_sync_copied_bytes",
+        "Bytes copied by the last sync run.",
+    )
+    .map_err(|e| e.to_string())?;
+    let seconds = IntGauge::new(
+        "archeio_sync_duration_seconds",
+        "Duration of the last sync run.",
+    )
+    .map_err(|e| e.to_string())?;
+    let ok = IntGauge::new(
+        "archeio_sync_success",
+        "1 when the last sync run had no failure.",
+    )
+    .map_err(|e| e.to_string())?;
+    for (result, n) in [
+        ("copied", &tally.copied),
+        ("present", &tally.present),
+        ("failed", &tally.failed),
+    ] {
+        blobs
+            .with_label_values(&[result])
+            .inc_by(n.load(Ordering::Relaxed));
+    }
+    bytes.set(tally.bytes.load(Ordering::Relaxed) as i64);
+    seconds.set(elapsed.as_secs() as i64);
+    ok.set(i64::from(success));
+    for c in [
+        Box::new(blobs) as Box<dyn prometheus::core::Collector>,
+        Box::new(bytes),
+        Box::new(seconds),
+        Box::new(ok),
+    ] {
+        registry.register(c).map_err(|e| e.to_string())?;
+    }
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &opts.metrics_file {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(url) = &opts.push_gateway {
+        let target = format!("{}/metrics/job/archeio_sync", url.trim_end_matches('/'));
+        let resp = reqwest::Client::new()
+            .put(&target)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(text)
+            .send()
+            .await
+            .map_err(|e| format!("push to {target}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("push to {target}: answered {}", resp.status()));
+        }
+    }
+    Ok(())
+}
