@@ -252,7 +252,12 @@ def ensure_prerequisites(clients, install):
     if need_moto:
         missing.append(f"{sys.executable} -m pip install 'moto[server]'")
     if missing:
-        how = "as root this script installs them itself" if not root else "the install failed"
+        if not install:
+            how = "--no-install was given"
+        elif not root:
+            how = "run as root and this script installs them itself"
+        else:
+            how = "the install above failed"
         raise Failure(
             "missing prerequisites; install them with:\n  "
             + "\n  ".join(missing)
@@ -609,8 +614,15 @@ class Clients:
     def __init__(self, work, selected):
         self.work = work
         self.n = 0
-        self.containerd = Containerd(work) if {"ctr", "docker"} & set(selected) else None
-        self.dockerd = Dockerd(work, self.containerd) if "docker" in selected else None
+        try:
+            self.containerd = Containerd(work) if {"ctr", "docker"} & set(selected) else None
+        except Failure as e:
+            raise Failure(f"{e}\ncontainerd cannot run here: ctr and docker need it "
+                          "(leave them out with --skip-client ctr --skip-client docker)")
+        try:
+            self.dockerd = Dockerd(work, self.containerd) if "docker" in selected else None
+        except Failure as e:
+            raise Failure(f"{e}\ndockerd cannot run here (leave docker out with --skip-client docker)")
 
     def fresh(self, name):
         self.n += 1
@@ -820,7 +832,7 @@ def main():
         PROCS.cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
     try:
         if skip:
-            log(f"== skipping client(s) on request: {', '.join(sorted(skip))}")
+            log(f"== NOT testing client(s) {', '.join(sorted(skip))}: left out on request (--skip-client / ARCHEIO_E2E_SKIP_CLIENTS)")
         ensure_prerequisites(clients, install=not args.no_install)
         if args.build:
             log("== cargo build --release --locked")
@@ -862,7 +874,8 @@ def main():
             gw.stop()
         total = len(modes) * len(clients) * len(scenarios)
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
-            f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: {', '.join(scenarios)})")
+            f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: {', '.join(scenarios)})"
+            + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
         log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
         if failures:
             log("failed: " + "; ".join(failures))
