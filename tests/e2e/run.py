@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import random
 import re
 import shutil
@@ -43,6 +44,8 @@ SCENARIOS = ["pull", "tamper"]
 BUCKET = "archeio-e2e"
 BLOB_PATH = "/containers/images/{digest}"  # the gateway's default mirrors.blob_path
 REGION = "us-east-1"
+# Clients pull the host's platform of a multi-arch index; single-arch images are built for it.
+HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -240,7 +243,7 @@ def ensure_prerequisites(clients, install):
         run(["apt-get", "update", "-qq"], timeout=600, env=env)
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + pkgs, timeout=1200, env=env)
         pkgs = [p for p in pkgs if any(shutil.which(c) is None for g in NEEDS.values() for c, q in g if q == p)]
-    if install and need_moto:
+    if install and root and need_moto:
         log(f"== installing moto[server] (pip, for {sys.executable})")
         r = run([sys.executable, "-m", "pip", "install", "-q", "moto[server]"], timeout=900, check=False)
         if r.returncode != 0:
@@ -364,7 +367,7 @@ class Images:
         # test/app:v1 -- single-arch OCI image; one layer of 6 MiB of noise (does not compress).
         big = rnd.randbytes(6 * 1024 * 1024)
         app_m, app_cfg, app_layers = self.oci_image(
-            "amd64",
+            HOST_ARCH,
             [{"big.bin": big}, {"hello": b"hello from test/app\n"}],
             "app",
             mirror=[True, True, False],
@@ -392,7 +395,7 @@ class Images:
         # test/docker:v1 -- Docker v2 schema 2 media types throughout.
         gz, diff = layer({"docker": b"docker v2s2\n" + rnd.randbytes(200_000)})
         dl = self.desc(DOCKER_LAYER, gz)
-        dc = self.desc(DOCKER_CONFIG, config("amd64", [diff], "docker"))
+        dc = self.desc(DOCKER_CONFIG, config(HOST_ARCH, [diff], "docker"))
         docker_m = json.dumps(
             {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": dc, "layers": [dl]}, sort_keys=True
         ).encode()
@@ -407,7 +410,7 @@ class Images:
                                                                       size=len(index), annotations={"org.opencontainers.image.ref.name": "v1"}))
         docker_dir = os.path.join(layouts, "docker")  # skopeo dir: format keeps the manifest as is
         os.makedirs(docker_dir)
-        for data in (gz, config("amd64", [diff], "docker")):
+        for data in (gz, config(HOST_ARCH, [diff], "docker")):
             with open(os.path.join(docker_dir, sha256(data)[7:]), "wb") as f:
                 f.write(data)
         with open(os.path.join(docker_dir, "manifest.json"), "wb") as f:
@@ -415,9 +418,13 @@ class Images:
         with open(os.path.join(docker_dir, "version"), "w") as f:
             f.write("Directory Transport Version: 1.1\n")
 
+        if HOST_ARCH == "amd64":
+            multi = Image("test/multi", sha256(index), sha256(amd_m), amd_cfg, amd_layers, [arm_cfg] + arm_layers)
+        else:
+            multi = Image("test/multi", sha256(index), sha256(arm_m), arm_cfg, arm_layers, [amd_cfg] + amd_layers)
         self.images = [
             Image("test/app", sha256(app_m), sha256(app_m), app_cfg, app_layers),
-            Image("test/multi", sha256(index), sha256(amd_m), amd_cfg, amd_layers, [arm_cfg] + arm_layers),
+            multi,
             Image("test/docker", sha256(docker_m), sha256(docker_m), dc["digest"], [dl["digest"]]),
         ]
         self.sources = {
@@ -720,44 +727,57 @@ def scenario_pull(ctx, client, gw, mode):
         r = ctx.clients.pull(client, gw, img)
         if r.returncode != 0:
             raise Failure(f"{client} could not pull {img.repo}:{img.tag} through the gateway ({mode}):\n{r.stdout}")
-        time.sleep(0.3)  # the servers write their access lines after the response
-        up, mi, gwl = (w.text() for w in wins)
-        problems = []
-        for b in img.blobs:
-            # What the gateway answered for this blob: a 307 to the mirror, a 307 to the
-            # upstream (redirect mode) or the proxied upstream answer (pass-through). Each
-            # client asks for each blob once in a fresh pull, and must get it from one place.
-            answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
-            want = ("blob/mirror", "307") if b in imgs.mirrored else (
-                ("blob/upstream", "307") if mode == "redirect" else ("blob/proxy", "200"))
-            if answers != [want]:
-                problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
-            u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
-            if b in imgs.mirrored:
-                if (m, u) != (1, 0):
-                    problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
-            elif (m, u) != (0, 1):
-                problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
-                                f"(expected 0 and 1)")
-        for b in img.other_blobs:
-            if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
-                problems.append(f"blob {b} of another platform was fetched")
-        manifests_seen = ctx.upstream.manifest_requests(up)
-        manifest_answers = re.findall(r"(?:GET|HEAD) /v2/[^ ]+/manifests/\S+ client=\S+ decision=(\S+) status=(\d+)", gwl)
-        if mode == "redirect":
-            if not manifest_answers or any(a != ("upstream/upstream", "307") for a in manifest_answers):
-                problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 307 to the upstream")
-            if manifests_seen < 1:
-                problems.append("manifests: the upstream served none (the client should have followed the 307)")
-        else:
-            # Pass-through: the client never sees a redirect for a manifest; the gateway fetched
-            # it (or answered from its manifest cache); the upstream answered only the gateway.
-            bad = [a for a in manifest_answers if a[1] != "200" or a[0] not in ("upstream/proxy", "upstream/cache")]
-            if not manifest_answers or bad:
-                problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 200 proxied or cached")
-            proxied = sum(1 for a in manifest_answers if a[0] == "upstream/proxy")
-            if manifests_seen != proxied:
-                problems.append(f"manifests: the upstream served {manifests_seen}, the gateway proxied {proxied}")
+
+        def check():
+            up, mi, gwl = (w.text() for w in wins)
+            problems = []
+            for b in img.blobs:
+                # What the gateway answered for this blob: a 307 to the mirror, a 307 to the
+                # upstream (redirect mode) or the proxied upstream answer (pass-through). Each
+                # client asks for each blob once in a fresh pull, and must get it from one place.
+                answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
+                want = ("blob/mirror", "307") if b in imgs.mirrored else (
+                    ("blob/upstream", "307") if mode == "redirect" else ("blob/proxy", "200"))
+                if answers != [want]:
+                    problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
+                u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
+                if b in imgs.mirrored:
+                    if (m, u) != (1, 0):
+                        problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
+                elif (m, u) != (0, 1):
+                    problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
+                                    f"(expected 0 and 1)")
+            for b in img.other_blobs:
+                if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
+                    problems.append(f"blob {b} of another platform was fetched")
+            manifests_seen = ctx.upstream.manifest_requests(up)
+            manifest_answers = re.findall(r"(?:GET|HEAD) /v2/[^ ]+/manifests/\S+ client=\S+ decision=(\S+) status=(\d+)", gwl)
+            if mode == "redirect":
+                if not manifest_answers or any(a != ("upstream/upstream", "307") for a in manifest_answers):
+                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 307 to the upstream")
+                if manifests_seen < 1:
+                    problems.append("manifests: the upstream served none (the client should have followed the 307)")
+            else:
+                # Pass-through: the client never sees a redirect for a manifest; the gateway fetched
+                # it (or answered from its manifest cache); the upstream answered only the gateway.
+                bad = [a for a in manifest_answers if a[1] != "200" or a[0] not in ("upstream/proxy", "upstream/cache")]
+                if not manifest_answers or bad:
+                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 200 proxied or cached")
+                proxied = sum(1 for a in manifest_answers if a[0] == "upstream/proxy")
+                if manifests_seen != proxied:
+                    problems.append(f"manifests: the upstream served {manifests_seen}, the gateway proxied {proxied}")
+            return problems, gwl
+
+        # The servers write their access lines after the response: wait until the expected
+        # lines are there (at most 10 s), then once more a moment later, so that a late line
+        # (a GET that should not have happened) is still seen.
+        deadline = time.time() + 10
+        problems, gwl = check()
+        while problems and time.time() < deadline:
+            time.sleep(0.2)
+            problems, gwl = check()
+        time.sleep(0.3)
+        problems, gwl = check()
         if problems:
             raise Failure(f"{client} pull of {img.repo}:{img.tag} ({mode}) was misrouted:\n  " + "\n  ".join(problems)
                           + f"\n-- gateway log:\n{gwl}")
@@ -778,7 +798,9 @@ def scenario_tamper(ctx, client, gw, mode):
     try:
         win = LogWindow(ctx.mirror.log)
         r = ctx.clients.pull(client, gw, img, expect_ok=False)
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while ctx.mirror.blob_gets(win.text(), victim) == 0 and time.time() < deadline:
+            time.sleep(0.2)
         served = ctx.mirror.blob_gets(win.text(), victim)
     finally:
         ctx.mirror.put(victim, good)
@@ -833,6 +855,8 @@ def main():
     try:
         if skip:
             log(f"== NOT testing client(s) {', '.join(sorted(skip))}: left out on request (--skip-client / ARCHEIO_E2E_SKIP_CLIENTS)")
+        if HOST_ARCH is None:
+            raise Failure(f"unknown machine {platform.machine()!r}: the test images are for amd64 or arm64")
         ensure_prerequisites(clients, install=not args.no_install)
         if args.build:
             log("== cargo build --release --locked")
