@@ -63,6 +63,10 @@ class Failure(Exception):
     """A check failed: the message says what a user would have seen."""
 
 
+class Exited(Failure):
+    """A server exited while starting (most often: its port was taken in the meantime)."""
+
+
 def log(msg):
     print(msg, flush=True)
 
@@ -166,7 +170,7 @@ def wait_for(what, fn, proc, logfile, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise Failure(f"{what} exited with {proc.returncode}:\n{tail(logfile)}")
+            raise Exited(f"{what} exited with {proc.returncode}:\n{tail(logfile)}")
         try:
             if fn():
                 return
@@ -174,6 +178,18 @@ def wait_for(what, fn, proc, logfile, timeout=60):
             pass
         time.sleep(0.1)
     raise Failure(f"{what} not ready within {timeout} s:\n{tail(logfile)}")
+
+
+def start(what, fn):
+    """fn() starts a server on a port that was free a moment ago; tried three times, as another
+    process on the machine may take the port between the check and the bind."""
+    for attempt in range(3):
+        try:
+            return fn()
+        except Exited as e:
+            if attempt == 2:
+                raise
+            log(f"   {what} did not start (port taken?), trying another port:\n{e}")
 
 
 def tail(path, n=40):
@@ -444,7 +460,7 @@ class Images:
 class Upstream:
     def __init__(self, work):
         self.dir = os.path.join(work, "registry")
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.log = os.path.join(self.dir, "registry.log")
         conf = os.path.join(self.dir, "config.yml")
@@ -469,7 +485,7 @@ class Upstream:
 class Mirror:
     def __init__(self, work):
         self.dir = os.path.join(work, "moto")
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
         self.log = os.path.join(self.dir, "moto.log")
         env = dict(os.environ, AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
@@ -502,7 +518,7 @@ class Mirror:
 class Gateway:
     def __init__(self, work, binary, upstream_url, mirror_base, mode):
         self.dir = os.path.join(work, f"gateway-{mode}")
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
         self.log = os.path.join(self.dir, "gateway.log")
         self.conf = os.path.join(self.dir, "archeio.yaml")
@@ -866,8 +882,8 @@ def main():
 
         ctx = Ctx()
         log(f"== work directory {work}")
-        ctx.upstream = Upstream(work)
-        ctx.mirror = Mirror(work)
+        ctx.upstream = start("docker-registry", lambda: Upstream(work))
+        ctx.mirror = start("moto_server", lambda: Mirror(work))
         log(f"== upstream {ctx.upstream.url}, mirror {ctx.mirror.base}")
         ctx.images = Images(work)
         ctx.images.build()
@@ -885,7 +901,7 @@ def main():
         ctx.clients = Clients(work, clients)
         failures = []
         for mode in modes:
-            gw = Gateway(work, args.binary, ctx.upstream.url, ctx.mirror.base, mode)
+            gw = start("the gateway", lambda: Gateway(work, args.binary, ctx.upstream.url, ctx.mirror.base, mode))
             log(f"== gateway {gw.addr} in {mode} mode")
             for client in clients:
                 for scenario in scenarios:
