@@ -30,6 +30,9 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+SOAK_SECONDS=${SOAK_SECONDS:-60}
 
 start=$(date +%s)
 echo "== cargo fmt --check"
@@ -42,4 +45,19 @@ echo "== cargo build --release --locked (the end-to-end suite runs the release b
 cargo build --release --locked
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
+echo "== fuzzing, ${FUZZ_SECONDS} s per target"
+# cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
+fuzz_log=$(mktemp)
+for target in routing forwarded_for range_files config; do
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --release "$target" -- \
+      -max_total_time="$FUZZ_SECONDS") >"$fuzz_log" 2>&1; then
+    tail -n 60 "$fuzz_log"
+    echo "fuzz target $target failed (crash input under fuzz/artifacts/$target)" >&2
+    exit 1
+  fi
+  echo "$target: $(grep -E '^Done' "$fuzz_log")"
+done
+rm -f "$fuzz_log"
+echo "== soak: ${SOAK_SECONDS} s at a fixed rate, with a graceful upgrade"
+python3 bench/soak/run.py --duration "$SOAK_SECONDS"
 echo "== all tests passed in $(( $(date +%s) - start )) s"

@@ -57,6 +57,8 @@ pub struct ArcheioConfig {
     pub blob_check: BlobCheckConfig,
     /// Manifests kept in memory in pass-through mode.
     pub manifest_cache: ManifestCacheConfig,
+    /// Limits on slow and idle clients of the registry listener.
+    pub client_timeouts: ClientTimeoutsConfig,
 }
 
 impl Default for ArcheioConfig {
@@ -74,6 +76,7 @@ impl Default for ArcheioConfig {
             client_address: ClientAddressConfig::default(),
             blob_check: BlobCheckConfig::default(),
             manifest_cache: ManifestCacheConfig::default(),
+            client_timeouts: ClientTimeoutsConfig::default(),
         }
     }
 }
@@ -190,6 +193,32 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(2),
             unhealthy_after: 2,
             healthy_after: 1,
+        }
+    }
+}
+
+/// How long the registry listener waits for clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTimeoutsConfig {
+    /// A whole request header, from its first byte to the empty line that ends it.
+    #[serde(with = "humantime_serde")]
+    pub header: Duration,
+    /// A new connection's first byte, and the next request on a kept-alive connection
+    /// (whole seconds).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Reading (or draining) a request body, and each read of it.
+    #[serde(with = "humantime_serde")]
+    pub body: Duration,
+}
+
+impl Default for ClientTimeoutsConfig {
+    fn default() -> Self {
+        ClientTimeoutsConfig {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            body: Duration::from_secs(10),
         }
     }
 }
@@ -338,6 +367,30 @@ pub struct BlobCheckConfig {
     pub miss_ttl: Duration,
     /// Most answers kept; least recently used ones go first.
     pub capacity: u64,
+    /// When a mirror host is considered down and skipped.
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit breaker per mirror host: after `failures` failed checks in a row (timeout,
+/// connection error, 5xx) the host's blobs go to the upstream without a check for
+/// `cool_down`; then one check probes whether it is back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed checks in a row that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker skips the host's checks.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for BlobCheckConfig {
@@ -347,6 +400,7 @@ impl Default for BlobCheckConfig {
             hit_ttl: Duration::from_secs(24 * 3600),
             miss_ttl: Duration::from_secs(60),
             capacity: 100_000,
+            breaker: BreakerConfig::default(),
         }
     }
 }

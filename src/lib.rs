@@ -6,6 +6,7 @@
 //! for the rules.
 
 pub mod admin;
+pub mod breaker;
 pub mod client_addr;
 pub mod config;
 pub mod manifest_cache;
@@ -16,5 +17,6 @@ pub mod range_refresh;
 pub mod ranges;
 pub mod routing;
 pub mod settings;
+pub mod slow_clients;
 pub mod upstream;
 pub mod upstream_auth;

@@ -13,15 +13,17 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 
 use archeio::admin::AdminApp;
 use archeio::config::Mode;
 use archeio::manifest_cache::ManifestCache;
 use archeio::metrics;
 use archeio::mirror_check::MirrorCheck;
-use archeio::proxy::Gateway;
+use archeio::proxy::{Gateway, UpstreamAccess};
 use archeio::range_refresh::RangeRefresher;
 use archeio::settings::Settings;
+use archeio::slow_clients::HeaderDeadline;
 use archeio::upstream::{HealthChecks, Upstreams};
 use archeio::upstream_auth::UpstreamAuth;
 
@@ -62,15 +64,20 @@ fn main() {
         settings.routes,
         refresher.live(),
         mirror_check,
-        upstreams,
-        auth,
-        ManifestCache::new(&settings.manifest_cache),
-        settings.upstream.timeouts.total,
+        UpstreamAccess {
+            endpoints: upstreams,
+            auth,
+            manifests: ManifestCache::new(&settings.manifest_cache),
+            total_timeout: settings.upstream.timeouts.total,
+        },
+        settings.client_timeouts.clone(),
     );
-    let mut registry = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "archeio registry",
+    let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
+    proxy.handle_init_modules();
+    let t = &settings.client_timeouts;
+    let mut registry = Service::new(
+        "archeio registry".to_string(),
+        HeaderDeadline::new(proxy, t.idle, t.header),
     );
     for addr in &settings.listen {
         listen(&mut registry, addr);

@@ -52,7 +52,7 @@ pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static BLOB_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_blob_checks_total",
-        "Mirror blob checks, by outcome (cache_hit, present, absent, error).",
+        "Mirror blob checks, by outcome (cache_hit, present, absent, error, skipped: breaker open).",
         &["outcome"]
     )
     .expect("metric registers once")
@@ -158,6 +158,26 @@ pub static RANGE_LAST_SUCCESS: LazyLock<prometheus::GaugeVec> = LazyLock::new(||
     .expect("metric registers once")
 });
 
+/// Open circuit breakers per mirror host.
+pub static MIRROR_BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "archeio_mirror_breaker_open",
+        "1 while the mirror host's checks are skipped after repeated failures, else 0.",
+        &["host"]
+    )
+    .expect("metric registers once")
+});
+
+/// Times each mirror host's breaker opened.
+pub static MIRROR_BREAKER_OPENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_mirror_breaker_opens_total",
+        "Times a mirror host's breaker opened.",
+        &["host"]
+    )
+    .expect("metric registers once")
+});
+
 /// Build information, value 1.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -190,7 +210,7 @@ static REQUEST_SERIES: [OnceLock<IntCounter>; ROUTES * STATUSES.len()] =
     [const { OnceLock::new() }; ROUTES * STATUSES.len()];
 static DURATION_SERIES: [OnceLock<Histogram>; ROUTES] = [const { OnceLock::new() }; ROUTES];
 static FIXED_REDIRECT_SERIES: [OnceLock<IntCounter>; 4] = [const { OnceLock::new() }; 4];
-static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; 4] = [const { OnceLock::new() }; 4];
+static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; 5] = [const { OnceLock::new() }; 5];
 
 /// Counts an answered request and its duration.
 pub fn record_request(route: Route, status: u16, seconds: f64) {
@@ -251,6 +271,8 @@ pub fn init() {
     LazyLock::force(&MANIFEST_CACHE_LOOKUPS);
     LazyLock::force(&MANIFEST_CACHE_BYTES);
     LazyLock::force(&RANGE_REFRESHES);
+    LazyLock::force(&MIRROR_BREAKER_OPEN);
+    LazyLock::force(&MIRROR_BREAKER_OPENS);
     LazyLock::force(&RANGE_LAST_SUCCESS);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])

@@ -10,6 +10,7 @@ use moka::policy::EvictionPolicy;
 use moka::Expiry;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
+use crate::breaker::{host_of, Breakers, Permit};
 use crate::config::BlobCheckConfig;
 use crate::metrics;
 
@@ -24,6 +25,8 @@ pub enum Outcome {
     Absent,
     /// `HEAD` failed (timeout, connection, TLS).
     Error,
+    /// Not checked: the mirror host's breaker is open.
+    Skipped,
 }
 
 impl Outcome {
@@ -34,6 +37,7 @@ impl Outcome {
             Outcome::Present => "present",
             Outcome::Absent => "absent",
             Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct MirrorCheck {
     client: reqwest::Client,
     cache: Cache<u128, bool>,
     seed: u64,
+    breakers: Breakers,
 }
 
 impl MirrorCheck {
@@ -85,35 +90,53 @@ impl MirrorCheck {
             client,
             cache,
             seed,
+            breakers: Breakers::new(cfg.breaker.failures, cfg.breaker.cool_down),
         })
     }
 
     /// Whether the mirror holds the blob at `url`; how that was found out goes to the metrics.
     pub async fn check(&self, url: &str) -> bool {
+        let key = xxh3_128_with_seed(url.as_bytes(), self.seed);
+        if let Some(present) = self.cache.get(&key).await {
+            metrics::record_blob_check(Outcome::CacheHit);
+            return present;
+        }
+        let host = host_of(url);
+        let permit = self.breakers.permit(host, Instant::now());
+        if permit == Permit::Skip {
+            // Not cached: the answer is about the host, not the blob.
+            metrics::record_blob_check(Outcome::Skipped);
+            return false;
+        }
         let mut outcome = Outcome::CacheHit;
         let entry = self
             .cache
-            .entry(xxh3_128_with_seed(url.as_bytes(), self.seed))
+            .entry(key)
             .or_insert_with(async {
-                let (present, o) = self.head(url).await;
+                let (present, o, healthy) = self.head(url).await;
+                self.breakers.record(host, healthy, Instant::now());
                 outcome = o;
                 present
             })
             .await;
+        if permit == Permit::Probe && outcome == Outcome::CacheHit {
+            self.breakers.abandon_probe(host, Instant::now());
+        }
         metrics::record_blob_check(outcome);
         entry.into_value()
     }
 
-    async fn head(&self, url: &str) -> (bool, Outcome) {
+    /// The answer, how it was found, and whether the host answered sanely (for the breaker).
+    async fn head(&self, url: &str) -> (bool, Outcome, bool) {
         let started = Instant::now();
         let result = self.client.head(url).send().await;
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present),
-            Ok(_) => (false, Outcome::Absent),
+            Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
+            Ok(resp) => (false, Outcome::Absent, !resp.status().is_server_error()),
             Err(e) => {
                 warn!("mirror check HEAD {url} failed: {}", error_chain(&e));
-                (false, Outcome::Error)
+                (false, Outcome::Error, false)
             }
         }
     }

@@ -17,6 +17,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::config::ClientTimeoutsConfig;
 use crate::manifest_cache::{CachedManifest, ManifestCache, KEPT_HEADERS, MAX_MANIFEST_BYTES};
 use crate::metrics;
 use crate::mirror_check::MirrorCheck;
@@ -41,34 +42,40 @@ pub struct Gateway {
     routes: Routes,
     ranges: LiveRanges,
     mirror_check: MirrorCheck,
-    upstreams: Arc<Upstreams>,
-    auth: UpstreamAuth,
-    manifests: ManifestCache,
+    upstream: UpstreamAccess,
+    /// Limits on slow and idle clients.
+    client_timeouts: ClientTimeoutsConfig,
+}
+
+/// How the gateway reaches the upstream: endpoint choice in both modes, the rest for
+/// pass-through.
+pub struct UpstreamAccess {
+    /// The endpoints and their health.
+    pub endpoints: Arc<Upstreams>,
+    /// The gateway's credentials.
+    pub auth: UpstreamAuth,
+    /// Manifests already fetched.
+    pub manifests: ManifestCache,
     /// Limit on a whole upstream response; zero: none.
-    total_timeout: Duration,
+    pub total_timeout: Duration,
 }
 
 impl Gateway {
     /// A gateway answering by `routes` over `ranges`, checking mirrors with `mirror_check`,
-    /// and in pass-through mode fetching from `upstreams` with `auth`, caching manifests in
-    /// `manifests`.
+    /// reaching the upstream through `upstream`.
     pub fn new(
         routes: Routes,
         ranges: LiveRanges,
         mirror_check: MirrorCheck,
-        upstreams: Arc<Upstreams>,
-        auth: UpstreamAuth,
-        manifests: ManifestCache,
-        total_timeout: Duration,
+        upstream: UpstreamAccess,
+        client_timeouts: ClientTimeoutsConfig,
     ) -> Gateway {
         Gateway {
             routes,
             ranges,
             mirror_check,
-            upstreams,
-            auth,
-            manifests,
-            total_timeout,
+            upstream,
+            client_timeouts,
         }
     }
 }
@@ -118,6 +125,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
+        // Pingora waits for the next keep-alive request without limit and reads bodies with
+        // a per-read limit only.
+        let t = &self.client_timeouts;
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(t.idle.as_secs()));
+        }
+        session.set_read_timeout(Some(t.body));
+        session.set_total_drain_timeout(Some(t.body));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let forwarded_for: Vec<&[u8]> = req
@@ -131,7 +150,7 @@ impl ProxyHttp for Gateway {
             target: req.raw_path(),
             peer: peer_ip(session),
             forwarded_for: &forwarded_for,
-            upstream: self.upstreams.preferred(),
+            upstream: self.upstream.endpoints.preferred(),
         };
         let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
@@ -147,10 +166,10 @@ impl ProxyHttp for Gateway {
             manifest: Some(reference),
         } = &reply.answer
         {
-            if self.manifests.caches(*reference) {
+            if self.upstream.manifests.caches(*reference) {
                 let accept = req.headers.get_all("accept").iter().map(|v| v.as_bytes());
                 let key = ManifestCache::key(path, accept);
-                if let Some(cached) = self.manifests.get(&key) {
+                if let Some(cached) = self.upstream.manifests.get(&key) {
                     ctx.upstream.from_cache = true;
                     write_cached(session, &cached, head).await?;
                     return Ok(true);
@@ -176,7 +195,7 @@ impl ProxyHttp for Gateway {
         let up = &mut ctx.upstream;
         let i = match up.endpoint {
             Some(i) => i,
-            None => match self.upstreams.next(up.tried) {
+            None => match self.upstream.endpoints.next(up.tried) {
                 Some(i) => i,
                 None => {
                     return Error::e_explain(
@@ -188,7 +207,7 @@ impl ProxyHttp for Gateway {
         };
         up.endpoint = Some(i);
         up.sent_at = Some(Instant::now());
-        self.upstreams.peer(i).await
+        self.upstream.endpoints.peer(i).await
     }
 
     fn fail_to_connect(
@@ -201,13 +220,13 @@ impl ProxyHttp for Gateway {
         let up = &mut ctx.upstream;
         if let Some(i) = up.endpoint.take() {
             up.tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
-            self.upstreams.connect_failed(i);
+            self.upstream.endpoints.connect_failed(i);
             metrics::UPSTREAM_REQUESTS
-                .with_label_values(&[self.upstreams.label(i), "error"])
+                .with_label_values(&[self.upstream.endpoints.label(i), "error"])
                 .inc();
         }
         // GET and HEAD are idempotent: the next endpoint may answer.
-        e.set_retry(self.upstreams.next(up.tried).is_some());
+        e.set_retry(self.upstream.endpoints.next(up.tried).is_some());
         e
     }
 
@@ -226,7 +245,7 @@ impl ProxyHttp for Gateway {
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
-        let endpoint = self.upstreams.endpoint(i);
+        let endpoint = self.upstream.endpoints.endpoint(i);
         let default_port = if endpoint.tls { 443 } else { 80 };
         let host = if endpoint.port == default_port {
             endpoint.authority()[..endpoint.authority().rfind(':').unwrap_or(0)].to_string()
@@ -236,7 +255,7 @@ impl ProxyHttp for Gateway {
         upstream_request.insert_header("Host", host)?;
         // The upstream sees the gateway's credentials, never a client's.
         upstream_request.remove_header("Authorization");
-        match self.auth.authorization(i, repository(path)).await {
+        match self.upstream.auth.authorization(i, repository(path)).await {
             Ok(Some(value)) => upstream_request.insert_header("Authorization", &*value)?,
             Ok(None) => {}
             Err(e) => {
@@ -257,7 +276,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let up = &mut ctx.upstream;
         let i = up.endpoint.unwrap_or(0);
-        let label = self.upstreams.label(i);
+        let label = self.upstream.endpoints.label(i);
         let status = resp.status.as_u16();
         metrics::UPSTREAM_REQUESTS
             .with_label_values(&[label, resp.status.as_str()])
@@ -278,7 +297,12 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             if let Some(challenge) = challenge {
-                if self.auth.learn(i, challenge, repository(path)).await {
+                if self
+                    .upstream
+                    .auth
+                    .learn(i, challenge, repository(path))
+                    .await
+                {
                     up.auth_retried = true;
                     let mut e = Error::explain(
                         ErrorType::Custom("upstream authentication"),
@@ -322,8 +346,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let up = &mut ctx.upstream;
-        if !self.total_timeout.is_zero()
-            && up.sent_at.is_some_and(|t| t.elapsed() > self.total_timeout)
+        if !self.upstream.total_timeout.is_zero()
+            && up
+                .sent_at
+                .is_some_and(|t| t.elapsed() > self.upstream.total_timeout)
         {
             return Error::e_explain(
                 ErrorType::ReadTimedout,
@@ -353,7 +379,7 @@ impl ProxyHttp for Gateway {
                 }),
             ) = (up.capture.take(), up.cache_key.take(), ctx.reply.as_ref())
             {
-                self.manifests.insert(
+                self.upstream.manifests.insert(
                     key,
                     path,
                     *reference,
@@ -471,7 +497,9 @@ impl ProxyHttp for Gateway {
             _ => String::new(),
         };
         let upstream = match ctx.upstream.endpoint {
-            Some(i) if !ctx.upstream.from_cache => format!(" upstream={}", self.upstreams.label(i)),
+            Some(i) if !ctx.upstream.from_cache => {
+                format!(" upstream={}", self.upstream.endpoints.label(i))
+            }
             _ => String::new(),
         };
         let req = session.req_header();

@@ -11,8 +11,8 @@ use rustls_pki_types::CertificateDer;
 use url::Url;
 
 use crate::config::{
-    ArcheioConfig, BlobCheckConfig, ConfigError, CredentialsConfig, HealthCheckConfig,
-    ManifestCacheConfig, Mode, RangesConfig, UpstreamTimeoutsConfig,
+    ArcheioConfig, BlobCheckConfig, ClientTimeoutsConfig, ConfigError, CredentialsConfig,
+    HealthCheckConfig, ManifestCacheConfig, Mode, RangesConfig, UpstreamTimeoutsConfig,
 };
 use crate::routing::Routes;
 
@@ -35,6 +35,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// The pass-through manifest cache.
     pub manifest_cache: ManifestCacheConfig,
+    /// Limits on slow and idle clients.
+    pub client_timeouts: ClientTimeoutsConfig,
 }
 
 /// The upstream registry, checked.
@@ -205,6 +207,33 @@ impl Settings {
         if check.capacity == 0 {
             return Err(err("blob_check.capacity", "must be at least 1".into()));
         }
+        if check.breaker.failures == 0 {
+            return Err(err(
+                "blob_check.breaker.failures",
+                "must be at least 1".into(),
+            ));
+        }
+        if check.breaker.cool_down.is_zero() {
+            return Err(err(
+                "blob_check.breaker.cool_down",
+                "must be longer than 0s".into(),
+            ));
+        }
+        let t = &cfg.client_timeouts;
+        for (key, value) in [
+            ("client_timeouts.header", t.header),
+            ("client_timeouts.body", t.body),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be longer than 0s".into()));
+            }
+        }
+        if t.idle < std::time::Duration::from_secs(1) {
+            return Err(err(
+                "client_timeouts.idle",
+                "must be at least 1s (Pingora counts keep-alive in seconds)".into(),
+            ));
+        }
         let ratio = cfg.ranges.min_prefix_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(err(
@@ -256,6 +285,7 @@ impl Settings {
                 health_check: up.health_check.clone(),
             },
             manifest_cache: cfg.manifest_cache.clone(),
+            client_timeouts: cfg.client_timeouts.clone(),
         })
     }
 }

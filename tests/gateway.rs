@@ -380,6 +380,111 @@ async fn an_unreachable_mirror_counts_as_absent() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failing_mirror_is_skipped_until_one_probe_finds_it_back() {
+    let (gw, local, ..) = setup(
+        false,
+        "{timeout: 2s, miss_ttl: 1h, breaker: {failures: 3, cool_down: 1s}}",
+    )
+    .await;
+    let host = local.addr.to_string();
+    local.set_default_status(503);
+    let blob = |n: u8| format!("/v2/pause/blobs/{}", digest(n));
+    for n in 1..=3 {
+        let r = gw.get(&blob(n)).await;
+        assert_eq!(
+            (r.status, r.location()),
+            (307, format!("{UP}/pause/blobs/{}", digest(n)).as_str())
+        );
+    }
+    assert_eq!(local.all_heads(), 3);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_open{{host=\"{host}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_opens_total{{host=\"{host}\"}}")
+        ),
+        1.0
+    );
+
+    // Open: no more checks, every client still gets a redirect upstream.
+    for n in 4..=23 {
+        let r = gw.get(&blob(n)).await;
+        assert!(r.location().starts_with(UP), "{r:?}");
+    }
+    assert_eq!(local.all_heads(), 3);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="skipped"}"#),
+        20.0
+    );
+    assert!(
+        gw.log().contains(&format!("mirror {host} is failing")),
+        "{}",
+        gw.log()
+    );
+
+    // After the cool-down one request probes; the mirror is back, so checks resume.
+    local.set_default_status(404);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    local.put(&format!("/containers/images/{}", digest(24)));
+    let r = gw.get(&blob(24)).await;
+    assert_eq!(
+        r.location(),
+        format!("{}/containers/images/{}", local.base(), digest(24))
+    );
+    assert_eq!(local.all_heads(), 4);
+    gw.get(&blob(25)).await;
+    assert_eq!(local.all_heads(), 5);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_open{{host=\"{host}\"}}")
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_mirror_stops_costing_a_timeout_per_blob() {
+    let hole = BlackHole::start().await;
+    let keys = format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  mirrors: {{default: 'http://{}', regions: {{}}}}
+  ranges: {{embedded: false}}
+  blob_check: {{timeout: 300ms, breaker: {{failures: 2, cool_down: 1h}}}}",
+        hole.addr
+    );
+    let gw = Gateway::start(&keys).await;
+    for n in 1..=40 {
+        let d = digest(n);
+        let r = gw.get(&format!("/v2/pause/blobs/{d}")).await;
+        assert_eq!(
+            (r.status, r.location()),
+            (307, format!("{UP}/pause/blobs/{d}").as_str())
+        );
+    }
+    // Two timed-out checks opened the breaker; the other 38 blobs were not checked.
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="skipped"}"#),
+        38.0
+    );
+    assert!(hole.accepted() <= 2, "{} connections", hole.accepted());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_readiness() {
     let (gw, local, ..) = setup(true, "{}").await;
     let before = gw.metrics().await;
@@ -579,6 +684,26 @@ fn config_test_flag_checks_our_section_too() {
             "/nonexistent/ip-ranges.json",
         ),
         ("threads: many\n", "threads"),
+        (
+            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: u, password_env: ARCHEIO_TEST_UNSET}\n",
+            "archeio.upstream.credentials.password_env: environment variable ARCHEIO_TEST_UNSET is not set",
+        ),
+        (
+            "archeio:\n  blob_check: {breaker: {failures: 0}}\n",
+            "archeio.blob_check.breaker.failures: must be at least 1",
+        ),
+        (
+            "archeio:\n  client_timeouts: {idle: 500ms}\n",
+            "archeio.client_timeouts.idle: must be at least 1s",
+        ),
+        (
+            "archeio:\n  ranges: {min_prefix_ratio: 1.5}\n",
+            "archeio.ranges.min_prefix_ratio: expected a fraction between 0 and 1",
+        ),
+        (
+            "archeio:\n  upstream: {ca_file: Cargo.toml}\n",
+            "archeio.upstream.ca_file: expected PEM certificates",
+        ),
     ];
     for (i, (yaml, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.yaml"));

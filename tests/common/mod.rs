@@ -261,6 +261,7 @@ struct MirrorState {
     status: Mutex<HashMap<String, u16>>,
     heads: Mutex<HashMap<String, usize>>,
     delay: Mutex<Duration>,
+    default_status: Mutex<Option<u16>>,
 }
 
 impl Mirror {
@@ -308,6 +309,11 @@ impl Mirror {
             .insert(path.to_string(), status);
     }
 
+    /// Answers `status` for every path it does not hold (instead of 404 or the per-path one).
+    pub fn set_default_status(&self, status: u16) {
+        *self.state.default_status.lock().unwrap() = Some(status);
+    }
+
     /// Delays every answer.
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().unwrap() = delay;
@@ -342,6 +348,8 @@ impl MirrorState {
         }
         let status = if self.present.lock().unwrap().contains(&path) {
             200
+        } else if let Some(status) = *self.default_status.lock().unwrap() {
+            status
         } else {
             self.status
                 .lock()
@@ -353,6 +361,33 @@ impl MirrorState {
         let mut resp = Response::new(Empty::new());
         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
         resp
+    }
+}
+
+/// A listener that accepts connections and never answers; counts the connections.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    accepted: Arc<Mutex<usize>>,
+}
+
+impl BlackHole {
+    pub async fn start() -> BlackHole {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                held.push(stream);
+            }
+        });
+        BlackHole { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
     }
 }
 
