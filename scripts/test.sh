@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every archeio test: formatting, lints, unit and integration tests.
+# Runs every archeio test: formatting, lints, unit and integration tests, then the end-to-end
+# suite (tests/e2e/run.py: real registry clients through the release binary).
 # On a fresh Debian machine it first installs what the build and the tests need
 # (as root, with apt-get); otherwise it says what is missing.
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 # The pass-through tests run a real upstream registry and push images with skopeo.
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
+# The end-to-end suite is a Python 3 script (stdlib only); it installs its own clients.
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
@@ -43,6 +46,10 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== cargo build --release --locked (the end-to-end suite runs the release binary)"
+cargo build --release --locked
+echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
+python3 tests/e2e/run.py
 echo "== fuzzing, ${FUZZ_SECONDS} s per target"
 # cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
 fuzz_log=$(mktemp)

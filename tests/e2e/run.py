@@ -1,0 +1,932 @@
+#!/usr/bin/env python3
+"""End-to-end suite: real registry clients pull through the archeio gateway, on loopback only.
+
+What it starts (all on 127.0.0.1, ephemeral ports, state in one temporary directory):
+  - docker-registry (Distribution) as the upstream, filled by skopeo with images written here;
+  - moto_server as the S3-compatible mirror, holding some (not all) of the blobs;
+  - the gateway (target/release/archeio), whose custom CIDR rule puts 127.0.0.0/8 in AWS
+    us-east-1, whose mirror is the moto bucket;
+  - containerd and dockerd when those clients are selected.
+Then, for each mode (redirect, passthrough) and client (skopeo, ctr, podman, docker), it pulls
+every image into a fresh store, checks the digests the client reports, and reads the mirror's
+and the upstream's request logs to check which server served each blob. The tamper scenario
+changes one mirror object and checks that the client refuses the pull.
+
+Everything started is stopped by process id, and the temporary directory removed, on success,
+failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md.
+"""
+
+import argparse
+import atexit
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLIENTS = ["skopeo", "ctr", "podman", "docker"]
+MODES = ["redirect", "passthrough"]
+SCENARIOS = ["pull", "tamper"]
+BUCKET = "archeio-e2e"
+BLOB_PATH = "/containers/images/{digest}"  # the gateway's default mirrors.blob_path
+REGION = "us-east-1"
+# Clients pull the host's platform of a multi-arch index; single-arch images are built for it.
+HOST_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+ACCEPT = ", ".join(
+    [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.list.v2+json"]
+)
+
+
+class Failure(Exception):
+    """A check failed: the message says what a user would have seen."""
+
+
+class Exited(Failure):
+    """A server exited while starting (most often: its port was taken in the meantime)."""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Processes: everything started is tracked by pid and stopped on every way out.
+# --------------------------------------------------------------------------------------
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []  # (name, Popen)
+        self.cleanups = []  # callables run after the processes stopped
+        self.done = False
+
+    def start(self, name, argv, logfile, env=None, cwd=None):
+        out = open(logfile, "ab")
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        out.close()
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p, name, timeout=10):
+        if p.poll() is not None:
+            return
+        try:
+            os.kill(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"   {name} (pid {p.pid}) did not stop on SIGTERM; SIGKILL")
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def stop_named(self, name):
+        for n, p in list(self.procs):
+            if n == name:
+                self.stop(p, n)
+                self.procs.remove((n, p))
+
+    def shutdown(self):
+        if self.done:
+            return
+        self.done = True
+        # Reverse start order: dockerd before containerd, the gateway before its upstream.
+        for name, p in reversed(self.procs):
+            self.stop(p, name)
+        self.procs.clear()
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # a cleanup failure must not hide the test result
+                log(f"cleanup: {e}")
+
+
+PROCS = Procs()
+
+
+def _on_signal(signum, _frame):
+    log(f"\n== signal {signum}: stopping everything started")
+    PROCS.shutdown()
+    sys.exit(128 + signum)
+
+
+def run(argv, timeout=300, env=None, check=True, capture=True):
+    """Runs a client command; on failure raises with its output."""
+    r = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        env=env,
+        timeout=timeout,
+        text=True,
+    )
+    if check and r.returncode != 0:
+        raise Failure(f"command failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}")
+    return r
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, fn, proc, logfile, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Exited(f"{what} exited with {proc.returncode}:\n{tail(logfile)}")
+        try:
+            if fn():
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.1)
+    raise Failure(f"{what} not ready within {timeout} s:\n{tail(logfile)}")
+
+
+def start(what, fn):
+    """fn() starts a server on a port that was free a moment ago; tried three times, as another
+    process on the machine may take the port between the check and the bind."""
+    for attempt in range(3):
+        try:
+            return fn()
+        except Exited as e:
+            if attempt == 2:
+                raise
+            log(f"   {what} did not start (port taken?), trying another port:\n{e}")
+
+
+def tail(path, n=40):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def http(method, url, data=None, headers=None, timeout=30):
+    """(status, headers, body) without following redirects."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Prerequisites
+# --------------------------------------------------------------------------------------
+
+# client -> [(command, Debian package)]
+NEEDS = {
+    "base": [("docker-registry", "docker-registry"), ("skopeo", "skopeo")],
+    "skopeo": [],
+    "ctr": [("containerd", "containerd"), ("ctr", "containerd")],
+    "podman": [("podman", "podman")],
+    "docker": [("containerd", "containerd"), ("dockerd", "docker.io"), ("docker", "docker.io")],
+}
+
+
+def moto_available():
+    r = subprocess.run(
+        [sys.executable, "-c", "import moto.server, flask, werkzeug"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return r.returncode == 0
+
+
+def ensure_prerequisites(clients, install):
+    pkgs = []
+    for group in ["base"] + clients:
+        for cmd, pkg in NEEDS[group]:
+            if shutil.which(cmd) is None and pkg not in pkgs:
+                pkgs.append(pkg)
+    need_moto = not moto_available()
+    if not pkgs and not need_moto:
+        return
+    root = os.geteuid() == 0
+    if install and root and pkgs and shutil.which("apt-get"):
+        log(f"== installing {' '.join(pkgs)} (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], timeout=600, env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + pkgs, timeout=1200, env=env)
+        pkgs = [p for p in pkgs if any(shutil.which(c) is None for g in NEEDS.values() for c, q in g if q == p)]
+    if install and root and need_moto:
+        log(f"== installing moto[server] (pip, for {sys.executable})")
+        r = run([sys.executable, "-m", "pip", "install", "-q", "moto[server]"], timeout=900, check=False)
+        if r.returncode != 0:
+            log(r.stdout)
+        need_moto = not moto_available()
+    missing = []
+    if pkgs:
+        missing.append(f"apt-get install -y {' '.join(pkgs)}")
+    if need_moto:
+        missing.append(f"{sys.executable} -m pip install 'moto[server]'")
+    if missing:
+        if not install:
+            how = "--no-install was given"
+        elif not root:
+            how = "run as root and this script installs them itself"
+        else:
+            how = "the install above failed"
+        raise Failure(
+            "missing prerequisites; install them with:\n  "
+            + "\n  ".join(missing)
+            + f"\n({how}; or leave a client out with --skip-client NAME / ARCHEIO_E2E_SKIP_CLIENTS)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Test images, written as an OCI layout (and a Docker v2 schema 2 image in skopeo's dir: format)
+# --------------------------------------------------------------------------------------
+
+
+def layer(files):
+    """A gzipped tar of {name: bytes}, reproducible; (compressed, diff_id)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            info.mode = 0o644
+            t.addfile(info, io.BytesIO(data))
+    tar = raw.getvalue()
+    gz = gzip.compress(tar, compresslevel=1, mtime=0)
+    return gz, sha256(tar)
+
+
+def config(arch, diff_ids, label):
+    return json.dumps(
+        {
+            "created": "2024-01-01T00:00:00Z",
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": ["/hello"], "Labels": {"archeio.e2e": label}},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"archeio e2e {i}"} for i in diff_ids],
+        },
+        sort_keys=True,
+    ).encode()
+
+
+class Image:
+    """One pushed tag: what a client pulling it on linux/amd64 must end up with."""
+
+    def __init__(self, repo, ref_digest, manifest_digest, config_digest, layers, other_blobs=()):
+        self.repo = repo  # e.g. test/app
+        self.tag = "v1"
+        self.ref_digest = ref_digest  # what the tag points to (index digest for multi-arch)
+        self.manifest_digest = manifest_digest  # the linux/amd64 manifest
+        self.config_digest = config_digest
+        self.layers = layers
+        self.other_blobs = list(other_blobs)  # blobs of other platforms: never fetched
+
+    @property
+    def blobs(self):
+        return [self.config_digest] + self.layers
+
+
+class Images:
+    def __init__(self, work):
+        self.work = work
+        self.blobs = {}  # digest -> bytes
+        self.images = []
+        self.mirrored = []  # digests copied to the mirror
+
+    def add(self, data):
+        d = sha256(data)
+        self.blobs[d] = data
+        return d
+
+    def desc(self, media, data, **extra):
+        d = dict(mediaType=media, digest=self.add(data), size=len(data))
+        d.update(extra)
+        return d
+
+    def oci_image(self, arch, layers, label, mirror):
+        """(manifest bytes, config digest, layer digests); `mirror`: which of config and layers
+        to copy to the mirror (booleans, config first)."""
+        lds, diff_ids = [], []
+        for files in layers:
+            gz, diff = layer(files)
+            lds.append(self.desc(OCI_LAYER, gz))
+            diff_ids.append(diff)
+        cfg = self.desc(OCI_CONFIG, config(arch, diff_ids, label))
+        manifest = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": lds}, sort_keys=True
+        ).encode()
+        digests = [cfg["digest"]] + [x["digest"] for x in lds]
+        self.mirrored += [d for d, m in zip(digests, mirror) if m]
+        return manifest, cfg["digest"], [x["digest"] for x in lds]
+
+    def write_oci_layout(self, path, manifests, index_entry):
+        os.makedirs(os.path.join(path, "blobs", "sha256"))
+        for data in list(self.blobs.values()) + manifests:
+            with open(os.path.join(path, "blobs", "sha256", sha256(data)[7:]), "wb") as f:
+                f.write(data)
+        with open(os.path.join(path, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        with open(os.path.join(path, "index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [index_entry]}, f)
+
+    def build(self):
+        rnd = random.Random(20240101)
+        # test/app:v1 -- single-arch OCI image; one layer of 6 MiB of noise (does not compress).
+        big = rnd.randbytes(6 * 1024 * 1024)
+        app_m, app_cfg, app_layers = self.oci_image(
+            HOST_ARCH,
+            [{"big.bin": big}, {"hello": b"hello from test/app\n"}],
+            "app",
+            mirror=[True, True, False],
+        )
+        # test/multi:v1 -- OCI index of linux/amd64 and linux/arm64.
+        amd_m, amd_cfg, amd_layers = self.oci_image(
+            "amd64", [{"arch": b"amd64\n" + rnd.randbytes(300_000)}], "multi-amd64", mirror=[False, True]
+        )
+        arm_m, arm_cfg, arm_layers = self.oci_image(
+            "arm64", [{"arch": b"arm64\n" + rnd.randbytes(300_000)}], "multi-arm64", mirror=[True, False]
+        )
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    dict(mediaType=OCI_MANIFEST, digest=sha256(amd_m), size=len(amd_m),
+                         platform={"architecture": "amd64", "os": "linux"}),
+                    dict(mediaType=OCI_MANIFEST, digest=sha256(arm_m), size=len(arm_m),
+                         platform={"architecture": "arm64", "os": "linux"}),
+                ],
+            },
+            sort_keys=True,
+        ).encode()
+        # test/docker:v1 -- Docker v2 schema 2 media types throughout.
+        gz, diff = layer({"docker": b"docker v2s2\n" + rnd.randbytes(200_000)})
+        dl = self.desc(DOCKER_LAYER, gz)
+        dc = self.desc(DOCKER_CONFIG, config(HOST_ARCH, [diff], "docker"))
+        docker_m = json.dumps(
+            {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": dc, "layers": [dl]}, sort_keys=True
+        ).encode()
+        self.mirrored += [dc["digest"]]  # config mirrored, layer not
+
+        layouts = os.path.join(self.work, "layouts")
+        app_dir = os.path.join(layouts, "app")
+        self.write_oci_layout(app_dir, [app_m], dict(mediaType=OCI_MANIFEST, digest=sha256(app_m),
+                                                      size=len(app_m), annotations={"org.opencontainers.image.ref.name": "v1"}))
+        multi_dir = os.path.join(layouts, "multi")
+        self.write_oci_layout(multi_dir, [amd_m, arm_m, index], dict(mediaType=OCI_INDEX, digest=sha256(index),
+                                                                      size=len(index), annotations={"org.opencontainers.image.ref.name": "v1"}))
+        docker_dir = os.path.join(layouts, "docker")  # skopeo dir: format keeps the manifest as is
+        os.makedirs(docker_dir)
+        for data in (gz, config(HOST_ARCH, [diff], "docker")):
+            with open(os.path.join(docker_dir, sha256(data)[7:]), "wb") as f:
+                f.write(data)
+        with open(os.path.join(docker_dir, "manifest.json"), "wb") as f:
+            f.write(docker_m)
+        with open(os.path.join(docker_dir, "version"), "w") as f:
+            f.write("Directory Transport Version: 1.1\n")
+
+        if HOST_ARCH == "amd64":
+            multi = Image("test/multi", sha256(index), sha256(amd_m), amd_cfg, amd_layers, [arm_cfg] + arm_layers)
+        else:
+            multi = Image("test/multi", sha256(index), sha256(arm_m), arm_cfg, arm_layers, [amd_cfg] + amd_layers)
+        self.images = [
+            Image("test/app", sha256(app_m), sha256(app_m), app_cfg, app_layers),
+            multi,
+            Image("test/docker", sha256(docker_m), sha256(docker_m), dc["digest"], [dl["digest"]]),
+        ]
+        self.sources = {
+            "test/app": (f"oci:{app_dir}:v1", []),
+            "test/multi": (f"oci:{multi_dir}:v1", ["--all"]),
+            "test/docker": (f"dir:{docker_dir}", []),
+        }
+        for img in self.images:
+            assert any(b in self.mirrored for b in img.blobs) and any(b not in self.mirrored for b in img.blobs)
+
+
+# --------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------
+
+
+class Upstream:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "registry")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "registry.log")
+        conf = os.path.join(self.dir, "config.yml")
+        with open(conf, "w") as f:
+            f.write(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {self.dir}/storage\n  delete:\n    enabled: false\n"
+                f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            )
+        self.proc = PROCS.start("docker-registry", ["docker-registry", "serve", conf], self.log)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for("docker-registry", lambda: http("GET", self.url + "/v2/")[0] == 200, self.proc, self.log)
+
+    def blob_gets(self, text, digest):
+        """Blob GETs the upstream answered (its access log lines), any repository."""
+        return len(re.findall(r'"GET /v2/[^ ]+/blobs/' + re.escape(digest) + r' HTTP/1\.1" 200 ', text))
+
+    def manifest_requests(self, text):
+        return len(re.findall(r'"(?:GET|HEAD) /v2/[^ ]+/manifests/[^ ]+ HTTP/1\.1" 200 ', text))
+
+
+class Mirror:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "moto")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "moto.log")
+        env = dict(os.environ, AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+        self.proc = PROCS.start(
+            "moto_server", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], self.log, env=env
+        )
+        self.base = f"http://127.0.0.1:{self.port}/{BUCKET}"
+        wait_for("moto_server", lambda: http("GET", f"http://127.0.0.1:{self.port}/")[0] == 200, self.proc, self.log)
+        status, _, body = http("PUT", self.base, data=b"")
+        if status != 200:
+            raise Failure(f"creating bucket {BUCKET} in moto: {status} {body[:300]!r}")
+
+    def key(self, digest):
+        return BLOB_PATH.replace("{digest}", digest)
+
+    def put(self, digest, data):
+        url = self.base + self.key(digest)
+        status, _, body = http("PUT", url, data=data, headers={"x-amz-acl": "public-read",
+                                                                "Content-Type": "application/octet-stream"})
+        if status != 200:
+            raise Failure(f"PUT {url}: {status} {body[:300]!r}")
+        status, _, got = http("GET", url)  # anonymous, as the gateway and the clients are
+        if status != 200 or got != data:
+            raise Failure(f"anonymous GET {url} after PUT: {status}, {len(got)} bytes")
+
+    def blob_gets(self, text, digest):
+        return len(re.findall(r'"GET /' + BUCKET + re.escape(self.key(digest)) + r' HTTP/1\.1" 200 ', text))
+
+
+class Gateway:
+    def __init__(self, work, binary, upstream_url, mirror_base, mode):
+        self.dir = os.path.join(work, f"gateway-{mode}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port, self.admin = free_port(), free_port()
+        self.log = os.path.join(self.dir, "gateway.log")
+        self.conf = os.path.join(self.dir, "archeio.yaml")
+        with open(self.conf, "w") as f:
+            f.write(gateway_config(self.dir, self.port, self.admin, upstream_url, mirror_base, mode))
+        env = dict(os.environ, RUST_LOG="info")
+        for k in ("PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
+                  "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"):
+            env.pop(k, None)
+        self.name = f"archeio-{mode}"
+        self.proc = PROCS.start(self.name, [binary, "-c", self.conf], self.log, env=env)
+        self.addr = f"127.0.0.1:{self.port}"
+        wait_for(
+            "the gateway",
+            lambda: http("GET", f"http://127.0.0.1:{self.admin}/readyz")[0] == 200
+            and http("GET", f"http://{self.addr}/v2/")[0] == 200,
+            self.proc,
+            self.log,
+        )
+
+    def stop(self):
+        PROCS.stop_named(self.name)
+
+
+def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
+    """The gateway's configuration: the custom rule sends 127.0.0.0/8 to AWS us-east-1, whose
+    mirror is the moto bucket; the default mirror is a closed port (never used by a correct
+    gateway). Redirect and pass-through differ by the `mode` line only."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    return f"""version: 1
+threads: 2
+pid_file: {d}/archeio.pid
+upgrade_sock: {d}/upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+archeio:
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']
+  mode: {mode}
+  upstream:
+    endpoints: ['{upstream_url}']
+    path: ''
+  mirrors:
+    default: '{dead}'
+    blob_path: '{BLOB_PATH}'
+    regions:
+      {REGION}: '{mirror_base}'
+  ranges:
+    embedded: false
+    custom:
+      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
+  client_address:
+    trusted_proxy_hops: 0
+"""
+
+
+class Containerd:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "containerd")
+        os.makedirs(self.dir)
+        self.sock = os.path.join(self.dir, "containerd.sock")
+        self.log = os.path.join(self.dir, "containerd.log")
+        conf = os.path.join(self.dir, "config.toml")
+        with open(conf, "w") as f:
+            f.write(
+                f"""version = 2
+root = "{self.dir}/root"
+state = "{self.dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[plugins."io.containerd.metadata.v1.bolt"]
+  content_sharing_policy = "isolated"
+"""
+            )
+        self.proc = PROCS.start("containerd", ["containerd", "--config", conf], self.log)
+        wait_for("containerd", lambda: run(["ctr", "-a", self.sock, "version"], timeout=10, check=False).returncode == 0,
+                 self.proc, self.log)
+
+
+class Dockerd:
+    def __init__(self, work, containerd):
+        self.dir = os.path.join(work, "docker")
+        os.makedirs(self.dir)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.log = os.path.join(self.dir, "dockerd.log")
+        conf = os.path.join(self.dir, "daemon.json")
+        with open(conf, "w") as f:
+            json.dump({}, f)  # not /etc/docker/daemon.json
+        self.host = f"unix://{self.sock}"
+        self.cli = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
+        self.proc = PROCS.start(
+            "dockerd",
+            [
+                "dockerd", "--config-file", conf, "--data-root", f"{self.dir}/data", "--exec-root", f"{self.dir}/exec",
+                "--pidfile", f"{self.dir}/docker.pid", "-H", self.host, "--containerd", containerd.sock,
+                "--iptables=false", "--ip-masq=false", "--bridge=none", "--storage-driver", "vfs",
+            ],
+            self.log,
+        )
+        wait_for("dockerd", lambda: run(self.docker("version"), timeout=10, check=False).returncode == 0,
+                 self.proc, self.log)
+
+    def docker(self, *args):
+        return [self.cli, "-H", self.host] + list(args)
+
+
+# --------------------------------------------------------------------------------------
+# Clients: pull into a fresh store, return what the client says it got
+# --------------------------------------------------------------------------------------
+
+
+class Clients:
+    def __init__(self, work, selected):
+        self.work = work
+        self.n = 0
+        try:
+            self.containerd = Containerd(work) if {"ctr", "docker"} & set(selected) else None
+        except Failure as e:
+            raise Failure(f"{e}\ncontainerd cannot run here: ctr and docker need it "
+                          "(leave them out with --skip-client ctr --skip-client docker)")
+        try:
+            self.dockerd = Dockerd(work, self.containerd) if "docker" in selected else None
+        except Failure as e:
+            raise Failure(f"{e}\ndockerd cannot run here (leave docker out with --skip-client docker)")
+
+    def fresh(self, name):
+        self.n += 1
+        d = os.path.join(self.work, "pulls", f"{self.n:03d}-{name}")
+        os.makedirs(d)
+        return d
+
+    def pull(self, client, gw, img, expect_ok=True):
+        """Pulls `img` through `gw` with `client` into a fresh store. Returns the command result;
+        when `expect_ok`, also checks the digests the client reports."""
+        ref = f"{gw.addr}/{img.repo}:{img.tag}"
+        d = self.fresh(client)
+        if client == "skopeo":
+            dest = os.path.join(d, "image")
+            r = run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{dest}"], check=False)
+            if r.returncode == 0 and expect_ok:
+                with open(os.path.join(dest, "manifest.json"), "rb") as f:
+                    got = sha256(f.read())
+                expect(got == img.manifest_digest, f"skopeo: manifest {got}, expected {img.manifest_digest}")
+                for b in img.blobs:
+                    with open(os.path.join(dest, b[7:]), "rb") as f:
+                        expect(sha256(f.read()) == b, f"skopeo: blob {b} has other bytes")
+        elif client == "ctr":
+            ns = f"e2e{self.n}"
+            a = ["ctr", "-a", self.containerd.sock, "-n", ns]
+            r = run(a + ["images", "pull", "--plain-http", "--snapshotter", "native", ref], check=False)
+            if r.returncode == 0 and expect_ok:
+                ls = run(a + ["images", "ls"]).stdout
+                line = [x for x in ls.splitlines() if x.startswith(ref + " ")]
+                expect(line and img.ref_digest in line[0].split(),
+                       f"ctr: image list does not show {ref} at {img.ref_digest}:\n{ls}")
+                content = run(a + ["content", "ls", "-q"]).stdout.split()
+                for b in img.blobs + [img.manifest_digest]:
+                    expect(b in content, f"ctr: {b} not in the content store")
+        elif client == "podman":
+            env = dict(os.environ, TMPDIR=d)
+            p = ["podman", "--root", f"{d}/root", "--runroot", f"{d}/runroot", "--storage-driver", "vfs",
+                 "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
+            r = run(p + ["pull", "--tls-verify=false", ref], env=env, check=False)
+            if r.returncode == 0 and expect_ok:
+                out = run(p + ["image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", ref], env=env).stdout
+                image_id, digests = out.split(" ", 1)
+                expect(image_id == img.config_digest[7:], f"podman: image id {image_id}, expected {img.config_digest}")
+                want = f"{gw.addr}/{img.repo}@{img.ref_digest}"
+                expect(want in json.loads(digests), f"podman: RepoDigests {digests.strip()} lack {want}")
+            # vfs layers of a root store: removed with the pulls directory
+        elif client == "docker":
+            dk = self.dockerd.docker
+            r = run(dk("pull", ref), check=False)
+            if r.returncode == 0:
+                try:
+                    if expect_ok:
+                        out = run(dk("image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", ref)).stdout
+                        image_id, digests = out.split(" ", 1)
+                        expect(image_id == img.config_digest, f"docker: image id {image_id}, expected {img.config_digest}")
+                        want = f"{gw.addr}/{img.repo}@{img.ref_digest}"
+                        expect(want in json.loads(digests), f"docker: RepoDigests {digests.strip()} lack {want}")
+                finally:
+                    run(dk("rmi", ref))  # the next pull must fetch every blob again
+        else:
+            raise ValueError(client)
+        return r
+
+
+def expect(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+class LogWindow:
+    """The lines a log file got since construction."""
+
+    def __init__(self, path):
+        self.path = path
+        self.start = os.path.getsize(path)
+
+    def text(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read().decode(errors="replace")
+
+
+# --------------------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------------------
+
+
+def scenario_pull(ctx, client, gw, mode):
+    """Every image pulls with the right digests; mirrored blobs came from the mirror and never
+    from the upstream; the others from the upstream (by redirect, or proxied by the gateway)."""
+    imgs = ctx.images
+    for img in imgs.images:
+        wins = [LogWindow(p) for p in (ctx.upstream.log, ctx.mirror.log, gw.log)]
+        t = time.time()
+        r = ctx.clients.pull(client, gw, img)
+        if r.returncode != 0:
+            raise Failure(f"{client} could not pull {img.repo}:{img.tag} through the gateway ({mode}):\n{r.stdout}")
+
+        def check():
+            up, mi, gwl = (w.text() for w in wins)
+            problems = []
+            for b in img.blobs:
+                # What the gateway answered for this blob: a 307 to the mirror, a 307 to the
+                # upstream (redirect mode) or the proxied upstream answer (pass-through). Each
+                # client asks for each blob once in a fresh pull, and must get it from one place.
+                answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
+                want = ("blob/mirror", "307") if b in imgs.mirrored else (
+                    ("blob/upstream", "307") if mode == "redirect" else ("blob/proxy", "200"))
+                if answers != [want]:
+                    problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
+                u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
+                if b in imgs.mirrored:
+                    if (m, u) != (1, 0):
+                        problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
+                elif (m, u) != (0, 1):
+                    problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
+                                    f"(expected 0 and 1)")
+            for b in img.other_blobs:
+                if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
+                    problems.append(f"blob {b} of another platform was fetched")
+            manifests_seen = ctx.upstream.manifest_requests(up)
+            manifest_answers = re.findall(r"(?:GET|HEAD) /v2/[^ ]+/manifests/\S+ client=\S+ decision=(\S+) status=(\d+)", gwl)
+            if mode == "redirect":
+                if not manifest_answers or any(a != ("upstream/upstream", "307") for a in manifest_answers):
+                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 307 to the upstream")
+                if manifests_seen < 1:
+                    problems.append("manifests: the upstream served none (the client should have followed the 307)")
+            else:
+                # Pass-through: the client never sees a redirect for a manifest; the gateway fetched
+                # it (or answered from its manifest cache); the upstream answered only the gateway.
+                bad = [a for a in manifest_answers if a[1] != "200" or a[0] not in ("upstream/proxy", "upstream/cache")]
+                if not manifest_answers or bad:
+                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 200 proxied or cached")
+                proxied = sum(1 for a in manifest_answers if a[0] == "upstream/proxy")
+                if manifests_seen != proxied:
+                    problems.append(f"manifests: the upstream served {manifests_seen}, the gateway proxied {proxied}")
+            return problems, gwl
+
+        # The servers write their access lines after the response: wait until the expected
+        # lines are there (at most 10 s), then once more a moment later, so that a late line
+        # (a GET that should not have happened) is still seen.
+        deadline = time.time() + 10
+        problems, gwl = check()
+        while problems and time.time() < deadline:
+            time.sleep(0.2)
+            problems, gwl = check()
+        time.sleep(0.3)
+        problems, gwl = check()
+        if problems:
+            raise Failure(f"{client} pull of {img.repo}:{img.tag} ({mode}) was misrouted:\n  " + "\n  ".join(problems)
+                          + f"\n-- gateway log:\n{gwl}")
+        log(f"   ok  {client:7} {mode:11} pull   {img.repo}:{img.tag}  ({time.time() - t:.1f} s)")
+
+
+def scenario_tamper(ctx, client, gw, mode):
+    """A mirror object with other bytes than its digest says: the client must refuse the pull."""
+    imgs = ctx.images
+    img = imgs.images[0]  # test/app: its 6 MiB layer is mirrored
+    victim = img.layers[0]
+    assert victim in imgs.mirrored
+    good = imgs.blobs[victim]
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF  # same size, one byte different
+    t = time.time()
+    ctx.mirror.put(victim, bytes(bad))
+    try:
+        win = LogWindow(ctx.mirror.log)
+        r = ctx.clients.pull(client, gw, img, expect_ok=False)
+        deadline = time.time() + 10
+        while ctx.mirror.blob_gets(win.text(), victim) == 0 and time.time() < deadline:
+            time.sleep(0.2)
+        served = ctx.mirror.blob_gets(win.text(), victim)
+    finally:
+        ctx.mirror.put(victim, good)
+    if r.returncode == 0:
+        raise Failure(f"{client} accepted {img.repo}:{img.tag} ({mode}) although the mirror's copy of {victim} "
+                      f"was tampered with (mirror GETs of it: {served})\n{r.stdout}")
+    if served < 1:
+        raise Failure(f"{client} pull failed, but not on the tampered blob (the mirror served it {served} times):\n{r.stdout}")
+    reason = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "(no output)"
+    log(f"   ok  {client:7} {mode:11} tamper {img.repo}:{img.tag} refused ({time.time() - t:.1f} s): {reason[:150]}")
+
+
+class Ctx:
+    pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--client", action="append", choices=CLIENTS, help="client to run (repeatable; default: all)")
+    ap.add_argument("--skip-client", action="append", choices=CLIENTS, default=[],
+                    help="leave a client out on purpose (also ARCHEIO_E2E_SKIP_CLIENTS=a,b)")
+    ap.add_argument("--mode", action="append", choices=MODES, help="gateway mode (repeatable; default: both)")
+    ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="scenario (repeatable; default: all)")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "archeio"),
+                    help="gateway binary (default: target/release/archeio)")
+    ap.add_argument("--build", action="store_true", help="run cargo build --release --locked first")
+    ap.add_argument("--no-install", action="store_true", help="never install missing tools, only name them")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores)")
+    args = ap.parse_args()
+
+    skip = set(args.skip_client)
+    skip |= {c.strip() for c in os.environ.get("ARCHEIO_E2E_SKIP_CLIENTS", "").split(",") if c.strip()}
+    unknown = skip - set(CLIENTS)
+    if unknown:
+        ap.error(f"ARCHEIO_E2E_SKIP_CLIENTS: unknown client(s) {', '.join(sorted(unknown))}")
+    clients = [c for c in (args.client or CLIENTS) if c not in skip]
+    modes = args.mode or MODES
+    scenarios = args.scenario or SCENARIOS
+    if not clients:
+        ap.error("no client left to run")
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    atexit.register(PROCS.shutdown)
+
+    started = time.time()
+    work = tempfile.mkdtemp(prefix="archeio-e2e-")
+    if args.keep:
+        PROCS.cleanups.append(lambda: log(f"== kept {work}"))
+    else:
+        PROCS.cleanups.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    try:
+        if skip:
+            log(f"== NOT testing client(s) {', '.join(sorted(skip))}: left out on request (--skip-client / ARCHEIO_E2E_SKIP_CLIENTS)")
+        if HOST_ARCH is None:
+            raise Failure(f"unknown machine {platform.machine()!r}: the test images are for amd64 or arm64")
+        ensure_prerequisites(clients, install=not args.no_install)
+        if args.build:
+            log("== cargo build --release --locked")
+            run(["cargo", "build", "--release", "--locked"], timeout=3600, capture=False)
+        if not os.access(args.binary, os.X_OK):
+            raise Failure(f"no gateway binary at {args.binary}: run cargo build --release --locked (or pass --build)")
+
+        ctx = Ctx()
+        log(f"== work directory {work}")
+        ctx.upstream = start("docker-registry", lambda: Upstream(work))
+        ctx.mirror = start("moto_server", lambda: Mirror(work))
+        log(f"== upstream {ctx.upstream.url}, mirror {ctx.mirror.base}")
+        ctx.images = Images(work)
+        ctx.images.build()
+        for img in ctx.images.images:
+            src, extra = ctx.images.sources[img.repo]
+            run(["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"] + extra
+                + [src, f"docker://127.0.0.1:{ctx.upstream.port}/{img.repo}:{img.tag}"])
+            status, _, body = http("GET", f"{ctx.upstream.url}/v2/{img.repo}/manifests/{img.tag}", headers={"Accept": ACCEPT})
+            expect(status == 200 and sha256(body) == img.ref_digest,
+                   f"pushed {img.repo}:{img.tag} but the upstream serves {sha256(body)} (status {status}), not {img.ref_digest}")
+        for d in ctx.images.mirrored:
+            ctx.mirror.put(d, ctx.images.blobs[d])
+        log(f"== pushed {len(ctx.images.images)} images ({len(ctx.images.blobs)} blobs) to the upstream; "
+            f"{len(ctx.images.mirrored)} blobs copied to the mirror")
+        ctx.clients = Clients(work, clients)
+        failures = []
+        for mode in modes:
+            gw = start("the gateway", lambda: Gateway(work, args.binary, ctx.upstream.url, ctx.mirror.base, mode))
+            log(f"== gateway {gw.addr} in {mode} mode")
+            for client in clients:
+                for scenario in scenarios:
+                    fn = {"pull": scenario_pull, "tamper": scenario_tamper}[scenario]
+                    try:
+                        fn(ctx, client, gw, mode)
+                    except (Failure, subprocess.TimeoutExpired) as e:
+                        log(f"   FAIL {client} {mode} {scenario}: {e}")
+                        failures.append(f"{client} {mode} {scenario}")
+            gw.stop()
+        total = len(modes) * len(clients) * len(scenarios)
+        log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
+            f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: {', '.join(scenarios)})"
+            + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
+        log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
+        if failures:
+            log("failed: " + "; ".join(failures))
+            return 1
+        return 0
+    except Failure as e:
+        log(f"== e2e setup failed: {e}")
+        return 1
+    finally:
+        PROCS.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
