@@ -245,13 +245,7 @@ impl ProxyHttp for Gateway {
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
-        let endpoint = self.upstream.endpoints.endpoint(i);
-        let default_port = if endpoint.tls { 443 } else { 80 };
-        let host = if endpoint.port == default_port {
-            endpoint.authority()[..endpoint.authority().rfind(':').unwrap_or(0)].to_string()
-        } else {
-            endpoint.authority()
-        };
+        let host = self.upstream.endpoints.endpoint(i).host_header();
         upstream_request.insert_header("Host", host)?;
         // The upstream sees the gateway's credentials, never a client's.
         upstream_request.remove_header("Authorization");

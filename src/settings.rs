@@ -70,10 +70,24 @@ pub struct Endpoint {
 impl Endpoint {
     /// `host:port` for labels and logs (IPv6 in brackets).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
+        format!("{}:{}", self.bracketed_host(), self.port)
+    }
+
+    /// The `Host` header for requests to it: the port only when not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.bracketed_host()
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.authority()
+        }
+    }
+
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
         }
     }
 }
@@ -502,6 +516,8 @@ mod tests {
             ["http://127.0.0.1:5000/v2", "https://[::1]/v2"]
         );
         assert_eq!(s.upstream.endpoints[1].authority(), "[::1]:443");
+        assert_eq!(s.upstream.endpoints[1].host_header(), "[::1]");
+        assert_eq!(s.upstream.endpoints[0].host_header(), "127.0.0.1:5000");
         assert_eq!(s.upstream.endpoints[1].host, "::1");
         assert_eq!(
             s.routes.signature_upstream.as_deref(),
