@@ -3,7 +3,9 @@
 //! between keep-alive requests, so the registry listener adds:
 //! - a deadline for a whole request header, from its first byte ([`HeaderDeadline`], a
 //!   wrapper around each connection's stream that watches for the end of the header);
-//! - a deadline for the first byte of a connection's first request (same wrapper);
+//! - a deadline for a new connection's first byte, waited for before Pingora sees the
+//!   connection ([`first_bytes`]), which also keeps a graceful upgrade from dropping a request
+//!   that arrives as the old process stops;
 //! - an idle timeout between keep-alive requests and a limit on request-body reads (set on
 //!   each session by the proxy glue, see [`crate::proxy`]).
 
@@ -34,7 +36,7 @@ pub struct HeaderDeadline<A> {
 }
 
 impl<A> HeaderDeadline<A> {
-    /// The first request's first byte must come within `first_byte`; every request header
+    /// A new connection's first byte must come within `first_byte`; every request header
     /// must be complete within `header` of its first byte.
     pub fn new(inner: A, first_byte: Duration, header: Duration) -> HeaderDeadline<A> {
         HeaderDeadline {
@@ -49,15 +51,16 @@ impl<A> HeaderDeadline<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(
         self: &Arc<Self>,
-        stream: Stream,
+        mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // A kept-alive connection comes back already wrapped.
-        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
-            stream
-        } else {
-            Box::new(DeadlineStream::new(stream, self.first_byte, self.header))
-        };
+        if !stream.as_any().is::<DeadlineStream>() {
+            if !first_bytes(&mut stream, self.first_byte, shutdown).await {
+                return None;
+            }
+            stream = Box::new(DeadlineStream::new(stream, self.header));
+        }
         self.inner.process_new(stream, shutdown).await
     }
 
@@ -65,6 +68,31 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         self.inner.cleanup().await
     }
 }
+
+/// Waits for a new connection's first bytes, at most `limit`. Pingora drops a connection whose
+/// request has not been read when a graceful shutdown or upgrade begins; one accepted just
+/// before that moment would lose a request its client had already sent. Waiting here for the
+/// bytes (and up to [`SHUTDOWN_GRACE`] more once the shutdown began) hands Pingora a request
+/// it reads at once. False: close the connection quietly.
+async fn first_bytes(stream: &mut Stream, limit: Duration, shutdown: &ShutdownWatch) -> bool {
+    let mut byte = [0u8; 1];
+    let peek = stream.try_peek(&mut byte);
+    tokio::pin!(peek);
+    let mut shutdown = shutdown.clone();
+    let wait = if *shutdown.borrow() {
+        SHUTDOWN_GRACE
+    } else {
+        tokio::select! {
+            peeked = &mut peek => return peeked.is_ok(),
+            _ = sleep(limit) => return false,
+            _ = shutdown.changed() => SHUTDOWN_GRACE,
+        }
+    };
+    matches!(tokio::time::timeout(wait, peek).await, Ok(Ok(_)))
+}
+
+/// How long a new connection may still send its request once a shutdown began.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A connection whose request headers must arrive in time. It looks for the end of a
 /// header (an empty line) in what it reads; a response written means the next bytes start
@@ -74,19 +102,19 @@ pub struct DeadlineStream {
     header: Duration,
     /// Between a response and the end of the next request header.
     in_header: bool,
-    /// Running while a deadline applies.
+    /// Running while a header deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
     /// The last four bytes read, to find the empty line across reads.
     tail: u32,
 }
 
 impl DeadlineStream {
-    fn new(inner: Stream, first_byte: Duration, header: Duration) -> DeadlineStream {
+    fn new(inner: Stream, header: Duration) -> DeadlineStream {
         DeadlineStream {
             inner,
             header,
             in_header: true,
-            timer: Some(Box::pin(sleep(first_byte))),
+            timer: None,
             tail: 0,
         }
     }

@@ -101,14 +101,36 @@ impl Gateway {
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ready_since = None;
         while Instant::now() < deadline {
             if let Some(status) = gw.child.try_wait().unwrap() {
                 eprintln!("gateway exited with {status}:\n{}", gw.log());
                 return None;
             }
-            if let Ok(r) = request(gw.admin, "GET", "/readyz", &[]).await {
-                if r.status == 200 && request(gw.addr, "GET", "/v2/", &[]).await.is_ok() {
-                    return Some(gw);
+            // Both ports must be answered by this gateway: another process (a parallel test's
+            // server) may have taken a port between `free_port` and the gateway's bind.
+            let admin_ours = matches!(
+                request(gw.admin, "GET", "/readyz", &[]).await,
+                Ok(r) if r.status == 200 && r.body == b"ready\n"
+            );
+            if admin_ours {
+                match request(gw.addr, "GET", "/", &[]).await {
+                    Ok(r) if r.status == 307 => return Some(gw),
+                    Ok(r) => {
+                        eprintln!(
+                            "registry port {} answered by another server: {r:?}",
+                            gw.addr
+                        );
+                        return None;
+                    }
+                    Err(_)
+                        if ready_since.get_or_insert_with(Instant::now).elapsed()
+                            > Duration::from_secs(5) =>
+                    {
+                        eprintln!("registry port {} never listened:\n{}", gw.addr, gw.log());
+                        return None;
+                    }
+                    Err(_) => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
