@@ -222,6 +222,25 @@ mod tests {
         assert!(c.get("k2").is_none());
     }
 
+    /// Issue 12, item 9: sha512 references are verified too; references of algorithms the
+    /// cache cannot verify are not kept.
+    #[test]
+    fn only_verified_digest_answers_are_kept() {
+        use sha2::Sha512;
+        let c = cache(30);
+        let body = Bytes::from_static(b"{\"schemaVersion\":2}");
+        let sha512: String = Sha512::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+        let good = format!("/v2/a/manifests/sha512:{sha512}");
+        c.insert("k1".into(), &good, ManifestRef::Digest, vec![], body.clone());
+        assert_eq!(c.get("k1").unwrap().body, body);
+        let bad = format!("/v2/a/manifests/sha512:{}", "0".repeat(128));
+        c.insert("k2".into(), &bad, ManifestRef::Digest, vec![], body.clone());
+        assert!(c.get("k2").is_none(), "a sha512 mismatch was cached");
+        let unknown = "/v2/a/manifests/blake3:0000000000000000000000000000000000000000000000000000000000000000";
+        c.insert("k3".into(), unknown, ManifestRef::Digest, vec![], body);
+        assert!(c.get("k3").is_none(), "an unverifiable digest was cached");
+    }
+
     #[test]
     fn tags_are_not_cached_with_a_zero_ttl_and_nothing_with_zero_bytes() {
         assert!(!cache(0).caches(ManifestRef::Tag));

@@ -173,3 +173,172 @@ async fn hostile_requests_get_4xx_or_correct_redirects_and_never_5xx() {
     assert_eq!(gw.get("/v2/").await.status, 200);
     assert!(!gw.log().contains("panicked"), "{}", gw.log());
 }
+
+/// Sends `bytes` and reads until the server closes (at most 5 s): status, headers, body.
+async fn raw_whole(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&got)));
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, got[end + 4..].to_vec())
+}
+
+fn oci_code(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(body)));
+    v["errors"][0]["code"].as_str().unwrap().to_string()
+}
+
+/// Issue 12, item 1: only the distribution spec's pull endpoints, with names, tags and
+/// digests of its grammar, are redirected or proxied; anything else is a 404 with an OCI
+/// error, and in pass-through the upstream (which gets our credentials) never sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_outside_the_distribution_grammar_are_404_and_never_reach_the_upstream() {
+    let upstream = common::fake::FakeServer::start(|_| common::fake::Canned::new(200)).await;
+    let sha = format!("sha256:{}", "ab".repeat(32));
+    let refused = [
+        "/v2/..;/..;/other/private/manifests/latest",
+        "/v2/.;x/manifests/latest",
+        "/v2/..;a=b/manifests/latest",
+        "/v2/a/..;/manifests/latest",
+        "/v2/%252e%252e/manifests/latest",
+        "/v2/%c0%ae%c0%ae/x/manifests/latest",
+        "/v2/a%20b/manifests/latest",
+        "/v2/Upper/manifests/latest",
+        "/v2/a--/manifests/latest",
+        "/v2/a___b/manifests/latest",
+        "/v2/a/manifests/-tag",
+        "/v2/a/manifests/..;",
+        "/v2/a/manifests/sha256:abc",
+        "/v2/a/blobs/sha256:abc",
+        "/v2/a/blobs/uploads",
+        "/v2/a/referrers/latest",
+        "/v2/a/tags/other",
+        "/v2/a/other/thing",
+        "/v2/manifests/latest",
+        "/v2/a;b=c/manifests/latest",
+    ];
+    for mode in ["redirect", "passthrough"] {
+        let keys = format!(
+            "  mode: {mode}
+  upstream: {{endpoints: ['{}'], path: a/b}}
+  ranges: {{embedded: false}}",
+            upstream.url()
+        );
+        let gw = Gateway::start(&keys).await;
+        for target in refused {
+            for method in ["GET", "HEAD"] {
+                let r = gw.send(method, target, &[]).await;
+                assert_eq!(r.status, 404, "{mode} {method} {target}: {r:?}");
+                if method == "GET" {
+                    let code = r.oci_code();
+                    assert!(
+                        [
+                            "NAME_INVALID",
+                            "NAME_UNKNOWN",
+                            "TAG_INVALID",
+                            "DIGEST_INVALID"
+                        ]
+                        .contains(&code.as_str()),
+                        "{mode} {target}: {code}"
+                    );
+                }
+            }
+        }
+        // Names, tags and digests of the grammar still go through.
+        for target in [
+            "/v2/pause/manifests/3.10".to_string(),
+            "/v2/a.b/c_d/e__f/g--h/manifests/V1_x.y-z".to_string(),
+            format!("/v2/pause/manifests/{sha}"),
+            "/v2/pause/tags/list?n=10&last=3.9".to_string(),
+            format!("/v2/pause/referrers/{sha}?artifactType=x"),
+        ] {
+            let r = gw.get(&target).await;
+            assert!(
+                r.status == 307 || r.status == 200,
+                "{mode} {target}: {r:?}"
+            );
+        }
+    }
+    let leaked: Vec<_> = upstream
+        .seen_except_health()
+        .into_iter()
+        .filter(|s| !refused.iter().all(|r| !s.target.contains(&r[3..])))
+        .collect();
+    assert!(leaked.is_empty(), "the upstream saw {leaked:?}");
+}
+
+/// Issue 12, item 3: empty lines before a request line do not end the header deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_after_leading_empty_lines_still_has_its_deadline() {
+    let gw = Gateway::start("  client_timeouts: {header: 1s, idle: 2s, body: 1s}").await;
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"\r\n\r\n").await.unwrap();
+    let header = b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nUser-Agent: slow-client/1.0\r\n";
+    let mut buf = [0u8; 256];
+    let mut closed = None;
+    'send: for byte in header {
+        if s.write_all(std::slice::from_ref(byte)).await.is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(150), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = Some(started.elapsed());
+                break 'send;
+            }
+            Ok(Ok(_)) => panic!("answered a request that was never complete"),
+            Err(_) => {}
+        }
+    }
+    let closed = closed.expect("a header trickled after empty lines was never cut off");
+    assert!(closed < Duration::from_secs(4), "{closed:?}");
+}
+
+/// Issue 12, item 11: request lines that Pingora would rewrite (a space escaped, a fragment
+/// dropped) or refuse itself (absolute form with another Host) get the gateway's own answer:
+/// 400 with an OCI error on /v2 paths, and one access-log line each.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_request_lines_get_our_answer_and_an_access_log_line() {
+    let gw = Gateway::start(
+        "  upstream: {endpoints: ['http://upstream.test'], path: prefix}\n  ranges: {embedded: false}",
+    )
+    .await;
+    let cases: [(&str, &[u8], bool); 6] = [
+        ("space", b"GET /v2/pause/manifests/a b HTTP/1.1\r\nHost: x\r\n\r\n", true),
+        ("fragment", b"GET /v2/pause/manifests/1#frag HTTP/1.1\r\nHost: x\r\n\r\n", true),
+        ("absolute form", b"GET http://evil/v2/pause/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n", false),
+        ("absolute form, same host", b"GET http://x/v2/pause/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n", false),
+        ("quote", b"GET /v2/pause/manifests/\"x\" HTTP/1.1\r\nHost: x\r\n\r\n", true),
+        ("raw UTF-8", b"GET /v2/p\xc3\xa9/manifests/1 HTTP/1.1\r\nHost: x\r\n\r\n", true),
+    ];
+    for (name, bytes, api) in cases {
+        let before = gw.log().matches("archeio::access").count();
+        let (status, head, body) = raw_whole(gw.addr, bytes).await;
+        assert_eq!(status, 400, "{name}: {head}");
+        if api {
+            assert_eq!(oci_code(&body), "NAME_INVALID", "{name}");
+        } else {
+            assert!(!body.is_empty(), "{name}: empty body");
+        }
+        let mut logged = 0;
+        for _ in 0..40 {
+            logged = gw.log().matches("archeio::access").count() - before;
+            if logged > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(logged, 1, "{name}: access-log lines\n{}", gw.log());
+    }
+    let log = gw.log();
+    assert!(!log.contains("#frag"), "the fragment reached the log as a path: {log}");
+    assert!(log.contains("status=400"), "{log}");
+}

@@ -788,3 +788,96 @@ async fn graceful_upgrade_loses_no_request() {
         200
     );
 }
+
+/// Issue 12, item 7: a cached "present" answer does not send clients to a mirror host whose
+/// breaker is open.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_breaker_overrides_cached_present_answers() {
+    let (gw, local, ..) = setup(
+        false,
+        "{timeout: 2s, hit_ttl: 1h, miss_ttl: 1h, breaker: {failures: 3, cool_down: 1h}}",
+    )
+    .await;
+    let held = digest(40);
+    let path = format!("/containers/images/{held}");
+    local.put(&path);
+    let target = format!("/v2/pause/blobs/{held}");
+    assert_eq!(
+        gw.get(&target).await.location(),
+        format!("{}{path}", local.base())
+    );
+    // The host starts failing; three failed checks open its breaker.
+    local.set_default_status(503);
+    for n in 41..=43 {
+        gw.get(&format!("/v2/pause/blobs/{}", digest(n))).await;
+    }
+    let m = gw.metrics().await;
+    let host = local.addr.to_string();
+    assert_eq!(
+        sample(&m, &format!("archeio_mirror_breaker_open{{host=\"{host}\"}}")),
+        1.0
+    );
+    let r = gw.get(&target).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{UP}/pause/blobs/{held}").as_str()),
+        "a failing mirror got a client from the cache"
+    );
+}
+
+/// Issue 12, item 8: the mirror check does not follow redirects; a 3xx is "absent", logged
+/// once while the miss is cached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_the_mirror_check_counts_as_absent() {
+    let other = Mirror::start().await;
+    let d = digest(50);
+    let path = format!("/containers/images/{d}");
+    other.put(&path);
+    let elsewhere = format!("{}{path}", other.base());
+    let mirror = common::fake::FakeServer::start(move |_| {
+        common::fake::Canned::new(302).header("location", elsewhere.clone())
+    })
+    .await;
+    let keys = format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  mirrors: {{default: '{}', regions: {{}}}}
+  ranges: {{embedded: false}}
+  blob_check: {{timeout: 2s, miss_ttl: 1h}}",
+        mirror.url()
+    );
+    let gw = Gateway::start(&keys).await;
+    for _ in 0..2 {
+        let r = gw.get(&format!("/v2/pause/blobs/{d}")).await;
+        assert_eq!(
+            (r.status, r.location()),
+            (307, format!("{UP}/pause/blobs/{d}").as_str())
+        );
+    }
+    assert_eq!(other.heads(&path), 0, "the check followed the redirect");
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="absent"}"#),
+        1.0
+    );
+    let log = gw.log();
+    assert_eq!(log.matches("redirect").count(), 1, "{log}");
+}
+
+/// Issue 12, item 11: a mirror answering 5xx to the check is an error (as the breaker
+/// counts it), not an "absent" blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_5xx_counts_as_an_error() {
+    let (gw, local, ..) = setup(false, "{timeout: 2s, miss_ttl: 1h}").await;
+    local.set_default_status(500);
+    let r = gw.get(&format!("/v2/pause/blobs/{}", digest(60))).await;
+    assert!(r.location().starts_with(UP), "{r:?}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"archeio_blob_checks_total{outcome="absent"}"#),
+        0.0
+    );
+}

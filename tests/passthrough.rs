@@ -720,3 +720,393 @@ async fn redirect_mode_sends_clients_to_the_first_healthy_endpoint() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A gateway in `mode` in front of one endpoint with the path prefix `test`: `upstream` and
+/// `top` are YAML lines under `upstream:` and under `archeio:`.
+async fn gateway_with(mode: &str, endpoint: &str, upstream: &str, top: &str) -> Gateway {
+    let keys = format!(
+        "  mode: {mode}
+  upstream:
+    endpoints: ['{endpoint}']
+    path: test
+    health_check: {{interval: 200ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}
+{upstream}
+  ranges: {{embedded: false}}
+  client_address: {{trusted_proxy_hops: 0}}
+{top}"
+    );
+    Gateway::start(&keys).await
+}
+
+/// Tags `t00`..`t09` of `test/lib/app`, served a page at a time (`n`, default 3, after
+/// `last`) with a `Link` to the next page in the upstream's own path space.
+fn paging_upstream(seen: &common::fake::Seen) -> common::fake::Canned {
+    use common::fake::Canned;
+    let (path, query) = seen
+        .target
+        .split_once('?')
+        .unwrap_or((seen.target.as_str(), ""));
+    if path == "/v2/" {
+        return Canned::new(200).header("docker-distribution-api-version", "registry/2.0");
+    }
+    if path != "/v2/test/lib/app/tags/list" {
+        return Canned::new(404).body(r#"{"errors":[{"code":"NAME_UNKNOWN","message":"x"}]}"#);
+    }
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let n: usize = param("n").and_then(|n| n.parse().ok()).unwrap_or(3);
+    let all: Vec<String> = (0..10).map(|i| format!("t{i:02}")).collect();
+    let start = param("last").map_or(0, |last| all.iter().position(|t| *t > last).unwrap_or(10));
+    let page: Vec<String> = all[start..].iter().take(n).cloned().collect();
+    let body = serde_json::json!({ "name": "test/lib/app", "tags": page }).to_string();
+    let mut canned = Canned::new(200)
+        .header("content-type", "application/json")
+        .body(body);
+    if start + page.len() < all.len() {
+        canned = canned.header(
+            "link",
+            format!(
+                "</v2/test/lib/app/tags/list?last={}&n={n}>; rel=\"next\"",
+                page.last().unwrap()
+            ),
+        );
+    }
+    canned
+}
+
+/// Issue 12, item 2: a paging upstream behind a path prefix lists every tag through the
+/// gateway, with `skopeo list-tags`, in both modes.
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_paging_through_the_gateway_with_an_upstream_prefix() {
+    let upstream = common::fake::FakeServer::start(paging_upstream).await;
+    let want: Vec<String> = (0..10).map(|i| format!("t{i:02}")).collect();
+    for mode in ["redirect", "passthrough"] {
+        let gw = gateway_with(mode, &upstream.url(), "", "").await;
+        if mode == "passthrough" {
+            let r = gw.get("/v2/lib/app/tags/list?n=4").await;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(
+                r.header("link"),
+                Some("</v2/lib/app/tags/list?last=t03&n=4>; rel=\"next\""),
+                "the Link must be in the gateway's path space"
+            );
+        }
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "list-tags",
+                "--tls-verify=false",
+                &format!("docker://{}/lib/app", gw.addr),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: skopeo: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tags: Vec<String> = listed["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(tags, want, "{mode}");
+    }
+}
+
+/// Serves `/v2/` with 200 and any other request with a `len`-byte body written as fast as the
+/// reader takes it, `stall_after` bytes at most; records when a write failed (the peer closed).
+async fn raw_upstream(len: usize, stall_after: usize) -> (SocketAddr, Arc<Mutex<Option<Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let broken = Arc::new(Mutex::new(None));
+    let flag = broken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /v2/ ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+                );
+                if s.write_all(header.as_bytes()).await.is_err() {
+                    *flag.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < len.min(stall_after) {
+                    let n = chunk.len().min(len.min(stall_after) - sent);
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        *flag.lock().unwrap() = Some(Instant::now());
+                        return;
+                    }
+                    sent += n;
+                }
+                // Stalled (or done): hold the connection until the peer goes.
+                let _ = s.read(&mut buf).await;
+                *flag.lock().unwrap() = Some(Instant::now());
+            });
+        }
+    });
+    (addr, broken)
+}
+
+/// Issue 12, item 4: a client that stops reading a proxied blob is disconnected after the
+/// write timeout, and the upstream connection with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let (up, broken) = raw_upstream(256 << 20, usize::MAX).await;
+    let gw = gateway_with(
+        "passthrough",
+        &format!("http://{up}"),
+        "",
+        "  client_timeouts: {write: 1s}",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let blob = format!("sha256:{}", "cd".repeat(32));
+    client
+        .write_all(format!("GET /v2/app/blobs/{blob} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Never read. The gateway must give up on the client and on the upstream.
+    while broken.lock().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = broken
+        .lock()
+        .unwrap()
+        .map(|t| t - started)
+        .expect("the upstream connection was still held after 20 s");
+    assert!(gone < Duration::from_secs(10), "{gone:?}");
+    drop(client);
+}
+
+/// Issue 12, item 4: a GET or HEAD with a body is refused, in both modes, and never
+/// forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_and_head_with_a_body_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = common::fake::FakeServer::start(|_| common::fake::Canned::new(200)).await;
+    for mode in ["redirect", "passthrough"] {
+        let gw = gateway_with(mode, &upstream.url(), "", "").await;
+        for request in [
+            "GET /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            "HEAD /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("no answer")
+                .unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 400"), "{mode}: {request:?}: {head}");
+        }
+    }
+    assert!(
+        upstream.seen_except_health().is_empty(),
+        "{:?}",
+        upstream.seen_except_health()
+    );
+}
+
+/// Issue 12, item 4: `upstream.timeouts.total` ends a response whose body stalls, without
+/// waiting for another chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_total_timeout_cuts_a_stalled_upstream_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _) = raw_upstream(100_000, 1000).await;
+    let gw = gateway_with(
+        "passthrough",
+        &format!("http://{up}"),
+        "    timeouts: {connect: 2s, read: 30s, total: 2s}",
+        "",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "the stalled response was never cut");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(got.len() < 100_000, "the whole body arrived");
+}
+
+/// Issue 12, item 5: the gateway's credentials go only to a token realm on the endpoint's
+/// host or one listed in `upstream.auth_realm_hosts`; otherwise 502 and nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_go_only_to_allowed_token_realms() {
+    use common::fake::{Canned, FakeServer};
+    let realm = FakeServer::start_on("127.0.0.2", |_| {
+        Canned::new(200)
+            .header("content-type", "application/json")
+            .body(r#"{"token":"tok","expires_in":300}"#)
+    })
+    .await;
+    let realm_url = format!("http://{}/token", realm.addr);
+    let upstream = FakeServer::start(move |seen| {
+        if seen.target == "/v2/" {
+            return Canned::new(200);
+        }
+        if seen.header("authorization") == Some("Bearer tok") {
+            return Canned::new(200)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body("{}");
+        }
+        Canned::new(401).header(
+            "www-authenticate",
+            format!("Bearer realm=\"{realm_url}\",service=\"reg\",scope=\"repository:test/app:pull\""),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let creds = format!(
+        "    credentials: {{username: puller, password_file: {}}}",
+        pw.display()
+    );
+
+    let gw = gateway_with("passthrough", &upstream.url(), &creds, "").await;
+    let r = gw.get("/v2/app/manifests/v1").await;
+    assert_eq!((r.status, r.oci_code().as_str()), (502, "UNAVAILABLE"), "{r:?}");
+    assert!(realm.seen().is_empty(), "credentials went to {:?}", realm.seen());
+    let log = gw.log();
+    assert_eq!(log.matches("auth_realm_hosts").count(), 1, "{log}");
+    assert!(!log.contains("s3cret-pw"));
+
+    let allowed = format!("{creds}\n    auth_realm_hosts: ['127.0.0.2']");
+    let gw = gateway_with("passthrough", &upstream.url(), &allowed, "").await;
+    let r = gw.get("/v2/app/manifests/v1").await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let asked = realm.seen();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0]
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Basic ")));
+}
+
+/// Issue 12, item 6: only the headers a pull needs reach the upstream, and the client
+/// address as the gateway sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_allowed_client_headers_reach_the_upstream() {
+    use common::fake::{Canned, FakeServer};
+    let upstream = FakeServer::start(|_| Canned::new(200).body("{}")).await;
+    let gw = gateway_with("passthrough", &upstream.url(), "", "").await;
+    let sent = [
+        ("Accept", "application/vnd.oci.image.manifest.v1+json"),
+        ("User-Agent", "containerd/2.0"),
+        ("If-None-Match", "\"abc\""),
+        ("Cookie", "session=secret"),
+        ("Forwarded", "for=6.6.6.6;host=evil"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Custom", "anything"),
+        ("Authorization", "Bearer client-token"),
+        ("Proxy-Authorization", "Basic eDp5"),
+    ];
+    let r = gw.send("GET", "/v2/app/manifests/v1", &sent).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = upstream.seen_except_health();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let got = &seen[0];
+    for name in [
+        "cookie",
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-custom",
+        "authorization",
+        "proxy-authorization",
+    ] {
+        assert!(got.header(name).is_none(), "{name} reached the upstream: {got:?}");
+    }
+    assert_eq!(got.header("accept"), Some("application/vnd.oci.image.manifest.v1+json"));
+    assert_eq!(got.header("user-agent"), Some("containerd/2.0"));
+    assert_eq!(got.header("if-none-match"), Some("\"abc\""));
+    assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+/// Issue 12, item 10: with `stale_if_error`, an expired tag answer is served, marked and
+/// counted, when no upstream endpoint can be reached; without it, 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_tag_manifests_are_served_when_every_upstream_is_down() {
+    use common::fake::{Canned, FakeServer};
+    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let digest = sha256(manifest.as_bytes());
+    for stale in [true, false] {
+        let d = digest.clone();
+        let upstream = FakeServer::start(move |_| {
+            Canned::new(200)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .header("docker-content-digest", d.clone())
+                .body(manifest)
+        })
+        .await;
+        let cache = if stale {
+            "  manifest_cache: {tag_ttl: 1s, stale_if_error: 1h}"
+        } else {
+            "  manifest_cache: {tag_ttl: 1s}"
+        };
+        let gw = gateway_with(
+            "passthrough",
+            &upstream.url(),
+            "    timeouts: {connect: 1s, read: 2s, total: 5s}",
+            cache,
+        )
+        .await;
+        let r = gw.get("/v2/app/manifests/v1").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        upstream.stop();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let r = gw.get("/v2/app/manifests/v1").await;
+        if stale {
+            assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+            assert_eq!(r.body, manifest.as_bytes());
+            assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+            assert!(
+                r.header("warning").is_some_and(|w| w.starts_with("110")),
+                "{r:?}"
+            );
+            let m = gw.metrics().await;
+            assert_eq!(sample(&m, "archeio_manifest_cache_stale_served_total"), 1.0);
+        } else {
+            assert_eq!(r.status, 502, "{r:?}");
+        }
+    }
+}

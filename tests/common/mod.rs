@@ -1,6 +1,7 @@
 //! Test harness: the real gateway binary on loopback, a real HTTP mirror, a raw HTTP client.
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
+pub mod fake;
 pub mod registry;
 
 use std::collections::{HashMap, HashSet};
