@@ -101,6 +101,7 @@ fn decision(c: &mut Criterion) {
             peer: Some("10.1.2.3".parse().unwrap()),
             forwarded_for: xff,
             upstream: 0,
+            has_body: false,
         };
         g.bench_function(name, |b| {
             b.iter(|| decide(black_box(&req), &routes, &table))
@@ -124,6 +125,7 @@ fn decision(c: &mut Criterion) {
         peer: Some("10.1.2.3".parse().unwrap()),
         forwarded_for: &xff_aws,
         upstream: 0,
+        has_body: false,
     };
     let Decision::CheckMirror(warm) = decide(&req, &routes, &table) else {
         panic!("an AWS client's blob needs a mirror check");

@@ -109,6 +109,11 @@ pub struct UpstreamConfig {
     /// Credentials the gateway presents to the upstream in pass-through mode: as HTTP Basic
     /// auth, or to its token service when it asks for a Bearer token. Unset: anonymous.
     pub credentials: Option<CredentialsConfig>,
+    /// Hosts, besides each endpoint's own, whose token service (the `realm` of a Bearer
+    /// challenge) may be asked for tokens, with the credentials when set
+    /// (`auth.docker.io` for Docker Hub). A realm elsewhere, or a plain `http` realm for an
+    /// `https` endpoint, fails the request with `502` and nothing is sent to it.
+    pub auth_realm_hosts: Vec<String>,
     /// Limits on upstream requests in pass-through mode.
     pub timeouts: UpstreamTimeoutsConfig,
     /// Active health checks of the endpoints (used when there are several, or in
@@ -123,6 +128,7 @@ impl Default for UpstreamConfig {
             path: "k8s-artifacts-prod/images".into(),
             ca_file: None,
             credentials: None,
+            auth_realm_hosts: Vec::new(),
             timeouts: UpstreamTimeoutsConfig::default(),
             health_check: HealthCheckConfig::default(),
         }
@@ -154,7 +160,8 @@ pub struct UpstreamTimeoutsConfig {
     /// Waiting for the response header, or for the next piece of the body.
     #[serde(with = "humantime_serde")]
     pub read: Duration,
-    /// The whole response, from the request sent to its last byte; 0s: no limit.
+    /// The whole response, from the request sent to its last byte, enforced by a timer (a
+    /// stalled body is cut, a missing answer is a `504`); 0s: no limit.
     #[serde(with = "humantime_serde")]
     pub total: Duration,
 }
@@ -211,6 +218,13 @@ pub struct ClientTimeoutsConfig {
     /// Reading (or draining) a request body, and each read of it.
     #[serde(with = "humantime_serde")]
     pub body: Duration,
+    /// Each write of an answer to the client: a client that stops reading (a zero receive
+    /// window) is disconnected after this, and in pass-through its upstream request ends.
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// Slowest acceptable download, in bytes per second: a write of N bytes may take
+    /// N / rate seconds (at least 1 s) instead of `write`; 0: only `write` applies.
+    pub min_send_rate: u64,
 }
 
 impl Default for ClientTimeoutsConfig {
@@ -219,6 +233,8 @@ impl Default for ClientTimeoutsConfig {
             header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             body: Duration::from_secs(10),
+            write: Duration::from_secs(30),
+            min_send_rate: 0,
         }
     }
 }
@@ -234,6 +250,12 @@ pub struct ManifestCacheConfig {
     /// cached. Manifests fetched by digest never change and stay until evicted.
     #[serde(with = "humantime_serde")]
     pub tag_ttl: Duration,
+    /// How long past `tag_ttl` a manifest fetched by tag may still be served when no
+    /// upstream endpoint can be reached (or none answers in time): the answer carries
+    /// `Warning: 110` and is counted in `archeio_manifest_cache_stale_served_total`. 0s: never
+    /// (the client gets the `502`/`504`).
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
 }
 
 impl Default for ManifestCacheConfig {
@@ -241,6 +263,7 @@ impl Default for ManifestCacheConfig {
         ManifestCacheConfig {
             max_bytes: 64 * 1024 * 1024,
             tag_ttl: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
         }
     }
 }

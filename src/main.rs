@@ -26,7 +26,7 @@ use archeio::settings::Settings;
 use archeio::slow_clients::HeaderDeadline;
 use archeio::sync;
 use archeio::upstream::{HealthChecks, Upstreams};
-use archeio::upstream_auth::UpstreamAuth;
+use archeio::upstream_auth::{RealmPolicy, UpstreamAuth};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -53,8 +53,18 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
     let upstreams = Arc::new(Upstreams::new(&settings.upstream).unwrap_or_else(|e| fail(&e)));
+    let realms = settings
+        .upstream
+        .endpoints
+        .iter()
+        .map(|e| RealmPolicy {
+            host: e.host.to_ascii_lowercase(),
+            tls: e.tls,
+        })
+        .collect();
     let auth = UpstreamAuth::new(
-        upstreams.len(),
+        realms,
+        settings.upstream.auth_realm_hosts.clone(),
         settings.upstream.credentials.clone(),
         upstreams.token_client(),
     );

@@ -3,15 +3,18 @@
 //! stay `tag_ttl`. The key holds the `Accept` set, because the upstream picks the manifest
 //! format from it: a client that only reads Docker v2 manifests must never get an OCI index
 //! cached for another client.
+//!
+//! With `stale_if_error`, answers by tag are kept that much longer than `tag_ttl`: past it
+//! they are no longer served as fresh, only when no upstream answers ([`ManifestCache::stale`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log::warn;
+use log::{debug, warn};
 use moka::sync::Cache;
 use moka::Expiry;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::config::ManifestCacheConfig;
 use crate::metrics;
@@ -37,10 +40,13 @@ pub struct CachedManifest {
     /// The manifest bytes.
     pub body: Bytes,
     reference: ManifestRef,
+    /// When it was fetched.
+    fetched: Instant,
 }
 
 struct TtlByReference {
-    tag_ttl: Duration,
+    /// How long a tag's answer is kept: `tag_ttl` plus `stale_if_error`.
+    tag_kept: Duration,
 }
 
 impl Expiry<String, Arc<CachedManifest>> for TtlByReference {
@@ -52,7 +58,7 @@ impl Expiry<String, Arc<CachedManifest>> for TtlByReference {
     ) -> Option<Duration> {
         match entry.reference {
             ManifestRef::Digest => None,
-            ManifestRef::Tag => Some(self.tag_ttl),
+            ManifestRef::Tag => Some(self.tag_kept),
         }
     }
 }
@@ -61,6 +67,7 @@ impl Expiry<String, Arc<CachedManifest>> for TtlByReference {
 pub struct ManifestCache {
     cache: Option<Cache<String, Arc<CachedManifest>>>,
     tag_ttl: Duration,
+    stale_if_error: Duration,
 }
 
 impl ManifestCache {
@@ -74,7 +81,7 @@ impl ManifestCache {
                     u32::try_from(key.len() + headers + entry.body.len() + 64).unwrap_or(u32::MAX)
                 })
                 .expire_after(TtlByReference {
-                    tag_ttl: cfg.tag_ttl,
+                    tag_kept: cfg.tag_ttl + cfg.stale_if_error,
                 })
                 .eviction_listener(|_, entry: Arc<CachedManifest>, _| {
                     metrics::MANIFEST_CACHE_BYTES.sub(entry.body.len() as i64);
@@ -84,6 +91,7 @@ impl ManifestCache {
         ManifestCache {
             cache,
             tag_ttl: cfg.tag_ttl,
+            stale_if_error: cfg.stale_if_error,
         }
     }
 
@@ -114,9 +122,12 @@ impl ManifestCache {
         key
     }
 
-    /// The cached answer for `key`, counting the hit or miss.
+    /// The fresh cached answer for `key`, counting the hit or miss.
     pub fn get(&self, key: &str) -> Option<Arc<CachedManifest>> {
-        let found = self.cache.as_ref()?.get(key);
+        let found =
+            self.cache.as_ref()?.get(key).filter(|m| {
+                m.reference == ManifestRef::Digest || m.fetched.elapsed() < self.tag_ttl
+            });
         let label = if found.is_some() { "hit" } else { "miss" };
         metrics::MANIFEST_CACHE_LOOKUPS
             .with_label_values(&[label])
@@ -124,8 +135,19 @@ impl ManifestCache {
         found
     }
 
-    /// Keeps a complete `200` answer. A manifest fetched by a `sha256` digest is kept only if
-    /// its bytes have that digest.
+    /// An answer past its `tag_ttl` but within `stale_if_error`, for when no upstream
+    /// answers; counted.
+    pub fn stale(&self, key: &str) -> Option<Arc<CachedManifest>> {
+        if self.stale_if_error.is_zero() {
+            return None;
+        }
+        let found = self.cache.as_ref()?.get(key)?;
+        metrics::MANIFEST_CACHE_STALE_SERVED.inc();
+        Some(found)
+    }
+
+    /// Keeps a complete `200` answer. A manifest fetched by digest is kept only if its bytes
+    /// have that digest, which the cache can check for `sha256` and `sha512` only.
     pub fn insert(
         &self,
         key: String,
@@ -139,12 +161,18 @@ impl ManifestCache {
         };
         if reference == ManifestRef::Digest {
             let path = &path[..path.find('?').unwrap_or(path.len())];
-            if let Some(hex) = path.rsplit_once("/sha256:").map(|(_, h)| h) {
-                let actual = hex_lower(&Sha256::digest(&body));
-                if actual != hex {
-                    warn!("upstream manifest {path} has digest sha256:{actual}: not cached");
+            let reference = path.rsplit_once('/').map_or("", |(_, r)| r);
+            let actual = match reference.split_once(':') {
+                Some(("sha256", _)) => format!("sha256:{:x}", Sha256::digest(&body)),
+                Some(("sha512", _)) => format!("sha512:{:x}", Sha512::digest(&body)),
+                _ => {
+                    debug!("upstream manifest {path}: digest algorithm not verifiable, not cached");
                     return;
                 }
+            };
+            if actual != reference {
+                warn!("upstream manifest {path} has digest {actual}: not cached");
+                return;
             }
         }
         metrics::MANIFEST_CACHE_BYTES.add(body.len() as i64);
@@ -154,13 +182,10 @@ impl ManifestCache {
                 headers,
                 body,
                 reference,
+                fetched: Instant::now(),
             }),
         );
     }
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -171,6 +196,7 @@ mod tests {
         ManifestCache::new(&ManifestCacheConfig {
             max_bytes: 1 << 20,
             tag_ttl: Duration::from_secs(tag_ttl),
+            stale_if_error: Duration::ZERO,
         })
     }
 
@@ -207,7 +233,7 @@ mod tests {
         let body = Bytes::from_static(b"{\"schemaVersion\":2}");
         let good = format!(
             "/v2/a/manifests/sha256:{}",
-            hex_lower(&Sha256::digest(&body))
+            format!("{:x}", Sha256::digest(&body))
         );
         c.insert(
             "k1".into(),
@@ -226,12 +252,17 @@ mod tests {
     /// cache cannot verify are not kept.
     #[test]
     fn only_verified_digest_answers_are_kept() {
-        use sha2::Sha512;
         let c = cache(30);
         let body = Bytes::from_static(b"{\"schemaVersion\":2}");
-        let sha512: String = Sha512::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+        let sha512 = format!("{:x}", Sha512::digest(&body));
         let good = format!("/v2/a/manifests/sha512:{sha512}");
-        c.insert("k1".into(), &good, ManifestRef::Digest, vec![], body.clone());
+        c.insert(
+            "k1".into(),
+            &good,
+            ManifestRef::Digest,
+            vec![],
+            body.clone(),
+        );
         assert_eq!(c.get("k1").unwrap().body, body);
         let bad = format!("/v2/a/manifests/sha512:{}", "0".repeat(128));
         c.insert("k2".into(), &bad, ManifestRef::Digest, vec![], body.clone());
@@ -249,6 +280,7 @@ mod tests {
         let off = ManifestCache::new(&ManifestCacheConfig {
             max_bytes: 0,
             tag_ttl: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
         });
         assert!(!off.caches(ManifestRef::Digest));
     }

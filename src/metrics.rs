@@ -3,9 +3,9 @@
 use std::sync::{LazyLock, OnceLock};
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 use crate::mirror_check::Outcome;
@@ -134,6 +134,15 @@ pub static MANIFEST_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "archeio_manifest_cache_bytes",
         "Manifest bytes held in the pass-through cache."
+    )
+    .expect("metric registers once")
+});
+
+/// Expired tag manifests served because no upstream answered.
+pub static MANIFEST_CACHE_STALE_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "archeio_manifest_cache_stale_served_total",
+        "Manifests by tag served past their tag_ttl because no upstream endpoint answered (manifest_cache.stale_if_error)."
     )
     .expect("metric registers once")
 });
@@ -270,6 +279,7 @@ pub fn init() {
     LazyLock::force(&TOKEN_FETCHES);
     LazyLock::force(&MANIFEST_CACHE_LOOKUPS);
     LazyLock::force(&MANIFEST_CACHE_BYTES);
+    LazyLock::force(&MANIFEST_CACHE_STALE_SERVED);
     LazyLock::force(&RANGE_REFRESHES);
     LazyLock::force(&MIRROR_BREAKER_OPEN);
     LazyLock::force(&MIRROR_BREAKER_OPENS);

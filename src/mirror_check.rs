@@ -1,6 +1,8 @@
 //! Does a mirror hold a blob? A `HEAD` of the blob's URL, where only `200` means yes, with
 //! the answers cached (bounded, separate lifetimes for yes and no) and one `HEAD` in flight
-//! per URL however many requests wait for it.
+//! per URL however many requests wait for it. The mirror host's breaker is asked first, so
+//! a failing host gets no clients even for blobs cached as present. Redirects are not
+//! followed: the client would be sent to the first URL, not to where the `HEAD` ended.
 
 use std::time::{Duration, Instant};
 
@@ -21,9 +23,9 @@ pub enum Outcome {
     CacheHit,
     /// `HEAD` answered `200`.
     Present,
-    /// `HEAD` answered another status.
+    /// `HEAD` answered another status below 500 (a redirect included).
     Absent,
-    /// `HEAD` failed (timeout, connection, TLS).
+    /// `HEAD` failed (timeout, connection, TLS) or answered a 5xx.
     Error,
     /// Not checked: the mirror host's breaker is open.
     Skipped,
@@ -74,6 +76,7 @@ impl MirrorCheck {
             .connect_timeout(cfg.timeout)
             .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let cache = Cache::builder()
             .max_capacity(cfg.capacity)
@@ -96,17 +99,20 @@ impl MirrorCheck {
 
     /// Whether the mirror holds the blob at `url`; how that was found out goes to the metrics.
     pub async fn check(&self, url: &str) -> bool {
-        let key = xxh3_128_with_seed(url.as_bytes(), self.seed);
-        if let Some(present) = self.cache.get(&key).await {
-            metrics::record_blob_check(Outcome::CacheHit);
-            return present;
-        }
         let host = host_of(url);
         let permit = self.breakers.permit(host, Instant::now());
         if permit == Permit::Skip {
             // Not cached: the answer is about the host, not the blob.
             metrics::record_blob_check(Outcome::Skipped);
             return false;
+        }
+        let key = xxh3_128_with_seed(url.as_bytes(), self.seed);
+        if let Some(present) = self.cache.get(&key).await {
+            if permit == Permit::Probe {
+                self.breakers.abandon_probe(host, Instant::now());
+            }
+            metrics::record_blob_check(Outcome::CacheHit);
+            return present;
         }
         let mut outcome = Outcome::CacheHit;
         let entry = self
@@ -133,7 +139,19 @@ impl MirrorCheck {
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
-            Ok(resp) => (false, Outcome::Absent, !resp.status().is_server_error()),
+            Ok(resp) if resp.status().is_server_error() => {
+                warn!("mirror check HEAD {url} answered {}", resp.status());
+                (false, Outcome::Error, false)
+            }
+            Ok(resp) if resp.status().is_redirection() => {
+                // Answered, so the host is healthy; where it points is not checked.
+                warn!(
+                    "mirror check HEAD {url} answered {} (a redirect): counted as absent",
+                    resp.status()
+                );
+                (false, Outcome::Absent, true)
+            }
+            Ok(_) => (false, Outcome::Absent, true),
             Err(e) => {
                 warn!("mirror check HEAD {url} failed: {}", error_chain(&e));
                 (false, Outcome::Error, false)

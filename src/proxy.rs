@@ -4,38 +4,74 @@
 //! Pingora's proxy path to the upstream endpoint chosen by health, with the gateway's own
 //! credentials, and manifests may come from the cache.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use log::{info, log_enabled, Level};
+use log::{info, log_enabled, warn, Level};
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::client_addr::client_addr;
 use crate::config::ClientTimeoutsConfig;
 use crate::manifest_cache::{CachedManifest, ManifestCache, KEPT_HEADERS, MAX_MANIFEST_BYTES};
 use crate::metrics;
 use crate::mirror_check::MirrorCheck;
 use crate::range_refresh::LiveRanges;
 use crate::routing::{decide, Answer, Decision, Reply, Request, Routes};
+use crate::slow_clients::DeadlineStream;
 use crate::upstream::Upstreams;
 use crate::upstream_auth::{parse_challenge, repository, UpstreamAuth};
 
-/// Response headers that describe one connection, not the answer (RFC 9110, 7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+/// Client request headers the upstream may see: what a pull needs to negotiate formats,
+/// ask for ranges and revalidate, and who is asking. Everything else (cookies, forwarding
+/// claims, the client's own credentials) stays here.
+const FORWARDED_REQUEST_HEADERS: [&str; 9] = [
+    "accept",
+    "accept-encoding",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "range",
+    "user-agent",
 ];
+
+/// Upstream response headers the client may see: the answer's own description and the
+/// registry's. Connection-level headers, cookies and anything else stay here; `Link` and
+/// `Location` are rewritten into the gateway's path space.
+const FORWARDED_RESPONSE_HEADERS: [&str; 20] = [
+    "accept-ranges",
+    "age",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "etag",
+    "expires",
+    "last-modified",
+    "link",
+    "location",
+    "oci-filters-applied",
+    "retry-after",
+    "transfer-encoding",
+    "vary",
+    "www-authenticate",
+];
+
+/// An upstream's token realm the gateway may not send its credentials to.
+const REALM_REFUSED: ErrorType = ErrorType::Custom("upstream token realm refused");
 
 /// The registry-facing service.
 pub struct Gateway {
@@ -102,7 +138,9 @@ struct UpstreamCtx {
     sent_at: Option<Instant>,
     /// The answer came from the manifest cache.
     from_cache: bool,
-    /// Manifest cache key, when the answer may be kept.
+    /// The answer was an expired one from the manifest cache: no upstream answered.
+    stale: bool,
+    /// Manifest cache key, when the answer may be kept (kept for `GET` only).
     cache_key: Option<String>,
     /// The answer being collected for the cache.
     capture: Option<Capture>,
@@ -134,6 +172,10 @@ impl ProxyHttp for Gateway {
         }
         session.set_read_timeout(Some(t.body));
         session.set_total_drain_timeout(Some(t.body));
+        // Pingora writes without a limit: a client that stops reading would hold the
+        // connection (and in pass-through an upstream one) forever.
+        session.set_write_timeout(Some(t.write));
+        session.set_min_send_rate(usize::try_from(t.min_send_rate).ok().filter(|r| *r > 0));
         Ok(())
     }
 
@@ -151,6 +193,7 @@ impl ProxyHttp for Gateway {
             peer: peer_ip(session),
             forwarded_for: &forwarded_for,
             upstream: self.upstream.endpoints.preferred(),
+            has_body: has_body(req),
         };
         let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
@@ -171,12 +214,10 @@ impl ProxyHttp for Gateway {
                 let key = ManifestCache::key(path, accept);
                 if let Some(cached) = self.upstream.manifests.get(&key) {
                     ctx.upstream.from_cache = true;
-                    write_cached(session, &cached, head).await?;
+                    write_cached(session, &cached, head, false).await?;
                     return Ok(true);
                 }
-                if !head {
-                    ctx.upstream.cache_key = Some(key);
-                }
+                ctx.upstream.cache_key = Some(key);
             }
         }
         if matches!(reply.answer, Answer::Proxy { .. }) {
@@ -191,7 +232,11 @@ impl ProxyHttp for Gateway {
         // compression module to consult.
     }
 
-    async fn upstream_peer(&self, _: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let up = &mut ctx.upstream;
         let i = match up.endpoint {
             Some(i) => i,
@@ -206,7 +251,13 @@ impl ProxyHttp for Gateway {
             },
         };
         up.endpoint = Some(i);
-        up.sent_at = Some(Instant::now());
+        let now = Instant::now();
+        if up.sent_at.is_none() && !self.upstream.total_timeout.is_zero() {
+            // The whole upstream exchange, retries included, by a timer on the client's
+            // connection (Pingora polls it while proxying): a stalled body is cut too.
+            set_request_deadline(session, Some(now + self.upstream.total_timeout));
+        }
+        up.sent_at = Some(now);
         self.upstream.endpoints.peer(i).await
     }
 
@@ -232,7 +283,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -246,9 +297,31 @@ impl ProxyHttp for Gateway {
             .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
         let host = self.upstream.endpoints.endpoint(i).host_header();
+        let dropped: Vec<http::HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|name| !FORWARDED_REQUEST_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in dropped {
+            upstream_request.remove_header(&name);
+        }
         upstream_request.insert_header("Host", host)?;
-        // The upstream sees the gateway's credentials, never a client's.
-        upstream_request.remove_header("Authorization");
+        // The client as the gateway sees it: the peer, or what trusted proxies said.
+        let req = session.req_header();
+        let forwarded_for: Vec<&[u8]> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let peer = peer_ip(session);
+        let client = client_addr(peer, &forwarded_for, self.routes.trusted_proxy_hops)
+            .ok()
+            .or(peer);
+        if let Some(ip) = client {
+            upstream_request.insert_header("X-Forwarded-For", ip.to_string())?;
+        }
         match self.upstream.auth.authorization(i, repository(path)).await {
             Ok(Some(value)) => upstream_request.insert_header("Authorization", &*value)?,
             Ok(None) => {}
@@ -264,7 +337,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -291,12 +364,22 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             if let Some(challenge) = challenge {
-                if self
+                let learnt = match self
                     .upstream
                     .auth
                     .learn(i, challenge, repository(path))
                     .await
                 {
+                    Ok(learnt) => learnt,
+                    Err(why) => {
+                        warn!(
+                            "{path}: not asking the upstream's token service: {why} \
+                             (allow it with upstream.auth_realm_hosts)"
+                        );
+                        return Error::e_explain(REALM_REFUSED, "token realm not allowed");
+                    }
+                };
+                if learnt {
                     up.auth_retried = true;
                     let mut e = Error::explain(
                         ErrorType::Custom("upstream authentication"),
@@ -307,9 +390,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        strip_hop_by_hop(resp);
+        let endpoint = self.upstream.endpoints.endpoint(i);
+        forward_response_headers(resp, &self.routes.upstream_prefix, &endpoint.url);
         let identity = resp.headers.get("content-encoding").is_none();
-        if status == 200 && identity && up.cache_key.is_some() {
+        let head = session.req_header().method == http::Method::HEAD;
+        if status == 200 && identity && !head && up.cache_key.is_some() {
             let small = resp
                 .headers
                 .get("content-length")
@@ -396,20 +481,38 @@ impl ProxyHttp for Gateway {
         matches!(error.etype(), ErrorType::Custom("upstream authentication"))
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // Logged once, with its reason, where it was found.
+        *error.etype() == REALM_REFUSED
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         use ErrorType::*;
+        let deadline_passed = !self.upstream.total_timeout.is_zero()
+            && ctx
+                .upstream
+                .sent_at
+                .is_some_and(|t| t.elapsed() >= self.upstream.total_timeout);
         // The body says what kind of failure it was, not where: upstream addresses and
         // causes stay in the log.
         let (status, message) = match (e.etype(), e.esource()) {
+            (t, _) if *t == REALM_REFUSED => (
+                502,
+                "the upstream registry's token service is not one the gateway may use",
+            ),
             (HTTPStatus(code), _) => (
                 *code,
                 "the upstream registry refused the gateway's credentials",
             ),
+            // The request deadline fires on the client's connection.
+            (_, ErrorSource::Downstream) if deadline_passed => {
+                (504, "the upstream registry did not answer in time")
+            }
             (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, _) => {
                 (504, "the upstream registry did not answer in time")
             }
@@ -418,17 +521,36 @@ impl ProxyHttp for Gateway {
             (_, ErrorSource::Downstream) => (400, "bad request"),
             _ => (500, "internal error"),
         };
+        if status >= 500 && session.response_written().is_none() {
+            if let Some(stale) = ctx
+                .upstream
+                .cache_key
+                .as_deref()
+                .and_then(|key| self.upstream.manifests.stale(key))
+            {
+                let head = session.req_header().method == http::Method::HEAD;
+                match write_cached(session, &stale, head, true).await {
+                    Ok(()) => {
+                        ctx.upstream.stale = true;
+                        return FailToProxy {
+                            error_code: 200,
+                            can_reuse_downstream: false,
+                        };
+                    }
+                    Err(write_error) => log::debug!("cannot send the stale answer: {write_error}"),
+                }
+            }
+        }
         if status > 0 && session.response_written().is_none() {
             let code = if status >= 500 {
                 "UNAVAILABLE"
             } else {
                 "UNSUPPORTED"
             };
-            let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
-            let body = Bytes::from(format!("{json}\n"));
+            let (content_type, body) = error_body(code, message, true);
             let written = async {
                 let mut resp = ResponseHeader::build(status, Some(4))?;
-                resp.insert_header("Content-Type", "application/json; charset=utf-8")?;
+                resp.insert_header("Content-Type", content_type)?;
                 resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
                 resp.insert_header("Content-Length", body.len().to_string())?;
                 let head = session.req_header().method == http::Method::HEAD;
@@ -449,6 +571,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.upstream.sent_at.is_some() {
+            set_request_deadline(session, None);
+        }
         let elapsed = ctx.started.elapsed();
         let reply = ctx.reply.as_ref();
         let status = reply
@@ -464,24 +589,12 @@ impl ProxyHttp for Gateway {
         if !log_enabled!(target: "archeio::access", Level::Info) {
             return;
         }
-        let (route, target) = match reply {
-            Some(Reply {
-                route,
-                answer: Answer::Redirect { target, .. },
-            }) => (route.as_str(), target.kind()),
-            Some(Reply {
-                route,
-                answer: Answer::Proxy { .. },
-            }) => {
-                let how = if ctx.upstream.from_cache {
-                    "cache"
-                } else {
-                    "proxy"
-                };
-                (route.as_str(), how)
-            }
-            Some(r) => (r.route.as_str(), "-"),
-            None => ("error", "-"),
+        let how = match reply.map(|r| &r.answer) {
+            Some(Answer::Redirect { target, .. }) => target.kind(),
+            Some(Answer::Proxy { .. }) if ctx.upstream.stale => "stale",
+            Some(Answer::Proxy { .. }) if ctx.upstream.from_cache => "cache",
+            Some(Answer::Proxy { .. }) => "proxy",
+            _ => "-",
         };
         let detail = match (reply.map(|r| &r.answer), error) {
             (Some(Answer::Error { message, .. }), _) => {
@@ -491,59 +604,204 @@ impl ProxyHttp for Gateway {
             _ => String::new(),
         };
         let upstream = match ctx.upstream.endpoint {
-            Some(i) if !ctx.upstream.from_cache => {
-                format!(" upstream={}", self.upstream.endpoints.label(i))
-            }
-            _ => String::new(),
+            Some(i) if !ctx.upstream.from_cache => Some(self.upstream.endpoints.label(i)),
+            _ => None,
         };
         let req = session.req_header();
-        let path = req.raw_path();
-        let path = &path[..path.iter().position(|b| *b == b'?').unwrap_or(path.len())];
-        let client = peer_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        AccessEntry {
+            method: req.method.as_str().as_bytes(),
+            target: req.raw_path(),
+            client: peer_ip(session),
+            route: reply.map_or("error", |r| r.route.as_str()),
+            how,
+            status,
+            elapsed,
+            upstream,
+            detail,
+        }
+        .write();
+    }
+}
+
+/// One access-log line (`archeio::access`, level info).
+pub struct AccessEntry<'a> {
+    /// The method as sent.
+    pub method: &'a [u8],
+    /// The request target; the query is left out of the log.
+    pub target: &'a [u8],
+    /// The socket peer.
+    pub client: Option<IpAddr>,
+    /// The rule that answered ([`crate::routing::Route::as_str`]), or `error`.
+    pub route: &'a str,
+    /// Where the answer came from: a redirect target kind, `proxy`, `cache`, `stale`, or `-`.
+    pub how: &'a str,
+    /// The status sent; 0 when none was.
+    pub status: u16,
+    /// Time from the request to the answer.
+    pub elapsed: Duration,
+    /// The upstream endpoint's label, when one was asked.
+    pub upstream: Option<&'a str>,
+    /// ` detail="..."` or ` error="..."`, or empty.
+    pub detail: String,
+}
+
+impl<'a> AccessEntry<'a> {
+    /// The entry for a request line refused before Pingora parsed it, also counted in the
+    /// request metrics.
+    pub fn refused(
+        method: &'a [u8],
+        target: &'a [u8],
+        client: Option<IpAddr>,
+        reply: &'a Reply,
+    ) -> AccessEntry<'a> {
+        let status = reply.answer.status().unwrap_or(0);
+        metrics::record_request(reply.route, status, 0.0);
+        let detail = match &reply.answer {
+            Answer::Error { message, .. } => format!(" detail=\"{}\"", message.escape_default()),
+            _ => String::new(),
+        };
+        AccessEntry {
+            method,
+            target,
+            client,
+            route: reply.route.as_str(),
+            how: "-",
+            status,
+            elapsed: Duration::ZERO,
+            upstream: None,
+            detail,
+        }
+    }
+
+    /// Writes the line.
+    pub fn write(&self) {
+        let path = &self.target[..self
+            .target
+            .iter()
+            .position(|b| *b == b'?')
+            .unwrap_or(self.target.len())];
+        let client = self
+            .client
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let upstream = self
+            .upstream
+            .map_or_else(String::new, |u| format!(" upstream={u}"));
         info!(
             target: "archeio::access",
             "{} {} client={} decision={}/{} status={} duration_ms={:.3}{}{}",
-            req.method,
+            self.method.escape_ascii(),
             path.escape_ascii(),
             client,
-            route,
-            target,
-            status,
-            elapsed.as_secs_f64() * 1e3,
+            self.route,
+            self.how,
+            self.status,
+            self.elapsed.as_secs_f64() * 1e3,
             upstream,
-            detail
+            self.detail
         );
     }
 }
 
-/// Drops hop-by-hop headers and any the upstream's `Connection` header names.
-fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    let named: Vec<String> = resp
+/// Keeps the [`FORWARDED_RESPONSE_HEADERS`] of an upstream answer, with `Link` and
+/// `Location` rewritten by [`gateway_uri`].
+fn forward_response_headers(resp: &mut ResponseHeader, upstream_prefix: &str, endpoint: &str) {
+    let dropped: Vec<http::HeaderName> = resp
         .headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+        .keys()
+        .filter(|name| !FORWARDED_RESPONSE_HEADERS.contains(&name.as_str()))
+        .cloned()
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        // Framing headers are Pingora's to manage.
-        if name != "content-length" && name != "transfer-encoding" {
-            resp.remove_header(name);
+    for name in dropped {
+        resp.remove_header(&name);
+    }
+    if let Some(link) = resp.headers.get("link").and_then(|v| v.to_str().ok()) {
+        let links: Vec<String> = split_links(link)
+            .filter_map(|(uri, params)| {
+                let uri = gateway_uri(uri, upstream_prefix, endpoint)?;
+                Some(format!("<{uri}>{params}"))
+            })
+            .collect();
+        resp.remove_header("link");
+        if !links.is_empty() {
+            // Built from a valid header value with ASCII URIs: still valid.
+            let _ = resp.insert_header("Link", links.join(", "));
+        }
+    }
+    if let Some(location) = resp.headers.get("location").and_then(|v| v.to_str().ok()) {
+        let rewritten = gateway_uri(location, upstream_prefix, endpoint)
+            .map(|uri| uri.into_owned())
+            .or_else(|| {
+                location
+                    .starts_with('/')
+                    .then(|| format!("{endpoint}{location}"))
+            });
+        if let Some(uri) = rewritten {
+            let _ = resp.insert_header("Location", uri);
         }
     }
 }
 
-/// Writes a manifest from the cache; HEAD gets the headers only.
-async fn write_cached(session: &mut Session, cached: &CachedManifest, head: bool) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(cached.headers.len() + 1))?;
+/// `<uri>; params` items of a `Link` value (RFC 8288).
+fn split_links(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        let start = rest.find('<')?;
+        let end = start + rest[start..].find('>')?;
+        let uri = &rest[start + 1..end];
+        let after = &rest[end + 1..];
+        // Parameters run to the next link (`, <`) or the end.
+        let next = after
+            .find('<')
+            .map_or(after.len(), |i| after[..i].rfind(',').unwrap_or(i));
+        rest = &after[next..];
+        Some((uri, after[..next].trim_end()))
+    })
+}
+
+/// An upstream URI (relative, or absolute at `endpoint`) under the upstream's `/v2/<prefix>/`
+/// as the gateway's `/v2/...` path; `Some` unchanged for URIs elsewhere that clients reach
+/// directly (storage redirects); `None` for the upstream's own URIs outside the prefix.
+fn gateway_uri<'a>(uri: &'a str, upstream_prefix: &str, endpoint: &str) -> Option<Cow<'a, str>> {
+    let path = match uri.strip_prefix(endpoint) {
+        Some(p) if p.starts_with('/') => p,
+        Some(_) => return Some(Cow::Borrowed(uri)),
+        None if uri.starts_with('/') && !uri.starts_with("//") => uri,
+        None if uri.starts_with("http://") || uri.starts_with("https://") => {
+            return Some(Cow::Borrowed(uri))
+        }
+        None => return None,
+    };
+    let rest = path.strip_prefix(upstream_prefix)?;
+    if !rest.starts_with('/') {
+        return None;
+    }
+    Some(Cow::Owned(format!("/v2{rest}")))
+}
+
+/// Sets (or clears) the deadline of the request on the client's connection.
+fn set_request_deadline(session: &Session, deadline: Option<Instant>) {
+    if let Some(stream) = session
+        .as_downstream()
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<DeadlineStream>())
+    {
+        stream.set_request_deadline(deadline);
+    }
+}
+
+/// Writes a manifest from the cache; HEAD gets the headers only. A stale one says so.
+async fn write_cached(
+    session: &mut Session,
+    cached: &CachedManifest,
+    head: bool,
+    stale: bool,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(cached.headers.len() + 2))?;
     for (name, value) in &cached.headers {
         resp.insert_header(*name, value.as_ref())?;
+    }
+    if stale {
+        resp.insert_header("Warning", "110 archeio \"Response is Stale\"")?;
     }
     resp.insert_header("Content-Length", cached.body.len().to_string())?;
     if head {
@@ -553,6 +811,15 @@ async fn write_cached(session: &mut Session, cached: &CachedManifest, head: bool
     session
         .write_response_body(Some(cached.body.clone()), true)
         .await
+}
+
+/// Whether the request announces a body.
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -582,15 +849,12 @@ async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result
             if status == 405 {
                 resp.insert_header("Allow", "GET, HEAD")?;
             }
-            let (content_type, body) = if *oci {
+            if *oci {
                 resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
-                let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
-                ("application/json; charset=utf-8", format!("{json}\n"))
-            } else {
-                ("text/plain; charset=utf-8", format!("{message}\n"))
-            };
+            }
+            let (content_type, body) = error_body(code, message, *oci);
             resp.insert_header("Content-Type", content_type)?;
-            Some(Bytes::from(body))
+            Some(body)
         }
         Answer::Proxy { .. } => {
             return Error::e_explain(
@@ -608,4 +872,56 @@ async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result
         }
         _ => session.write_response_header(Box::new(resp), true).await,
     }
+}
+
+/// An error body: OCI JSON (`{"errors":[{"code":...,"message":...}]}`) on registry API paths,
+/// one line of text elsewhere; with its content type.
+fn error_body(code: &str, message: &str, oci: bool) -> (&'static str, Bytes) {
+    if oci {
+        let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+        (
+            "application/json; charset=utf-8",
+            Bytes::from(format!("{json}\n")),
+        )
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            Bytes::from(format!("{message}\n")),
+        )
+    }
+}
+
+/// A whole HTTP/1.1 error answer as bytes, for requests refused before Pingora parsed them;
+/// the connection closes after it.
+pub fn error_response_bytes(reply: &Reply, head: bool) -> Bytes {
+    let Answer::Error {
+        status,
+        code,
+        message,
+        oci,
+    } = &reply.answer
+    else {
+        return Bytes::new();
+    };
+    let (content_type, body) = error_body(code, message, *oci);
+    let reason = http::StatusCode::from_u16(*status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if *oci {
+        out.push_str("Docker-Distribution-Api-Version: registry/2.0\r\n");
+    }
+    if *status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = BytesMut::from(out.as_bytes());
+    if !head {
+        bytes.extend_from_slice(&body);
+    }
+    bytes.freeze()
 }

@@ -10,6 +10,10 @@ use crate::client_addr::client_addr;
 use crate::config::Cloud;
 use crate::ranges::RangeTable;
 
+pub mod grammar;
+
+use grammar::{parse_endpoint, Endpoint, Reference};
+
 /// Longest request target (path and query) accepted.
 pub const MAX_TARGET_LEN: usize = 4096;
 
@@ -25,6 +29,10 @@ pub struct Routes {
     pub upstreams: Vec<String>,
     /// `/v2` and the path prefix: the upstream's request path in pass-through mode.
     pub upstream_prefix: String,
+    /// The path prefix as the start of a repository name (`k8s-artifacts-prod/images/`);
+    /// empty without a prefix. A paged request whose name starts with it already carries it
+    /// (see [`decide_api`]).
+    pub upstream_name_prefix: String,
     /// Pass-through mode: upstream-bound requests are proxied instead of redirected.
     pub passthrough: bool,
     /// The same for the signature upstream, when configured.
@@ -54,6 +62,8 @@ pub struct Request<'a> {
     pub forwarded_for: &'a [&'a [u8]],
     /// Index in [`Routes::upstreams`] of the endpoint to redirect to: the first healthy one.
     pub upstream: usize,
+    /// The request has a body (`Content-Length` other than 0, or `Transfer-Encoding`).
+    pub has_body: bool,
 }
 
 /// Which rule answered; a metrics label and the access log's `decision`.
@@ -234,12 +244,13 @@ pub enum Decision {
 
 /// Decides a request. The rules, in order (see `docs/request-handling.md`):
 /// 1. method other than GET or HEAD: `405`;
-/// 2. malformed target (over 4 KiB, not starting with `/`, characters outside RFC 3986,
+/// 2. a body: `400`;
+/// 3. malformed target (over 4 KiB, not starting with `/`, characters outside RFC 3986,
 ///    bad or dangerous percent-escapes, `.`/`..`/empty segments): `400`;
-/// 3. path starting with `/v2`: the registry API ([`decide_api`]);
-/// 4. `/`: `307` to the info URL;
-/// 5. path starting with `/privacy`: `307` to the privacy URL;
-/// 6. anything else: `404`.
+/// 4. path starting with `/v2`: the registry API ([`decide_api`]);
+/// 5. `/`: `307` to the info URL;
+/// 6. path starting with `/privacy`: `307` to the privacy URL;
+/// 7. anything else: `404`.
 pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decision {
     let api = req.target.starts_with(b"/v2");
     if req.method != "GET" && req.method != "HEAD" {
@@ -248,6 +259,17 @@ pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decisi
             405,
             "UNSUPPORTED",
             "only GET and HEAD are served",
+            api,
+        );
+    }
+    if req.has_body {
+        // Nothing here reads a body; forwarding one would let a client hold an upstream
+        // connection a slow chunk at a time.
+        return error(
+            Route::Invalid,
+            400,
+            "UNSUPPORTED",
+            "GET and HEAD requests must not carry a body",
             api,
         );
     }
@@ -271,12 +293,16 @@ pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decisi
 /// 1. `/v2` or `/v2/`: `200` with the API version header;
 /// 2. `/v2` followed by anything but `/` (`/v2foo`): `404` (the original sent these upstream);
 /// 3. `/v2/_catalog`: `404`;
-/// 4. blob (`/v2/<name>/blobs/<alg>:<hex>`): client address (`400` if unusable); GCP client:
-///    upstream; else the region's mirror (or the default one) if it has the blob, else
-///    upstream;
-/// 5. cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a signature upstream:
+/// 4. not a pull endpoint of the distribution grammar ([`grammar::parse_endpoint`]): `404`
+///    with `NAME_UNKNOWN`, `NAME_INVALID`, `TAG_INVALID` or `DIGEST_INVALID`;
+/// 5. a paged request (tag list or referrers, with a query) whose name starts with the
+///    upstream path prefix: the prefix is taken off (the client followed a `Link` in the
+///    upstream's path space);
+/// 6. blob: client address (`400` if unusable); GCP client: upstream; else the region's
+///    mirror (or the default one) if it has the blob, else upstream;
+/// 7. cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a signature upstream:
 ///    `307` there;
-/// 6. anything else: upstream.
+/// 8. anything else (manifests, tag lists, referrers): upstream.
 ///
 /// "Upstream" is a `307` to the first healthy endpoint in redirect mode, and proxying there
 /// in pass-through mode. Both keep the query string.
@@ -312,7 +338,21 @@ fn decide_api(
             true,
         );
     }
-    if let Some(digest) = blob_digest(rest) {
+    let endpoint = match parse_endpoint(rest) {
+        Ok(endpoint) => endpoint,
+        Err(why) => return error(Route::NotFound, 404, why.code(), why.message(), true),
+    };
+    let prefix = routes.upstream_name_prefix.as_str();
+    let rest = match endpoint {
+        Endpoint::TagList { name } | Endpoint::Referrers { name, .. }
+            if query.is_some() && !prefix.is_empty() && name.starts_with(prefix) =>
+        {
+            // `rest` is `/<prefix><name>...` and `prefix` ends with `/`.
+            &rest[prefix.len()..]
+        }
+        _ => rest,
+    };
+    if let Endpoint::Blob { digest, .. } = endpoint {
         let client = match client_addr(req.peer, req.forwarded_for, routes.trusted_proxy_hops) {
             Ok(ip) => ip,
             Err(e) => return error(Route::Invalid, 400, "UNSUPPORTED", e.to_string(), true),
@@ -348,20 +388,33 @@ fn decide_api(
             target,
         });
     }
-    if let Some(sig) = routes
-        .signature_upstream
-        .as_deref()
-        .filter(|_| is_signature_tag(rest))
-    {
-        return redirect(
-            Route::Signature,
-            join(sig, rest, query),
-            Target::SignatureUpstream,
-        );
-    }
+    let manifest = match endpoint {
+        Endpoint::Manifest {
+            reference: Reference::Tag(tag),
+            ..
+        } => {
+            if let Some(sig) = routes
+                .signature_upstream
+                .as_deref()
+                .filter(|_| is_signature_tag(tag))
+            {
+                return redirect(
+                    Route::Signature,
+                    join(sig, rest, query),
+                    Target::SignatureUpstream,
+                );
+            }
+            Some(ManifestRef::Tag)
+        }
+        Endpoint::Manifest {
+            reference: Reference::Digest(_),
+            ..
+        } => Some(ManifestRef::Digest),
+        _ => None,
+    };
     Decision::Reply(Reply {
         route: Route::Upstream,
-        answer: upstream(rest, query, req, routes, manifest_ref(rest)),
+        answer: upstream(rest, query, req, routes, manifest),
     })
 }
 
@@ -387,20 +440,6 @@ fn upstream(
         location: join(base, rest, query),
         target: Target::Upstream,
     }
-}
-
-/// `/<name>/manifests/<reference>`: by digest when the reference has a `:`.
-fn manifest_ref(rest: &str) -> Option<ManifestRef> {
-    let (before, reference) = rest.rsplit_once('/')?;
-    let name = before.strip_suffix("/manifests")?;
-    if name.is_empty() || reference.is_empty() {
-        return None;
-    }
-    Some(if reference.contains(':') {
-        ManifestRef::Digest
-    } else {
-        ManifestRef::Tag
-    })
 }
 
 fn redirect(route: Route, location: String, target: Target) -> Decision {
@@ -441,36 +480,71 @@ fn join(base: &str, rest: &str, query: Option<&str>) -> String {
     url
 }
 
-/// The digest of `/<name>/blobs/<alg>:<encoded>`, as the original's
-/// `^/v2/.*/blobs/([^/]+:[a-zA-Z0-9=_-]+)$` (here without the `/v2`).
-fn blob_digest(rest: &str) -> Option<&str> {
-    let (before, digest) = rest.rsplit_once('/')?;
-    let name = before.strip_suffix("/blobs")?;
-    let (alg, encoded) = digest.rsplit_once(':')?;
-    let encoded_ok = !encoded.is_empty()
-        && encoded
-            .bytes()
-            .all(|b| CLASSES[b as usize] & DIGEST_ENCODED != 0);
-    (!name.is_empty() && !alg.is_empty() && encoded_ok).then_some(digest)
-}
-
-/// `/<name>/manifests/sha256-<64 lowercase hex>.sig` or `.att`.
-fn is_signature_tag(rest: &str) -> bool {
-    let Some((before, tag)) = rest.rsplit_once('/') else {
-        return false;
-    };
-    let Some(name) = before.strip_suffix("/manifests") else {
-        return false;
-    };
+/// A cosign tag: `sha256-<64 lowercase hex>.sig` or `.att`.
+fn is_signature_tag(tag: &str) -> bool {
     let Some(hex) = tag
         .strip_prefix("sha256-")
         .and_then(|t| t.strip_suffix(".sig").or_else(|| t.strip_suffix(".att")))
     else {
         return false;
     };
-    !name.is_empty()
-        && hex.len() == 64
-        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks a raw request line (`METHOD SP target SP HTTP/x.y`, without its `\n`) for what
+/// the HTTP parser would change or refuse before [`decide`] could see it: a target with bytes
+/// it percent-encodes (space, `"`, `<`, `>`, control and non-ASCII bytes), a fragment it
+/// drops, a target that is not a path (absolute form, whose `Host` check it answers with a
+/// bare `400`), or a line that is not a request line at all. Such a request gets the answer
+/// [`decide`] would give: `405` for other methods, else `400`. `None`: the line is for
+/// [`decide`] to judge.
+pub fn refuse_request_line(line: &[u8]) -> Option<Reply> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next(), parts.next());
+    let api = target.is_some_and(|t| t.starts_with(b"/v2"));
+    let version_ok = version.is_some_and(|v| {
+        matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit())
+    });
+    let refuse = |why: &'static str| {
+        let method_ok = method == b"GET" || method == b"HEAD";
+        let (route, status, code, message) = if method_ok || !version_ok {
+            (Route::Invalid, 400, "NAME_INVALID", why)
+        } else {
+            (
+                Route::MethodNotAllowed,
+                405,
+                "UNSUPPORTED",
+                "only GET and HEAD are served",
+            )
+        };
+        Some(Reply {
+            route,
+            answer: Answer::Error {
+                status,
+                code,
+                message: Cow::Borrowed(message),
+                oci: api,
+            },
+        })
+    };
+    let (Some(target), true, None) = (target, version_ok, parts.next()) else {
+        return refuse("not an HTTP/1 request line (a space in the target must be encoded)");
+    };
+    if target.first() != Some(&b'/') {
+        return refuse("request target must be a path starting with '/'");
+    }
+    if target.contains(&b'#') {
+        return refuse("request target has a fragment ('#')");
+    }
+    if target
+        .iter()
+        .any(|b| !(0x21..0x7f).contains(b) || matches!(b, b'"' | b'<' | b'>'))
+    {
+        return refuse("request target has a character that must be percent-encoded");
+    }
+    None
 }
 
 /// Splits and checks the raw target. Paths may hold only RFC 3986 path characters;
@@ -512,10 +586,9 @@ fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("checked ASCII")
 }
 
-/// Byte classes for [`check_chars`] and [`blob_digest`], looked up once per byte.
+/// Byte classes for [`check_chars`], looked up once per byte.
 const PATH: u8 = 1;
 const QUERY: u8 = 2;
-const DIGEST_ENCODED: u8 = 4;
 static CLASSES: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
@@ -549,9 +622,6 @@ static CLASSES: [u8; 256] = {
         }
         if c == b'?' {
             class |= QUERY;
-        }
-        if alnum || matches!(c, b'=' | b'_' | b'-') {
-            class |= DIGEST_ENCODED;
         }
         t[b] = class;
         b += 1;

@@ -48,6 +48,8 @@ pub struct UpstreamSettings {
     pub ca_certs: Option<Vec<CertificateDer<'static>>>,
     /// What the gateway authenticates with.
     pub credentials: Option<Credentials>,
+    /// Hosts (lowercase) besides the endpoints' own whose token realms may be asked.
+    pub auth_realm_hosts: Vec<String>,
     /// Request time limits.
     pub timeouts: UpstreamTimeoutsConfig,
     /// Active health checks.
@@ -233,10 +235,19 @@ impl Settings {
                 "must be longer than 0s".into(),
             ));
         }
+        let auth_realm_hosts = up
+            .auth_realm_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                realm_host(host).map_err(|m| err(&format!("upstream.auth_realm_hosts[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let t = &cfg.client_timeouts;
         for (key, value) in [
             ("client_timeouts.header", t.header),
             ("client_timeouts.body", t.body),
+            ("client_timeouts.write", t.write),
         ] {
             if value.is_zero() {
                 return Err(err(key, "must be longer than 0s".into()));
@@ -280,6 +291,10 @@ impl Settings {
                 privacy_url,
                 upstreams,
                 upstream_prefix: format!("/v2{prefix}"),
+                upstream_name_prefix: match prefix.strip_prefix('/') {
+                    Some(name) => format!("{name}/"),
+                    None => String::new(),
+                },
                 passthrough: cfg.mode == Mode::Passthrough,
                 signature_upstream,
                 default_mirror,
@@ -295,12 +310,30 @@ impl Settings {
                 endpoints,
                 ca_certs,
                 credentials,
+                auth_realm_hosts,
                 timeouts: up.timeouts.clone(),
                 health_check: up.health_check.clone(),
             },
             manifest_cache: cfg.manifest_cache.clone(),
             client_timeouts: cfg.client_timeouts.clone(),
         })
+    }
+}
+
+/// A host name or address as a realm URL's host: no scheme, port, path or user.
+fn realm_host(text: &str) -> Result<String, String> {
+    let url = Url::parse(&format!("https://{text}/"))
+        .map_err(|e| format!("expected a host name such as auth.docker.io ({e}), got {text:?}"))?;
+    match url.host_str() {
+        Some(host) if url.port().is_none() && url.username().is_empty() && url.path() == "/" => {
+            Ok(host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase())
+        }
+        _ => Err(format!(
+            "expected a host name only (no scheme, port or path), got {text:?}"
+        )),
     }
 }
 

@@ -2,7 +2,11 @@
 //! per read (a client sending a header one byte every 59 s never times out) and none at all
 //! between keep-alive requests, so the registry listener adds:
 //! - a deadline for a whole request header, from its first byte ([`HeaderDeadline`], a
-//!   wrapper around each connection's stream that watches for the end of the header);
+//!   wrapper around each connection's stream that watches for the end of the header; empty
+//!   lines before a request line count as part of the header, as the parser skips them);
+//! - the gateway's own answer to request lines the HTTP parser would rewrite or refuse
+//!   without calling the proxy ([`crate::routing::refuse_request_line`]): the wrapper sees
+//!   the raw line, holds it back, writes the answer and ends the connection;
 //! - a deadline for a new connection's first byte, waited for before Pingora sees the
 //!   connection ([`first_bytes`]), which also keeps a graceful upgrade from dropping a request
 //!   that arrives as the old process stops;
@@ -13,11 +17,12 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
@@ -26,7 +31,10 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep, sleep_until, Sleep};
+
+use crate::proxy::{error_response_bytes, AccessEntry};
+use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
 /// Runs `inner` on connections wrapped in a [`DeadlineStream`].
 pub struct HeaderDeadline<A> {
@@ -94,9 +102,9 @@ async fn first_bytes(stream: &mut Stream, limit: Duration, shutdown: &ShutdownWa
 /// How long a new connection may still send its request once a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// A connection whose request headers must arrive in time. It looks for the end of a
-/// header (an empty line) in what it reads; a response written means the next bytes start
-/// a new header.
+/// A connection whose request headers must arrive in time and whose request lines are
+/// checked before Pingora parses them. A response written means the next bytes start a new
+/// header.
 pub struct DeadlineStream {
     inner: Stream,
     header: Duration,
@@ -104,9 +112,50 @@ pub struct DeadlineStream {
     in_header: bool,
     /// Running while a header deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The last four bytes read, to find the empty line across reads.
-    tail: u32,
+    /// The header being read.
+    head: HeadScan,
+    /// An answer being written instead of passing a refused request on.
+    refusal: Option<Refusal>,
+    /// The deadline of the request being proxied, set by the proxy glue; Pingora reads the
+    /// connection while it proxies, so a read that waits past it ends the request.
+    request_deadline: Mutex<Option<Instant>>,
+    /// Running while a request deadline applies, and its instant.
+    request_timer: Option<(Instant, Pin<Box<Sleep>>)>,
 }
+
+/// Follows request headers byte by byte: skips the empty lines before a request line, checks
+/// the line, finds the empty line that ends the header.
+#[derive(Debug)]
+struct HeadScan {
+    scan: Scan,
+    /// The last four bytes of the header read, to find the empty line across reads.
+    tail: u32,
+    /// The request line so far (bounded), while [`Scan::Line`].
+    line: Vec<u8>,
+    /// Request lines are checked only while each read starts a request: bytes read past a
+    /// header's end (pipelining) would leave Pingora holding the start of the next one.
+    gate: bool,
+}
+
+/// Progress through one request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Before the request line: the parser skips empty lines.
+    Start,
+    /// In the request line.
+    Line,
+    /// In the header fields.
+    Fields,
+}
+
+/// The gateway's answer to a refused request line, and what is left to write.
+struct Refusal {
+    bytes: Bytes,
+    written: usize,
+}
+
+/// Longest request line checked: a target of [`MAX_TARGET_LEN`] with a method and version.
+const MAX_LINE: usize = MAX_TARGET_LEN + 64;
 
 impl DeadlineStream {
     fn new(inner: Stream, header: Duration) -> DeadlineStream {
@@ -115,8 +164,128 @@ impl DeadlineStream {
             header,
             in_header: true,
             timer: None,
-            tail: 0,
+            head: HeadScan::new(),
+            refusal: None,
+            request_deadline: Mutex::new(None),
+            request_timer: None,
         }
+    }
+
+    /// Ends the request being proxied at `deadline` (`None`: no deadline).
+    pub fn set_request_deadline(&self, deadline: Option<Instant>) {
+        *self
+            .request_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+
+    /// Whether the request deadline passed; polls its timer.
+    fn request_deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = *self
+            .request_deadline
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        match deadline {
+            None => {
+                self.request_timer = None;
+                false
+            }
+            Some(at) => {
+                if self.request_timer.as_ref().is_none_or(|(t, _)| *t != at) {
+                    self.request_timer = Some((at, Box::pin(sleep_until(at.into()))));
+                }
+                let (_, timer) = self.request_timer.as_mut().expect("set above");
+                timer.as_mut().poll(cx).is_ready()
+            }
+        }
+    }
+
+    /// Logs the refusal of the request line `line` and queues its answer.
+    fn refuse(&mut self, line: &[u8], reply: &Reply) {
+        let head = line.starts_with(b"HEAD ");
+        let peer = self
+            .inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut parts = line.split(|b| *b == b' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        AccessEntry::refused(method, target, peer, reply).write();
+        self.refusal = Some(Refusal {
+            bytes: error_response_bytes(reply, head),
+            written: 0,
+        });
+    }
+
+    /// Writes the refusal's answer; `Ready` once all of it is out (or the client is gone).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(refusal) = &mut self.refusal else {
+            return Poll::Ready(());
+        };
+        while refusal.written < refusal.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &refusal.bytes[refusal.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => refusal.written += n,
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(()),
+        }
+    }
+}
+
+impl HeadScan {
+    fn new() -> HeadScan {
+        HeadScan {
+            scan: Scan::Start,
+            tail: 0,
+            line: Vec::new(),
+            gate: true,
+        }
+    }
+
+    /// Scans header bytes; `Some(n)`: the header ended after `n` of them. `Err`: the request
+    /// line (in `self.line`) is refused with this answer.
+    fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, Reply> {
+        for (i, &b) in bytes.iter().enumerate() {
+            match self.scan {
+                Scan::Start if b == b'\r' || b == b'\n' => continue,
+                Scan::Start => {
+                    self.scan = Scan::Line;
+                    self.line.clear();
+                    self.line.push(b);
+                }
+                Scan::Line if b == b'\n' => {
+                    if self.gate && self.line.len() <= MAX_LINE {
+                        if let Some(reply) = refuse_request_line(&self.line) {
+                            return Err(reply);
+                        }
+                    }
+                    self.scan = Scan::Fields;
+                    // The line's own end counts towards the empty line that ends the header.
+                    self.tail = if self.line.last() == Some(&b'\r') {
+                        0x0d0a
+                    } else {
+                        0x0a
+                    };
+                }
+                Scan::Line => {
+                    if self.line.len() <= MAX_LINE {
+                        self.line.push(b);
+                    }
+                }
+                Scan::Fields => {
+                    if header_ends(&mut self.tail, std::slice::from_ref(&b)) {
+                        self.scan = Scan::Start;
+                        self.line.clear();
+                        return Ok(Some(i + 1));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -138,6 +307,7 @@ impl fmt::Debug for DeadlineStream {
         f.debug_struct("DeadlineStream")
             .field("inner", &self.inner)
             .field("in_header", &self.in_header)
+            .field("head", &self.head)
             .finish()
     }
 }
@@ -156,19 +326,40 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.refusal.is_some() {
+            // Pingora sees the end of the stream once the answer is out.
+            return this.poll_refusal(cx).map(Ok);
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            let new = &buf.filled()[before..];
-            if this.in_header && !new.is_empty() {
-                let started = this.tail != 0;
-                if header_ends(&mut this.tail, new) {
-                    this.in_header = false;
-                    this.timer = None;
-                } else if !started {
+            let filled = buf.filled().len();
+            if this.in_header && filled > before {
+                if this.timer.is_none() {
                     // The first byte of a header: from now on the whole header has its time.
                     this.timer = Some(Box::pin(sleep(this.header)));
                 }
+                let new = &buf.filled()[before..];
+                match this.head.scan(new) {
+                    Ok(Some(n)) => {
+                        this.in_header = false;
+                        this.timer = None;
+                        if n < new.len() {
+                            this.head.gate = false;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(reply) => {
+                        // Held back: Pingora never parses the refused request.
+                        buf.set_filled(before);
+                        let line = std::mem::take(&mut this.head.line);
+                        this.refuse(&line, &reply);
+                        return this.poll_refusal(cx).map(Ok);
+                    }
+                }
+            } else if filled > before {
+                // Bytes while a request is in flight: a pipelined request or a body.
+                this.head.gate = false;
             }
             return result;
         }
@@ -176,6 +367,12 @@ impl AsyncRead for DeadlineStream {
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(timed_out()));
             }
+        }
+        if result.is_pending() && this.request_deadline_passed(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "upstream response not complete in time (archeio.upstream.timeouts.total)",
+            )));
         }
         result
     }
@@ -194,7 +391,6 @@ impl AsyncWrite for DeadlineStream {
                 // A response is going out: what the client sends next is a new header. The
                 // wait for it is Pingora's keep-alive idle timeout.
                 this.in_header = true;
-                this.tail = 0;
             }
         }
         result
@@ -205,6 +401,9 @@ impl AsyncWrite for DeadlineStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_refusal(cx).is_pending() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -218,7 +417,6 @@ impl AsyncWrite for DeadlineStream {
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 && !this.in_header {
                 this.in_header = true;
-                this.tail = 0;
             }
         }
         result
@@ -272,6 +470,19 @@ impl Peek for DeadlineStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12, item 3: empty lines before the request line do not end the header.
+    #[test]
+    fn leading_empty_lines_are_not_the_end_of_a_header() {
+        let mut s = HeadScan::new();
+        assert_eq!(s.scan(b"\r\n\r\n\n\n"), Ok(None));
+        assert_eq!(s.scan(b"GET /v2/ HTTP/1.1\r\nHost: x\r"), Ok(None));
+        assert_eq!(s.scan(b"\n\r\nGET"), Ok(Some(3)));
+        let mut s = HeadScan::new();
+        assert_eq!(s.scan(b"GET /v2/ HTTP/1.0\n\n"), Ok(Some(19)));
+        assert_eq!(s.scan(b"GET /v2/ HTTP/1.1\r\n\r\n"), Ok(Some(21)));
+        assert!(s.scan(b"GET /v2/a b HTTP/1.1\r\n").is_err());
+    }
 
     #[test]
     fn the_end_of_a_header_is_found_across_reads() {

@@ -4,7 +4,9 @@
 //! scope until they expire.
 //!
 //! What an endpoint wants is learnt from its first `401`: the request is then retried once
-//! with the answer, and later requests send it up front.
+//! with the answer, and later requests send it up front. A Bearer realm is asked only when
+//! it is on the endpoint's own host or an allowed one, and over `https` unless the endpoint
+//! itself is plain `http`: the realm receives the credentials.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -125,9 +127,22 @@ impl std::fmt::Display for AuthError {
     }
 }
 
+/// Where an endpoint's token realm may be.
+#[derive(Debug, Clone)]
+pub struct RealmPolicy {
+    /// The endpoint's host (lowercase).
+    pub host: String,
+    /// The endpoint uses TLS: its realm must too.
+    pub tls: bool,
+}
+
 /// The gateway's authentication to each upstream endpoint.
 pub struct UpstreamAuth {
     credentials: Option<Credentials>,
+    /// Per endpoint: its host and scheme.
+    realms: Vec<RealmPolicy>,
+    /// Other hosts whose realms may be asked (`upstream.auth_realm_hosts`).
+    realm_hosts: Vec<String>,
     /// Per endpoint: the challenge learnt from its last `401`.
     challenges: Vec<RwLock<Option<Challenge>>>,
     /// `Authorization` values for Bearer tokens, by endpoint and scope.
@@ -136,15 +151,19 @@ pub struct UpstreamAuth {
 }
 
 impl UpstreamAuth {
-    /// Authentication for `endpoints` endpoints; `client` fetches tokens.
+    /// Authentication for the endpoints described by `realms`, in order; `client` fetches
+    /// tokens.
     pub fn new(
-        endpoints: usize,
+        realms: Vec<RealmPolicy>,
+        realm_hosts: Vec<String>,
         credentials: Option<Credentials>,
         client: reqwest::Client,
     ) -> UpstreamAuth {
         UpstreamAuth {
             credentials,
-            challenges: (0..endpoints).map(|_| RwLock::new(None)).collect(),
+            challenges: (0..realms.len()).map(|_| RwLock::new(None)).collect(),
+            realms,
+            realm_hosts,
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .expire_after(TokenTtl)
@@ -155,14 +174,48 @@ impl UpstreamAuth {
 
     /// Records the challenge endpoint `i` answered with. Returns whether a retry can succeed:
     /// Basic needs credentials; a token cached for this scope was refused, so it is dropped
-    /// and a new one fetched.
-    pub async fn learn(&self, i: usize, challenge: Challenge, repository: Option<&str>) -> bool {
+    /// and a new one fetched. An error: the realm is not one the gateway may ask.
+    pub async fn learn(
+        &self,
+        i: usize,
+        challenge: Challenge,
+        repository: Option<&str>,
+    ) -> Result<bool, AuthError> {
         if challenge == Challenge::Basic && self.credentials.is_none() {
-            return false;
+            return Ok(false);
+        }
+        if let Challenge::Bearer { realm, .. } = &challenge {
+            self.realm_allowed(i, realm)?;
         }
         *self.challenges[i].write().expect("lock is never poisoned") = Some(challenge);
         self.tokens.invalidate(&token_key(i, repository)).await;
-        true
+        Ok(true)
+    }
+
+    /// A realm on endpoint `i`'s host or an allowed one, `https` unless the endpoint is not.
+    fn realm_allowed(&self, i: usize, realm: &str) -> Result<(), AuthError> {
+        let endpoint = &self.realms[i];
+        let url =
+            url::Url::parse(realm).map_err(|_| AuthError("the token realm is not a URL".into()))?;
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && !endpoint.tls);
+        if !scheme_ok {
+            return Err(AuthError(format!(
+                "token realm on {host} is not https while the endpoint is"
+            )));
+        }
+        if host != endpoint.host && !self.realm_hosts.contains(&host) {
+            return Err(AuthError(format!(
+                "token realm host {host} is neither the endpoint's ({}) nor allowed",
+                endpoint.host
+            )));
+        }
+        Ok(())
     }
 
     /// The `Authorization` value for a request to endpoint `i` about `repository`, if the
@@ -321,6 +374,50 @@ mod tests {
         assert_eq!(repository("/v2/a/tags/b/manifests/v1"), Some("a/tags/b"));
         assert_eq!(repository("/v2/"), None);
         assert_eq!(repository("/v2/manifests/x"), None);
+    }
+
+    /// Issue 12, item 5.
+    #[tokio::test]
+    async fn realms_must_be_on_the_endpoint_or_an_allowed_host_and_https_for_https() {
+        let auth = UpstreamAuth::new(
+            vec![
+                RealmPolicy {
+                    host: "registry.example".into(),
+                    tls: true,
+                },
+                RealmPolicy {
+                    host: "127.0.0.1".into(),
+                    tls: false,
+                },
+            ],
+            vec!["auth.example".into()],
+            None,
+            reqwest::Client::new(),
+        );
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+        };
+        for (i, realm) in [
+            (0, "https://registry.example/token"),
+            (0, "https://Auth.Example:8443/token"),
+            (1, "http://127.0.0.1:5001/token"),
+            (1, "https://auth.example/token"),
+        ] {
+            assert_eq!(
+                auth.learn(i, bearer(realm), None).await.ok(),
+                Some(true),
+                "{realm}"
+            );
+        }
+        for (i, realm) in [
+            (0, "http://registry.example/token"),
+            (0, "https://evil.example/token"),
+            (0, "https://registry.example.evil/token"),
+            (1, "http://127.0.0.2/token"),
+        ] {
+            assert!(auth.learn(i, bearer(realm), None).await.is_err(), "{realm}");
+        }
     }
 
     #[test]

@@ -105,16 +105,16 @@ async fn manifests_tags_referrers_and_signatures_redirect_upstream() {
             format!("{UP}/pause/manifests/latest"),
         ),
         (
-            "/v2/a/b/c/manifests/sha256:abc",
-            format!("{UP}/a/b/c/manifests/sha256:abc"),
+            &format!("/v2/a/b/c/manifests/sha256:{HEX}"),
+            format!("{UP}/a/b/c/manifests/sha256:{HEX}"),
         ),
         (
             "/v2/pause/tags/list?n=2&last=3.8",
             format!("{UP}/pause/tags/list?n=2&last=3.8"),
         ),
         (
-            "/v2/pause/referrers/sha256:abc?artifactType=application%2Fvnd.example",
-            format!("{UP}/pause/referrers/sha256:abc?artifactType=application%2Fvnd.example"),
+            &format!("/v2/pause/referrers/sha256:{HEX}?artifactType=application%2Fvnd.example"),
+            format!("{UP}/pause/referrers/sha256:{HEX}?artifactType=application%2Fvnd.example"),
         ),
         (
             &format!("/v2/pause/manifests/sha256-{HEX}.sig"),
@@ -246,8 +246,10 @@ async fn bad_input_gets_400_and_never_a_foreign_location() {
         assert!(body.contains("X-Forwarded-For"), "{body}");
     }
 
+    // Not a repository name of the distribution grammar.
+    let r = gw.get("/v2/@evil.example/manifests/latest").await;
+    assert_eq!((r.status, r.oci_code().as_str()), (404, "NAME_INVALID"));
     for target in [
-        "/v2/@evil.example/manifests/latest",
         "/v2/pause/manifests/latest?@evil.example/",
         "/v2/pause/manifests/latest?//evil.example",
     ] {
@@ -814,7 +816,10 @@ async fn an_open_breaker_overrides_cached_present_answers() {
     let m = gw.metrics().await;
     let host = local.addr.to_string();
     assert_eq!(
-        sample(&m, &format!("archeio_mirror_breaker_open{{host=\"{host}\"}}")),
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_open{{host=\"{host}\"}}")
+        ),
         1.0
     );
     let r = gw.get(&target).await;

@@ -1,5 +1,7 @@
 //! The routing decision on arbitrary methods, targets and `X-Forwarded-For` lines, in both
-//! modes: it must not panic, and every redirect must go to a configured host.
+//! modes: it must not panic, every redirect must go to a configured host, and every path sent
+//! to the upstream or a mirror must be a pull endpoint of the distribution grammar (checked
+//! here with the spec's regular expressions, independently of the gateway's parser).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -9,12 +11,22 @@ use archeio::ranges::RangeTable;
 use archeio::routing::{decide, Answer, Decision, Request, Routes};
 use archeio::settings::Settings;
 use libfuzzer_sys::fuzz_target;
+use regex::Regex;
 
 struct Fixture {
     redirect: Routes,
     passthrough: Routes,
     ranges: RangeTable,
+    /// A pull endpoint after `/v2`: `/<name>/manifests/<tag|digest>`, `/<name>/blobs/<digest>`,
+    /// `/<name>/tags/list`, `/<name>/referrers/<digest>`.
+    endpoint: Regex,
+    /// A digest alone (what follows a mirror's blob path).
+    digest: Regex,
 }
+
+const NAME: &str = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*";
+const TAG: &str = r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}";
+const DIGEST: &str = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+";
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
@@ -54,6 +66,11 @@ fn fixture() -> &'static Fixture {
             redirect: routes(Mode::Redirect),
             passthrough: routes(Mode::Passthrough),
             ranges,
+            endpoint: Regex::new(&format!(
+                "^/{NAME}/(?:manifests/(?:{TAG}|{DIGEST})|blobs/{DIGEST}|tags/list|referrers/{DIGEST})$"
+            ))
+            .unwrap(),
+            digest: Regex::new(&format!("^{DIGEST}$")).unwrap(),
         }
     })
 }
@@ -80,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
             peer,
             forwarded_for: &lines,
             upstream: (control / 3) as usize % 3,
+            has_body: control & 2 != 0,
         };
         let reply = match decide(&req, routes, &f.ranges) {
             Decision::Reply(r) => r,
@@ -103,6 +121,26 @@ fuzz_target!(|data: &[u8]| {
                     .any(|base| location.starts_with(base.as_str()));
                 assert!(allowed, "redirect outside the configured hosts: {location}");
                 assert!(!location.contains(['\r', '\n', ' ']), "{location:?}");
+                let upstream = routes
+                    .upstreams
+                    .iter()
+                    .chain(routes.signature_upstream.iter())
+                    .find(|base| location.starts_with(base.as_str()));
+                if let Some(base) = upstream {
+                    let rest = &location[base.len()..];
+                    let rest = &rest[..rest.find('?').unwrap_or(rest.len())];
+                    assert!(f.endpoint.is_match(rest), "not a pull endpoint: {location}");
+                }
+                let mirror = routes
+                    .mirrors
+                    .values()
+                    .chain([&routes.default_mirror])
+                    .find(|base| location.starts_with(&format!("{base}{}", routes.blob_path_prefix)));
+                if let Some(base) = mirror {
+                    let digest = &location[base.len() + routes.blob_path_prefix.len()..];
+                    let digest = &digest[..digest.len() - routes.blob_path_suffix.len()];
+                    assert!(f.digest.is_match(digest), "not a digest: {location}");
+                }
             }
             Answer::Proxy { path, .. } => {
                 assert!(path.starts_with(&routes.upstream_prefix));
@@ -113,6 +151,8 @@ fuzz_target!(|data: &[u8]| {
                     !path.contains("/../") && !path.contains("/./") && !path.contains("//"),
                     "{path:?}"
                 );
+                let rest = &path[routes.upstream_prefix.len()..];
+                assert!(f.endpoint.is_match(rest), "not a pull endpoint: {path}");
             }
             Answer::ApiVersion | Answer::Error { .. } => {}
         }

@@ -48,6 +48,7 @@ fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Ro
         peer: Some(peer.parse().unwrap()),
         forwarded_for: &lines,
         upstream: 0,
+        has_body: false,
     };
     decide(&req, routes, ranges())
 }
@@ -163,8 +164,8 @@ fn manifests_tags_and_referrers_go_upstream_with_the_query() {
             format!("{UP}/pause/manifests/3.9"),
         ),
         (
-            "/v2/kube-apiserver/manifests/sha256:abc",
-            format!("{UP}/kube-apiserver/manifests/sha256:abc"),
+            &*format!("/v2/kube-apiserver/manifests/{SHA}"),
+            format!("{UP}/kube-apiserver/manifests/{SHA}"),
         ),
         ("/v2/a/b/c/manifests/v1", format!("{UP}/a/b/c/manifests/v1")),
         (
@@ -172,15 +173,9 @@ fn manifests_tags_and_referrers_go_upstream_with_the_query() {
             format!("{UP}/pause/tags/list?n=10&last=3.8"),
         ),
         (
-            "/v2/pause/referrers/sha256:abc?artifactType=application%2Fvnd.dev.cosign",
-            format!("{UP}/pause/referrers/sha256:abc?artifactType=application%2Fvnd.dev.cosign"),
+            &*format!("/v2/pause/referrers/{SHA}?artifactType=application%2Fvnd.dev.cosign"),
+            format!("{UP}/pause/referrers/{SHA}?artifactType=application%2Fvnd.dev.cosign"),
         ),
-        // Not a digest (no ':'), so not a blob: upstream, as the original.
-        (
-            "/v2/pause/blobs/uploads",
-            format!("{UP}/pause/blobs/uploads"),
-        ),
-        ("/v2/blobs/sha256:abc", format!("{UP}/blobs/sha256:abc")),
     ];
     for (path, want) in cases {
         let (r, l, t) = location(get(path));
@@ -217,7 +212,7 @@ fn cosign_tags_go_to_the_signature_upstream_when_configured() {
         format!("/v2/pause/tags/sha256-{HEX}.sig"),
     ] {
         let d = decide_with("GET", &not_sig, "10.0.0.1", &[], &routes(true));
-        assert_eq!(location(d).0, Route::Upstream, "{not_sig}");
+        assert_ne!(reply(d).route, Route::Signature, "{not_sig}");
     }
 }
 
@@ -460,8 +455,8 @@ fn malformed_targets_are_400_with_an_oci_body_on_api_paths() {
     let d = reply(get("http://evil.example/v2/"));
     assert_eq!(d.answer.status(), Some(400));
     // A target of exactly the limit is fine.
-    let path = "/v2/a/manifests/";
-    let exact = format!("{path}{}", "b".repeat(MAX_TARGET_LEN - path.len()));
+    let path = "/v2/a/manifests/b?";
+    let exact = format!("{path}{}", "q".repeat(MAX_TARGET_LEN - path.len()));
     assert_eq!(location(get(&exact)).0, Route::Upstream);
 }
 
@@ -480,8 +475,13 @@ fn locations_never_leave_the_configured_hosts() {
     ];
     for target in nasty {
         let d = decide_with("GET", target, "10.0.0.1", &[], &routes(true));
-        let (_, l, _) = location(d);
-        assert!(hosts.iter().any(|h| l.starts_with(h)), "{target} -> {l}");
+        match reply(d).answer {
+            Answer::Redirect { location: l, .. } => {
+                assert!(hosts.iter().any(|h| l.starts_with(h)), "{target} -> {l}")
+            }
+            Answer::Error { status, .. } => assert_eq!(status, 404, "{target}"),
+            other => panic!("{target}: {other:?}"),
+        }
     }
 }
 
@@ -573,11 +573,157 @@ fn redirects_go_to_the_endpoint_the_health_checks_chose() {
             peer: Some("10.0.0.1".parse().unwrap()),
             forwarded_for: &lines,
             upstream: choice,
+            has_body: false,
         };
         let r = reply(decide(&req, &routes, ranges()));
         assert_eq!(
             url(&r.answer),
             format!("https://{host}/v2/k8s-artifacts-prod/images/pause/manifests/3.9?x=1")
+        );
+    }
+}
+
+/// Issue 12, item 1: only the pull endpoints with names, tags and digests of the
+/// distribution grammar reach the upstream, in both modes.
+#[test]
+fn paths_outside_the_distribution_grammar_are_404_in_both_modes() {
+    let cases = [
+        ("/v2/..;/..;/other/private/manifests/latest", "NAME_INVALID"),
+        ("/v2/.;x/manifests/latest", "NAME_INVALID"),
+        ("/v2/%252e%252e/manifests/latest", "NAME_INVALID"),
+        ("/v2/%c0%ae/manifests/latest", "NAME_INVALID"),
+        ("/v2/Pause/manifests/latest", "NAME_INVALID"),
+        ("/v2/a;b=c/manifests/x", "NAME_INVALID"),
+        ("/v2/pause/manifests/..;", "TAG_INVALID"),
+        ("/v2/pause/manifests/-x", "TAG_INVALID"),
+        ("/v2/pause/manifests/sha256:abc", "DIGEST_INVALID"),
+        ("/v2/pause/blobs/sha256:abc", "DIGEST_INVALID"),
+        ("/v2/pause/blobs/uploads", "DIGEST_INVALID"),
+        ("/v2/pause/referrers/v1", "DIGEST_INVALID"),
+        ("/v2/blobs/sha256:abc", "NAME_UNKNOWN"),
+        ("/v2/pause/tags/other", "NAME_UNKNOWN"),
+        ("/v2/pause", "NAME_UNKNOWN"),
+    ];
+    for routes in [routes(true), passthrough_routes()] {
+        for (target, want) in cases {
+            let d = decide_with("GET", target, "198.51.100.20", &[], &routes);
+            match reply(d) {
+                Reply {
+                    route: Route::NotFound,
+                    answer:
+                        Answer::Error {
+                            status: 404,
+                            code,
+                            oci: true,
+                            ..
+                        },
+                } => assert_eq!(code, want, "{target}"),
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Issue 12, item 2: a paged request that followed an upstream `Link` (its name already
+/// starts with the upstream prefix) is not prefixed twice; a first page is.
+#[test]
+fn paged_requests_that_carry_the_upstream_prefix_are_not_prefixed_again() {
+    let (r, l, _) = location(get(
+        "/v2/k8s-artifacts-prod/images/pause/tags/list?last=3.9&n=2",
+    ));
+    assert_eq!(
+        (r, l.as_str()),
+        (
+            Route::Upstream,
+            &*format!("{UP}/pause/tags/list?last=3.9&n=2")
+        )
+    );
+    let (_, l, _) = location(get(&format!(
+        "/v2/k8s-artifacts-prod/images/pause/referrers/{SHA}?n=1"
+    )));
+    assert_eq!(l, format!("{UP}/pause/referrers/{SHA}?n=1"));
+    // Without a query it is a first page of a repository that happens to start so.
+    let (_, l, _) = location(get("/v2/k8s-artifacts-prod/images/pause/tags/list"));
+    assert_eq!(l, format!("{UP}/k8s-artifacts-prod/images/pause/tags/list"));
+    // Manifests are never unprefixed.
+    let (_, l, _) = location(get("/v2/k8s-artifacts-prod/images/pause/manifests/v1?x=1"));
+    assert_eq!(
+        l,
+        format!("{UP}/k8s-artifacts-prod/images/pause/manifests/v1?x=1")
+    );
+    let d = decide_with(
+        "GET",
+        "/v2/k8s-artifacts-prod/images/pause/tags/list?last=a",
+        "10.0.0.1",
+        &[],
+        &passthrough_routes(),
+    );
+    match reply(d).answer {
+        Answer::Proxy { path, .. } => {
+            assert_eq!(path, "/v2/k8s-artifacts-prod/images/pause/tags/list?last=a")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 12, item 4: a GET or HEAD with a body is refused before anything else is read.
+#[test]
+fn requests_with_a_body_are_400() {
+    let lines: Vec<&[u8]> = Vec::new();
+    for method in ["GET", "HEAD"] {
+        let req = Request {
+            method,
+            target: b"/v2/pause/manifests/latest",
+            peer: Some("10.0.0.1".parse().unwrap()),
+            forwarded_for: &lines,
+            upstream: 0,
+            has_body: true,
+        };
+        assert_eq!(
+            status(decide(&req, &passthrough_routes(), ranges())),
+            (Route::Invalid, 400, true)
+        );
+    }
+}
+
+/// Issue 12, item 11: request lines the HTTP parser would rewrite or refuse on its own are
+/// answered by the rules, as `decide` would answer them.
+#[test]
+fn request_lines_the_parser_would_change_are_refused() {
+    let refused: [(&[u8], u16, bool); 11] = [
+        (b"GET /v2/pause/manifests/a b HTTP/1.1", 400, true),
+        (b"GET /v2/pause/manifests/1#frag HTTP/1.1\r", 400, true),
+        (b"GET http://evil/v2/pause/manifests/1 HTTP/1.1", 400, false),
+        (b"GET * HTTP/1.1", 400, false),
+        (b"GET /v2/\"x\" HTTP/1.1", 400, true),
+        (b"GET /v2/<x> HTTP/1.1", 400, true),
+        (b"GET /v2/p\xc3\xa9 HTTP/1.1", 400, true),
+        (b"GET /v2/", 400, true),
+        (b"\x16\x03\x01\x02\x00", 400, false),
+        (b"CONNECT upstream.test:443 HTTP/1.1", 405, false),
+        (b"GET /v2/ HTTP/1.1 extra", 400, true),
+    ];
+    for (line, want, oci) in refused {
+        let r = refuse_request_line(line)
+            .unwrap_or_else(|| panic!("{:?} passed", line.escape_ascii().to_string()));
+        match r.answer {
+            Answer::Error { status, oci: o, .. } => {
+                assert_eq!((status, o), (want, oci), "{}", line.escape_ascii())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for line in [
+        b"GET /v2/pause/manifests/latest HTTP/1.1\r".as_slice(),
+        b"HEAD /v2/ HTTP/1.0",
+        b"GET /v2/a%20b/manifests/x?q=%23 HTTP/1.1",
+        b"POST /v2/a/blobs/uploads/ HTTP/1.1",
+        b"GET /v2/a\\b HTTP/1.1",
+    ] {
+        assert!(
+            refuse_request_line(line).is_none(),
+            "{}",
+            line.escape_ascii()
         );
     }
 }
