@@ -374,3 +374,50 @@ async fn a_blob_corrupted_at_the_source_is_refused_and_reported() {
     assert!(!keys.contains(&format!("containers/images/{}", img.app_layer)));
     assert!(keys.contains(&format!("containers/images/{}", img.app_config)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_prefix_is_kept_and_the_gateway_finds_the_blobs_under_it() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let moto = Moto::start().await;
+    moto.bucket("prefixed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &reg.url(false), &moto, "prefixed/eu/v1", "");
+    let out = sync(&config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: BTreeSet<String> = referenced_blobs(&reg)
+        .await
+        .iter()
+        .map(|d| format!("eu/v1/containers/images/{d}"))
+        .collect();
+    assert_eq!(moto.keys("prefixed").await, want);
+
+    // The gateway's mirror URL for that destination is the bucket and prefix.
+    let keys = format!(
+        "  upstream: {{endpoints: ['{}'], path: ''}}
+  mirrors: {{default: 'http://127.0.0.1:1', regions: {{us-east-1: 'http://127.0.0.1:{}/prefixed/eu/v1'}}}}
+  ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: us-east-1}}]}}
+  client_address: {{trusted_proxy_hops: 0}}",
+        reg.url(false),
+        moto.port
+    );
+    let gw = Gateway::start(&keys).await;
+    let r = gw
+        .get(&format!("/v2/test/app/blobs/{}", img.app_layer))
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (
+            307,
+            format!(
+                "http://127.0.0.1:{}/prefixed/eu/v1/containers/images/{}",
+                moto.port, img.app_layer
+            )
+            .as_str()
+        )
+    );
+}

@@ -22,6 +22,7 @@ use log::{error, info};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ClientOptions, ObjectStore, WriteMultipart};
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
@@ -88,8 +89,8 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
             store: Arc::new(store),
         });
     }
-    let bucket = d.url.trim_start_matches("s3://");
-    let bucket = bucket.split('/').next().unwrap_or(bucket);
+    let location = d.url.trim_start_matches("s3://");
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     let env =
         |var: &Option<String>, default: &str| std::env::var(var.as_deref().unwrap_or(default)).ok();
     let mut b = AmazonS3Builder::new()
@@ -129,10 +130,14 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
         .with_client_options(options)
         .build()
         .map_err(|e| format!("{name}: {e}"))?;
-    Ok(Store {
-        name,
-        store: Arc::new(store),
-    })
+    // Keys go under the prefix: the gateway's mirror URL for this bucket includes it.
+    let prefix = prefix.trim_matches('/');
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    Ok(Store { name, store })
 }
 
 /// Counters for the summary and the metrics.
