@@ -147,6 +147,8 @@ struct Tally {
     present: AtomicU64,
     failed: AtomicU64,
     bytes: AtomicU64,
+    /// Listings and manifests of the source that could not be read or were refused.
+    source_errors: AtomicU64,
 }
 
 /// Runs the sync; the process exit code.
@@ -163,21 +165,24 @@ pub async fn run(opts: Options) -> i32 {
     match sync(&cfg, &opts).await {
         Ok(tally) => {
             let failed = tally.failed.load(Ordering::Relaxed);
+            let source_errors = tally.source_errors.load(Ordering::Relaxed);
             let summary = format!(
-                "sync {}: {} blobs copied, {} already present, {} failed, {} bytes copied in {:.1} s",
+                "sync {}: {} blobs copied, {} already present, {} failed, {} source errors, {} bytes copied in {:.1} s",
                 if opts.dry_run { "(dry run)" } else { "done" },
                 tally.copied.load(Ordering::Relaxed),
                 tally.present.load(Ordering::Relaxed),
                 failed,
+                source_errors,
                 tally.bytes.load(Ordering::Relaxed),
                 started.elapsed().as_secs_f64()
             );
             println!("{summary}");
-            if let Err(e) = report_metrics(&opts, &tally, started.elapsed(), failed == 0).await {
+            let success = failed == 0 && source_errors == 0;
+            if let Err(e) = report_metrics(&opts, &tally, started.elapsed(), success).await {
                 error!("sync metrics: {e}");
                 return 1;
             }
-            i32::from(failed > 0)
+            i32::from(!success)
         }
         Err(e) => {
             error!("sync failed: {e}");
@@ -193,28 +198,15 @@ async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
         .iter()
         .map(open_store)
         .collect::<Result<Vec<_>, _>>()?;
-
-    let mut repositories = cfg.source.repositories.clone();
-    if let Some(prefix) = &cfg.source.prefix {
-        repositories.extend(source.repositories_under(prefix).await?);
-    }
-    repositories.sort();
-    repositories.dedup();
-    let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
-    for repo in &repositories {
-        for tag in source.tags(repo).await? {
-            source.collect(repo, &tag, &mut blobs).await?;
-        }
-    }
+    let tally = Arc::new(Tally::default());
+    let blobs = walk(cfg, &source, &tally).await?;
     let total_bytes: u64 = blobs.values().map(|b| b.size).sum::<u64>() * stores.len() as u64;
     info!(
-        "{} repositories, {} blobs ({total_bytes} bytes over {} destinations)",
-        repositories.len(),
+        "{} blobs ({total_bytes} bytes over {} destinations)",
         blobs.len(),
         stores.len()
     );
 
-    let tally = Arc::new(Tally::default());
     let progress = std::io::stderr().is_terminal().then(|| {
         let tally = tally.clone();
         let total = (blobs.len() * stores.len()) as u64;
@@ -259,6 +251,40 @@ async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
     Ok(tally)
 }
 
+/// Every blob the source's manifests refer to. A repository whose tags cannot be listed, or
+/// a manifest that cannot be read or is refused, is logged and counted, and the walk goes on.
+async fn walk(
+    cfg: &SyncConfig,
+    source: &Source,
+    tally: &Tally,
+) -> Result<BTreeMap<String, BlobRef>, String> {
+    let mut repositories = cfg.source.repositories.clone();
+    if let Some(prefix) = &cfg.source.prefix {
+        repositories.extend(source.repositories_under(prefix).await?);
+    }
+    repositories.sort();
+    repositories.dedup();
+    let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
+    for repo in &repositories {
+        let tags = match source.tags(repo).await {
+            Ok(tags) => tags,
+            Err(e) => {
+                tally.source_errors.fetch_add(1, Ordering::Relaxed);
+                error!("{repo}: {e}");
+                continue;
+            }
+        };
+        for tag in tags {
+            for problem in source.collect(repo, &tag, &mut blobs).await {
+                tally.source_errors.fetch_add(1, Ordering::Relaxed);
+                error!("{repo}:{tag}: {problem}");
+            }
+        }
+    }
+    info!("{} repositories walked", repositories.len());
+    Ok(blobs)
+}
+
 enum Copy {
     Present,
     /// Copied (or, in a dry run, would be), with its size.
@@ -295,8 +321,15 @@ async fn copy(
     let streamed: Result<(), String> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| format!("reading the blob: {e}"))?;
-            hasher.update(&chunk);
             n += chunk.len() as u64;
+            // The registry could send without end: stop at what the manifest promised.
+            if n > blob.size {
+                return Err(format!(
+                    "the registry sent more than the {} bytes the manifest declares: refused, nothing written",
+                    blob.size
+                ));
+            }
+            hasher.update(&chunk);
             writer
                 .wait_for_capacity(2)
                 .await
@@ -306,11 +339,7 @@ async fn copy(
         Ok(())
     }
     .await;
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let actual = hex(&hasher.finalize());
     let problem = match streamed {
         Err(e) => Some(e),
         Ok(()) if actual != expected => Some(format!(
@@ -328,6 +357,11 @@ async fn copy(
         .await
         .map_err(|e| format!("completing the upload: {e}"))?;
     Ok(Copy::Copied(n))
+}
+
+/// Lower-case hex of a hash.
+fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One status line on the terminal, redrawn four times a second.
@@ -387,6 +421,11 @@ async fn report_metrics(
         "1 when the last sync run had no failure.",
     )
     .map_err(|e| e.to_string())?;
+    let source_errors = IntGauge::new(
+        "archeio_sync_source_errors",
+        "Source listings and manifests the last sync run could not read or refused.",
+    )
+    .map_err(|e| e.to_string())?;
     for (result, n) in [
         ("copied", &tally.copied),
         ("present", &tally.present),
@@ -399,11 +438,13 @@ async fn report_metrics(
     bytes.set(tally.bytes.load(Ordering::Relaxed) as i64);
     seconds.set(elapsed.as_secs() as i64);
     ok.set(i64::from(success));
+    source_errors.set(tally.source_errors.load(Ordering::Relaxed) as i64);
     for c in [
         Box::new(blobs) as Box<dyn prometheus::core::Collector>,
         Box::new(bytes),
         Box::new(seconds),
         Box::new(ok),
+        Box::new(source_errors),
     ] {
         registry.register(c).map_err(|e| e.to_string())?;
     }
