@@ -80,6 +80,27 @@ impl Moto {
             .map(|s| s.split("</Key>").next().unwrap().to_string())
             .collect()
     }
+
+    /// An object's bytes, through the S3 API.
+    async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let r = request(self.addr(), "GET", format!("/{bucket}/{key}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    }
+
+    /// Overwrites an object through the S3 API (readable by anyone, as the sync writes).
+    async fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let r = reqwest::Client::new()
+            .put(format!("http://{}/{bucket}/{key}", self.addr()))
+            .header("x-amz-acl", "public-read")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{r:?}");
+    }
 }
 
 impl Drop for Moto {
@@ -863,4 +884,73 @@ async fn a_blob_longer_than_its_declared_size_is_cut_off() {
     let mut want = blobs;
     want.remove(&layer);
     assert_eq!(local_blobs(&dest), want, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_corrupt_objects_and_repair_copies_them_again() {
+    let img = images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let moto = Moto::start().await;
+    moto.bucket("checked").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &reg.url(false), &moto, "checked", "");
+    let out = sync(&config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = moto.keys("checked").await.len() as u64;
+
+    // One object overwritten with other bytes, one cut short.
+    let layer = format!("containers/images/{}", img.app_layer);
+    let config_key = format!("containers/images/{}", img.app_config);
+    moto.put("checked", &layer, b"not the layer").await;
+    let whole = moto.get("checked", &config_key).await;
+    moto.put("checked", &config_key, &whole[..whole.len() / 2])
+        .await;
+
+    let metrics = dir.path().join("verify.prom");
+    let out = sync(
+        &config,
+        &["--verify", "--metrics-file", metrics.to_str().unwrap()],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for key in [&layer, &config_key] {
+        assert!(
+            stdout.contains(&format!("corrupt {key} in s3://checked: ")),
+            "{stdout}\n{stderr}"
+        );
+    }
+    let s = summary(&out);
+    assert_eq!(count(&s, "objects checked"), objects, "{s}");
+    assert_eq!(count(&s, "corrupt"), 2, "{s}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("archeio_sync_corrupt_objects_total 2"),
+        "{prom}"
+    );
+    // Verifying alone changes nothing.
+    assert_eq!(moto.get("checked", &layer).await, b"not the layer");
+
+    let out = sync(&config, &["--verify", "--repair"]);
+    let s = summary(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&s, "corrupt"), 2, "{s}");
+    assert_eq!(count(&s, "repaired"), 2, "{s}");
+    for (key, digest) in [(&layer, &img.app_layer), (&config_key, &img.app_config)] {
+        assert_eq!(&sha256(&moto.get("checked", key).await), digest);
+    }
+    let out = sync(&config, &["--verify"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(count(&summary(&out), "corrupt"), 0);
 }
