@@ -6,6 +6,9 @@
 //! computed; the upload is completed only when the digest matches, otherwise aborted, so a
 //! store never holds bytes under the wrong name. A blob already in a store costs one `HEAD`,
 //! which makes a re-run after an interruption copy only what is missing.
+//!
+//! `--verify` reads back every object under the blob layout and checks its bytes against the
+//! digest in its name; `--repair` copies the bad ones again.
 
 pub mod config;
 pub mod source;
@@ -22,8 +25,9 @@ use log::{error, info};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ClientOptions, ObjectStore, WriteMultipart};
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -37,14 +41,18 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// List what would be copied; copy nothing.
     pub dry_run: bool,
+    /// Check what the destinations hold instead of copying.
+    pub verify: bool,
+    /// With `verify`: copy corrupt objects again from the source.
+    pub repair: bool,
     /// Write the sync metrics as Prometheus text here at the end.
     pub metrics_file: Option<PathBuf>,
     /// Push the sync metrics to this Prometheus Pushgateway at the end.
     pub push_gateway: Option<String>,
 }
 
-const USAGE: &str =
-    "usage: archeio sync -c FILE [--dry-run] [--metrics-file FILE] [--push-gateway URL]";
+const USAGE: &str = "usage: archeio sync -c FILE [--dry-run | --verify [--repair]] \
+[--metrics-file FILE] [--push-gateway URL]";
 
 impl Options {
     /// Parses the arguments after `sync`.
@@ -59,6 +67,8 @@ impl Options {
             match arg.as_str() {
                 "-c" | "--conf" => opts.config = Some(value("-c")?.into()),
                 "--dry-run" => opts.dry_run = true,
+                "--verify" => opts.verify = true,
+                "--repair" => opts.repair = true,
                 "--metrics-file" => opts.metrics_file = Some(value("--metrics-file")?.into()),
                 "--push-gateway" => opts.push_gateway = Some(value("--push-gateway")?),
                 "-h" | "--help" => return Err(USAGE.into()),
@@ -67,6 +77,14 @@ impl Options {
         }
         if opts.config.is_none() {
             return Err(format!("-c FILE is required\n{USAGE}"));
+        }
+        if opts.repair && !opts.verify {
+            return Err(format!("--repair needs --verify\n{USAGE}"));
+        }
+        if opts.dry_run && opts.verify {
+            return Err(format!(
+                "--dry-run and --verify exclude each other\n{USAGE}"
+            ));
         }
         Ok(opts)
     }
@@ -88,8 +106,8 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
             store: Arc::new(store),
         });
     }
-    let bucket = d.url.trim_start_matches("s3://");
-    let bucket = bucket.split('/').next().unwrap_or(bucket);
+    let location = d.url.trim_start_matches("s3://");
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     let env =
         |var: &Option<String>, default: &str| std::env::var(var.as_deref().unwrap_or(default)).ok();
     let mut b = AmazonS3Builder::new()
@@ -129,10 +147,14 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
         .with_client_options(options)
         .build()
         .map_err(|e| format!("{name}: {e}"))?;
-    Ok(Store {
-        name,
-        store: Arc::new(store),
-    })
+    // Keys go under the prefix: the gateway's mirror URL for this bucket includes it.
+    let prefix = prefix.trim_matches('/');
+    let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    Ok(Store { name, store })
 }
 
 /// Counters for the summary and the metrics.
@@ -142,6 +164,12 @@ struct Tally {
     present: AtomicU64,
     failed: AtomicU64,
     bytes: AtomicU64,
+    /// Listings and manifests of the source that could not be read or were refused.
+    source_errors: AtomicU64,
+    /// `--verify`: objects read back, found corrupt, copied again.
+    checked: AtomicU64,
+    corrupt: AtomicU64,
+    repaired: AtomicU64,
 }
 
 /// Runs the sync; the process exit code.
@@ -155,30 +183,48 @@ pub async fn run(opts: Options) -> i32 {
         }
     };
     let started = Instant::now();
-    match sync(&cfg, &opts).await {
-        Ok(tally) => {
-            let failed = tally.failed.load(Ordering::Relaxed);
-            let summary = format!(
-                "sync {}: {} blobs copied, {} already present, {} failed, {} bytes copied in {:.1} s",
-                if opts.dry_run { "(dry run)" } else { "done" },
-                tally.copied.load(Ordering::Relaxed),
-                tally.present.load(Ordering::Relaxed),
-                failed,
-                tally.bytes.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64()
-            );
-            println!("{summary}");
-            if let Err(e) = report_metrics(&opts, &tally, started.elapsed(), failed == 0).await {
-                error!("sync metrics: {e}");
-                return 1;
-            }
-            i32::from(failed > 0)
-        }
+    let result = if opts.verify {
+        verify(&cfg, &opts).await
+    } else {
+        sync(&cfg, &opts).await
+    };
+    let tally = match result {
+        Ok(tally) => tally,
         Err(e) => {
             error!("sync failed: {e}");
-            1
+            return 1;
         }
+    };
+    let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let (failed, source_errors) = (n(&tally.failed), n(&tally.source_errors));
+    let seconds = started.elapsed().as_secs_f64();
+    let (summary, success) = if opts.verify {
+        let (corrupt, repaired) = (n(&tally.corrupt), n(&tally.repaired));
+        (
+            format!(
+                "sync verify: {} objects checked, {corrupt} corrupt, {repaired} repaired, {failed} failed, {source_errors} source errors in {seconds:.1} s",
+                n(&tally.checked)
+            ),
+            corrupt == repaired && failed == 0 && source_errors == 0,
+        )
+    } else {
+        (
+            format!(
+                "sync {}: {} blobs copied, {} already present, {failed} failed, {source_errors} source errors, {} bytes copied in {seconds:.1} s",
+                if opts.dry_run { "(dry run)" } else { "done" },
+                n(&tally.copied),
+                n(&tally.present),
+                n(&tally.bytes),
+            ),
+            failed == 0 && source_errors == 0,
+        )
+    };
+    println!("{summary}");
+    if let Err(e) = report_metrics(&opts, &tally, started.elapsed(), success).await {
+        error!("sync metrics: {e}");
+        return 1;
     }
+    i32::from(!success)
 }
 
 async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
@@ -188,28 +234,15 @@ async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
         .iter()
         .map(open_store)
         .collect::<Result<Vec<_>, _>>()?;
-
-    let mut repositories = cfg.source.repositories.clone();
-    if let Some(prefix) = &cfg.source.prefix {
-        repositories.extend(source.repositories_under(prefix).await?);
-    }
-    repositories.sort();
-    repositories.dedup();
-    let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
-    for repo in &repositories {
-        for tag in source.tags(repo).await? {
-            source.collect(repo, &tag, &mut blobs).await?;
-        }
-    }
+    let tally = Arc::new(Tally::default());
+    let blobs = walk(cfg, &source, &tally).await?;
     let total_bytes: u64 = blobs.values().map(|b| b.size).sum::<u64>() * stores.len() as u64;
     info!(
-        "{} repositories, {} blobs ({total_bytes} bytes over {} destinations)",
-        repositories.len(),
+        "{} blobs ({total_bytes} bytes over {} destinations)",
         blobs.len(),
         stores.len()
     );
 
-    let tally = Arc::new(Tally::default());
     let progress = std::io::stderr().is_terminal().then(|| {
         let tally = tally.clone();
         let total = (blobs.len() * stores.len()) as u64;
@@ -254,6 +287,40 @@ async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
     Ok(tally)
 }
 
+/// Every blob the source's manifests refer to. A repository whose tags cannot be listed, or
+/// a manifest that cannot be read or is refused, is logged and counted, and the walk goes on.
+async fn walk(
+    cfg: &SyncConfig,
+    source: &Source,
+    tally: &Tally,
+) -> Result<BTreeMap<String, BlobRef>, String> {
+    let mut repositories = cfg.source.repositories.clone();
+    if let Some(prefix) = &cfg.source.prefix {
+        repositories.extend(source.repositories_under(prefix).await?);
+    }
+    repositories.sort();
+    repositories.dedup();
+    let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
+    for repo in &repositories {
+        let tags = match source.tags(repo).await {
+            Ok(tags) => tags,
+            Err(e) => {
+                tally.source_errors.fetch_add(1, Ordering::Relaxed);
+                error!("{repo}: {e}");
+                continue;
+            }
+        };
+        for tag in tags {
+            for problem in source.collect(repo, &tag, &mut blobs).await {
+                tally.source_errors.fetch_add(1, Ordering::Relaxed);
+                error!("{repo}:{tag}: {problem}");
+            }
+        }
+    }
+    info!("{} repositories walked", repositories.len());
+    Ok(blobs)
+}
+
 enum Copy {
     Present,
     /// Copied (or, in a dry run, would be), with its size.
@@ -276,6 +343,20 @@ async fn copy(
     if dry_run {
         return Ok(Copy::Copied(blob.size));
     }
+    upload(source, store, key, digest, blob)
+        .await
+        .map(Copy::Copied)
+}
+
+/// Streams the blob from the registry to `key`, completing the upload only when the bytes
+/// have the digest; the size.
+async fn upload(
+    source: &Source,
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    digest: &str,
+    blob: &BlobRef,
+) -> Result<u64, String> {
     let expected = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| "only sha256 digests can be verified".to_string())?;
@@ -290,8 +371,15 @@ async fn copy(
     let streamed: Result<(), String> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| format!("reading the blob: {e}"))?;
-            hasher.update(&chunk);
             n += chunk.len() as u64;
+            // The registry could send without end: stop at what the manifest promised.
+            if n > blob.size {
+                return Err(format!(
+                    "the registry sent more than the {} bytes the manifest declares: refused, nothing written",
+                    blob.size
+                ));
+            }
+            hasher.update(&chunk);
             writer
                 .wait_for_capacity(2)
                 .await
@@ -301,11 +389,7 @@ async fn copy(
         Ok(())
     }
     .await;
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let actual = hex(&hasher.finalize());
     let problem = match streamed {
         Err(e) => Some(e),
         Ok(()) if actual != expected => Some(format!(
@@ -322,7 +406,134 @@ async fn copy(
         .finish()
         .await
         .map_err(|e| format!("completing the upload: {e}"))?;
-    Ok(Copy::Copied(n))
+    Ok(n)
+}
+
+/// `--verify`: reads back every object under the blob layout in each destination, reports
+/// those whose bytes do not have the digest in their name, and with `--repair` deletes each
+/// and copies it again from the source.
+async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
+    let stores = cfg
+        .destinations
+        .iter()
+        .map(open_store)
+        .collect::<Result<Vec<_>, _>>()?;
+    let tally = Arc::new(Tally::default());
+    let limit = Arc::new(Semaphore::new(cfg.concurrency));
+    let (before, after) = cfg
+        .blob_path
+        .split_once("{digest}")
+        .expect("SyncConfig::check requires one {digest}");
+    // Listing the directory the digests sit in; other keys there are not blobs of the layout.
+    let dir = before
+        .rsplit_once('/')
+        .map(|(dir, _)| ObjectPath::from(dir));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, store) in stores.iter().enumerate() {
+        let mut listing = store.store.list(dir.as_ref());
+        while let Some(meta) = listing.next().await {
+            let key = meta
+                .map_err(|e| format!("{}: listing the objects: {e}", store.name))?
+                .location;
+            let Some(digest) = key
+                .as_ref()
+                .strip_prefix(before)
+                .and_then(|rest| rest.strip_suffix(after))
+                .filter(|digest| is_sha256(digest))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let (object_store, name) = (store.store.clone(), store.name.clone());
+            let (tally, limit) = (tally.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire().await;
+                tally.checked.fetch_add(1, Ordering::Relaxed);
+                match read_digest(&*object_store, &key).await {
+                    Ok((actual, _)) if actual == digest => None,
+                    Ok((actual, n)) => {
+                        tally.corrupt.fetch_add(1, Ordering::Relaxed);
+                        println!("corrupt {key} in {name}: {n} bytes with digest {actual}");
+                        Some((i, key, digest))
+                    }
+                    Err(e) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        error!("reading {key} in {name}: {e}");
+                        None
+                    }
+                }
+            });
+        }
+    }
+    let mut corrupt = Vec::new();
+    while let Some(found) = tasks.join_next().await {
+        corrupt.extend(found.ok().flatten());
+    }
+    if !opts.repair || corrupt.is_empty() {
+        return Ok(tally);
+    }
+
+    let source = Arc::new(Source::new(&cfg.source)?);
+    let blobs = walk(cfg, &source, &tally).await?;
+    let mut repairs = tokio::task::JoinSet::new();
+    for (i, key, digest) in corrupt {
+        let (store, name) = (stores[i].store.clone(), stores[i].name.clone());
+        let Some(blob) = blobs.get(&digest).cloned() else {
+            error!("{key} in {name}: no manifest of the source refers to {digest}: not repaired");
+            continue;
+        };
+        let (source, tally, limit) = (source.clone(), tally.clone(), limit.clone());
+        repairs.spawn(async move {
+            let _permit = limit.acquire().await;
+            // Deleted first: should the copy fail, the gateway finds no object and sends
+            // clients to the upstream rather than to bad bytes.
+            let repaired = match store.delete(&key).await {
+                Ok(()) => upload(&source, &*store, &key, &digest, &blob).await,
+                Err(e) => Err(format!("deleting it: {e}")),
+            };
+            match repaired {
+                Ok(_) => {
+                    tally.repaired.fetch_add(1, Ordering::Relaxed);
+                    info!("repaired {key} in {name}");
+                }
+                Err(e) => {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    error!("repairing {key} in {name}: {e}");
+                }
+            }
+        });
+    }
+    while repairs.join_next().await.is_some() {}
+    Ok(tally)
+}
+
+/// `sha256:` and 64 lower-case hex digits: a digest this tool can check.
+fn is_sha256(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The SHA-256 digest of the object's bytes, and their count.
+async fn read_digest(store: &dyn ObjectStore, key: &ObjectPath) -> Result<(String, u64), String> {
+    let mut body = store
+        .get(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_stream();
+    let mut hasher = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        n += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((format!("sha256:{}", hex(&hasher.finalize())), n))
+}
+
+/// Lower-case hex of a hash.
+fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One status line on the terminal, redrawn four times a second.
@@ -359,49 +570,78 @@ async fn report_metrics(
         return Ok(());
     }
     let registry = Registry::new();
-    let blobs = IntCounterVec::new(
-        Opts::new(
-            "archeio_sync_blobs_total",
-            "Blobs by result of the last sync run.",
-        ),
-        &["result"],
-    )
-    .map_err(|e| e.to_string())?;
-    let bytes = IntGauge::new(
-        "archeio_sync_copied_bytes",
-        "Bytes copied by the last sync run.",
-    )
-    .map_err(|e| e.to_string())?;
-    let seconds = IntGauge::new(
+    let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let gauge = |name: &str, help: &str, value: u64| {
+        let g = IntGauge::new(name, help).map_err(|e| e.to_string())?;
+        g.set(value as i64);
+        registry.register(Box::new(g)).map_err(|e| e.to_string())
+    };
+    let counter = |name: &str, help: &str, value: u64| {
+        let c = IntCounter::new(name, help).map_err(|e| e.to_string())?;
+        c.inc_by(value);
+        registry.register(Box::new(c)).map_err(|e| e.to_string())
+    };
+    if opts.verify {
+        counter(
+            "archeio_sync_checked_objects_total",
+            "Objects read back by the last verify run.",
+            n(&tally.checked),
+        )?;
+        counter(
+            "archeio_sync_corrupt_objects_total",
+            "Objects whose bytes do not have the digest in their name, found by the last verify run.",
+            n(&tally.corrupt),
+        )?;
+        counter(
+            "archeio_sync_repaired_objects_total",
+            "Corrupt objects copied again by the last verify run.",
+            n(&tally.repaired),
+        )?;
+        counter(
+            "archeio_sync_failed_objects_total",
+            "Objects the last verify run could not read or repair.",
+            n(&tally.failed),
+        )?;
+    } else {
+        let blobs = IntCounterVec::new(
+            Opts::new(
+                "archeio_sync_blobs_total",
+                "Blobs by result of the last sync run.",
+            ),
+            &["result"],
+        )
+        .map_err(|e| e.to_string())?;
+        for (result, count) in [
+            ("copied", &tally.copied),
+            ("present", &tally.present),
+            ("failed", &tally.failed),
+        ] {
+            blobs.with_label_values(&[result]).inc_by(n(count));
+        }
+        registry
+            .register(Box::new(blobs))
+            .map_err(|e| e.to_string())?;
+        gauge(
+            "archeio_sync_copied_bytes",
+            "Bytes copied by the last sync run.",
+            n(&tally.bytes),
+        )?;
+    }
+    gauge(
         "archeio_sync_duration_seconds",
         "Duration of the last sync run.",
-    )
-    .map_err(|e| e.to_string())?;
-    let ok = IntGauge::new(
+        elapsed.as_secs(),
+    )?;
+    gauge(
         "archeio_sync_success",
         "1 when the last sync run had no failure.",
-    )
-    .map_err(|e| e.to_string())?;
-    for (result, n) in [
-        ("copied", &tally.copied),
-        ("present", &tally.present),
-        ("failed", &tally.failed),
-    ] {
-        blobs
-            .with_label_values(&[result])
-            .inc_by(n.load(Ordering::Relaxed));
-    }
-    bytes.set(tally.bytes.load(Ordering::Relaxed) as i64);
-    seconds.set(elapsed.as_secs() as i64);
-    ok.set(i64::from(success));
-    for c in [
-        Box::new(blobs) as Box<dyn prometheus::core::Collector>,
-        Box::new(bytes),
-        Box::new(seconds),
-        Box::new(ok),
-    ] {
-        registry.register(c).map_err(|e| e.to_string())?;
-    }
+        u64::from(success),
+    )?;
+    gauge(
+        "archeio_sync_source_errors",
+        "Source listings and manifests the last sync run could not read or refused.",
+        n(&tally.source_errors),
+    )?;
     let mut text = Vec::new();
     TextEncoder::new()
         .encode(&registry.gather(), &mut text)
@@ -410,7 +650,13 @@ async fn report_metrics(
         std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(url) = &opts.push_gateway {
-        let target = format!("{}/metrics/job/archeio_sync", url.trim_end_matches('/'));
+        // Its own job for verify runs: a push replaces the whole group it goes to.
+        let job = if opts.verify {
+            "archeio_sync_verify"
+        } else {
+            "archeio_sync"
+        };
+        let target = format!("{}/metrics/job/{job}", url.trim_end_matches('/'));
         let resp = reqwest::Client::new()
             .put(&target)
             .header("Content-Type", "text/plain; version=0.0.4")
@@ -423,4 +669,39 @@ async fn report_metrics(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn verify_and_repair_flags() {
+        let opts = parse(&["-c", "f", "--verify", "--repair"]).unwrap();
+        assert!(opts.verify && opts.repair && !opts.dry_run);
+        let err = parse(&["-c", "f", "--repair"]).unwrap_err();
+        assert!(err.starts_with("--repair needs --verify\nusage:"), "{err}");
+        let err = parse(&["-c", "f", "--verify", "--dry-run"]).unwrap_err();
+        assert!(
+            err.starts_with("--dry-run and --verify exclude each other"),
+            "{err}"
+        );
+        assert!(parse(&["--help"])
+            .unwrap_err()
+            .contains("--verify [--repair]"));
+    }
+
+    #[test]
+    fn only_sha256_digests_are_checked() {
+        let hex = "0123456789abcdef".repeat(4);
+        assert!(is_sha256(&format!("sha256:{hex}")));
+        assert!(!is_sha256(&format!("sha256:{}", hex.to_uppercase())));
+        assert!(!is_sha256(&format!("sha512:{hex}")));
+        assert!(!is_sha256(&format!("sha256:{hex}0")));
+        assert!(!is_sha256("sha256:../x"));
+    }
 }

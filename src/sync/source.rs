@@ -1,14 +1,19 @@
 //! The source registry: tag and catalog listing with paging, manifests, blob streams. Every
 //! request waits its turn under the rate limit and is retried on connection errors, `429`
 //! and `5xx`, after `Retry-After` when the registry sends one, else with doubling backoff.
+//!
+//! The registry is not trusted: next pages stay on its origin and may not repeat, index walks
+//! are bounded, and manifests fetched by digest must have that digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use log::warn;
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
+use url::{Origin, Url};
 
 use super::config::SourceConfig;
 
@@ -17,6 +22,9 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Most levels of manifests under a tag (indexes of indexes ...); images use one or two.
+const MAX_DEPTH: usize = 8;
 
 /// Spaces requests `1 / rate` apart. A dozen lines instead of a rate-limiting crate: one
 /// limit, one process, no bursts wanted.
@@ -72,6 +80,7 @@ struct Descriptor {
 /// The source registry client.
 pub struct Source {
     base: String,
+    origin: Origin,
     client: reqwest::Client,
     pacer: Pacer,
     attempts: u32,
@@ -85,8 +94,12 @@ impl Source {
             .user_agent(concat!("archeio-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the registry client: {e}"))?;
+        let origin = Url::parse(&cfg.registry)
+            .map_err(|e| format!("{}: {e}", cfg.registry))?
+            .origin();
         Ok(Source {
             base: cfg.registry.trim_end_matches('/').to_string(),
+            origin,
             client,
             pacer: Pacer {
                 interval: Duration::from_secs_f64(1.0 / cfg.rate_limit),
@@ -96,19 +109,18 @@ impl Source {
         })
     }
 
-    /// `GET path` (relative to the registry), paced and retried; the answer has status 200.
-    async fn get(&self, path: &str, accept: Option<&str>) -> Result<Response, String> {
-        // Link headers may carry absolute URLs.
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.base)
-        };
+    /// The URL of `path` (from `/v2/`) at the registry.
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET url`, paced and retried; the answer has status 200.
+    async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.pacer.wait().await;
-            let mut req = self.client.get(&url);
+            let mut req = self.client.get(url);
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -139,13 +151,15 @@ impl Source {
         }
     }
 
-    /// Follows `Link: <...>; rel="next"` pages of a list endpoint.
-    async fn pages<T: for<'de> Deserialize<'de>>(&self, first: String) -> Result<Vec<T>, String> {
+    /// Follows `Link: <...>; rel="next"` pages of a list endpoint from `first` (a path). A
+    /// next page on another origin, or one already read, ends the listing with an error.
+    async fn pages<T: for<'de> Deserialize<'de>>(&self, first: &str) -> Result<Vec<T>, String> {
         let mut out = Vec::new();
-        let mut next = Some(first);
-        while let Some(path) = next.take() {
-            let resp = self.get(&path, None).await?;
-            next = resp
+        let mut url = Url::parse(&self.at(first)).map_err(|e| format!("{first}: {e}"))?;
+        let mut seen = HashSet::from([url.to_string()]);
+        loop {
+            let resp = self.get(url.as_str(), None).await?;
+            let next = resp
                 .headers()
                 .get("link")
                 .and_then(|v| v.to_str().ok())
@@ -153,15 +167,32 @@ impl Source {
             out.push(
                 resp.json::<T>()
                     .await
-                    .map_err(|e| format!("GET {path}: unreadable answer: {e}"))?,
+                    .map_err(|e| format!("GET {url}: unreadable answer: {e}"))?,
             );
+            let Some(next) = next else {
+                return Ok(out);
+            };
+            // A relative target is relative to the page (RFC 8288), hence to the source.
+            let next = url
+                .join(&next)
+                .map_err(|e| format!("GET {url}: unusable next-page Link {next:?}: {e}"))?;
+            if next.origin() != self.origin {
+                return Err(format!(
+                    "GET {url}: the next-page Link points to another origin ({next}): refused"
+                ));
+            }
+            if !seen.insert(next.to_string()) {
+                return Err(format!(
+                    "GET {url}: the next-page Link repeats an earlier page: the listing loops; stopped"
+                ));
+            }
+            url = next;
         }
-        Ok(out)
     }
 
     /// Repositories named `prefix...`, from the catalog.
     pub async fn repositories_under(&self, prefix: &str) -> Result<Vec<String>, String> {
-        let pages: Vec<Catalog> = self.pages("/v2/_catalog?n=1000".into()).await?;
+        let pages: Vec<Catalog> = self.pages("/v2/_catalog?n=1000").await?;
         Ok(pages
             .into_iter()
             .flat_map(|p| p.repositories.unwrap_or_default())
@@ -171,31 +202,45 @@ impl Source {
 
     /// Every tag of `repo`.
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>, String> {
-        let pages: Vec<Tags> = self.pages(format!("/v2/{repo}/tags/list?n=1000")).await?;
+        let pages: Vec<Tags> = self.pages(&format!("/v2/{repo}/tags/list?n=1000")).await?;
         Ok(pages
             .into_iter()
             .flat_map(|p| p.tags.unwrap_or_default())
             .collect())
     }
 
-    /// Adds the blobs of `repo:reference` (every platform of an index) to `blobs`.
+    /// Adds the blobs of `repo:reference` (every platform of an index) to `blobs`. A manifest
+    /// that cannot be read or is refused adds nothing; the problems met, one per manifest.
     pub async fn collect(
         &self,
         repo: &str,
         reference: &str,
         blobs: &mut BTreeMap<String, BlobRef>,
-    ) -> Result<(), String> {
-        let mut pending = vec![reference.to_string()];
-        while let Some(r) = pending.pop() {
-            let path = format!("/v2/{repo}/manifests/{r}");
-            let manifest: Manifest = self
-                .get(&path, Some(ACCEPT))
-                .await?
-                .json()
-                .await
-                .map_err(|e| format!("GET {path}: not a manifest: {e}"))?;
-            for child in manifest.manifests.unwrap_or_default() {
-                pending.push(child.digest);
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        // Each digest is walked once, so an index listing a manifest many times (at every
+        // level) cannot multiply the requests, nor a cycle repeat them.
+        let mut seen = HashSet::new();
+        let mut pending = vec![(reference.to_string(), 1)];
+        while let Some((r, depth)) = pending.pop() {
+            let manifest = match self.manifest(repo, &r).await {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let children = manifest.manifests.unwrap_or_default();
+            if depth == MAX_DEPTH && !children.is_empty() {
+                problems.push(format!(
+                    "indexes nested more than {MAX_DEPTH} levels deep (at {r}): not followed"
+                ));
+            } else {
+                for child in children {
+                    if seen.insert(child.digest.clone()) {
+                        pending.push((child.digest, depth + 1));
+                    }
+                }
             }
             for blob in manifest
                 .config
@@ -208,12 +253,39 @@ impl Source {
                 });
             }
         }
-        Ok(())
+        problems
+    }
+
+    /// The manifest `repo:reference`; one asked for by digest only if its bytes have it.
+    async fn manifest(&self, repo: &str, reference: &str) -> Result<Manifest, String> {
+        let url = self.at(&format!("/v2/{repo}/manifests/{reference}"));
+        let bytes = self
+            .get(&url, Some(ACCEPT))
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        // A tag cannot hold ':'; a digest always does.
+        if reference.contains(':') {
+            if !reference.starts_with("sha256:") {
+                return Err(format!(
+                    "manifest {reference}: only sha256 digests can be verified: refused"
+                ));
+            }
+            let actual = format!("sha256:{}", super::hex(&Sha256::digest(&bytes)));
+            if actual != reference {
+                return Err(format!(
+                    "manifest {reference}: the registry sent bytes with digest {actual}: refused"
+                ));
+            }
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: not a manifest: {e}"))
     }
 
     /// The blob's bytes as they arrive.
     pub async fn blob(&self, repo: &str, digest: &str) -> Result<Response, String> {
-        self.get(&format!("/v2/{repo}/blobs/{digest}"), None).await
+        self.get(&self.at(&format!("/v2/{repo}/blobs/{digest}")), None)
+            .await
     }
 }
 
