@@ -54,8 +54,14 @@ echo "== fuzzing, ${FUZZ_SECONDS} s per target"
 # cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
 fuzz_log=$(mktemp)
 for target in routing forwarded_for range_files config; do
-  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --release "$target" -- \
-      -max_total_time="$FUZZ_SECONDS") >"$fuzz_log" 2>&1; then
+  # Committed seeds and a dictionary (where there are) start the search at real paths.
+  corpus=(corpus/"$target")
+  [ -d fuzz/seeds/"$target" ] && corpus+=(seeds/"$target")
+  dict=()
+  [ -f fuzz/dicts/"$target".dict ] && dict=(-dict=dicts/"$target".dict)
+  mkdir -p fuzz/corpus/"$target"
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none --release "$target" \
+      "${corpus[@]}" -- -max_total_time="$FUZZ_SECONDS" "${dict[@]}") >"$fuzz_log" 2>&1; then
     tail -n 60 "$fuzz_log"
     echo "fuzz target $target failed (crash input under fuzz/artifacts/$target)" >&2
     exit 1
