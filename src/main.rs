@@ -91,7 +91,7 @@ fn main() {
     let t = &settings.client_timeouts;
     let mut registry = Service::new(
         "archeio registry".to_string(),
-        HeaderDeadline::new(proxy, t.idle, t.header),
+        HeaderDeadline::new(proxy, t.idle, t.header, t.write),
     );
     for addr in &settings.listen {
         listen(&mut registry, addr);

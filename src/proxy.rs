@@ -195,6 +195,7 @@ impl ProxyHttp for Gateway {
             upstream: self.upstream.endpoints.preferred(),
             has_body: has_body(req),
         };
+        let facts_had_body = facts.has_body;
         let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
             Decision::CheckMirror(candidate) => {
@@ -222,6 +223,10 @@ impl ProxyHttp for Gateway {
         }
         if matches!(reply.answer, Answer::Proxy { .. }) {
             return Ok(false);
+        }
+        if facts_had_body {
+            // Refused without reading it: the connection cannot carry another request.
+            session.set_keepalive(None);
         }
         write_reply(session, reply, head).await?;
         Ok(true)

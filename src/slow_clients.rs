@@ -41,16 +41,24 @@ pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     first_byte: Duration,
     header: Duration,
+    write: Duration,
 }
 
 impl<A> HeaderDeadline<A> {
     /// A new connection's first byte must come within `first_byte`; every request header
-    /// must be complete within `header` of its first byte.
-    pub fn new(inner: A, first_byte: Duration, header: Duration) -> HeaderDeadline<A> {
+    /// must be complete within `header` of its first byte; every write must make progress
+    /// within `write`.
+    pub fn new(
+        inner: A,
+        first_byte: Duration,
+        header: Duration,
+        write: Duration,
+    ) -> HeaderDeadline<A> {
         HeaderDeadline {
             inner: Arc::new(inner),
             first_byte,
             header,
+            write,
         }
     }
 }
@@ -67,7 +75,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             if !first_bytes(&mut stream, self.first_byte, shutdown).await {
                 return None;
             }
-            stream = Box::new(DeadlineStream::new(stream, self.header));
+            stream = Box::new(DeadlineStream::new(stream, self.header, self.write));
         }
         self.inner.process_new(stream, shutdown).await
     }
@@ -108,6 +116,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub struct DeadlineStream {
     inner: Stream,
     header: Duration,
+    /// Longest a write may wait for the client to take bytes. Pingora limits body writes
+    /// only; a response header written to a client that stopped reading would wait forever.
+    write: Duration,
+    /// Running while a write waits.
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// Between a response and the end of the next request header.
     in_header: bool,
     /// Running while a header deadline applies.
@@ -158,10 +171,12 @@ struct Refusal {
 const MAX_LINE: usize = MAX_TARGET_LEN + 64;
 
 impl DeadlineStream {
-    fn new(inner: Stream, header: Duration) -> DeadlineStream {
+    fn new(inner: Stream, header: Duration, write: Duration) -> DeadlineStream {
         DeadlineStream {
             inner,
             header,
+            write,
+            write_timer: None,
             in_header: true,
             timer: None,
             head: HeadScan::new(),
@@ -215,6 +230,29 @@ impl DeadlineStream {
             bytes: error_response_bytes(reply, head),
             written: 0,
         });
+    }
+
+    /// `result` of a write, or an error once writes have waited `self.write`.
+    fn write_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.write_timer = None;
+            return result;
+        }
+        let write = self.write;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(sleep(write)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not take the answer in time (archeio.client_timeouts.write)",
+            )));
+        }
+        Poll::Pending
     }
 
     /// Writes the refusal's answer; `Ready` once all of it is out (or the client is gone).
@@ -386,6 +424,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let result = this.write_deadline(cx, result);
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 && !this.in_header {
                 // A response is going out: what the client sends next is a new header. The
@@ -397,7 +436,9 @@ impl AsyncWrite for DeadlineStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.write_deadline(cx, result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -414,6 +455,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let result = this.write_deadline(cx, result);
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 && !this.in_header {
                 this.in_header = true;

@@ -120,3 +120,30 @@ async fn silent_and_idle_keep_alive_connections_are_closed() {
     }
     assert_eq!(gw.get("/v2/").await.status, 200);
 }
+
+/// Issue 12, item 4: in redirect mode a client that keeps sending requests and never reads
+/// the answers is disconnected (once its answers back up, Pingora 0.9 reads requests ahead
+/// and refuses the connection; every write also has `client_timeouts.write`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_answers_is_disconnected() {
+    let gw = Gateway::start("  client_timeouts: {header: 1s, idle: 2s, body: 1s, write: 1s}").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gw.addr).await.unwrap();
+    let request = b"GET /v2/pause/manifests/latest HTTP/1.1\r\nHost: registry\r\n\r\n";
+    let started = Instant::now();
+    // One request at a time (each read on its own, so the server answers each), the answers
+    // never read, until the connection breaks.
+    let cut = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if client.write_all(request).await.is_err() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a client that never reads was still connected after 30 s");
+    assert!(cut < Duration::from_secs(15), "{cut:?}");
+    assert_eq!(gw.get("/v2/").await.status, 200);
+}
