@@ -930,3 +930,86 @@ pub fn error_response_bytes(reply: &Reply, head: bool) -> Bytes {
     }
     bytes.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EP: &str = "https://reg.example:5000";
+
+    #[test]
+    fn upstream_uris_are_moved_into_the_gateway_path_space() {
+        let cases = [
+            // Relative and absolute at the endpoint, under the prefix: the gateway's path.
+            (
+                "/v2/a/b/x/tags/list?last=t&n=2",
+                Some("/v2/x/tags/list?last=t&n=2"),
+            ),
+            (
+                "https://reg.example:5000/v2/a/b/x/tags/list?last=t",
+                Some("/v2/x/tags/list?last=t"),
+            ),
+            // Elsewhere at the upstream: not reachable through the gateway.
+            ("/v2/other/x/tags/list", None),
+            ("/v2/a/bc/x", None),
+            ("https://reg.example:5000/v2/other", None),
+            ("relative/path", None),
+            ("//evil.example/v2/a/b/x", None),
+            // Other hosts (storage): as they are.
+            (
+                "https://storage.example/blob?sig=1",
+                Some("https://storage.example/blob?sig=1"),
+            ),
+            (
+                "https://reg.example:5001/v2/a/b/x",
+                Some("https://reg.example:5001/v2/a/b/x"),
+            ),
+        ];
+        for (uri, want) in cases {
+            assert_eq!(gateway_uri(uri, "/v2/a/b", EP).as_deref(), want, "{uri}");
+        }
+        // Without a prefix the path stays.
+        assert_eq!(
+            gateway_uri("/v2/x/tags/list?last=t", "/v2", EP).as_deref(),
+            Some("/v2/x/tags/list?last=t")
+        );
+    }
+
+    #[test]
+    fn link_values_are_split_into_uri_and_parameters() {
+        let links: Vec<_> =
+            split_links(r#"</v2/a/b/x/tags/list?last=t&n=2>; rel="next", <https://x/y>;rel=prev"#)
+                .collect();
+        assert_eq!(
+            links,
+            [
+                ("/v2/a/b/x/tags/list?last=t&n=2", r#"; rel="next""#),
+                ("https://x/y", ";rel=prev")
+            ]
+        );
+        assert_eq!(split_links("no link here").count(), 0);
+    }
+
+    #[test]
+    fn refused_requests_are_answered_in_full() {
+        let reply = Reply {
+            route: crate::routing::Route::Invalid,
+            answer: Answer::Error {
+                status: 400,
+                code: "NAME_INVALID",
+                message: "bad".into(),
+                oci: true,
+            },
+        };
+        let text = String::from_utf8(error_response_bytes(&reply, false).to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text
+            .ends_with("\r\n\r\n{\"errors\":[{\"code\":\"NAME_INVALID\",\"message\":\"bad\"}]}\n"));
+        let head = String::from_utf8(error_response_bytes(&reply, true).to_vec()).unwrap();
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("Content-Length: 53"),
+            "{head}"
+        );
+    }
+}
