@@ -181,12 +181,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let forwarded_for: Vec<&[u8]> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
+        let forwarded_for = forwarded_for(req);
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
@@ -302,26 +297,14 @@ impl ProxyHttp for Gateway {
             .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
         let host = self.upstream.endpoints.endpoint(i).host_header();
-        let dropped: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|name| !FORWARDED_REQUEST_HEADERS.contains(&name.as_str()))
-            .cloned()
-            .collect();
-        for name in dropped {
+        for name in names_not_in(&upstream_request.headers, &FORWARDED_REQUEST_HEADERS) {
             upstream_request.remove_header(&name);
         }
         upstream_request.insert_header("Host", host)?;
         // The client as the gateway sees it: the peer, or what trusted proxies said.
-        let req = session.req_header();
-        let forwarded_for: Vec<&[u8]> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
         let peer = peer_ip(session);
-        let client = client_addr(peer, &forwarded_for, self.routes.trusted_proxy_hops)
+        let forwarded = forwarded_for(session.req_header());
+        let client = client_addr(peer, &forwarded, self.routes.trusted_proxy_hops)
             .ok()
             .or(peer);
         if let Some(ip) = client {
@@ -710,13 +693,7 @@ impl<'a> AccessEntry<'a> {
 /// Keeps the [`FORWARDED_RESPONSE_HEADERS`] of an upstream answer, with `Link` and
 /// `Location` rewritten by [`gateway_uri`].
 fn forward_response_headers(resp: &mut ResponseHeader, upstream_prefix: &str, endpoint: &str) {
-    let dropped: Vec<http::HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|name| !FORWARDED_RESPONSE_HEADERS.contains(&name.as_str()))
-        .cloned()
-        .collect();
-    for name in dropped {
+    for name in names_not_in(&resp.headers, &FORWARDED_RESPONSE_HEADERS) {
         resp.remove_header(&name);
     }
     if let Some(link) = resp.headers.get("link").and_then(|v| v.to_str().ok()) {
@@ -744,6 +721,15 @@ fn forward_response_headers(resp: &mut ResponseHeader, upstream_prefix: &str, en
             let _ = resp.insert_header("Location", uri);
         }
     }
+}
+
+/// The header names in `headers` that `allowed` (lowercase) does not list.
+fn names_not_in(headers: &http::HeaderMap, allowed: &[&str]) -> Vec<http::HeaderName> {
+    headers
+        .keys()
+        .filter(|name| !allowed.contains(&name.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// `<uri>; params` items of a `Link` value (RFC 8288).
@@ -816,6 +802,15 @@ async fn write_cached(
     session
         .write_response_body(Some(cached.body.clone()), true)
         .await
+}
+
+/// Every `X-Forwarded-For` header line, in order.
+fn forwarded_for(req: &RequestHeader) -> Vec<&[u8]> {
+    req.headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
 }
 
 /// Whether the request announces a body.

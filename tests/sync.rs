@@ -271,29 +271,7 @@ async fn sync_copies_exactly_the_referenced_blobs_once_and_the_gateway_serves_th
     assert_eq!(count(&s, "already present"), expected.len() as u64, "{s}");
 
     // The gateway now sends a loopback (us-east-1) client to the bucket for a synced blob.
-    let keys = format!(
-        "  upstream: {{endpoints: ['{}'], path: ''}}
-  mirrors: {{default: 'http://127.0.0.1:1', regions: {{us-east-1: 'http://127.0.0.1:{}/mirror'}}}}
-  ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: us-east-1}}]}}
-  client_address: {{trusted_proxy_hops: 0}}",
-        reg.url(false),
-        moto.port
-    );
-    let gw = Gateway::start(&keys).await;
-    let r = gw
-        .get(&format!("/v2/test/app/blobs/{}", img.app_layer))
-        .await;
-    assert_eq!(
-        (r.status, r.location()),
-        (
-            307,
-            format!(
-                "http://127.0.0.1:{}/mirror/containers/images/{}",
-                moto.port, img.app_layer
-            )
-            .as_str()
-        )
-    );
+    gateway_sends_blob_to_mirror(&reg, &format!("http://127.0.0.1:{}/mirror", moto.port)).await;
     // And the bucket serves it anonymously, with the right bytes.
     let blob = request(
         moto.addr(),
@@ -423,13 +401,23 @@ async fn an_s3_prefix_is_kept_and_the_gateway_finds_the_blobs_under_it() {
     assert_eq!(moto.keys("prefixed").await, want);
 
     // The gateway's mirror URL for that destination is the bucket and prefix.
+    gateway_sends_blob_to_mirror(
+        &reg,
+        &format!("http://127.0.0.1:{}/prefixed/eu/v1", moto.port),
+    )
+    .await;
+}
+
+/// A gateway in front of `reg` whose loopback clients (us-east-1) have the mirror `base`
+/// redirects the test image's layer there (the mirror holds it).
+async fn gateway_sends_blob_to_mirror(reg: &Registry, base: &str) {
+    let img = images();
     let keys = format!(
         "  upstream: {{endpoints: ['{}'], path: ''}}
-  mirrors: {{default: 'http://127.0.0.1:1', regions: {{us-east-1: 'http://127.0.0.1:{}/prefixed/eu/v1'}}}}
+  mirrors: {{default: 'http://127.0.0.1:1', regions: {{us-east-1: '{base}'}}}}
   ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: us-east-1}}]}}
   client_address: {{trusted_proxy_hops: 0}}",
         reg.url(false),
-        moto.port
     );
     let gw = Gateway::start(&keys).await;
     let r = gw
@@ -439,11 +427,7 @@ async fn an_s3_prefix_is_kept_and_the_gateway_finds_the_blobs_under_it() {
         (r.status, r.location()),
         (
             307,
-            format!(
-                "http://127.0.0.1:{}/prefixed/eu/v1/containers/images/{}",
-                moto.port, img.app_layer
-            )
-            .as_str()
+            format!("{base}/containers/images/{}", img.app_layer).as_str()
         )
     );
 }

@@ -227,13 +227,14 @@ pub async fn run(opts: Options) -> i32 {
     i32::from(!success)
 }
 
+/// Every destination, ready to write to.
+fn open_stores(cfg: &SyncConfig) -> Result<Vec<Store>, String> {
+    cfg.destinations.iter().map(open_store).collect()
+}
+
 async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
     let source = Arc::new(Source::new(&cfg.source)?);
-    let stores = cfg
-        .destinations
-        .iter()
-        .map(open_store)
-        .collect::<Result<Vec<_>, _>>()?;
+    let stores = open_stores(cfg)?;
     let tally = Arc::new(Tally::default());
     let blobs = walk(cfg, &source, &tally).await?;
     let total_bytes: u64 = blobs.values().map(|b| b.size).sum::<u64>() * stores.len() as u64;
@@ -413,11 +414,7 @@ async fn upload(
 /// those whose bytes do not have the digest in their name, and with `--repair` deletes each
 /// and copies it again from the source.
 async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
-    let stores = cfg
-        .destinations
-        .iter()
-        .map(open_store)
-        .collect::<Result<Vec<_>, _>>()?;
+    let stores = open_stores(cfg)?;
     let tally = Arc::new(Tally::default());
     let limit = Arc::new(Semaphore::new(cfg.concurrency));
     let (before, after) = cfg
