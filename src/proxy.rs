@@ -182,15 +182,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let forwarded_for = forwarded_for(req);
+        let has_body = has_body(req);
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
             peer: peer_ip(session),
             forwarded_for: &forwarded_for,
             upstream: self.upstream.endpoints.preferred(),
-            has_body: has_body(req),
+            has_body,
         };
-        let facts_had_body = facts.has_body;
         let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
             Decision::CheckMirror(candidate) => {
@@ -219,11 +219,11 @@ impl ProxyHttp for Gateway {
         if matches!(reply.answer, Answer::Proxy { .. }) {
             return Ok(false);
         }
-        if facts_had_body {
+        if has_body {
             // Refused without reading it: the connection cannot carry another request.
             session.set_keepalive(None);
         }
-        write_reply(session, reply, head).await?;
+        write_answer(session, &reply.answer, head).await?;
         Ok(true)
     }
 
@@ -535,20 +535,14 @@ impl ProxyHttp for Gateway {
             } else {
                 "UNSUPPORTED"
             };
-            let (content_type, body) = error_body(code, message, true);
-            let written = async {
-                let mut resp = ResponseHeader::build(status, Some(4))?;
-                resp.insert_header("Content-Type", content_type)?;
-                resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
-                resp.insert_header("Content-Length", body.len().to_string())?;
-                let head = session.req_header().method == http::Method::HEAD;
-                session.write_response_header(Box::new(resp), head).await?;
-                if !head {
-                    session.write_response_body(Some(body), true).await?;
-                }
-                Ok::<_, Box<Error>>(())
+            let answer = Answer::Error {
+                status,
+                code,
+                message: Cow::Borrowed(message),
+                oci: true,
             };
-            if let Err(write_error) = written.await {
+            let head = session.req_header().method == http::Method::HEAD;
+            if let Err(write_error) = write_answer(session, &answer, head).await {
                 log::debug!("cannot send the error answer: {write_error}");
             }
         }
@@ -584,13 +578,7 @@ impl ProxyHttp for Gateway {
             Some(Answer::Proxy { .. }) => "proxy",
             _ => "-",
         };
-        let detail = match (reply.map(|r| &r.answer), error) {
-            (Some(Answer::Error { message, .. }), _) => {
-                format!(" detail=\"{}\"", message.escape_default())
-            }
-            (_, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
-            _ => String::new(),
-        };
+        let detail = AccessEntry::detail(reply.map(|r| &r.answer), error);
         let upstream = match ctx.upstream.endpoint {
             Some(i) if !ctx.upstream.from_cache => Some(self.upstream.endpoints.label(i)),
             _ => None,
@@ -644,10 +632,7 @@ impl<'a> AccessEntry<'a> {
     ) -> AccessEntry<'a> {
         let status = reply.answer.status().unwrap_or(0);
         metrics::record_request(reply.route, status, 0.0);
-        let detail = match &reply.answer {
-            Answer::Error { message, .. } => format!(" detail=\"{}\"", message.escape_default()),
-            _ => String::new(),
-        };
+        let detail = AccessEntry::detail(Some(&reply.answer), None);
         AccessEntry {
             method,
             target,
@@ -658,6 +643,18 @@ impl<'a> AccessEntry<'a> {
             elapsed: Duration::ZERO,
             upstream: None,
             detail,
+        }
+    }
+
+    /// ` detail="<why>"` for an error the gateway decided, else ` error="<what failed>"`
+    /// when something failed, else nothing.
+    fn detail(answer: Option<&Answer>, error: Option<&Error>) -> String {
+        match (answer, error) {
+            (Some(Answer::Error { message, .. }), _) => {
+                format!(" detail=\"{}\"", message.escape_default())
+            }
+            (_, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
+            _ => String::new(),
         }
     }
 
@@ -831,10 +828,10 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 
 /// Writes the answer: redirects and the version check with an empty body, errors with a JSON
 /// (registry API) or text body; HEAD gets the headers only.
-async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result<()> {
-    let status = reply.answer.status().unwrap_or(500);
+async fn write_answer(session: &mut Session, answer: &Answer, head: bool) -> Result<()> {
+    let status = answer.status().unwrap_or(500);
     let mut resp = ResponseHeader::build(status, Some(4))?;
-    let body = match &reply.answer {
+    let body = match answer {
         Answer::Redirect { location, .. } => {
             resp.insert_header("Location", location.as_str())?;
             None
@@ -846,14 +843,10 @@ async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result
         Answer::Error {
             code, message, oci, ..
         } => {
-            if status == 405 {
-                resp.insert_header("Allow", "GET, HEAD")?;
+            let (headers, body) = error_parts(status, code, message, *oci);
+            for (name, value) in headers {
+                resp.insert_header(name, value)?;
             }
-            if *oci {
-                resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
-            }
-            let (content_type, body) = error_body(code, message, *oci);
-            resp.insert_header("Content-Type", content_type)?;
             Some(body)
         }
         Answer::Proxy { .. } => {
@@ -874,21 +867,29 @@ async fn write_reply(session: &mut Session, reply: &Reply, head: bool) -> Result
     }
 }
 
-/// An error body: OCI JSON (`{"errors":[{"code":...,"message":...}]}`) on registry API paths,
-/// one line of text elsewhere; with its content type.
-fn error_body(code: &str, message: &str, oci: bool) -> (&'static str, Bytes) {
-    if oci {
+/// The headers of an error answer (its framing aside) and its body: OCI JSON
+/// (`{"errors":[{"code":...,"message":...}]}`) with `Docker-Distribution-Api-Version` on
+/// registry API paths, one line of text elsewhere; `Allow` with a `405`.
+fn error_parts(
+    status: u16,
+    code: &str,
+    message: &str,
+    oci: bool,
+) -> (Vec<(&'static str, &'static str)>, Bytes) {
+    let mut headers = Vec::with_capacity(3);
+    let body = if oci {
+        headers.push(("Content-Type", "application/json; charset=utf-8"));
+        headers.push(("Docker-Distribution-Api-Version", "registry/2.0"));
         let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
-        (
-            "application/json; charset=utf-8",
-            Bytes::from(format!("{json}\n")),
-        )
+        Bytes::from(format!("{json}\n"))
     } else {
-        (
-            "text/plain; charset=utf-8",
-            Bytes::from(format!("{message}\n")),
-        )
+        headers.push(("Content-Type", "text/plain; charset=utf-8"));
+        Bytes::from(format!("{message}\n"))
+    };
+    if status == 405 {
+        headers.push(("Allow", "GET, HEAD"));
     }
+    (headers, body)
 }
 
 /// A whole HTTP/1.1 error answer as bytes, for requests refused before Pingora parsed them;
@@ -903,22 +904,19 @@ pub fn error_response_bytes(reply: &Reply, head: bool) -> Bytes {
     else {
         return Bytes::new();
     };
-    let (content_type, body) = error_body(code, message, *oci);
+    let (headers, body) = error_parts(*status, code, message, *oci);
     let reason = http::StatusCode::from_u16(*status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    if *oci {
-        out.push_str("Docker-Distribution-Api-Version: registry/2.0\r\n");
-    }
-    if *status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
+    ));
     let mut bytes = BytesMut::from(out.as_bytes());
     if !head {
         bytes.extend_from_slice(&body);

@@ -253,14 +253,8 @@ pub enum Decision {
 /// 7. anything else: `404`.
 pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decision {
     let api = req.target.starts_with(b"/v2");
-    if req.method != "GET" && req.method != "HEAD" {
-        return error(
-            Route::MethodNotAllowed,
-            405,
-            "UNSUPPORTED",
-            "only GET and HEAD are served",
-            api,
-        );
+    if !served_method(req.method.as_bytes()) {
+        return Decision::Reply(method_not_allowed(api));
     }
     if req.has_body {
         // Nothing here reads a body; forwarding one would let a client hold an upstream
@@ -456,7 +450,17 @@ fn error(
     message: impl Into<Cow<'static, str>>,
     oci: bool,
 ) -> Decision {
-    Decision::Reply(Reply {
+    Decision::Reply(error_reply(route, status, code, message, oci))
+}
+
+fn error_reply(
+    route: Route,
+    status: u16,
+    code: &'static str,
+    message: impl Into<Cow<'static, str>>,
+    oci: bool,
+) -> Reply {
+    Reply {
         route,
         answer: Answer::Error {
             status,
@@ -464,7 +468,23 @@ fn error(
             message: message.into(),
             oci,
         },
-    })
+    }
+}
+
+/// GET and HEAD (case-sensitive) are the only methods served.
+fn served_method(method: &[u8]) -> bool {
+    method == b"GET" || method == b"HEAD"
+}
+
+/// The answer to any other method.
+fn method_not_allowed(api: bool) -> Reply {
+    error_reply(
+        Route::MethodNotAllowed,
+        405,
+        "UNSUPPORTED",
+        "only GET and HEAD are served",
+        api,
+    )
 }
 
 /// `base` + `rest` (+ `?query`). `rest` was validated: it starts with `/` and has no dot or
@@ -488,7 +508,7 @@ fn is_signature_tag(tag: &str) -> bool {
     else {
         return false;
     };
-    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    grammar::is_lower_hex(hex, 64)
 }
 
 /// Checks a raw request line (`METHOD SP target SP HTTP/x.y`, without its `\n`) for what
@@ -508,25 +528,10 @@ pub fn refuse_request_line(line: &[u8]) -> Option<Reply> {
             if major.is_ascii_digit() && minor.is_ascii_digit())
     });
     let refuse = |why: &'static str| {
-        let method_ok = method == b"GET" || method == b"HEAD";
-        let (route, status, code, message) = if method_ok || !version_ok {
-            (Route::Invalid, 400, "NAME_INVALID", why)
+        Some(if served_method(method) || !version_ok {
+            error_reply(Route::Invalid, 400, "NAME_INVALID", why, api)
         } else {
-            (
-                Route::MethodNotAllowed,
-                405,
-                "UNSUPPORTED",
-                "only GET and HEAD are served",
-            )
-        };
-        Some(Reply {
-            route,
-            answer: Answer::Error {
-                status,
-                code,
-                message: Cow::Borrowed(message),
-                oci: api,
-            },
+            method_not_allowed(api)
         })
     };
     let (Some(target), true, None) = (target, version_ok, parts.next()) else {

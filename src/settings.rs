@@ -320,16 +320,22 @@ impl Settings {
     }
 }
 
+/// A URL's host as hosts are compared: lowercase, IPv6 without brackets.
+pub fn url_host(url: &Url) -> String {
+    url.host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
 /// A host name or address as a realm URL's host: no scheme, port, path or user.
 fn realm_host(text: &str) -> Result<String, String> {
     let url = Url::parse(&format!("https://{text}/"))
         .map_err(|e| format!("expected a host name such as auth.docker.io ({e}), got {text:?}"))?;
     match url.host_str() {
-        Some(host) if url.port().is_none() && url.username().is_empty() && url.path() == "/" => {
-            Ok(host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase())
+        Some(_) if url.port().is_none() && url.username().is_empty() && url.path() == "/" => {
+            Ok(url_host(&url))
         }
         _ => Err(format!(
             "expected a host name only (no scheme, port or path), got {text:?}"

@@ -132,8 +132,8 @@ pub struct DeadlineStream {
     /// The deadline of the request being proxied, set by the proxy glue; Pingora reads the
     /// connection while it proxies, so a read that waits past it ends the request.
     request_deadline: Mutex<Option<Instant>>,
-    /// Running while a request deadline applies, and its instant.
-    request_timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// Running while a request deadline applies.
+    request_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Follows request headers byte by byte: skips the empty lines before a request line, checks
@@ -206,10 +206,13 @@ impl DeadlineStream {
                 false
             }
             Some(at) => {
-                if self.request_timer.as_ref().is_none_or(|(t, _)| *t != at) {
-                    self.request_timer = Some((at, Box::pin(sleep_until(at.into()))));
+                let at = at.into();
+                let timer = self
+                    .request_timer
+                    .get_or_insert_with(|| Box::pin(sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
                 }
-                let (_, timer) = self.request_timer.as_mut().expect("set above");
                 timer.as_mut().poll(cx).is_ready()
             }
         }
@@ -253,6 +256,21 @@ impl DeadlineStream {
             )));
         }
         Poll::Pending
+    }
+
+    /// A write's `result` under the write deadline. Bytes going out are a response: what the
+    /// client sends next is a new header (the wait for it is Pingora's keep-alive idle
+    /// timeout).
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let result = self.write_deadline(cx, result);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.in_header = true;
+        }
+        result
     }
 
     /// Writes the refusal's answer; `Ready` once all of it is out (or the client is gone).
@@ -424,15 +442,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        let result = this.write_deadline(cx, result);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 && !this.in_header {
-                // A response is going out: what the client sends next is a new header. The
-                // wait for it is Pingora's keep-alive idle timeout.
-                this.in_header = true;
-            }
-        }
-        result
+        this.wrote(cx, result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -455,13 +465,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        let result = this.write_deadline(cx, result);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 && !this.in_header {
-                this.in_header = true;
-            }
-        }
-        result
+        this.wrote(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {

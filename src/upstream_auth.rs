@@ -18,7 +18,7 @@ use moka::Expiry;
 use serde::Deserialize;
 
 use crate::metrics;
-use crate::settings::Credentials;
+use crate::settings::{url_host, Credentials};
 
 /// What an upstream asked for in `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,12 +197,7 @@ impl UpstreamAuth {
         let endpoint = &self.realms[i];
         let url =
             url::Url::parse(realm).map_err(|_| AuthError("the token realm is not a URL".into()))?;
-        let host = url
-            .host_str()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = url_host(&url);
         let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && !endpoint.tls);
         if !scheme_ok {
             return Err(AuthError(format!(

@@ -189,15 +189,9 @@ pub fn is_digest(digest: &str) -> bool {
                     .bytes()
                     .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit())
         });
-    let hex = |len: usize| {
-        encoded.len() == len
-            && encoded
-                .bytes()
-                .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
-    };
     let encoded_ok = match alg {
-        "sha256" => hex(64),
-        "sha512" => hex(128),
+        "sha256" => is_lower_hex(encoded, 64),
+        "sha512" => is_lower_hex(encoded, 128),
         _ => {
             !encoded.is_empty()
                 && encoded
@@ -206,6 +200,14 @@ pub fn is_digest(digest: &str) -> bool {
         }
     };
     alg_ok && encoded_ok
+}
+
+/// Exactly `len` lowercase hex digits.
+pub fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len
+        && text
+            .bytes()
+            .all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x))
 }
 
 #[cfg(test)]

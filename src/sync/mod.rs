@@ -390,7 +390,7 @@ async fn upload(
         Ok(())
     }
     .await;
-    let actual = hex(&hasher.finalize());
+    let actual = format!("{:x}", hasher.finalize());
     let problem = match streamed {
         Err(e) => Some(e),
         Ok(()) if actual != expected => Some(format!(
@@ -525,12 +525,7 @@ async fn read_digest(store: &dyn ObjectStore, key: &ObjectPath) -> Result<(Strin
         n += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    Ok((format!("sha256:{}", hex(&hasher.finalize())), n))
-}
-
-/// Lower-case hex of a hash.
-fn hex(hash: &[u8]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((format!("sha256:{:x}", hasher.finalize()), n))
 }
 
 /// One status line on the terminal, redrawn four times a second.

@@ -272,7 +272,7 @@ impl Source {
                     "manifest {reference}: only sha256 digests can be verified: refused"
                 ));
             }
-            let actual = format!("sha256:{}", super::hex(&Sha256::digest(&bytes)));
+            let actual = format!("sha256:{:x}", Sha256::digest(&bytes));
             if actual != reference {
                 return Err(format!(
                     "manifest {reference}: the registry sent bytes with digest {actual}: refused"
