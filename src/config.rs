@@ -250,10 +250,11 @@ pub struct ManifestCacheConfig {
     /// cached. Manifests fetched by digest never change and stay until evicted.
     #[serde(with = "humantime_serde")]
     pub tag_ttl: Duration,
-    /// How long past `tag_ttl` a manifest fetched by tag may still be served when no
-    /// upstream endpoint can be reached (or none answers in time): the answer carries
-    /// `Warning: 110` and is counted in `archeio_manifest_cache_stale_served_total`. 0s: never
-    /// (the client gets the `502`/`504`).
+    /// How long past `tag_ttl` a manifest fetched by tag may still be served when the gateway
+    /// cannot get an answer (no endpoint reachable, none answering in time, its
+    /// authentication failing): the answer carries `Warning: 110` and is counted in
+    /// `archeio_manifest_cache_stale_served_total`. An upstream's own answer (its `5xx`
+    /// included) is always passed on. 0s: never (the client gets the `502`/`504`).
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
 }

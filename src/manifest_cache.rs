@@ -5,7 +5,8 @@
 //! cached for another client.
 //!
 //! With `stale_if_error`, answers by tag are kept that much longer than `tag_ttl`: past it
-//! they are no longer served as fresh, only when no upstream answers ([`ManifestCache::stale`]).
+//! they are no longer served as fresh, only when the gateway gets no answer from the upstream
+//! ([`ManifestCache::stale`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -142,7 +142,7 @@ pub static MANIFEST_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static MANIFEST_CACHE_STALE_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "archeio_manifest_cache_stale_served_total",
-        "Manifests by tag served past their tag_ttl because no upstream endpoint answered (manifest_cache.stale_if_error)."
+        "Manifests by tag served past their tag_ttl because the gateway got no answer from the upstream (manifest_cache.stale_if_error)."
     )
     .expect("metric registers once")
 });
