@@ -7,12 +7,12 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
-use archeio::client_addr::client_addr;
-use archeio::config::{ArcheioConfig, BlobCheckConfig, RangesConfig};
-use archeio::mirror_check::MirrorCheck;
-use archeio::ranges::RangeTable;
-use archeio::routing::{decide, Decision, Request, Routes};
-use archeio::settings::Settings;
+use archeio::config::file::ArcheioConfig;
+use archeio::config::{BlobCheck, Settings};
+use archeio::mirror::MirrorCheck;
+use archeio::routing::client_addr::client_addr;
+use archeio::routing::ranges::{RangeSources, RangeTable};
+use archeio::routing::{decide, Decision, Request};
 
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
 
@@ -36,7 +36,7 @@ fn addresses(n: usize, v6: bool) -> Vec<IpAddr> {
 }
 
 fn lookup(c: &mut Criterion) {
-    let table = RangeTable::load(&RangesConfig::default()).unwrap();
+    let table = RangeTable::build(&RangeSources::default(), &[]).unwrap();
     let mut g = c.benchmark_group("prefix_lookup");
     let hit4: IpAddr = "15.193.6.10".parse().unwrap();
     let miss4: IpAddr = "192.0.2.1".parse().unwrap();
@@ -64,7 +64,7 @@ fn lookup(c: &mut Criterion) {
 
 /// The default routes, with the us-east-1 mirror on a closed loopback port: warming the
 /// cache then costs one refused connection and no traffic leaves the machine.
-fn routes() -> Routes {
+fn settings() -> Settings {
     let mut cfg = ArcheioConfig {
         signature_upstream: Some("https://sig.example".into()),
         ..ArcheioConfig::default()
@@ -72,14 +72,13 @@ fn routes() -> Routes {
     cfg.mirrors
         .regions
         .insert("us-east-1".into(), "http://127.0.0.1:9".into());
-    Settings::from_config(&cfg, "bench", |_| None)
-        .unwrap()
-        .routes
+    cfg.check("bench", |_| None).unwrap()
 }
 
 fn decision(c: &mut Criterion) {
-    let routes = routes();
-    let table = RangeTable::load(&RangesConfig::default()).unwrap();
+    let settings = settings();
+    let routes = settings.routes;
+    let table = RangeTable::build(&RangeSources::default(), &[]).unwrap();
     let manifest = "/v2/pause/manifests/3.10";
     let blob = format!("/v2/pause/blobs/{SHA}");
     let xff_aws: [&[u8]; 1] = [b"15.193.6.10, 130.211.0.1"];
@@ -114,9 +113,9 @@ fn decision(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let check = MirrorCheck::new(&BlobCheckConfig {
+    let check = MirrorCheck::new(&BlobCheck {
         miss_ttl: std::time::Duration::from_secs(3600),
-        ..BlobCheckConfig::default()
+        ..settings.blob_check
     })
     .unwrap();
     let req = Request {
@@ -164,8 +163,8 @@ fn range_loading(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("embedded_aws_and_gcp", |b| {
         b.iter_batched(
-            RangesConfig::default,
-            |cfg| RangeTable::load(&cfg).unwrap(),
+            RangeSources::default,
+            |sources| RangeTable::build(&sources, &[]).unwrap(),
             BatchSize::LargeInput,
         )
     });

@@ -4,20 +4,26 @@
 //! proxied to it); blobs to the object-store mirror closest to the client (by cloud IP
 //! ranges) when it holds them, otherwise to the upstream. See `docs/request-handling.md`
 //! for the rules.
+//!
+//! The layers, each importing only from the ones above it:
+//! - [`metrics`]: the Prometheus series; a leaf that imports nothing from the crate;
+//! - [`routing`]: the pure core (the decision, the target grammar, client address, range
+//!   table); no I/O, no Pingora;
+//! - [`config`]: the file format and environment variables turned into one validated
+//!   [`config::Settings`];
+//! - [`mirror`], [`upstream`], [`range_refresh`]: the I/O the decision relies on (mirror
+//!   checks and breakers, upstream endpoints, health, credentials and manifest cache, live
+//!   range files); no Pingora;
+//! - [`gateway`]: everything that touches Pingora: the `ProxyHttp` service split by phase,
+//!   answers, the access log, slow clients, the admin listener, background services;
+//! - [`sync`]: `archeio sync`, which fills the mirrors (beside the gateway, sharing only
+//!   config errors and the blob path layout).
 
-pub mod admin;
-pub mod breaker;
-pub mod client_addr;
 pub mod config;
-pub mod manifest_cache;
+pub mod gateway;
 pub mod metrics;
-pub mod mirror_check;
-pub mod proxy;
+pub mod mirror;
 pub mod range_refresh;
-pub mod ranges;
 pub mod routing;
-pub mod settings;
-pub mod slow_clients;
 pub mod sync;
 pub mod upstream;
-pub mod upstream_auth;

@@ -15,18 +15,19 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
-use archeio::admin::AdminApp;
-use archeio::config::Mode;
-use archeio::manifest_cache::ManifestCache;
+use archeio::config::Settings;
+use archeio::gateway::admin::AdminApp;
+use archeio::gateway::peer::Peers;
+use archeio::gateway::services::{HealthChecks, RangeRefresh};
+use archeio::gateway::slow_clients::HeaderDeadline;
+use archeio::gateway::{Gateway, UpstreamAccess};
 use archeio::metrics;
-use archeio::mirror_check::MirrorCheck;
-use archeio::proxy::{Gateway, UpstreamAccess};
+use archeio::mirror::MirrorCheck;
 use archeio::range_refresh::RangeRefresher;
-use archeio::settings::Settings;
-use archeio::slow_clients::HeaderDeadline;
 use archeio::sync;
-use archeio::upstream::{HealthChecks, Upstreams};
-use archeio::upstream_auth::{RealmPolicy, UpstreamAuth};
+use archeio::upstream::auth::{RealmPolicy, UpstreamAuth};
+use archeio::upstream::manifest_cache::ManifestCache;
+use archeio::upstream::Upstreams;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -52,7 +53,10 @@ fn main() {
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
-    let upstreams = Arc::new(Upstreams::new(&settings.upstream).unwrap_or_else(|e| fail(&e)));
+    let upstreams = Arc::new(
+        Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
+            .unwrap_or_else(|e| fail(&e)),
+    );
     let realms = settings
         .upstream
         .endpoints
@@ -68,7 +72,7 @@ fn main() {
         settings.upstream.credentials.clone(),
         upstreams.token_client(),
     );
-    let passthrough = settings.mode == Mode::Passthrough;
+    let passthrough = settings.passthrough();
     // With one endpoint, redirect mode has nothing to choose: no checks to send.
     let health_checks = (passthrough || upstreams.len() > 1)
         .then(|| background_service("upstream health", HealthChecks(upstreams.clone())));
@@ -80,11 +84,12 @@ fn main() {
         mirror_check,
         UpstreamAccess {
             endpoints: upstreams,
+            peers: Peers::new(&settings.upstream),
             auth,
             manifests: ManifestCache::new(&settings.manifest_cache),
             total_timeout: settings.upstream.timeouts.total,
         },
-        settings.client_timeouts.clone(),
+        settings.client_timeouts,
     );
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();
@@ -101,9 +106,9 @@ fn main() {
         listen(&mut admin, addr);
     }
     info!(
-        "archeio {} from {source}: {:?} mode, registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
+        "archeio {} from {source}: {} mode, registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
         env!("CARGO_PKG_VERSION"),
-        settings.mode,
+        if passthrough { "Passthrough" } else { "Redirect" },
         settings.listen,
         settings.admin_listen
     );
@@ -113,7 +118,7 @@ fn main() {
         server.add_service(checks);
     }
     // Also without files or URLs: SIGHUP must not end the process.
-    server.add_service(background_service("cloud ranges", refresher));
+    server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
     ready.store(true, Ordering::Release);
     server.bootstrap();
     server.run_forever();

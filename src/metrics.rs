@@ -1,4 +1,7 @@
 //! Prometheus metrics, registered in the default registry that the admin listener serves.
+//!
+//! A leaf: it imports nothing from the crate. Callers name their label values through
+//! [`Label`], and health changes reach the gauges here through callbacks wired in `main`.
 
 use std::sync::{LazyLock, OnceLock};
 
@@ -7,9 +10,6 @@ use prometheus::{
     register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec,
 };
-
-use crate::mirror_check::Outcome;
-use crate::routing::{Route, Target};
 
 /// Latency buckets for answers given without I/O and for mirror `HEAD`s (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -212,51 +212,108 @@ const STATUSES: [(u16, &str); 11] = [
     (0, "none"),
     (u16::MAX, "other"),
 ];
-const ROUTES: usize = Route::ALL.len();
 
-// Series handles resolved once, so that the request path hashes no label values.
-static REQUEST_SERIES: [OnceLock<IntCounter>; ROUTES * STATUSES.len()] =
-    [const { OnceLock::new() }; ROUTES * STATUSES.len()];
-static DURATION_SERIES: [OnceLock<Histogram>; ROUTES] = [const { OnceLock::new() }; ROUTES];
-static FIXED_REDIRECT_SERIES: [OnceLock<IntCounter>; 4] = [const { OnceLock::new() }; 4];
-static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; 5] = [const { OnceLock::new() }; 5];
+/// A label value from a closed set known when the code is written (routes, redirect
+/// kinds, check outcomes): its slot indexes series handles resolved once, so that the
+/// request path hashes no label values.
+pub trait Label: Copy {
+    /// Position in the set; slots at or past the table's size fall back to a lookup.
+    fn slot(self) -> usize;
+    /// The label value.
+    fn as_str(self) -> &'static str;
+}
+
+/// Most route values with pre-resolved series.
+const ROUTE_SLOTS: usize = 16;
+/// Most values of the other closed label sets with pre-resolved series.
+const SMALL_SLOTS: usize = 8;
+
+static REQUEST_SERIES: [OnceLock<IntCounter>; ROUTE_SLOTS * STATUSES.len()] =
+    [const { OnceLock::new() }; ROUTE_SLOTS * STATUSES.len()];
+static DURATION_SERIES: [OnceLock<Histogram>; ROUTE_SLOTS] =
+    [const { OnceLock::new() }; ROUTE_SLOTS];
+static FIXED_REDIRECT_SERIES: [OnceLock<IntCounter>; SMALL_SLOTS] =
+    [const { OnceLock::new() }; SMALL_SLOTS];
+static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; SMALL_SLOTS] =
+    [const { OnceLock::new() }; SMALL_SLOTS];
+
+/// Applies `update` to the pre-resolved series of `slot`, or to a fresh lookup past the table.
+fn with_series<T>(
+    table: &[OnceLock<T>],
+    slot: usize,
+    resolve: impl FnOnce() -> T,
+    update: impl FnOnce(&T),
+) {
+    match table.get(slot) {
+        Some(cell) => update(cell.get_or_init(resolve)),
+        None => update(&resolve()),
+    }
+}
 
 /// Counts an answered request and its duration.
-pub fn record_request(route: Route, status: u16, seconds: f64) {
+pub fn record_request(route: impl Label, status: u16, seconds: f64) {
     let s = STATUSES
         .iter()
         .position(|(code, _)| *code == status)
         .unwrap_or(STATUSES.len() - 1);
-    let r = route as usize;
-    REQUEST_SERIES[r * STATUSES.len() + s]
-        .get_or_init(|| REQUESTS.with_label_values(&[route.as_str(), STATUSES[s].1]))
-        .inc();
-    DURATION_SERIES[r]
-        .get_or_init(|| REQUEST_SECONDS.with_label_values(&[route.as_str()]))
-        .observe(seconds);
-}
-
-/// Counts a redirect.
-pub fn record_redirect(target: &Target) {
-    let slot = match target {
-        Target::Mirror(region) => {
-            return REDIRECTS.with_label_values(&[target.kind(), region]).inc()
-        }
-        Target::Upstream => 0,
-        Target::SignatureUpstream => 1,
-        Target::DefaultMirror => 2,
-        Target::Page => 3,
+    let r = route.slot();
+    let counter = if r < ROUTE_SLOTS {
+        r * STATUSES.len() + s
+    } else {
+        usize::MAX
     };
-    FIXED_REDIRECT_SERIES[slot]
-        .get_or_init(|| REDIRECTS.with_label_values(&[target.kind(), ""]))
-        .inc();
+    with_series(
+        &REQUEST_SERIES,
+        counter,
+        || REQUESTS.with_label_values(&[route.as_str(), STATUSES[s].1]),
+        IntCounter::inc,
+    );
+    with_series(
+        &DURATION_SERIES,
+        r,
+        || REQUEST_SECONDS.with_label_values(&[route.as_str()]),
+        |h| h.observe(seconds),
+    );
 }
 
-/// Counts a mirror check.
-pub fn record_blob_check(outcome: Outcome) {
-    BLOB_CHECK_SERIES[outcome as usize]
-        .get_or_init(|| BLOB_CHECKS.with_label_values(&[outcome.as_str()]))
-        .inc();
+/// Counts a redirect of `kind`; `region` names the mirror's region, when it has one.
+pub fn record_redirect(kind: impl Label, region: Option<&str>) {
+    match region {
+        Some(region) => REDIRECTS.with_label_values(&[kind.as_str(), region]).inc(),
+        None => with_series(
+            &FIXED_REDIRECT_SERIES,
+            kind.slot(),
+            || REDIRECTS.with_label_values(&[kind.as_str(), ""]),
+            IntCounter::inc,
+        ),
+    }
+}
+
+/// Counts a mirror check by its outcome.
+pub fn record_blob_check(outcome: impl Label) {
+    with_series(
+        &BLOB_CHECK_SERIES,
+        outcome.slot(),
+        || BLOB_CHECKS.with_label_values(&[outcome.as_str()]),
+        IntCounter::inc,
+    );
+}
+
+/// Records whether a mirror host's breaker is open; counts each opening.
+pub fn set_mirror_breaker(host: &str, open: bool) {
+    MIRROR_BREAKER_OPEN
+        .with_label_values(&[host])
+        .set(i64::from(open));
+    if open {
+        MIRROR_BREAKER_OPENS.with_label_values(&[host]).inc();
+    }
+}
+
+/// Records whether an upstream endpoint (`host:port`) is healthy.
+pub fn set_upstream_healthy(endpoint: &str, healthy: bool) {
+    UPSTREAM_HEALTHY
+        .with_label_values(&[endpoint])
+        .set(i64::from(healthy));
 }
 
 /// Records the size of the range table in use.

@@ -7,15 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use log::{info, warn};
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
-use crate::config::RangesConfig;
+use crate::config::RangeSettings;
 use crate::metrics;
-use crate::ranges::{sources, RangeTable, Source};
+use crate::routing::ranges::{RangeTable, Source};
 
 /// The table requests read, swapped whole by the refresher.
 pub type LiveRanges = Arc<ArcSwap<RangeTable>>;
@@ -28,7 +26,7 @@ struct Known {
 
 /// Reads the sources again and swaps the table in.
 pub struct RangeRefresher {
-    cfg: RangesConfig,
+    cfg: RangeSettings,
     live: LiveRanges,
     client: reqwest::Client,
     known: Mutex<Vec<Known>>,
@@ -38,14 +36,14 @@ impl RangeRefresher {
     /// Builds the first table from the operator rules, the embedded snapshots and the files
     /// (read here: a missing or bad file is a start-up error). URLs are fetched by the first
     /// refresh, right after start-up.
-    pub fn start_up(cfg: &RangesConfig) -> Result<RangeRefresher, String> {
+    pub fn start_up(cfg: &RangeSettings) -> Result<RangeRefresher, String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the range download client: {e}"))?;
         let mut known = Vec::new();
-        for source in sources(cfg) {
+        for source in cfg.sources.documents.iter().cloned() {
             let good = if source.is_url {
                 None
             } else {
@@ -62,7 +60,7 @@ impl RangeRefresher {
             .iter()
             .filter_map(|k| Some((&k.source, k.good.as_ref()?.0.as_slice())))
             .collect();
-        let table = RangeTable::build(cfg, &docs)?;
+        let table = RangeTable::build(&cfg.sources, &docs)?;
         Ok(RangeRefresher {
             cfg: cfg.clone(),
             live: Arc::new(ArcSwap::from_pointee(table)),
@@ -122,10 +120,10 @@ impl RangeRefresher {
             .iter()
             .filter_map(|k| Some((k.source.clone(), k.good.as_ref()?.0.clone())))
             .collect();
-        let cfg = self.cfg.clone();
+        let sources = self.cfg.sources.clone();
         let built = tokio::task::spawn_blocking(move || {
             let refs: Vec<(&Source, &[u8])> = docs.iter().map(|(s, b)| (s, b.as_slice())).collect();
-            RangeTable::build(&cfg, &refs)
+            RangeTable::build(&sources, &refs)
         })
         .await;
         match built {
@@ -205,9 +203,9 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-#[async_trait]
-impl BackgroundService for RangeRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl RangeRefresher {
+    /// Refreshes on the interval (at once first) and on `SIGHUP` until `shutdown` changes.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -215,12 +213,11 @@ impl BackgroundService for RangeRefresher {
                 None
             }
         };
-        let interval = self.cfg.refresh_interval;
-        let mut tick = tokio::time::interval(if interval.is_zero() {
-            Duration::from_secs(u32::MAX.into())
-        } else {
-            interval
-        });
+        let interval = self
+            .cfg
+            .refresh_interval
+            .unwrap_or(Duration::from_secs(u32::MAX.into()));
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: read the URLs now, the files again (they were read
         // at start-up, so an unchanged file swaps nothing).
@@ -237,5 +234,64 @@ impl BackgroundService for RangeRefresher {
             }
             self.refresh().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::ranges::{Cloud, Format, Placement, RangeSources};
+
+    /// One file, nothing embedded.
+    fn files(format: Format, path: &std::path::Path) -> RangeSettings {
+        RangeSettings {
+            sources: RangeSources {
+                embedded: false,
+                documents: vec![Source {
+                    location: path.display().to_string(),
+                    is_url: false,
+                    format,
+                }],
+                custom: Vec::new(),
+            },
+            refresh_interval: None,
+            min_prefix_ratio: 0.5,
+        }
+    }
+
+    #[test]
+    fn extra_files_load_and_bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("archeio-ranges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let aws = dir.join("aws.json");
+        std::fs::write(
+            &aws,
+            r#"{"prefixes":[{"ip_prefix":"198.51.100.0/24","region":"xx-test-1","service":"EC2"}],
+                "ipv6_prefixes":[]}"#,
+        )
+        .unwrap();
+        let bad = dir.join("gcp.json");
+        std::fs::write(&bad, r#"{"prefixes":[{"scope":"x"}]}"#).unwrap();
+        let t = RangeRefresher::start_up(&files(Format::Aws, &aws))
+            .unwrap()
+            .live()
+            .load_full();
+        assert_eq!(t.prefix_counts(), (1, 0));
+        assert_eq!(
+            t.lookup("198.51.100.9".parse().unwrap()).cloned(),
+            Some(Placement {
+                cloud: Cloud::Aws,
+                region: "xx-test-1".into()
+            })
+        );
+        let err = RangeRefresher::start_up(&files(Format::Gcp, &bad))
+            .err()
+            .unwrap();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        assert!(
+            err.contains("exactly one of ipv4Prefix and ipv6Prefix"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

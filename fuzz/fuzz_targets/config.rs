@@ -1,8 +1,7 @@
 //! Configuration text: parsing and validation never panic; every error names the source.
 #![no_main]
 
-use archeio::config::ArcheioConfig;
-use archeio::settings::Settings;
+use archeio::config::file::ArcheioConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match ArcheioConfig::from_yaml(text, "fuzz.yaml") {
         Ok(cfg) => {
-            if let Err(e) = Settings::from_config(&cfg, "fuzz.yaml", |_| None) {
+            if let Err(e) = cfg.check("fuzz.yaml", |_| None) {
                 assert!(e.to_string().starts_with("fuzz.yaml: archeio."), "{e}");
             }
         }

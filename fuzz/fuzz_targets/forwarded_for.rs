@@ -1,7 +1,7 @@
 //! `X-Forwarded-For` parsing: never a panic; an address found is one of the entries.
 #![no_main]
 
-use archeio::client_addr::client_addr;
+use archeio::routing::client_addr::client_addr;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

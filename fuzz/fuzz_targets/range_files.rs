@@ -2,7 +2,7 @@
 //! whose lookups do not panic either.
 #![no_main]
 
-use archeio::ranges::{Format, RangeTable};
+use archeio::routing::ranges::{Format, RangeTable};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

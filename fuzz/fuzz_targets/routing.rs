@@ -6,10 +6,9 @@
 
 use std::sync::OnceLock;
 
-use archeio::config::{ArcheioConfig, Cloud, CustomRange, Mode, RangesConfig};
-use archeio::ranges::RangeTable;
+use archeio::config::file::{ArcheioConfig, Mode};
+use archeio::routing::ranges::{Cloud, CustomRange, RangeSources, RangeTable};
 use archeio::routing::{decide, Answer, Decision, Request, Routes};
-use archeio::settings::Settings;
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 
@@ -36,11 +35,9 @@ fn fixture() -> &'static Fixture {
             cfg.mode = mode;
             cfg.upstream.endpoints = vec!["https://a.example".into(), "https://b.example".into()];
             cfg.signature_upstream = Some("https://sig.example".into());
-            Settings::from_config(&cfg, "fuzz", |_| None)
-                .unwrap()
-                .routes
+            cfg.check("fuzz", |_| None).unwrap().routes
         };
-        let ranges = RangeTable::load(&RangesConfig {
+        let sources = RangeSources {
             embedded: false,
             custom: vec![
                 CustomRange {
@@ -59,9 +56,9 @@ fn fixture() -> &'static Fixture {
                     region: "nowhere".into(),
                 },
             ],
-            ..RangesConfig::default()
-        })
-        .unwrap();
+            documents: Vec::new(),
+        };
+        let ranges = RangeTable::build(&sources, &[]).unwrap();
         Fixture {
             redirect: routes(Mode::Redirect),
             passthrough: routes(Mode::Passthrough),

@@ -1,8 +1,8 @@
 use std::sync::OnceLock;
 
 use super::*;
-use crate::config::{ArcheioConfig, CustomRange, RangesConfig};
-use crate::settings::Settings;
+use crate::config::file::{ArcheioConfig, Mode};
+use ranges::{CustomRange, RangeSources};
 
 const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
@@ -13,9 +13,7 @@ fn routes(signature: bool) -> Routes {
     if signature {
         cfg.signature_upstream = Some("https://sig.example".into());
     }
-    Settings::from_config(&cfg, "test", |_| None)
-        .unwrap()
-        .routes
+    cfg.check("test", |_| None).unwrap().routes
 }
 
 /// Embedded ranges plus operator rules for documentation networks.
@@ -27,15 +25,18 @@ fn ranges() -> &'static RangeTable {
             cloud,
             region: region.into(),
         };
-        RangeTable::load(&RangesConfig {
-            custom: vec![
-                rule("198.51.100.0/24", Cloud::Aws, "us-east-1"),
-                rule("203.0.113.0/24", Cloud::Gcp, "us-central1"),
-                rule("192.0.2.0/24", Cloud::Aws, "xx-nomirror-1"),
-                rule("2001:db8:1::/48", Cloud::Aws, "eu-west-2"),
-            ],
-            ..RangesConfig::default()
-        })
+        RangeTable::build(
+            &RangeSources {
+                custom: vec![
+                    rule("198.51.100.0/24", Cloud::Aws, "us-east-1"),
+                    rule("203.0.113.0/24", Cloud::Gcp, "us-central1"),
+                    rule("192.0.2.0/24", Cloud::Aws, "xx-nomirror-1"),
+                    rule("2001:db8:1::/48", Cloud::Aws, "eu-west-2"),
+                ],
+                ..RangeSources::default()
+            },
+            &[],
+        )
         .unwrap()
     })
 }
@@ -487,12 +488,10 @@ fn locations_never_leave_the_configured_hosts() {
 
 fn passthrough_routes() -> Routes {
     let cfg = ArcheioConfig {
-        mode: crate::config::Mode::Passthrough,
+        mode: Mode::Passthrough,
         ..ArcheioConfig::default()
     };
-    Settings::from_config(&cfg, "test", |_| None)
-        .unwrap()
-        .routes
+    cfg.check("test", |_| None).unwrap().routes
 }
 
 #[test]
@@ -562,9 +561,7 @@ fn passthrough_blob_falls_back_to_proxying_not_redirecting() {
 fn redirects_go_to_the_endpoint_the_health_checks_chose() {
     let mut cfg = ArcheioConfig::default();
     cfg.upstream.endpoints = vec!["https://a.example".into(), "https://b.example".into()];
-    let routes = Settings::from_config(&cfg, "test", |_| None)
-        .unwrap()
-        .routes;
+    let routes = cfg.check("test", |_| None).unwrap().routes;
     let lines: Vec<&[u8]> = Vec::new();
     for (choice, host) in [(0, "a.example"), (1, "b.example"), (7, "a.example")] {
         let req = Request {

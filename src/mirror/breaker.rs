@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::metrics;
-
 /// What a check for a host may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
@@ -35,15 +33,20 @@ pub struct Breakers {
     failures: u32,
     cool_down: Duration,
     hosts: Mutex<HashMap<String, State>>,
+    on_change: OnChange,
 }
+
+/// Told `(host, open)` each time a host's breaker opens or closes.
+pub type OnChange = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 impl Breakers {
     /// Breakers that open after `failures` failures in a row, for `cool_down`.
-    pub fn new(failures: u32, cool_down: Duration) -> Breakers {
+    pub fn new(failures: u32, cool_down: Duration, on_change: OnChange) -> Breakers {
         Breakers {
             failures,
             cool_down,
             hosts: Mutex::new(HashMap::new()),
+            on_change,
         }
     }
 
@@ -81,9 +84,7 @@ impl Breakers {
             (State::Probing | State::Open { .. }, true) => {
                 *state = State::Closed { failures: 0 };
                 info!("mirror {host} answers again: checking it again");
-                metrics::MIRROR_BREAKER_OPEN
-                    .with_label_values(&[host])
-                    .set(0);
+                (self.on_change)(host, false);
             }
             (State::Closed { failures }, false) if failures + 1 < self.failures => {
                 *state = State::Closed {
@@ -98,12 +99,7 @@ impl Breakers {
                     "mirror {host} is failing: its blobs go to the upstream without a check for {:?}",
                     self.cool_down
                 );
-                metrics::MIRROR_BREAKER_OPEN
-                    .with_label_values(&[host])
-                    .set(1);
-                metrics::MIRROR_BREAKER_OPENS
-                    .with_label_values(&[host])
-                    .inc();
+                (self.on_change)(host, true);
             }
             // A check that started before the breaker opened: already counted.
             (State::Open { .. }, false) => {}
@@ -119,11 +115,19 @@ pub fn host_of(url: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
     fn opens_after_failures_in_a_row_and_probes_once_after_the_cool_down() {
-        let b = Breakers::new(3, Duration::from_secs(10));
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let b = Breakers::new(
+            3,
+            Duration::from_secs(10),
+            Box::new(move |host, open| seen.lock().unwrap().push((host.to_string(), open))),
+        );
         let t0 = Instant::now();
         let h = "m.example:9000";
         b.record(h, false, t0);
@@ -146,11 +150,17 @@ mod tests {
         assert_eq!(b.permit(h, again), Permit::Probe);
         b.record(h, true, again);
         assert_eq!(b.permit(h, again), Permit::Check);
+        let h = h.to_string();
+        assert_eq!(
+            *changes.lock().unwrap(),
+            [(h.clone(), true), (h.clone(), true), (h, false)],
+            "each opening and the closing are reported once"
+        );
     }
 
     #[test]
     fn an_abandoned_probe_passes_to_the_next_request() {
-        let b = Breakers::new(1, Duration::from_secs(10));
+        let b = Breakers::new(1, Duration::from_secs(10), Box::new(|_, _| {}));
         let t0 = Instant::now();
         b.record("h", false, t0);
         let later = t0 + Duration::from_secs(10);

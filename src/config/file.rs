@@ -2,18 +2,30 @@
 //! Pingora's own server keys at the top level.
 //!
 //! These structs are the documentation of every key: each field says what it does and has a
-//! default, and `conf/archeio.yaml` shows them all. They are only the file format; the
-//! validated form the gateway runs on is [`crate::settings::Settings`].
+//! default, and `conf/archeio.yaml` shows them all. Each section's `check` validates it next
+//! to its fields and returns the form the gateway runs on ([`super::Settings`] and its
+//! parts); nothing outside `config` sees these structs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::values::{
+    at_least_one, base_url, blob_path, ca_certs, endpoint, http_url, path_prefix,
+    positive_duration, realm_host, redirect_url, socket_addrs, Invalid,
+};
+use super::{
+    BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, ManifestCacheSettings,
+    RangeSettings, Settings, UpstreamSettings, UpstreamTimeouts,
+};
+use crate::routing::ranges::{Cloud, CustomRange, Format, RangeSources, Source};
+use crate::routing::Routes;
+
 /// The region-to-mirror table shipped as the default (the registry.k8s.io buckets).
-const DEFAULT_MIRRORS_YAML: &str = include_str!("../data/mirrors.yaml");
+const DEFAULT_MIRRORS_YAML: &str = include_str!("../../data/mirrors.yaml");
 
 /// The whole configuration file as far as archeio reads it. Pingora reads the same file for
 /// its own top-level keys (`threads`, `pid_file`, `grace_period_seconds`, ...).
@@ -81,6 +93,77 @@ impl Default for ArcheioConfig {
     }
 }
 
+impl ArcheioConfig {
+    /// Validates every section; `source` names the file in errors; `env` looks up the
+    /// environment variables that secrets are read from.
+    pub fn check(
+        &self,
+        source: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        self.checked(env).map_err(|e| ConfigError {
+            source: source.to_string(),
+            message: format!("archeio.{}: {}", e.key, e.message),
+        })
+    }
+
+    fn checked(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, Invalid> {
+        let listen = socket_addrs(&self.listen, "listen")?;
+        let admin_listen = socket_addrs(&self.admin_listen, "admin_listen")?;
+        if listen.is_empty() {
+            return Err(Invalid::new("listen", "needs at least one address"));
+        }
+        let info_url = redirect_url(&self.info_url).map_err(|m| Invalid::new("info_url", m))?;
+        let privacy_url =
+            redirect_url(&self.privacy_url).map_err(|m| Invalid::new("privacy_url", m))?;
+        let (upstream, prefix) = self.upstream.check(env).map_err(|e| e.under("upstream"))?;
+        let signature_upstream = match &self.signature_upstream {
+            Some(e) => {
+                let base = base_url(e).map_err(|m| Invalid::new("signature_upstream", m))?;
+                Some(format!("{base}/v2{prefix}"))
+            }
+            None => None,
+        };
+        let mirrors = self.mirrors.check().map_err(|e| e.under("mirrors"))?;
+        let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
+        let client_timeouts = self
+            .client_timeouts
+            .check()
+            .map_err(|e| e.under("client_timeouts"))?;
+        let ranges = self.ranges.check().map_err(|e| e.under("ranges"))?;
+        Ok(Settings {
+            listen,
+            admin_listen,
+            routes: Routes {
+                info_url,
+                privacy_url,
+                upstreams: upstream
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{}/v2{prefix}", e.url))
+                    .collect(),
+                upstream_prefix: format!("/v2{prefix}"),
+                upstream_name_prefix: match prefix.strip_prefix('/') {
+                    Some(name) => format!("{name}/"),
+                    None => String::new(),
+                },
+                passthrough: self.mode == Mode::Passthrough,
+                signature_upstream,
+                default_mirror: mirrors.default,
+                mirrors: mirrors.regions,
+                blob_path_prefix: mirrors.blob_path_prefix,
+                blob_path_suffix: mirrors.blob_path_suffix,
+                trusted_proxy_hops: self.client_address.trusted_proxy_hops,
+            },
+            ranges,
+            blob_check,
+            upstream,
+            manifest_cache: self.manifest_cache.check(),
+            client_timeouts,
+        })
+    }
+}
+
 /// How requests bound for the upstream are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +218,55 @@ impl Default for UpstreamConfig {
     }
 }
 
+impl UpstreamConfig {
+    /// The endpoints, trust, credentials and limits, and the path prefix (`/a/b`, or empty).
+    fn check(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(UpstreamSettings, String), Invalid> {
+        if self.endpoints.is_empty() {
+            return Err(Invalid::new("endpoints", "needs at least one URL"));
+        }
+        let endpoints = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| endpoint(e).map_err(|m| Invalid::new(format!("endpoints[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefix = path_prefix(&self.path).map_err(|m| Invalid::new("path", m))?;
+        let ca_certs = match &self.ca_file {
+            Some(path) => Some(ca_certs(path).map_err(|m| Invalid::new("ca_file", m))?),
+            None => None,
+        };
+        let credentials = match &self.credentials {
+            Some(c) => Some(c.check(env).map_err(|e| e.under("credentials"))?),
+            None => None,
+        };
+        let timeouts = self.timeouts.check().map_err(|e| e.under("timeouts"))?;
+        let health_check = self
+            .health_check
+            .check()
+            .map_err(|e| e.under("health_check"))?;
+        let auth_realm_hosts = self
+            .auth_realm_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                realm_host(host).map_err(|m| Invalid::new(format!("auth_realm_hosts[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let settings = UpstreamSettings {
+            endpoints,
+            ca_certs,
+            credentials,
+            auth_realm_hosts,
+            timeouts,
+            health_check,
+        };
+        Ok((settings, prefix))
+    }
+}
+
 /// A user name and where its password is read from (never the YAML file itself, so the file
 /// can be shared and logged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +280,45 @@ pub struct CredentialsConfig {
     /// File holding the password (a trailing newline is ignored).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+}
+
+impl CredentialsConfig {
+    /// Reads the password from exactly one of the environment variable or the file.
+    fn check(&self, env: impl Fn(&str) -> Option<String>) -> Result<Credentials, Invalid> {
+        if self.username.is_empty() || self.username.contains(':') {
+            return Err(Invalid::new(
+                "username",
+                "must be non-empty and without ':'",
+            ));
+        }
+        let password = match (&self.password_env, &self.password_file) {
+            (Some(var), None) => env(var).ok_or_else(|| {
+                Invalid::new(
+                    "password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    Invalid::new(
+                        "password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            _ => {
+                return Err(Invalid::new(
+                    "password_env",
+                    "expected exactly one of password_env and password_file",
+                ))
+            }
+        };
+        Ok(Credentials {
+            username: self.username.clone(),
+            password,
+        })
+    }
 }
 
 /// Time limits for one upstream request.
@@ -176,6 +347,18 @@ impl Default for UpstreamTimeoutsConfig {
     }
 }
 
+impl UpstreamTimeoutsConfig {
+    fn check(&self) -> Result<UpstreamTimeouts, Invalid> {
+        positive_duration("connect", self.connect)?;
+        positive_duration("read", self.read)?;
+        Ok(UpstreamTimeouts {
+            connect: self.connect,
+            read: self.read,
+            total: Some(self.total).filter(|t| !t.is_zero()),
+        })
+    }
+}
+
 /// Active health checks: `GET <endpoint>/v2/` on an interval; any answer below 500 (`401`
 /// included) counts as healthy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +384,21 @@ impl Default for HealthCheckConfig {
             unhealthy_after: 2,
             healthy_after: 1,
         }
+    }
+}
+
+impl HealthCheckConfig {
+    fn check(&self) -> Result<HealthCheck, Invalid> {
+        positive_duration("interval", self.interval)?;
+        positive_duration("timeout", self.timeout)?;
+        at_least_one("unhealthy_after", self.unhealthy_after.into())?;
+        at_least_one("healthy_after", self.healthy_after.into())?;
+        Ok(HealthCheck {
+            interval: self.interval,
+            timeout: self.timeout,
+            unhealthy_after: self.unhealthy_after,
+            healthy_after: self.healthy_after,
+        })
     }
 }
 
@@ -239,6 +437,27 @@ impl Default for ClientTimeoutsConfig {
     }
 }
 
+impl ClientTimeoutsConfig {
+    fn check(&self) -> Result<ClientTimeouts, Invalid> {
+        positive_duration("header", self.header)?;
+        positive_duration("body", self.body)?;
+        positive_duration("write", self.write)?;
+        if self.idle < Duration::from_secs(1) {
+            return Err(Invalid::new(
+                "idle",
+                "must be at least 1s (Pingora counts keep-alive in seconds)",
+            ));
+        }
+        Ok(ClientTimeouts {
+            header: self.header,
+            idle: self.idle,
+            body: self.body,
+            write: self.write,
+            min_send_rate: usize::try_from(self.min_send_rate).ok().filter(|r| *r > 0),
+        })
+    }
+}
+
 /// The pass-through manifest cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -269,6 +488,16 @@ impl Default for ManifestCacheConfig {
     }
 }
 
+impl ManifestCacheConfig {
+    fn check(&self) -> ManifestCacheSettings {
+        ManifestCacheSettings {
+            max_bytes: Some(self.max_bytes).filter(|b| *b > 0),
+            tag_ttl: self.tag_ttl,
+            stale_if_error: self.stale_if_error,
+        }
+    }
+}
+
 /// Blob mirrors: one per cloud region, and a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -290,6 +519,33 @@ impl Default for MirrorsConfig {
             regions: serde_yaml::from_str(DEFAULT_MIRRORS_YAML)
                 .expect("data/mirrors.yaml is a map of region to URL"),
         }
+    }
+}
+
+/// The mirror table as the routing decision reads it.
+struct MirrorTable {
+    default: String,
+    regions: HashMap<Box<str>, String>,
+    blob_path_prefix: String,
+    blob_path_suffix: String,
+}
+
+impl MirrorsConfig {
+    fn check(&self) -> Result<MirrorTable, Invalid> {
+        let default = base_url(&self.default).map_err(|m| Invalid::new("default", m))?;
+        let mut regions = HashMap::new();
+        for (region, url) in &self.regions {
+            let base = base_url(url).map_err(|m| Invalid::new(format!("regions.{region}"), m))?;
+            regions.insert(region.as_str().into(), base);
+        }
+        let (blob_path_prefix, blob_path_suffix) =
+            blob_path(&self.blob_path).map_err(|m| Invalid::new("blob_path", m))?;
+        Ok(MirrorTable {
+            default,
+            regions,
+            blob_path_prefix,
+            blob_path_suffix,
+        })
     }
 }
 
@@ -318,7 +574,7 @@ pub struct RangesConfig {
     pub min_prefix_ratio: f64,
     /// Operator rules mapping a network to a cloud and region; they win over the files for
     /// the same prefix. Longest prefix wins across all sources.
-    pub custom: Vec<CustomRange>,
+    pub custom: Vec<CustomRangeConfig>,
 }
 
 impl Default for RangesConfig {
@@ -336,26 +592,79 @@ impl Default for RangesConfig {
     }
 }
 
+impl RangesConfig {
+    fn check(&self) -> Result<RangeSettings, Invalid> {
+        let ratio = self.min_prefix_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Invalid::new(
+                "min_prefix_ratio",
+                format!("expected a fraction between 0 and 1, got {ratio}"),
+            ));
+        }
+        for (key, urls) in [("aws_urls", &self.aws_urls), ("gcp_urls", &self.gcp_urls)] {
+            for (i, u) in urls.iter().enumerate() {
+                http_url(u).map_err(|m| Invalid::new(format!("{key}[{i}]"), m))?;
+            }
+        }
+        let mut custom = Vec::with_capacity(self.custom.len());
+        for (i, rule) in self.custom.iter().enumerate() {
+            if rule.region.is_empty() {
+                return Err(Invalid::new(
+                    format!("custom[{i}].region"),
+                    "must not be empty",
+                ));
+            }
+            custom.push(CustomRange {
+                cidr: rule.cidr,
+                cloud: rule.cloud,
+                region: rule.region.clone(),
+            });
+        }
+        let files = |paths: &[PathBuf], format| {
+            paths
+                .iter()
+                .map(move |p| Source {
+                    location: p.display().to_string(),
+                    is_url: false,
+                    format,
+                })
+                .collect::<Vec<_>>()
+        };
+        let urls = |urls: &[String], format| {
+            urls.iter()
+                .map(move |u| Source {
+                    location: u.clone(),
+                    is_url: true,
+                    format,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut documents = files(&self.gcp_files, Format::Gcp);
+        documents.extend(urls(&self.gcp_urls, Format::Gcp));
+        documents.extend(files(&self.aws_files, Format::Aws));
+        documents.extend(urls(&self.aws_urls, Format::Aws));
+        Ok(RangeSettings {
+            sources: RangeSources {
+                embedded: self.embedded,
+                documents,
+                custom,
+            },
+            refresh_interval: Some(self.refresh_interval).filter(|t| !t.is_zero()),
+            min_prefix_ratio: ratio,
+        })
+    }
+}
+
 /// One operator rule: clients in `cidr` are treated as `cloud` clients in `region`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CustomRange {
+pub struct CustomRangeConfig {
     /// The network, e.g. `10.0.0.0/8` or `2001:db8::/32`.
     pub cidr: IpNet,
     /// `aws` (blobs go to the region's mirror) or `gcp` (blobs go to the upstream).
     pub cloud: Cloud,
     /// Region name, looked up in `mirrors.regions` for `aws`.
     pub region: String,
-}
-
-/// The clouds whose published ranges archeio understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cloud {
-    /// Amazon Web Services: blobs come from the region's mirror.
-    Aws,
-    /// Google Cloud: blobs come from the upstream registry, which runs there.
-    Gcp,
 }
 
 /// Finding the client's address.
@@ -429,33 +738,22 @@ impl Default for BlobCheckConfig {
     }
 }
 
-/// A configuration problem, naming where it came from and which key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    /// The file, or the environment variable, that held the bad value.
-    pub source: String,
-    /// What is wrong, starting with the key.
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.source, self.message)
+impl BlobCheckConfig {
+    fn check(&self) -> Result<BlobCheck, Invalid> {
+        positive_duration("timeout", self.timeout)?;
+        at_least_one("capacity", self.capacity)?;
+        at_least_one("breaker.failures", self.breaker.failures.into())?;
+        positive_duration("breaker.cool_down", self.breaker.cool_down)?;
+        Ok(BlobCheck {
+            timeout: self.timeout,
+            hit_ttl: self.hit_ttl,
+            miss_ttl: self.miss_ttl,
+            capacity: self.capacity,
+            breaker_failures: self.breaker.failures,
+            breaker_cool_down: self.breaker.cool_down,
+        })
     }
 }
-
-impl std::error::Error for ConfigError {}
-
-/// The environment variables [`ArcheioConfig::apply_env`] reads: the original archeio's, plus
-/// our admin port.
-pub const ENV_VARS: [&str; 6] = [
-    "PORT",
-    "UPSTREAM_REGISTRY_ENDPOINT",
-    "UPSTREAM_REGISTRY_PATH",
-    "SIGNATURE_UPSTREAM_ENDPOINT",
-    "DEFAULT_AWS_BASE_URL",
-    "ARCHEIO_ADMIN_PORT",
-];
 
 impl ArcheioConfig {
     /// Reads the `archeio:` section of `path`.
@@ -478,39 +776,6 @@ impl ArcheioConfig {
             message: yaml_error_message(&e),
         })?;
         Ok(file.archeio)
-    }
-
-    /// Applies the original archeio's environment variables (and `ARCHEIO_ADMIN_PORT`) on top
-    /// of the file. `get` looks a variable up; it is `std::env::var` outside tests.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let port = |name: &str, value: String| -> Result<String, ConfigError> {
-            match value.trim().parse::<u16>() {
-                Ok(p) if p > 0 => Ok(format!("0.0.0.0:{p}")),
-                _ => Err(ConfigError {
-                    source: format!("environment variable {name}"),
-                    message: format!("expected a TCP port number (1-65535), got {value:?}"),
-                }),
-            }
-        };
-        if let Some(v) = get("PORT") {
-            self.listen = vec![port("PORT", v)?];
-        }
-        if let Some(v) = get("ARCHEIO_ADMIN_PORT") {
-            self.admin_listen = vec![port("ARCHEIO_ADMIN_PORT", v)?];
-        }
-        if let Some(v) = get("UPSTREAM_REGISTRY_ENDPOINT") {
-            self.upstream.endpoints = vec![v];
-        }
-        if let Some(v) = get("UPSTREAM_REGISTRY_PATH") {
-            self.upstream.path = v;
-        }
-        if let Some(v) = get("SIGNATURE_UPSTREAM_ENDPOINT") {
-            self.signature_upstream = Some(v).filter(|s| !s.is_empty());
-        }
-        if let Some(v) = get("DEFAULT_AWS_BASE_URL") {
-            self.mirrors.default = v;
-        }
-        Ok(())
     }
 }
 
@@ -575,30 +840,5 @@ mod tests {
             ArcheioConfig::from_yaml("", "f").unwrap(),
             ArcheioConfig::default()
         );
-    }
-
-    #[test]
-    fn environment_variables_override_the_file() {
-        let mut c = ArcheioConfig::default();
-        let env = |k: &str| match k {
-            "PORT" => Some("5001".to_string()),
-            "UPSTREAM_REGISTRY_ENDPOINT" => Some("http://up.example".to_string()),
-            "UPSTREAM_REGISTRY_PATH" => Some("a/b".to_string()),
-            "SIGNATURE_UPSTREAM_ENDPOINT" => Some("http://sig.example".to_string()),
-            "DEFAULT_AWS_BASE_URL" => Some("http://mirror.example".to_string()),
-            _ => None,
-        };
-        c.apply_env(env).unwrap();
-        assert_eq!(c.listen, ["0.0.0.0:5001"]);
-        assert_eq!(c.admin_listen, ["0.0.0.0:9090"]);
-        assert_eq!(c.upstream.endpoints, ["http://up.example"]);
-        assert_eq!(c.upstream.path, "a/b");
-        assert_eq!(c.signature_upstream.as_deref(), Some("http://sig.example"));
-        assert_eq!(c.mirrors.default, "http://mirror.example");
-
-        let err = c
-            .apply_env(|k| (k == "PORT").then(|| "eighty".to_string()))
-            .unwrap_err();
-        assert_eq!(err.source, "environment variable PORT");
     }
 }

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use log::{debug, warn};
 use moka::sync::Cache;
 use moka::Expiry;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::config::ManifestCacheConfig;
+use crate::config::ManifestCacheSettings;
 use crate::metrics;
 use crate::routing::ManifestRef;
 
@@ -32,6 +32,54 @@ pub const KEPT_HEADERS: [&str; 5] = [
     "etag",
     "last-modified",
 ];
+
+/// An upstream answer being collected for the cache as its body streams to the client.
+#[derive(Debug)]
+pub struct Capture {
+    headers: Vec<(&'static str, Bytes)>,
+    body: BytesMut,
+}
+
+impl Capture {
+    /// Starts collecting an answer that may be kept: a `200` to a `GET`, not
+    /// content-encoded, not announced longer than [`MAX_MANIFEST_BYTES`]. `None` otherwise.
+    pub fn begin(status: u16, headers: &http::HeaderMap, head: bool) -> Option<Capture> {
+        let identity = headers.get("content-encoding").is_none();
+        let small = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_none_or(|len| len <= MAX_MANIFEST_BYTES);
+        if status != 200 || head || !identity || !small {
+            return None;
+        }
+        let kept = KEPT_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(*name)?;
+                Some((*name, Bytes::copy_from_slice(value.as_bytes())))
+            })
+            .collect();
+        Some(Capture {
+            headers: kept,
+            body: BytesMut::new(),
+        })
+    }
+
+    /// Adds a piece of the body; `false` once the answer outgrew [`MAX_MANIFEST_BYTES`]
+    /// (it is then not to be kept).
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        if self.body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return false;
+        }
+        self.body.extend_from_slice(chunk);
+        true
+    }
+
+    /// The kept headers and the whole body.
+    pub fn into_parts(self) -> (Vec<(&'static str, Bytes)>, Bytes) {
+        (self.headers, self.body.freeze())
+    }
+}
 
 /// A cached answer.
 #[derive(Debug)]
@@ -73,10 +121,10 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     /// A cache of at most `cfg.max_bytes`.
-    pub fn new(cfg: &ManifestCacheConfig) -> ManifestCache {
-        let cache = (cfg.max_bytes > 0).then(|| {
+    pub fn new(cfg: &ManifestCacheSettings) -> ManifestCache {
+        let cache = cfg.max_bytes.map(|max_bytes| {
             Cache::builder()
-                .max_capacity(cfg.max_bytes)
+                .max_capacity(max_bytes)
                 .weigher(|key: &String, entry: &Arc<CachedManifest>| {
                     let headers: usize = entry.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
                     u32::try_from(key.len() + headers + entry.body.len() + 64).unwrap_or(u32::MAX)
@@ -194,8 +242,8 @@ mod tests {
     use super::*;
 
     fn cache(tag_ttl: u64) -> ManifestCache {
-        ManifestCache::new(&ManifestCacheConfig {
-            max_bytes: 1 << 20,
+        ManifestCache::new(&ManifestCacheSettings {
+            max_bytes: Some(1 << 20),
             tag_ttl: Duration::from_secs(tag_ttl),
             stale_if_error: Duration::ZERO,
         })
@@ -275,11 +323,60 @@ mod tests {
         assert!(!cache(0).caches(ManifestRef::Tag));
         assert!(cache(0).caches(ManifestRef::Digest));
         assert!(cache(1).caches(ManifestRef::Tag));
-        let off = ManifestCache::new(&ManifestCacheConfig {
-            max_bytes: 0,
+        let off = ManifestCache::new(&ManifestCacheSettings {
+            max_bytes: None,
             tag_ttl: Duration::from_secs(30),
             stale_if_error: Duration::ZERO,
         });
         assert!(!off.caches(ManifestRef::Digest));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_plain_complete_get_answers_are_captured() {
+        let plain = headers(&[
+            ("content-type", "application/vnd.oci.image.index.v1+json"),
+            ("docker-content-digest", "sha256:ab"),
+            ("set-cookie", "x=1"),
+            ("content-length", "5"),
+        ]);
+        let mut c = Capture::begin(200, &plain, false).unwrap();
+        assert!(c.push(b"ab"));
+        assert!(c.push(b"cde"));
+        let (kept, body) = c.into_parts();
+        assert_eq!(
+            kept.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["content-type", "docker-content-digest"],
+            "only the kept headers, in their order"
+        );
+        assert_eq!(body, Bytes::from_static(b"abcde"));
+
+        assert!(Capture::begin(404, &plain, false).is_none());
+        assert!(
+            Capture::begin(200, &plain, true).is_none(),
+            "HEAD has no body"
+        );
+        let gzip = headers(&[("content-encoding", "gzip")]);
+        assert!(Capture::begin(200, &gzip, false).is_none());
+        let big = headers(&[("content-length", &(MAX_MANIFEST_BYTES + 1).to_string())]);
+        assert!(Capture::begin(200, &big, false).is_none());
+    }
+
+    #[test]
+    fn a_capture_that_outgrows_the_limit_says_so() {
+        let mut c = Capture::begin(200, &http::HeaderMap::new(), false).unwrap();
+        assert!(c.push(&vec![0; MAX_MANIFEST_BYTES]));
+        assert!(!c.push(b"x"));
     }
 }

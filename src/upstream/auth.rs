@@ -17,8 +17,8 @@ use moka::future::Cache;
 use moka::Expiry;
 use serde::Deserialize;
 
+use crate::config::{url_host, Credentials};
 use crate::metrics;
-use crate::settings::{url_host, Credentials};
 
 /// What an upstream asked for in `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]

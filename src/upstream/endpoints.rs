@@ -6,20 +6,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use log::{info, warn};
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::utils::tls::{parse_x509, WrappedX509};
-use pingora_core::{Error, ErrorType, Result};
+use tokio::sync::watch;
 
-use crate::config::{HealthCheckConfig, UpstreamTimeoutsConfig};
-use crate::metrics;
-use crate::settings::{Endpoint, UpstreamSettings};
+use crate::config::{Endpoint, HealthCheck, UpstreamSettings};
 
 /// One endpoint and what is known about it.
 struct EndpointState {
@@ -34,33 +27,44 @@ struct EndpointState {
     successes: AtomicU32,
 }
 
+/// Told `(label, healthy)` for each endpoint at start and whenever its health flips.
+pub type OnHealth = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 /// The upstream endpoints.
 pub struct Upstreams {
     endpoints: Vec<EndpointState>,
-    ca: Option<Arc<[WrappedX509]>>,
-    timeouts: UpstreamTimeoutsConfig,
-    health: HealthCheckConfig,
+    health: HealthCheck,
     /// For the health checks; trusts the same CA as the proxy path.
     client: reqwest::Client,
     /// For token services; trusts the same CA.
     token_client: reqwest::Client,
+    on_health: OnHealth,
 }
 
 impl Upstreams {
     /// The endpoints of `settings`, each assumed healthy until checked. Host names are
     /// resolved on first use and again before each health check.
-    pub fn new(settings: &UpstreamSettings) -> Result<Upstreams, String> {
+    pub fn new(settings: &UpstreamSettings, on_health: OnHealth) -> Result<Upstreams, String> {
+        // Parsed once for both clients.
+        let roots = match &settings.ca_certs {
+            Some(certs) => Some(
+                certs
+                    .iter()
+                    .map(|der| reqwest::Certificate::from_der(der))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("upstream.ca_file: {e}"))?,
+            ),
+            None => None,
+        };
         let client_with = |timeout: Duration| -> Result<reqwest::Client, String> {
             let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(settings.timeouts.connect)
                 .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")));
-            if let Some(certs) = &settings.ca_certs {
+            if let Some(roots) = &roots {
                 builder = builder.tls_built_in_root_certs(false);
-                for der in certs {
-                    let cert = reqwest::Certificate::from_der(der)
-                        .map_err(|e| format!("upstream.ca_file: {e}"))?;
-                    builder = builder.add_root_certificate(cert);
+                for cert in roots {
+                    builder = builder.add_root_certificate(cert.clone());
                 }
             }
             builder
@@ -69,13 +73,6 @@ impl Upstreams {
         };
         let client = client_with(settings.health_check.timeout)?;
         let token_client = client_with(settings.timeouts.read)?;
-        let ca = settings.ca_certs.as_ref().map(|certs| {
-            let wrapped: Vec<WrappedX509> = certs
-                .iter()
-                .map(|der| WrappedX509::new(der.to_vec(), parse_x509))
-                .collect();
-            Arc::from(wrapped)
-        });
         let endpoints = settings
             .endpoints
             .iter()
@@ -92,17 +89,14 @@ impl Upstreams {
             })
             .collect::<Vec<_>>();
         for e in &endpoints {
-            metrics::UPSTREAM_HEALTHY
-                .with_label_values(&[&e.label])
-                .set(1);
+            on_health(&e.label, true);
         }
         Ok(Upstreams {
             endpoints,
-            ca,
-            timeouts: settings.timeouts.clone(),
-            health: settings.health_check.clone(),
+            health: settings.health_check,
             client,
             token_client,
+            on_health,
         })
     }
 
@@ -153,35 +147,35 @@ impl Upstreams {
             .or_else(|| (0..self.endpoints.len()).find(untried))
     }
 
-    /// The Pingora peer for endpoint `i`, with the TLS and timeout settings.
-    pub async fn peer(&self, i: usize) -> Result<Box<HttpPeer>> {
-        let state = &self.endpoints[i];
-        let known = *state.addr.read().expect("lock is never poisoned");
-        let addr = match known {
-            Some(addr) => addr,
-            None => self.resolve(i).await.ok_or_else(|| {
-                Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    format!("upstream {} does not resolve", state.endpoint.url),
-                )
-            })?,
-        };
-        let e = &state.endpoint;
-        let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
-        let o = &mut peer.options;
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.read_timeout = Some(self.timeouts.read);
-        o.write_timeout = Some(self.timeouts.read);
-        o.idle_timeout = Some(Duration::from_secs(60));
-        o.ca = self.ca.clone();
-        Ok(Box::new(peer))
+    /// The address of endpoint `i`: its literal, the last resolved one, or a lookup now;
+    /// `None` when the host does not resolve.
+    pub async fn address(&self, i: usize) -> Option<SocketAddr> {
+        let known = *self.endpoints[i]
+            .addr
+            .read()
+            .expect("lock is never poisoned");
+        match known {
+            Some(addr) => Some(addr),
+            None => self.resolve(i).await,
+        }
     }
 
     /// The proxy could not connect to endpoint `i`: count it like a failed check, so a dead
     /// endpoint stops being tried first before the next check round.
     pub fn connect_failed(&self, i: usize) {
         self.record(i, false, "connection failed");
+    }
+
+    /// Runs [`Upstreams::check_all`] every `health_check.interval` until `shutdown` changes.
+    pub async fn run_checks(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.health.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.check_all().await,
+            }
+        }
     }
 
     /// One round of checks: resolve each host again, then `GET /v2/` on each endpoint.
@@ -230,9 +224,7 @@ impl Upstreams {
             if !was && n >= self.health.healthy_after {
                 state.healthy.store(true, Ordering::Relaxed);
                 info!("upstream {} is healthy again", state.endpoint.url);
-                metrics::UPSTREAM_HEALTHY
-                    .with_label_values(&[&state.label])
-                    .set(1);
+                (self.on_health)(&state.label, true);
             }
         } else {
             state.successes.store(0, Ordering::Relaxed);
@@ -243,26 +235,7 @@ impl Upstreams {
                     "upstream {} marked unhealthy after {n} failures: {why}",
                     state.endpoint.url
                 );
-                metrics::UPSTREAM_HEALTHY
-                    .with_label_values(&[&state.label])
-                    .set(0);
-            }
-        }
-    }
-}
-
-/// Runs [`Upstreams::check_all`] every `health_check.interval` until shutdown.
-pub struct HealthChecks(pub Arc<Upstreams>);
-
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.0.health.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => self.0.check_all().await,
+                (self.on_health)(&state.label, false);
             }
         }
     }
@@ -270,18 +243,23 @@ impl BackgroundService for HealthChecks {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
-    use crate::config::ArcheioConfig;
-    use crate::settings::Settings;
+    use crate::config::file::ArcheioConfig;
 
     fn upstreams(n: usize) -> Upstreams {
+        upstreams_reporting(n, Box::new(|_, _| {}))
+    }
+
+    fn upstreams_reporting(n: usize, on_health: OnHealth) -> Upstreams {
         let mut cfg = ArcheioConfig::default();
         cfg.upstream.endpoints = (0..n)
             .map(|i| format!("http://127.0.0.{}:1", i + 1))
             .collect();
         cfg.upstream.health_check.unhealthy_after = 1;
-        let s = Settings::from_config(&cfg, "test", |_| None).unwrap();
-        Upstreams::new(&s.upstream).unwrap()
+        let s = cfg.check("test", |_| None).unwrap();
+        Upstreams::new(&s.upstream, on_health).unwrap()
     }
 
     #[test]
@@ -306,12 +284,25 @@ mod tests {
         assert_eq!(u.preferred(), 2);
     }
 
-    #[tokio::test]
-    async fn peers_carry_address_tls_and_timeouts() {
-        let u = upstreams(1);
-        let peer = u.peer(0).await.unwrap();
-        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(30)));
-        assert_eq!(peer.sni, "127.0.0.1");
-        assert!(format!("{peer}").contains("127.0.0.1:1"), "{peer}");
+    #[test]
+    fn health_changes_are_reported_once_each() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let u = upstreams_reporting(
+            2,
+            Box::new(move |label, healthy| log.lock().unwrap().push((label.to_string(), healthy))),
+        );
+        u.connect_failed(1);
+        u.connect_failed(1);
+        u.record(1, true, "");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("127.0.0.1:1".to_string(), true),
+                ("127.0.0.2:1".to_string(), true),
+                ("127.0.0.2:1".to_string(), false),
+                ("127.0.0.2:1".to_string(), true),
+            ]
+        );
     }
 }

@@ -9,14 +9,56 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
-use serde::Deserialize;
-
-use crate::config::{Cloud, RangesConfig};
+use serde::{Deserialize, Serialize};
 
 /// AWS `ip-ranges.json` snapshot built into the binary.
-pub const EMBEDDED_AWS: &[u8] = include_bytes!("../data/aws-ip-ranges.json");
+pub const EMBEDDED_AWS: &[u8] = include_bytes!("../../data/aws-ip-ranges.json");
 /// GCP `cloud.json` snapshot built into the binary.
-pub const EMBEDDED_GCP: &[u8] = include_bytes!("../data/gcp-cloud.json");
+pub const EMBEDDED_GCP: &[u8] = include_bytes!("../../data/gcp-cloud.json");
+
+/// The clouds whose published ranges archeio understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Amazon Web Services: blobs come from the region's mirror.
+    Aws,
+    /// Google Cloud: blobs come from the upstream registry, which runs there.
+    Gcp,
+}
+
+/// An operator rule: clients in `cidr` are treated as `cloud` clients in `region`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomRange {
+    /// The network.
+    pub cidr: IpNet,
+    /// The cloud its clients count as.
+    pub cloud: Cloud,
+    /// The region, as the mirror table names it.
+    pub region: String,
+}
+
+/// Everything a table is built from, besides the documents' bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSources {
+    /// Add the AWS and GCP snapshots built into the binary.
+    pub embedded: bool,
+    /// Range files and URLs, in the order of [`RangeTable::build`]'s precedence within
+    /// a format.
+    pub documents: Vec<Source>,
+    /// Operator rules; they win over every document for the same prefix.
+    pub custom: Vec<CustomRange>,
+}
+
+impl Default for RangeSources {
+    /// The embedded snapshots alone.
+    fn default() -> Self {
+        RangeSources {
+            embedded: true,
+            documents: Vec::new(),
+            custom: Vec::new(),
+        }
+    }
+}
 
 /// Where an address lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -131,26 +173,13 @@ impl RangeTable {
         Ok(doc.prefixes.len())
     }
 
-    /// Builds the table from the configured sources, reading the files; URLs are left to
-    /// the refresher ([`crate::range_refresh`]).
-    pub fn load(cfg: &RangesConfig) -> Result<RangeTable, String> {
-        let mut docs = Vec::new();
-        for source in sources(cfg).into_iter().filter(|s| !s.is_url) {
-            let bytes = std::fs::read(&source.location)
-                .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
-            docs.push((source, bytes));
-        }
-        let docs: Vec<(&Source, &[u8])> = docs.iter().map(|(s, b)| (s, b.as_slice())).collect();
-        RangeTable::build(cfg, &docs)
-    }
-
     /// Builds the table from the operator rules, `docs` (range documents and where they
     /// came from) and the embedded snapshots. Precedence for an identical prefix: operator
     /// rules, then GCP (its clients are served by the upstream), then AWS; files and URLs
     /// before the embedded snapshots.
-    pub fn build(cfg: &RangesConfig, docs: &[(&Source, &[u8])]) -> Result<RangeTable, String> {
+    pub fn build(sources: &RangeSources, docs: &[(&Source, &[u8])]) -> Result<RangeTable, String> {
         let mut table = RangeTable::default();
-        for rule in &cfg.custom {
+        for rule in &sources.custom {
             table.insert(rule.cidr, rule.cloud, &rule.region);
         }
         for format in [Format::Gcp, Format::Aws] {
@@ -159,7 +188,7 @@ impl RangeTable {
                     .add(format, bytes)
                     .map_err(|e| format!("{}: {e}", source.location))?;
             }
-            if cfg.embedded {
+            if sources.embedded {
                 let embedded = match format {
                     Format::Gcp => EMBEDDED_GCP,
                     Format::Aws => EMBEDDED_AWS,
@@ -203,41 +232,12 @@ pub struct Source {
     pub format: Format,
 }
 
-/// Every configured file and URL.
-pub fn sources(cfg: &RangesConfig) -> Vec<Source> {
-    let files = |paths: &[std::path::PathBuf], format| {
-        paths
-            .iter()
-            .map(move |p| Source {
-                location: p.display().to_string(),
-                is_url: false,
-                format,
-            })
-            .collect::<Vec<_>>()
-    };
-    let urls = |urls: &[String], format| {
-        urls.iter()
-            .map(move |u| Source {
-                location: u.clone(),
-                is_url: true,
-                format,
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut all = files(&cfg.gcp_files, Format::Gcp);
-    all.extend(urls(&cfg.gcp_urls, Format::Gcp));
-    all.extend(files(&cfg.aws_files, Format::Aws));
-    all.extend(urls(&cfg.aws_urls, Format::Aws));
-    all
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CustomRange;
 
     fn embedded() -> RangeTable {
-        RangeTable::load(&RangesConfig::default()).unwrap()
+        RangeTable::build(&RangeSources::default(), &[]).unwrap()
     }
 
     fn region(t: &RangeTable, ip: &str) -> Option<(Cloud, String)> {
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn custom_rules_win_over_files_for_the_same_prefix_and_nest() {
-        let cfg = RangesConfig {
+        let sources = RangeSources {
             custom: vec![
                 CustomRange {
                     cidr: "3.4.12.4/32".parse().unwrap(),
@@ -321,50 +321,12 @@ mod tests {
                     region: "local6".into(),
                 },
             ],
-            ..RangesConfig::default()
+            ..RangeSources::default()
         };
-        let t = RangeTable::load(&cfg).unwrap();
+        let t = RangeTable::build(&sources, &[]).unwrap();
         assert_eq!(region(&t, "3.4.12.4"), Some((Cloud::Aws, "mine".into())));
         assert_eq!(region(&t, "10.9.9.9"), Some((Cloud::Gcp, "corp".into())));
         assert_eq!(region(&t, "10.1.2.3"), Some((Cloud::Aws, "lab".into())));
         assert_eq!(region(&t, "::1"), Some((Cloud::Aws, "local6".into())));
-    }
-
-    #[test]
-    fn extra_files_load_and_bad_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("archeio-ranges-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let aws = dir.join("aws.json");
-        std::fs::write(
-            &aws,
-            r#"{"prefixes":[{"ip_prefix":"198.51.100.0/24","region":"xx-test-1","service":"EC2"}],
-                "ipv6_prefixes":[]}"#,
-        )
-        .unwrap();
-        let bad = dir.join("gcp.json");
-        std::fs::write(&bad, r#"{"prefixes":[{"scope":"x"}]}"#).unwrap();
-        let cfg = RangesConfig {
-            embedded: false,
-            aws_files: vec![aws],
-            ..RangesConfig::default()
-        };
-        let t = RangeTable::load(&cfg).unwrap();
-        assert_eq!(t.prefix_counts(), (1, 0));
-        assert_eq!(
-            region(&t, "198.51.100.9"),
-            Some((Cloud::Aws, "xx-test-1".into()))
-        );
-        let cfg = RangesConfig {
-            embedded: false,
-            gcp_files: vec![bad.clone()],
-            ..RangesConfig::default()
-        };
-        let err = RangeTable::load(&cfg).unwrap_err();
-        assert!(err.contains(&bad.display().to_string()), "{err}");
-        assert!(
-            err.contains("exactly one of ipv4Prefix and ipv6Prefix"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,8 +12,8 @@ use moka::policy::EvictionPolicy;
 use moka::Expiry;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
-use crate::breaker::{host_of, Breakers, Permit};
-use crate::config::BlobCheckConfig;
+use super::breaker::{host_of, Breakers, Permit};
+use crate::config::BlobCheck;
 use crate::metrics;
 
 /// How a check was answered; a metrics label.
@@ -31,9 +31,12 @@ pub enum Outcome {
     Skipped,
 }
 
-impl Outcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
+impl metrics::Label for Outcome {
+    fn slot(self) -> usize {
+        self as usize
+    }
+
+    fn as_str(self) -> &'static str {
         match self {
             Outcome::CacheHit => "cache_hit",
             Outcome::Present => "present",
@@ -70,7 +73,7 @@ pub struct MirrorCheck {
 
 impl MirrorCheck {
     /// A check with the configured timeout, lifetimes and capacity.
-    pub fn new(cfg: &BlobCheckConfig) -> Result<MirrorCheck, reqwest::Error> {
+    pub fn new(cfg: &BlobCheck) -> Result<MirrorCheck, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
@@ -93,7 +96,11 @@ impl MirrorCheck {
             client,
             cache,
             seed,
-            breakers: Breakers::new(cfg.breaker.failures, cfg.breaker.cool_down),
+            breakers: Breakers::new(
+                cfg.breaker_failures,
+                cfg.breaker_cool_down,
+                Box::new(metrics::set_mirror_breaker),
+            ),
         })
     }
 

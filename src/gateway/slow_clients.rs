@@ -11,7 +11,7 @@
 //!   connection ([`first_bytes`]), which also keeps a graceful upgrade from dropping a request
 //!   that arrives as the old process stops;
 //! - an idle timeout between keep-alive requests and a limit on request-body reads (set on
-//!   each session by the proxy glue, see [`crate::proxy`]).
+//!   each session by the proxy glue, see [`crate::gateway::request`]).
 
 use std::fmt;
 use std::future::Future;
@@ -30,10 +30,12 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora_core::server::ShutdownWatch;
+use pingora_proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Sleep};
 
-use crate::proxy::{error_response_bytes, AccessEntry};
+use super::access_log::AccessEntry;
+use super::responses::error_response_bytes;
 use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
 /// Runs `inner` on connections wrapped in a [`DeadlineStream`].
@@ -510,6 +512,17 @@ impl GetSocketDigest for DeadlineStream {
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+/// Sets (or clears) the deadline of the request on the client's connection.
+pub fn set_request_deadline(session: &Session, deadline: Option<Instant>) {
+    if let Some(stream) = session
+        .as_downstream()
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<DeadlineStream>())
+    {
+        stream.set_request_deadline(deadline);
     }
 }
 

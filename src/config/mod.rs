@@ -1,0 +1,447 @@
+//! The configuration: the file format ([`file`]), the environment variables over it
+//! ([`env`]), and the one validated [`Settings`] the gateway runs on. Every check that can
+//! fail happens here, before anything listens, and each error names the file (or the
+//! environment variable) and the key.
+//!
+//! [`Settings`] and its parts are what the rest of the crate imports; the file-format
+//! structs stay behind this module, so the YAML can change without touching the runtime.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+pub mod env;
+pub mod file;
+mod values;
+
+pub use env::ENV_VARS;
+pub use values::url_host;
+
+use crate::routing::ranges::RangeSources;
+use crate::routing::Routes;
+
+/// Everything the gateway needs, checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// Registry listener addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Admin listener addresses (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: Vec<SocketAddr>,
+    /// What the routing decision needs, the mode included.
+    pub routes: Routes,
+    /// Where the range table comes from and how it is kept fresh.
+    pub ranges: RangeSettings,
+    /// The mirror check.
+    pub blob_check: BlobCheck,
+    /// The upstream endpoints and how to reach them.
+    pub upstream: UpstreamSettings,
+    /// The pass-through manifest cache.
+    pub manifest_cache: ManifestCacheSettings,
+    /// Limits on slow and idle clients.
+    pub client_timeouts: ClientTimeouts,
+}
+
+/// The range sources and their refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSettings {
+    /// What the table is built from.
+    pub sources: RangeSources,
+    /// Time between reads of the files and URLs; `None`: only on `SIGHUP`.
+    pub refresh_interval: Option<Duration>,
+    /// A refreshed source with fewer prefixes than this fraction of its last good version
+    /// is refused.
+    pub min_prefix_ratio: f64,
+}
+
+/// The mirror `HEAD` check, its cache and its breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobCheck {
+    /// Longest wait for a `HEAD`; more than zero.
+    pub timeout: Duration,
+    /// Lifetime of a cached "present".
+    pub hit_ttl: Duration,
+    /// Lifetime of a cached "absent" or failed check.
+    pub miss_ttl: Duration,
+    /// Most answers kept; at least 1.
+    pub capacity: u64,
+    /// Failed checks in a row that open a host's breaker; at least 1.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the host; more than zero.
+    pub breaker_cool_down: Duration,
+}
+
+/// The upstream registry, checked.
+#[derive(Debug)]
+pub struct UpstreamSettings {
+    /// Endpoints in order of preference.
+    pub endpoints: Vec<Endpoint>,
+    /// CA certificates (DER) trusted instead of the system's, from `upstream.ca_file`.
+    pub ca_certs: Option<Vec<CertificateDer<'static>>>,
+    /// What the gateway authenticates with.
+    pub credentials: Option<Credentials>,
+    /// Hosts (lowercase) besides the endpoints' own whose token realms may be asked.
+    pub auth_realm_hosts: Vec<String>,
+    /// Request time limits.
+    pub timeouts: UpstreamTimeouts,
+    /// Active health checks.
+    pub health_check: HealthCheck,
+}
+
+/// Time limits of one upstream request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// Connecting, TLS included; more than zero.
+    pub connect: Duration,
+    /// Each wait for the header or the next piece of the body; more than zero.
+    pub read: Duration,
+    /// The whole response; `None`: no limit.
+    pub total: Option<Duration>,
+}
+
+/// Active health checks of the endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks; more than zero.
+    pub interval: Duration,
+    /// Longest wait for a check; more than zero.
+    pub timeout: Duration,
+    /// Failures in a row that mark an endpoint unhealthy; at least 1.
+    pub unhealthy_after: u32,
+    /// Successes in a row that mark it healthy again; at least 1.
+    pub healthy_after: u32,
+}
+
+/// The pass-through manifest cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestCacheSettings {
+    /// Most bytes kept; `None`: the cache is off.
+    pub max_bytes: Option<u64>,
+    /// How long a manifest fetched by tag is fresh; zero: tags are not cached.
+    pub tag_ttl: Duration,
+    /// How long past `tag_ttl` it may still stand in when no upstream answers.
+    pub stale_if_error: Duration,
+}
+
+/// Limits on the registry listener's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// A whole request header; more than zero.
+    pub header: Duration,
+    /// Waiting for a first or next request; at least 1 s (Pingora counts whole seconds).
+    pub idle: Duration,
+    /// Reading or draining a request body; more than zero.
+    pub body: Duration,
+    /// Each write of an answer; more than zero.
+    pub write: Duration,
+    /// Slowest acceptable download in bytes per second; `None`: only `write` applies.
+    pub min_send_rate: Option<usize>,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Base URL without a trailing slash, e.g. `https://registry.example:5000`.
+    pub url: String,
+    /// `https`.
+    pub tls: bool,
+    /// Host name or address literal (without IPv6 brackets), also the TLS server name.
+    pub host: String,
+    /// Port, the scheme's default when the URL has none.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port` for labels and logs (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.bracketed_host(), self.port)
+    }
+
+    /// The `Host` header for requests to it: the port only when not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            self.bracketed_host()
+        } else {
+            self.authority()
+        }
+    }
+
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
+/// Upstream credentials; the password is read from the environment or a file and never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A configuration problem, naming where it came from and which key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, that held the bad value.
+    pub source: String,
+    /// What is wrong, starting with the key.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Loads `path` (or the defaults when there is none), applies the environment variables,
+    /// and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => file::ArcheioConfig::from_file(p)?,
+            None => file::ArcheioConfig::default(),
+        };
+        cfg.apply_env(&env)?;
+        let source = path.map_or_else(
+            || "built-in defaults".to_string(),
+            |p| p.display().to_string(),
+        );
+        cfg.check(&source, env)
+    }
+
+    /// Whether upstream-bound requests are proxied rather than redirected.
+    pub fn passthrough(&self) -> bool {
+        self.routes.passthrough
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::ArcheioConfig;
+
+    fn settings(yaml: &str) -> Result<Settings, ConfigError> {
+        let cfg = ArcheioConfig::from_yaml(yaml, "test.yaml")?;
+        cfg.check("test.yaml", |k| {
+            (k == "REG_PASSWORD").then(|| "s3cret".to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_build_the_original_urls() {
+        let s = settings("").unwrap();
+        assert_eq!(
+            s.routes.upstreams,
+            ["https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images"]
+        );
+        assert_eq!(s.routes.upstream_prefix, "/v2/k8s-artifacts-prod/images");
+        assert!(!s.routes.passthrough);
+        assert_eq!(
+            s.upstream.endpoints[0].authority(),
+            "us-central1-docker.pkg.dev:443"
+        );
+        assert!(s.upstream.endpoints[0].tls);
+        assert_eq!(
+            s.routes.default_mirror,
+            "https://d1be1w964nk82h.cloudfront.net"
+        );
+        assert_eq!(s.routes.blob_path_prefix, "/containers/images/");
+        assert_eq!(s.routes.blob_path_suffix, "");
+        assert_eq!(s.routes.trusted_proxy_hops, 1);
+        assert_eq!(s.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(s.admin_listen, ["0.0.0.0:9090".parse().unwrap()]);
+        assert!(s.routes.signature_upstream.is_none());
+    }
+
+    #[test]
+    fn slashes_in_endpoint_and_prefix_are_normalised() {
+        let s = settings(
+            "archeio:\n  upstream: {endpoints: ['http://127.0.0.1:5000/', 'https://[::1]'], path: '/'}\n  signature_upstream: http://sig:1/\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.routes.upstreams,
+            ["http://127.0.0.1:5000/v2", "https://[::1]/v2"]
+        );
+        assert_eq!(s.upstream.endpoints[1].authority(), "[::1]:443");
+        assert_eq!(s.upstream.endpoints[1].host_header(), "[::1]");
+        assert_eq!(s.upstream.endpoints[0].host_header(), "127.0.0.1:5000");
+        assert_eq!(s.upstream.endpoints[1].host, "::1");
+        assert_eq!(
+            s.routes.signature_upstream.as_deref(),
+            Some("http://sig:1/v2")
+        );
+        let s = settings("archeio:\n  upstream: {path: '/a/b/'}\n").unwrap();
+        assert!(s.routes.upstreams[0].ends_with("/v2/a/b"));
+    }
+
+    #[test]
+    fn ipv6_and_several_listen_addresses() {
+        let s = settings("archeio:\n  listen: ['0.0.0.0:8080', '[::]:8080']\n").unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert!(s.listen[1].is_ipv6());
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_file() {
+        let cases = [
+            ("archeio:\n  listen: ['8080']\n", "archeio.listen[0]"),
+            ("archeio:\n  listen: []\n", "archeio.listen"),
+            ("archeio:\n  info_url: 'ftp://x'\n", "archeio.info_url"),
+            (
+                "archeio:\n  upstream: {endpoints: ['http://u:p@host']}\n",
+                "archeio.upstream.endpoints[0]",
+            ),
+            (
+                "archeio:\n  upstream: {endpoints: ['http://a', 'http://h/?q=1']}\n",
+                "archeio.upstream.endpoints[1]",
+            ),
+            (
+                "archeio:\n  upstream: {endpoints: ['http://h/v2']}\n",
+                "archeio.upstream.endpoints[0]",
+            ),
+            (
+                "archeio:\n  upstream: {endpoints: []}\n",
+                "archeio.upstream.endpoints",
+            ),
+            (
+                "archeio:\n  upstream: {ca_file: /nonexistent/ca.pem}\n",
+                "archeio.upstream.ca_file",
+            ),
+            (
+                "archeio:\n  upstream: {ca_file: Cargo.toml}\n",
+                "archeio.upstream.ca_file",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u}}\n",
+                "archeio.upstream.credentials.password_env",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u, password_env: NOPE}}\n",
+                "archeio.upstream.credentials.password_env",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u, password_file: /nonexistent}}\n",
+                "archeio.upstream.credentials.password_file",
+            ),
+            (
+                "archeio:\n  upstream: {timeouts: {read: 0s}}\n",
+                "archeio.upstream.timeouts.read",
+            ),
+            (
+                "archeio:\n  upstream: {health_check: {unhealthy_after: 0}}\n",
+                "archeio.upstream.health_check.unhealthy_after",
+            ),
+            ("archeio:\n  mode: mirror\n", "archeio.mode"),
+            (
+                "archeio:\n  upstream: {path: 'a/../b'}\n",
+                "archeio.upstream.path",
+            ),
+            (
+                "archeio:\n  upstream: {path: 'a//b'}\n",
+                "archeio.upstream.path",
+            ),
+            (
+                "archeio:\n  signature_upstream: 'nope'\n",
+                "archeio.signature_upstream",
+            ),
+            (
+                "archeio:\n  mirrors: {default: 'x'}\n",
+                "archeio.mirrors.default",
+            ),
+            (
+                "archeio:\n  mirrors: {regions: {r1: 'x'}}\n",
+                "archeio.mirrors.regions.r1",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a/b'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: 'a/{digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a/{digest}/{digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  mirrors: {blob_path: '/a?x={digest}'}\n",
+                "archeio.mirrors.blob_path",
+            ),
+            (
+                "archeio:\n  blob_check: {timeout: 0s}\n",
+                "archeio.blob_check.timeout",
+            ),
+            (
+                "archeio:\n  blob_check: {capacity: 0}\n",
+                "archeio.blob_check.capacity",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: aws, region: ''}]}\n",
+                "archeio.ranges.custom[0].region",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: azure, region: x}]}\n",
+                "archeio.ranges.custom[0].cloud",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/33, cloud: aws, region: x}]}\n",
+                "archeio.ranges.custom[0].cidr",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let msg = settings(yaml).unwrap_err().to_string();
+            assert!(msg.starts_with("test.yaml: "), "{yaml} -> {msg}");
+            assert!(msg.contains(key), "{yaml} -> {msg}");
+        }
+    }
+
+    #[test]
+    fn passthrough_credentials_come_from_the_environment_and_are_never_printed() {
+        let s = settings(
+            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: bot, password_env: REG_PASSWORD}\n",
+        )
+        .unwrap();
+        assert!(s.routes.passthrough);
+        let c = s.upstream.credentials.as_ref().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bot", "s3cret")
+        );
+        assert!(!format!("{s:?}").contains("s3cret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let s = settings(&format!(
+            "archeio:\n  upstream:\n    credentials: {{username: bot, password_file: {}}}\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(s.upstream.credentials.unwrap().password, "from-file");
+    }
+}

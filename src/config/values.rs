@@ -1,0 +1,198 @@
+//! Checks and parsers for single values, shared by the sections in [`super::file`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use url::Url;
+
+use super::Endpoint;
+
+/// A bad value: its key below `archeio.` and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error one section further out (`timeout` under `blob_check`).
+    pub fn under(mut self, section: &str) -> Invalid {
+        self.key = format!("{section}.{}", self.key);
+        self
+    }
+}
+
+/// `Err` naming `key` when `value` is zero.
+pub(super) fn positive_duration(key: &str, value: std::time::Duration) -> Result<(), Invalid> {
+    if value.is_zero() {
+        return Err(Invalid::new(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+/// `Err` naming `key` when `value` is zero.
+pub(super) fn at_least_one(key: &str, value: u64) -> Result<(), Invalid> {
+    if value == 0 {
+        return Err(Invalid::new(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A URL's host as hosts are compared: lowercase, IPv6 without brackets.
+pub fn url_host(url: &Url) -> String {
+    url.host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// A host name or address as a realm URL's host: no scheme, port, path or user.
+pub(super) fn realm_host(text: &str) -> Result<String, String> {
+    let url = Url::parse(&format!("https://{text}/"))
+        .map_err(|e| format!("expected a host name such as auth.docker.io ({e}), got {text:?}"))?;
+    match url.host_str() {
+        Some(_) if url.port().is_none() && url.username().is_empty() && url.path() == "/" => {
+            Ok(url_host(&url))
+        }
+        _ => Err(format!(
+            "expected a host name only (no scheme, port or path), got {text:?}"
+        )),
+    }
+}
+
+/// Listener addresses; `key` names the list in errors.
+pub(super) fn socket_addrs(list: &[String], key: &str) -> Result<Vec<SocketAddr>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse().map_err(|_| {
+                Invalid::new(
+                    format!("{key}[{i}]"),
+                    format!("expected IP:port such as 0.0.0.0:8080 or [::]:8080, got {a:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+pub(super) fn http_url(text: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(text).map_err(|e| format!("expected an http(s) URL, got {text:?} ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("expected an http(s) URL with a host, got {text:?}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // It would be sent to every client in a Location header.
+        return Err("must not hold credentials".into());
+    }
+    Ok(url)
+}
+
+/// A URL clients are sent to as it is (info, privacy).
+pub(super) fn redirect_url(text: &str) -> Result<String, String> {
+    http_url(text).map(|u| u.to_string())
+}
+
+/// A URL that paths are appended to: no query or fragment, no trailing slash.
+pub(super) fn base_url(text: &str) -> Result<String, String> {
+    let url = http_url(text)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("must not have a query or fragment, got {text:?}"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// An upstream endpoint: http(s), host, optional port, nothing else.
+pub(super) fn endpoint(text: &str) -> Result<Endpoint, String> {
+    let url = base_url(text)?;
+    let parsed = Url::parse(&url).map_err(|e| e.to_string())?;
+    if parsed.path() != "/" && !parsed.path().is_empty() {
+        return Err(format!(
+            "expected scheme, host and port only (the path prefix is upstream.path), got {text:?}"
+        ));
+    }
+    let host = match parsed.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => return Err(format!("expected a host, got {text:?}")),
+    };
+    Ok(Endpoint {
+        tls: parsed.scheme() == "https",
+        port: parsed.port_or_known_default().unwrap_or(443),
+        host,
+        url,
+    })
+}
+
+/// The certificates in a PEM file; at least one.
+pub(super) fn ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("expected PEM certificates in {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "expected PEM certificates in {}, found none",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// `a/b` becomes `/a/b`; empty stays empty. Segments are plain names: no `.`/`..`, no empty
+/// segments, only characters that need no escaping.
+pub(super) fn path_prefix(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for seg in trimmed.split('/') {
+        let plain = seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if seg.is_empty() || seg == "." || seg == ".." || !plain {
+            return Err(format!(
+                "expected path segments of letters, digits, '.', '_' and '-', got {text:?}"
+            ));
+        }
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+/// Splits the layout around its one `{digest}`.
+pub(super) fn blob_path(text: &str) -> Result<(String, String), String> {
+    let (prefix, suffix) = text
+        .split_once("{digest}")
+        .ok_or_else(|| format!("must contain {{digest}}, got {text:?}"))?;
+    if suffix.contains("{digest}") {
+        return Err("must contain {digest} once".into());
+    }
+    if !prefix.starts_with('/') {
+        return Err(format!("must start with '/', got {text:?}"));
+    }
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+    };
+    if !plain(prefix)
+        || !plain(suffix)
+        || text.contains("//")
+        || text.contains("/./")
+        || text.contains("/../")
+    {
+        return Err(format!(
+            "expected a path of letters, digits, '/', '.', '_' and '-' around {{digest}}, got {text:?}"
+        ));
+    }
+    Ok((prefix.to_string(), suffix.to_string()))
+}

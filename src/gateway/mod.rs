@@ -1,0 +1,222 @@
+//! Everything that touches Pingora. The registry service is [`Gateway`]: its `ProxyHttp`
+//! impl only hands each phase to the file that does that phase's work:
+//! - [`request`]: client limits, the request's facts, the decision (and the mirror check it
+//!   asks for), the manifest cache lookup, the gateway's own answers;
+//! - [`upstream_request`]: pass-through's endpoint choice and the request sent to it;
+//! - [`upstream_response`]: the upstream's answer: the credentials retry, the headers passed
+//!   on, the body collected for the manifest cache;
+//! - [`failure`]: what a client is told when proxying fails, classified first;
+//! - [`access_log`]: the access-log line and the request metrics.
+//!
+//! Beside it: [`responses`] writes answers, [`headers`] filters and rewrites headers,
+//! [`peer`] builds upstream peers, [`slow_clients`] guards the listener's connections,
+//! [`admin`] serves `/metrics` and the probes, [`services`] runs background work.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::modules::http::HttpModules;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+
+use crate::config::ClientTimeouts;
+use crate::mirror::MirrorCheck;
+use crate::range_refresh::LiveRanges;
+use crate::routing::{Reply, Routes};
+use crate::upstream::auth::UpstreamAuth;
+use crate::upstream::manifest_cache::{Capture, ManifestCache};
+use crate::upstream::Upstreams;
+
+mod access_log;
+pub mod admin;
+mod failure;
+mod headers;
+pub mod peer;
+mod request;
+mod responses;
+pub mod services;
+pub mod slow_clients;
+mod upstream_request;
+mod upstream_response;
+
+use peer::Peers;
+
+/// The registry-facing service.
+pub struct Gateway {
+    routes: Routes,
+    ranges: LiveRanges,
+    mirror_check: MirrorCheck,
+    upstream: UpstreamAccess,
+    /// Limits on slow and idle clients.
+    client_timeouts: ClientTimeouts,
+}
+
+/// How the gateway reaches the upstream: endpoint choice in both modes, the rest for
+/// pass-through.
+pub struct UpstreamAccess {
+    /// The endpoints and their health.
+    pub endpoints: Arc<Upstreams>,
+    /// Pingora peers for the endpoints.
+    pub peers: Peers,
+    /// The gateway's credentials.
+    pub auth: UpstreamAuth,
+    /// Manifests already fetched.
+    pub manifests: ManifestCache,
+    /// Limit on a whole upstream response.
+    pub total_timeout: Option<Duration>,
+}
+
+impl Gateway {
+    /// A gateway answering by `routes` over `ranges`, checking mirrors with `mirror_check`,
+    /// reaching the upstream through `upstream`.
+    pub fn new(
+        routes: Routes,
+        ranges: LiveRanges,
+        mirror_check: MirrorCheck,
+        upstream: UpstreamAccess,
+        client_timeouts: ClientTimeouts,
+    ) -> Gateway {
+        Gateway {
+            routes,
+            ranges,
+            mirror_check,
+            upstream,
+            client_timeouts,
+        }
+    }
+}
+
+/// What one request did, for the access log and the metrics.
+pub struct RequestCtx {
+    started: Instant,
+    /// The answer decided, once decided.
+    reply: Option<Reply>,
+    /// Pass-through progress.
+    upstream: UpstreamCtx,
+}
+
+/// Pass-through state of one request.
+#[derive(Default)]
+struct UpstreamCtx {
+    /// The endpoint in use; cleared when connecting to it failed.
+    endpoint: Option<usize>,
+    /// Bit set of endpoints that could not be reached.
+    tried: u64,
+    /// The one retry after the upstream asked for authentication was spent.
+    auth_retried: bool,
+    /// When the current attempt started.
+    sent_at: Option<Instant>,
+    /// The answer came from the manifest cache.
+    from_cache: bool,
+    /// The answer was an expired one from the manifest cache: no upstream answered.
+    stale: bool,
+    /// Manifest cache key, when the answer may be kept (kept for `GET` only).
+    cache_key: Option<String>,
+    /// The answer being collected for the cache.
+    capture: Option<Capture>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            reply: None,
+            upstream: UpstreamCtx::default(),
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
+        request::apply_client_limits(session, &self.client_timeouts);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.answer(session, ctx).await
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // Answers are either built here or the upstream's bytes as they came: no response
+        // compression module to consult.
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.choose_peer(session, ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.connect_failed(ctx, e)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.rewrite_request(session, upstream_request, ctx).await
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.take_response(session, resp, ctx).await
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        self.take_body(body.as_ref(), end_of_stream, ctx)?;
+        Ok(None)
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        failure::is_routine(error)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        failure::is_logged_where_found(error)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        self.answer_failure(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        self.finish(session, error, ctx);
+    }
+}

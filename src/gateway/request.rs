@@ -1,0 +1,106 @@
+//! The request phase: client limits on the session, the request's facts, the routing
+//! decision and the mirror check it asks for, the manifest cache, and every answer the
+//! gateway gives itself. Only proxied requests go further.
+
+use std::net::IpAddr;
+
+use pingora_core::Result;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::responses::{write_answer, write_cached};
+use super::{Gateway, RequestCtx};
+use crate::config::ClientTimeouts;
+use crate::routing::{decide, Answer, Decision, Request};
+use crate::upstream::manifest_cache::ManifestCache;
+
+/// Pingora waits for the next keep-alive request without limit, reads bodies with a
+/// per-read limit only, and writes without a limit: a client that stops reading would hold
+/// the connection (and in pass-through an upstream one) forever.
+pub(super) fn apply_client_limits(session: &mut Session, t: &ClientTimeouts) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(t.idle.as_secs()));
+    }
+    session.set_read_timeout(Some(t.body));
+    session.set_total_drain_timeout(Some(t.body));
+    session.set_write_timeout(Some(t.write));
+    session.set_min_send_rate(t.min_send_rate);
+}
+
+impl Gateway {
+    /// Decides the request and answers it, unless it is to be proxied: `Ok(true)` when
+    /// answered here.
+    pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let forwarded_for = forwarded_for(req);
+        let has_body = has_body(req);
+        let facts = Request {
+            method: req.method.as_str(),
+            target: req.raw_path(),
+            peer: peer_ip(session),
+            forwarded_for: &forwarded_for,
+            upstream: self.upstream.endpoints.preferred(),
+            has_body,
+        };
+        let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
+            Decision::Reply(reply) => reply,
+            Decision::CheckMirror(candidate) => {
+                let present = self.mirror_check.check(&candidate.mirror_url).await;
+                candidate.decide(present)
+            }
+        };
+        let head = req.method == http::Method::HEAD;
+        let reply = ctx.reply.insert(reply);
+        if let Answer::Proxy {
+            path,
+            manifest: Some(reference),
+        } = &reply.answer
+        {
+            if self.upstream.manifests.caches(*reference) {
+                let accept = req.headers.get_all("accept").iter().map(|v| v.as_bytes());
+                let key = ManifestCache::key(path, accept);
+                if let Some(cached) = self.upstream.manifests.get(&key) {
+                    ctx.upstream.from_cache = true;
+                    write_cached(session, &cached, head, false).await?;
+                    return Ok(true);
+                }
+                ctx.upstream.cache_key = Some(key);
+            }
+        }
+        if matches!(reply.answer, Answer::Proxy { .. }) {
+            return Ok(false);
+        }
+        if has_body {
+            // Refused without reading it: the connection cannot carry another request.
+            session.set_keepalive(None);
+        }
+        write_answer(session, &reply.answer, head).await?;
+        Ok(true)
+    }
+}
+
+/// Every `X-Forwarded-For` header line, in order.
+pub(super) fn forwarded_for(req: &RequestHeader) -> Vec<&[u8]> {
+    req.headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
+}
+
+/// Whether the request announces a body.
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The socket peer's address.
+pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}

@@ -1,0 +1,161 @@
+//! The answers the gateway writes itself: redirects, the API version check, errors (OCI
+//! JSON on registry paths), manifests from the cache, and whole error answers as bytes for
+//! requests refused before Pingora parsed them.
+
+use bytes::{Bytes, BytesMut};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::routing::{Answer, Reply};
+use crate::upstream::manifest_cache::CachedManifest;
+
+/// Writes the answer: redirects and the version check with an empty body, errors with a JSON
+/// (registry API) or text body; HEAD gets the headers only.
+pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) -> Result<()> {
+    let status = answer.status().unwrap_or(500);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let body = match answer {
+        Answer::Redirect { location, .. } => {
+            resp.insert_header("Location", location.as_str())?;
+            None
+        }
+        Answer::ApiVersion => {
+            resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+            None
+        }
+        Answer::Error {
+            code, message, oci, ..
+        } => {
+            let (headers, body) = error_parts(status, code, message, *oci);
+            for (name, value) in headers {
+                resp.insert_header(name, value)?;
+            }
+            Some(body)
+        }
+        Answer::Proxy { .. } => {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "a proxied answer is not written here",
+            )
+        }
+    };
+    let len = body.as_ref().map_or(0, Bytes::len);
+    resp.insert_header("Content-Length", len.to_string())?;
+    match body {
+        Some(body) if !head => {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        _ => session.write_response_header(Box::new(resp), true).await,
+    }
+}
+
+/// The headers of an error answer (its framing aside) and its body: OCI JSON
+/// (`{"errors":[{"code":...,"message":...}]}`) with `Docker-Distribution-Api-Version` on
+/// registry API paths, one line of text elsewhere; `Allow` with a `405`.
+fn error_parts(
+    status: u16,
+    code: &str,
+    message: &str,
+    oci: bool,
+) -> (Vec<(&'static str, &'static str)>, Bytes) {
+    let mut headers = Vec::with_capacity(3);
+    let body = if oci {
+        headers.push(("Content-Type", "application/json; charset=utf-8"));
+        headers.push(("Docker-Distribution-Api-Version", "registry/2.0"));
+        let json = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+        Bytes::from(format!("{json}\n"))
+    } else {
+        headers.push(("Content-Type", "text/plain; charset=utf-8"));
+        Bytes::from(format!("{message}\n"))
+    };
+    if status == 405 {
+        headers.push(("Allow", "GET, HEAD"));
+    }
+    (headers, body)
+}
+
+/// A whole HTTP/1.1 error answer as bytes, for requests refused before Pingora parsed them;
+/// the connection closes after it.
+pub fn error_response_bytes(reply: &Reply, head: bool) -> Bytes {
+    let Answer::Error {
+        status,
+        code,
+        message,
+        oci,
+    } = &reply.answer
+    else {
+        return Bytes::new();
+    };
+    let (headers, body) = error_parts(*status, code, message, *oci);
+    let reason = http::StatusCode::from_u16(*status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = BytesMut::from(out.as_bytes());
+    if !head {
+        bytes.extend_from_slice(&body);
+    }
+    bytes.freeze()
+}
+
+/// Writes a manifest from the cache; HEAD gets the headers only. A stale one says so.
+pub async fn write_cached(
+    session: &mut Session,
+    cached: &CachedManifest,
+    head: bool,
+    stale: bool,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(cached.headers.len() + 2))?;
+    for (name, value) in &cached.headers {
+        resp.insert_header(*name, value.as_ref())?;
+    }
+    if stale {
+        resp.insert_header("Warning", "110 archeio \"Response is Stale\"")?;
+    }
+    resp.insert_header("Content-Length", cached.body.len().to_string())?;
+    if head {
+        return session.write_response_header(Box::new(resp), true).await;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(cached.body.clone()), true)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_are_answered_in_full() {
+        let reply = Reply {
+            route: crate::routing::Route::Invalid,
+            answer: Answer::Error {
+                status: 400,
+                code: "NAME_INVALID",
+                message: "bad".into(),
+                oci: true,
+            },
+        };
+        let text = String::from_utf8(error_response_bytes(&reply, false).to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text
+            .ends_with("\r\n\r\n{\"errors\":[{\"code\":\"NAME_INVALID\",\"message\":\"bad\"}]}\n"));
+        let head = String::from_utf8(error_response_bytes(&reply, true).to_vec()).unwrap();
+        assert!(
+            head.ends_with("\r\n\r\n") && head.contains("Content-Length: 53"),
+            "{head}"
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! The background work that runs beside the listeners, as Pingora services: upstream health
+//! checks and range refreshes. The work itself lives in its own module; this only hands it
+//! Pingora's shutdown signal.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use crate::range_refresh::RangeRefresher;
+use crate::upstream::Upstreams;
+
+/// Active health checks of the upstream endpoints.
+pub struct HealthChecks(pub Arc<Upstreams>);
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run_checks(shutdown).await;
+    }
+}
+
+/// Range files and URLs read again on the interval and on `SIGHUP`.
+pub struct RangeRefresh(pub RangeRefresher);
+
+#[async_trait]
+impl BackgroundService for RangeRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run(shutdown).await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Pass-through's request phases: which endpoint (the first healthy untried one), what
+//! happens when connecting to it fails, and the request it gets: the upstream path, only the
+//! allowed client headers, `Host`, `X-Forwarded-For` and the gateway's credentials.
+
+use std::time::Instant;
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::failure::AUTH_FAILED;
+use super::headers::{names_not_in, FORWARDED_REQUEST_HEADERS};
+use super::request::{forwarded_for, peer_ip};
+use super::slow_clients::set_request_deadline;
+use super::{Gateway, RequestCtx};
+use crate::metrics;
+use crate::routing::client_addr::client_addr;
+use crate::routing::Answer;
+use crate::upstream::auth::repository;
+
+impl Gateway {
+    /// The peer for the endpoint in use, or the next one to try.
+    pub(super) async fn choose_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let up = &mut ctx.upstream;
+        let endpoints = &self.upstream.endpoints;
+        let Some(i) = up.endpoint.or_else(|| endpoints.next(up.tried)) else {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                "no upstream endpoint left to try",
+            );
+        };
+        up.endpoint = Some(i);
+        let now = Instant::now();
+        if let (None, Some(total)) = (up.sent_at, self.upstream.total_timeout) {
+            // The whole upstream exchange, retries included, by a timer on the client's
+            // connection (Pingora polls it while proxying): a stalled body is cut too.
+            set_request_deadline(session, Some(now + total));
+        }
+        up.sent_at = Some(now);
+        self.upstream.peers.peer(endpoints, i).await
+    }
+
+    /// Counts the failed endpoint and lets Pingora retry while an untried one is left (GET
+    /// and HEAD are idempotent).
+    pub(super) fn connect_failed(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let up = &mut ctx.upstream;
+        let endpoints = &self.upstream.endpoints;
+        if let Some(i) = up.endpoint.take() {
+            up.tried |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            endpoints.connect_failed(i);
+            metrics::UPSTREAM_REQUESTS
+                .with_label_values(&[endpoints.label(i), "error"])
+                .inc();
+        }
+        e.set_retry(endpoints.next(up.tried).is_some());
+        e
+    }
+
+    /// Turns the client's request into the upstream's.
+    pub(super) async fn rewrite_request(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(Answer::Proxy { path, .. }), Some(i)) =
+            (ctx.reply.as_ref().map(|r| &r.answer), ctx.upstream.endpoint)
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream request decided");
+        };
+        let uri = path
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
+        upstream_request.set_uri(uri);
+        let host = self.upstream.endpoints.endpoint(i).host_header();
+        for name in names_not_in(&upstream_request.headers, &FORWARDED_REQUEST_HEADERS) {
+            upstream_request.remove_header(&name);
+        }
+        upstream_request.insert_header("Host", host)?;
+        // The client as the gateway sees it: the peer, or what trusted proxies said.
+        let peer = peer_ip(session);
+        let forwarded = forwarded_for(session.req_header());
+        let client = client_addr(peer, &forwarded, self.routes.trusted_proxy_hops)
+            .ok()
+            .or(peer);
+        if let Some(ip) = client {
+            upstream_request.insert_header("X-Forwarded-For", ip.to_string())?;
+        }
+        match self.upstream.auth.authorization(i, repository(path)).await {
+            Ok(Some(value)) => upstream_request.insert_header("Authorization", &*value)?,
+            Ok(None) => {}
+            Err(e) => {
+                return Error::e_explain(
+                    AUTH_FAILED,
+                    format!("upstream authentication failed: {e}"),
+                )
+            }
+        }
+        Ok(())
+    }
+}
