@@ -70,5 +70,5 @@ for target in routing forwarded_for range_files config; do
 done
 rm -f "$fuzz_log"
 echo "== soak: ${SOAK_SECONDS} s at a fixed rate, with a graceful upgrade"
-python3 bench/soak/run.py --duration "$SOAK_SECONDS"
+python3 benches/soak/run.py --duration "$SOAK_SECONDS"
 echo "== all tests passed in $(( $(date +%s) - start )) s"

@@ -8,7 +8,7 @@ sends the same number of blob requests for distinct digests over one keep-alive 
 after a warm-up (which, for the black hole, is what opens the breaker), and prints p50, p99
 and max latency, and any answer that is not a 307 to the upstream.
 
-    python3 bench/breaker/run.py [--requests 2000] [--no-build]
+    python3 benches/breaker/run.py [--requests 2000] [--no-build]
 """
 import argparse
 import http.server

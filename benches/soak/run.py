@@ -5,7 +5,7 @@ bounded time, sampling its RSS; a graceful upgrade (`-u` + SIGQUIT) near the end
 Passes (exit 0) when no request failed or got an unexpected answer, and the RSS just before
 the upgrade is within 10% of the RSS after warm-up.
 
-    python3 bench/soak/run.py [--duration 600] [--rate 400] [--no-build]
+    python3 benches/soak/run.py [--duration 600] [--rate 400] [--no-build]
 
 Clients keep connections alive and, like HTTP clients do for GET, send a request again on a
 new connection when the server closed an idle one before answering (which is what a process

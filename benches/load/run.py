@@ -7,7 +7,7 @@ of requests, and `wrk` drives each in alternation, several rounds per scenario. 
 the rounds are printed (requests/s, p50, p99, peak RSS) with the gateway/nginx ratio.
 Then: start-to-ready time, and RSS with 100,000 cached mirror answers.
 
-usage: bench/load/run.py [--duration 5] [--rounds 3] [--threads 1,2] [--no-build]
+usage: benches/load/run.py [--duration 5] [--rounds 3] [--threads 1,2] [--no-build]
                          [--markdown FILE]
 Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`).
 """

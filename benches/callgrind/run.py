@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""User-space instructions per request of archeio, counted by valgrind's callgrind.
+
+For each scenario the gateway (threads: 1, RUST_LOG=warn, loopback only) is started twice
+under `valgrind --tool=callgrind`:
+
+  run B: start, warm-up (WARMUP requests), N measured requests (taking T seconds), stop
+  run A: start, warm-up (WARMUP requests), T seconds idle, stop
+
+All requests of a run go over one keep-alive HTTP/1.1 connection; every status (and, for
+redirects, the Location) is checked, and the script fails on any difference. Instructions per
+request = (total Ir of B - total Ir of A) / N, so start-up, warm-up, readiness check and
+shutdown cancel out, and so does the idle gateway's background timer work (which would
+otherwise add ~0.1-0.2% per request: ~90k Ir per idle second here). Totals
+cover every thread of the process (callgrind's summary line).
+
+Scenarios:
+  manifest  GET /v2/pause/manifests/latest           307 to the upstream
+  v2        GET /v2/                                 200
+  blob      GET /v2/pause/blobs/sha256:<64 hex>      307 to the default mirror; the client
+            (127.0.0.1, no X-Forwarded-For) is in no cloud; the first warm-up request HEADs
+            the mirror (a local http.server answering 200) and fills the mirror-answer cache,
+            so the measured requests are cache hits.
+
+The gateway is stopped with SIGINT (SIGKILL after --stop-timeout seconds; a killed run
+writes no profile and fails the measurement).
+
+usage: benches/callgrind/run.py --binary PATH [--requests 2000] [--warmup 200] [--scenarios manifest,v2,blob]
+                  [--keep DIR] [--valgrind /usr/bin/valgrind]
+"""
+import argparse
+import http.client
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+DIGEST = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
+# name: request target, expected status, expected Location ({base}: the local mirror/upstream
+# base URL; None: no Location expected).
+SCENARIOS = {
+    "manifest": ("/v2/pause/manifests/latest", 307, "{base}/v2/images/pause/manifests/latest"),
+    "v2": ("/v2/", 200, None),
+    "blob": (f"/v2/pause/blobs/{DIGEST}", 307, "{base}/default/containers/images/" + DIGEST),
+}
+ENV_OVERRIDES = ["PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
+                 "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"]
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with an empty body to every HEAD and GET (the blob mirror and upstream)."""
+    protocol_version = "HTTP/1.1"
+
+    def _ok(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = _ok
+    do_GET = _ok
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(d, port, admin, base):
+    path = os.path.join(d, "archeio.yaml")
+    with open(path, "w") as f:
+        f.write(f"""version: 1
+threads: 1
+pid_file: {d}/archeio.pid
+upgrade_sock: {d}/upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+archeio:
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']
+  upstream:
+    endpoints: ['{base}']
+    path: images
+  mirrors:
+    default: {base}/default
+    regions: {{}}
+""")
+    return path
+
+
+def listening(port):
+    """True once 127.0.0.1:port is in LISTEN state (read from /proc, no request to the server)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
+
+
+def wait_ready(proc, port, admin, deadline_s):
+    start = time.monotonic()
+    while not (listening(port) and listening(admin)):
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before listening")
+        if time.monotonic() - start > deadline_s:
+            raise RuntimeError(f"gateway not listening within {deadline_s}s")
+        time.sleep(0.05)
+    # Usually ready at once (embedded ranges); each extra poll adds a little noise to the count.
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=60)
+        try:
+            conn.request("GET", "/readyz")
+            status = conn.getresponse().status
+        finally:
+            conn.close()
+        if status == 200:
+            return
+        if time.monotonic() - start > deadline_s:
+            raise RuntimeError(f"/readyz answered {status} for {deadline_s}s")
+        time.sleep(0.5)
+
+
+def drive(port, target, status, location, warmup, measured, idle):
+    """`warmup` + `measured` GETs of `target` over one keep-alive connection, each answer
+    checked, then `idle` seconds with the connection open. Returns the measured requests' time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.connect()
+    sock = conn.sock
+    try:
+        for i in range(warmup + measured):
+            if i == warmup:
+                start = time.monotonic()
+            conn.request("GET", target)
+            r = conn.getresponse()
+            r.read()
+            if r.status != status:
+                raise RuntimeError(f"request {i}: GET {target} answered {r.status}, expected {status}")
+            loc = r.getheader("Location")
+            if loc != location:
+                raise RuntimeError(f"request {i}: GET {target} Location {loc!r}, expected {location!r}")
+            if r.will_close or conn.sock is not sock:
+                raise RuntimeError(f"request {i}: the connection was not kept alive")
+        elapsed = time.monotonic() - start if measured else 0.0
+        time.sleep(idle)
+        return elapsed
+    finally:
+        conn.close()
+
+
+def stop(proc, timeout):
+    """SIGINT, then SIGKILL after `timeout` s. Returns True when the process exited by itself."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
+def total_ir(out_file):
+    with open(out_file) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {out_file}")
+
+
+def run_once(a, workdir, base, target, status, location, measured, idle=0.0):
+    """One gateway under callgrind: warm-up, `measured` requests, `idle` s. -> (total Ir, time)"""
+    d = tempfile.mkdtemp(dir=workdir)
+    port, admin = free_port(), free_port()
+    conf = write_config(d, port, admin, base)
+    out = os.path.join(d, "callgrind.out")
+    env = dict(os.environ, RUST_LOG="warn")
+    for var in ENV_OVERRIDES:
+        env.pop(var, None)
+    with open(os.path.join(d, "stderr.log"), "wb") as err:
+        proc = subprocess.Popen([a.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
+                                 a.binary, "-c", conf],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_ready(proc, port, admin, a.start_timeout)
+        elapsed = drive(port, target, status, location, a.warmup, measured, idle)
+    finally:
+        clean = stop(proc, a.stop_timeout)
+    if not clean:
+        raise RuntimeError(f"gateway did not exit within {a.stop_timeout}s of SIGINT (killed); see {d}")
+    if not os.path.exists(out):
+        raise RuntimeError(f"no callgrind profile written (exit {proc.returncode}); see {d}/stderr.log")
+    return total_ir(out), elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--binary", required=True, help="archeio release binary")
+    ap.add_argument("--requests", type=int, default=2000, help="measured requests (N)")
+    ap.add_argument("--warmup", type=int, default=200, help="requests before the measured ones")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    ap.add_argument("--valgrind", default=shutil.which("valgrind") or "/usr/bin/valgrind")
+    ap.add_argument("--start-timeout", type=float, default=120, help="seconds to become ready")
+    ap.add_argument("--stop-timeout", type=float, default=10, help="seconds after SIGINT")
+    ap.add_argument("--keep", help="keep configs, logs and profiles in this directory")
+    a = ap.parse_args()
+    names = [s for s in a.scenarios.split(",") if s]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or a.requests <= 0:
+        ap.error(f"unknown scenarios {unknown}" if unknown else "--requests must be positive")
+    a.binary = os.path.abspath(a.binary)
+
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+    workdir = a.keep or tempfile.mkdtemp(prefix="archeio-callgrind-")
+    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
+    mirror.daemon_threads = True
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{mirror.server_address[1]}"
+
+    rows = []
+    try:
+        for name in names:
+            target, status, location = SCENARIOS[name]
+            location = location.format(base=base) if location else None
+            full_ir, elapsed = run_once(a, workdir, base, target, status, location, a.requests)
+            # The idle gateway still runs timers (~0.1 M Ir/s under valgrind here): the baseline
+            # run stays idle, connection open, as long as the measured requests took.
+            base_ir, _ = run_once(a, workdir, base, target, status, location, 0, idle=elapsed)
+            rows.append((name, base_ir, full_ir, elapsed, (full_ir - base_ir) / a.requests))
+            print(f"{name}: {rows[-1][4]:,.0f} Ir/request", file=sys.stderr, flush=True)
+    finally:
+        mirror.shutdown()
+        mirror.server_close()
+        if not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"binary {a.binary}; warm-up {a.warmup}, measured N={a.requests}, one keep-alive connection")
+    print(f"{'scenario':<10} {'total Ir, baseline':>19} {'total Ir, +N':>15} {'window s':>9} {'Ir/request':>11}")
+    for name, base_ir, full_ir, elapsed, per in rows:
+        print(f"{name:<10} {base_ir:>19,} {full_ir:>15,} {elapsed:>9.1f} {per:>11,.0f}")
+
+
+if __name__ == "__main__":
+    main()
