@@ -178,3 +178,77 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A mirror on loopback that answers every request `200`, one request per connection,
+    /// counting them; aborting the task closes the port.
+    async fn mirror(heads: Arc<AtomicUsize>) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                heads.fetch_add(1, Ordering::SeqCst);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (base, task)
+    }
+
+    fn check(cool_down: Duration) -> MirrorCheck {
+        MirrorCheck::new(&BlobCheck {
+            timeout: Duration::from_secs(5),
+            hit_ttl: Duration::from_secs(3600),
+            miss_ttl: Duration::from_secs(3600),
+            capacity: 100,
+            breaker_failures: 1,
+            breaker_cool_down: cool_down,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_wins_over_a_cached_present_answer() {
+        let heads = Arc::new(AtomicUsize::new(0));
+        let (base, server) = mirror(heads.clone()).await;
+        let c = check(Duration::from_millis(300));
+        let cached = format!("{base}/blob/a");
+        assert!(c.check(&cached).await, "the mirror holds it");
+        assert!(c.check(&cached).await, "now from the cache");
+        assert_eq!(heads.load(Ordering::SeqCst), 1, "one HEAD for both");
+
+        // The mirror goes away: a check of another blob fails and opens the breaker.
+        server.abort();
+        let _ = server.await;
+        assert!(!c.check(&format!("{base}/blob/b")).await);
+        assert!(
+            !c.check(&cached).await,
+            "an open breaker overrides the cached present answer"
+        );
+
+        // After the cool-down a request may probe; one answered from the cache hands the
+        // probe on rather than spending it, so the next uncached check is the probe: it fails
+        // and the breaker opens again, over the cached answer too.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(
+            c.check(&cached).await,
+            "the probe's turn, answered from the cache"
+        );
+        assert!(!c.check(&format!("{base}/blob/c")).await, "the probe fails");
+        assert!(!c.check(&cached).await, "open again");
+        assert_eq!(heads.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,5 +1,5 @@
 //! The pure core: request facts in, an answer out. Nothing here does I/O or knows Pingora;
-//! the glue in [`crate::gateway`] executes what [`decide`] returns.
+//! the Pingora glue (`gateway`) executes what [`decide`] returns.
 //! `docs/request-handling.md` describes these rules in the same order.
 //!
 //! - [`target`]: the request line and target checks;
@@ -23,7 +23,7 @@ use target::{parse_target, served_method};
 
 pub use target::{refuse_request_line, MAX_TARGET_LEN};
 
-/// What the decision needs from the configuration, validated by [`crate::config`].
+/// What the decision needs from the configuration, validated by `config`.
 #[derive(Debug, Clone)]
 pub struct Routes {
     /// Location for `/`.
