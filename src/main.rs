@@ -25,7 +25,7 @@ use archeio::metrics;
 use archeio::mirror::MirrorCheck;
 use archeio::range_refresh::RangeRefresher;
 use archeio::sync;
-use archeio::upstream::auth::{RealmPolicy, UpstreamAuth};
+use archeio::upstream::auth::UpstreamAuth;
 use archeio::upstream::manifest_cache::ManifestCache;
 use archeio::upstream::Upstreams;
 
@@ -57,21 +57,7 @@ fn main() {
         Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
             .unwrap_or_else(|e| fail(&e)),
     );
-    let realms = settings
-        .upstream
-        .endpoints
-        .iter()
-        .map(|e| RealmPolicy {
-            host: e.host.to_ascii_lowercase(),
-            tls: e.tls,
-        })
-        .collect();
-    let auth = UpstreamAuth::new(
-        realms,
-        settings.upstream.auth_realm_hosts.clone(),
-        settings.upstream.credentials.clone(),
-        upstreams.token_client(),
-    );
+    let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
     let passthrough = settings.passthrough();
     // With one endpoint, redirect mode has nothing to choose: no checks to send.
     let health_checks = (passthrough || upstreams.len() > 1)

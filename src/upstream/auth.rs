@@ -17,7 +17,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use serde::Deserialize;
 
-use crate::config::{url_host, Credentials};
+use crate::config::{url_host, Credentials, UpstreamSettings};
 use crate::metrics;
 
 /// What an upstream asked for in `WWW-Authenticate`.
@@ -151,6 +151,25 @@ pub struct UpstreamAuth {
 }
 
 impl UpstreamAuth {
+    /// Authentication to the endpoints of `settings`, with its credentials and allowed realm
+    /// hosts; `client` fetches tokens.
+    pub fn for_upstream(settings: &UpstreamSettings, client: reqwest::Client) -> UpstreamAuth {
+        let realms = settings
+            .endpoints
+            .iter()
+            .map(|e| RealmPolicy {
+                host: e.host.to_ascii_lowercase(),
+                tls: e.tls,
+            })
+            .collect();
+        UpstreamAuth::new(
+            realms,
+            settings.auth_realm_hosts.clone(),
+            settings.credentials.clone(),
+            client,
+        )
+    }
+
     /// Authentication for the endpoints described by `realms`, in order; `client` fetches
     /// tokens.
     pub fn new(
