@@ -1,0 +1,122 @@
+//! The run's metrics as Prometheus text, for cron jobs: written to `--metrics-file` and/or
+//! pushed to the Pushgateway at `--push-gateway`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use super::progress::Tally;
+use super::Options;
+
+/// Writes and pushes the metrics where the options ask; nothing when they ask neither.
+pub(super) async fn report_metrics(
+    opts: &Options,
+    tally: &Tally,
+    elapsed: Duration,
+    success: bool,
+) -> Result<(), String> {
+    if opts.metrics_file.is_none() && opts.push_gateway.is_none() {
+        return Ok(());
+    }
+    let registry = Registry::new();
+    let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let gauge = |name: &str, help: &str, value: u64| {
+        let g = IntGauge::new(name, help).map_err(|e| e.to_string())?;
+        g.set(value as i64);
+        registry.register(Box::new(g)).map_err(|e| e.to_string())
+    };
+    let counter = |name: &str, help: &str, value: u64| {
+        let c = IntCounter::new(name, help).map_err(|e| e.to_string())?;
+        c.inc_by(value);
+        registry.register(Box::new(c)).map_err(|e| e.to_string())
+    };
+    if opts.verify {
+        counter(
+            "archeio_sync_checked_objects_total",
+            "Objects read back by the last verify run.",
+            n(&tally.checked),
+        )?;
+        counter(
+            "archeio_sync_corrupt_objects_total",
+            "Objects whose bytes do not have the digest in their name, found by the last verify run.",
+            n(&tally.corrupt),
+        )?;
+        counter(
+            "archeio_sync_repaired_objects_total",
+            "Corrupt objects copied again by the last verify run.",
+            n(&tally.repaired),
+        )?;
+        counter(
+            "archeio_sync_failed_objects_total",
+            "Objects the last verify run could not read or repair.",
+            n(&tally.failed),
+        )?;
+    } else {
+        let blobs = IntCounterVec::new(
+            Opts::new(
+                "archeio_sync_blobs_total",
+                "Blobs by result of the last sync run.",
+            ),
+            &["result"],
+        )
+        .map_err(|e| e.to_string())?;
+        for (result, count) in [
+            ("copied", &tally.copied),
+            ("present", &tally.present),
+            ("failed", &tally.failed),
+        ] {
+            blobs.with_label_values(&[result]).inc_by(n(count));
+        }
+        registry
+            .register(Box::new(blobs))
+            .map_err(|e| e.to_string())?;
+        gauge(
+            "archeio_sync_copied_bytes",
+            "Bytes copied by the last sync run.",
+            n(&tally.bytes),
+        )?;
+    }
+    gauge(
+        "archeio_sync_duration_seconds",
+        "Duration of the last sync run.",
+        elapsed.as_secs(),
+    )?;
+    gauge(
+        "archeio_sync_success",
+        "1 when the last sync run had no failure.",
+        u64::from(success),
+    )?;
+    gauge(
+        "archeio_sync_source_errors",
+        "Source listings and manifests the last sync run could not read or refused.",
+        n(&tally.source_errors),
+    )?;
+    let mut text = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &opts.metrics_file {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(url) = &opts.push_gateway {
+        // Its own job for verify runs: a push replaces the whole group it goes to.
+        let job = if opts.verify {
+            "archeio_sync_verify"
+        } else {
+            "archeio_sync"
+        };
+        let target = format!("{}/metrics/job/{job}", url.trim_end_matches('/'));
+        let resp = reqwest::Client::new()
+            .put(&target)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(text)
+            .send()
+            .await
+            .map_err(|e| format!("push to {target}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("push to {target}: answered {}", resp.status()));
+        }
+    }
+    Ok(())
+}
