@@ -18,6 +18,7 @@ mod values;
 
 pub use env::ENV_VARS;
 pub use values::url_host;
+pub(crate) use values::{at_least_one, Invalid};
 
 use crate::routing::ranges::RangeSources;
 use crate::routing::Routes;

@@ -9,9 +9,9 @@ use url::Url;
 
 use super::Endpoint;
 
-/// A bad value: its key below `archeio.` and what is wrong with it.
+/// A bad value: its key below the section (`archeio.`, `sync.`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Invalid {
+pub(crate) struct Invalid {
     pub key: String,
     pub message: String,
 }
@@ -24,15 +24,20 @@ impl Invalid {
         }
     }
 
-    /// The same error one section further out (`timeout` under `blob_check`).
+    /// The same error one section further out (`timeout` under `blob_check`); an error
+    /// about a whole section (empty key) becomes one about that section.
     pub fn under(mut self, section: &str) -> Invalid {
-        self.key = format!("{section}.{}", self.key);
+        self.key = if self.key.is_empty() {
+            section.to_string()
+        } else {
+            format!("{section}.{}", self.key)
+        };
         self
     }
 }
 
 /// `Err` naming `key` when `value` is zero.
-pub(super) fn positive_duration(key: &str, value: std::time::Duration) -> Result<(), Invalid> {
+pub(crate) fn positive_duration(key: &str, value: std::time::Duration) -> Result<(), Invalid> {
     if value.is_zero() {
         return Err(Invalid::new(key, "must be longer than 0s"));
     }
@@ -40,7 +45,7 @@ pub(super) fn positive_duration(key: &str, value: std::time::Duration) -> Result
 }
 
 /// `Err` naming `key` when `value` is zero.
-pub(super) fn at_least_one(key: &str, value: u64) -> Result<(), Invalid> {
+pub(crate) fn at_least_one(key: &str, value: u64) -> Result<(), Invalid> {
     if value == 0 {
         return Err(Invalid::new(key, "must be at least 1"));
     }

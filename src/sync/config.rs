@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{at_least_one, ConfigError, Invalid};
 
 #[derive(Debug, Deserialize)]
 struct SyncFile {
@@ -114,48 +114,61 @@ impl SyncConfig {
         let cfg = file
             .sync
             .ok_or_else(|| err("sync: section missing (see conf/sync.example.yaml)".into()))?;
-        cfg.check().map_err(err)?;
+        cfg.check()
+            .map_err(|e| err(format!("sync.{}: {}", e.key, e.message)))?;
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.source.registry).map_err(|e| {
-            format!(
-                "sync.source.registry: expected an http(s) URL, got {:?} ({e})",
-                self.source.registry
+    fn check(&self) -> Result<(), Invalid> {
+        self.source.check().map_err(|e| e.under("source"))?;
+        if self.destinations.is_empty() {
+            return Err(Invalid::new("destinations", "needs at least one"));
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.check()
+                .map_err(|e| e.under(&format!("destinations[{i}]")))?;
+        }
+        if self.blob_path.matches("{digest}").count() != 1 || self.blob_path.starts_with('/') {
+            return Err(Invalid::new(
+                "blob_path",
+                format!(
+                    "expected a relative key with one {{digest}}, got {:?}",
+                    self.blob_path
+                ),
+            ));
+        }
+        at_least_one("concurrency", self.concurrency as u64)
+    }
+}
+
+impl SourceConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        let url = url::Url::parse(&self.registry).map_err(|e| {
+            Invalid::new(
+                "registry",
+                format!("expected an http(s) URL, got {:?} ({e})", self.registry),
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("sync.source.registry: expected an http(s) URL".into());
+            return Err(Invalid::new("registry", "expected an http(s) URL"));
         }
-        if self.source.repositories.is_empty() && self.source.prefix.is_none() {
-            return Err("sync.source: name repositories, a prefix, or both".into());
+        if self.repositories.is_empty() && self.prefix.is_none() {
+            return Err(Invalid::new("", "name repositories, a prefix, or both"));
         }
-        if self.source.rate_limit.is_nan() || self.source.rate_limit <= 0.0 {
-            return Err("sync.source.rate_limit: must be above 0".into());
+        if self.rate_limit.is_nan() || self.rate_limit <= 0.0 {
+            return Err(Invalid::new("rate_limit", "must be above 0"));
         }
-        if self.source.attempts == 0 {
-            return Err("sync.source.attempts: must be at least 1".into());
-        }
-        if self.destinations.is_empty() {
-            return Err("sync.destinations: needs at least one".into());
-        }
-        for (i, d) in self.destinations.iter().enumerate() {
-            if !(d.url.starts_with("s3://") || d.url.starts_with("file:///")) {
-                return Err(format!(
-                    "sync.destinations[{i}].url: expected s3://bucket or file:///dir, got {:?}",
-                    d.url
-                ));
-            }
-        }
-        if self.blob_path.matches("{digest}").count() != 1 || self.blob_path.starts_with('/') {
-            return Err(format!(
-                "sync.blob_path: expected a relative key with one {{digest}}, got {:?}",
-                self.blob_path
+        at_least_one("attempts", self.attempts.into())
+    }
+}
+
+impl DestinationConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        if !(self.url.starts_with("s3://") || self.url.starts_with("file:///")) {
+            return Err(Invalid::new(
+                "url",
+                format!("expected s3://bucket or file:///dir, got {:?}", self.url),
             ));
-        }
-        if self.concurrency == 0 {
-            return Err("sync.concurrency: must be at least 1".into());
         }
         Ok(())
     }
