@@ -32,26 +32,30 @@ pub(super) async fn report_metrics(
         registry.register(Box::new(c)).map_err(|e| e.to_string())
     };
     if opts.verify {
-        counter(
-            "archeio_sync_checked_objects_total",
-            "Objects read back by the last verify run.",
-            n(&tally.checked),
-        )?;
-        counter(
-            "archeio_sync_corrupt_objects_total",
-            "Objects whose bytes do not have the digest in their name, found by the last verify run.",
-            n(&tally.corrupt),
-        )?;
-        counter(
-            "archeio_sync_repaired_objects_total",
-            "Corrupt objects copied again by the last verify run.",
-            n(&tally.repaired),
-        )?;
-        counter(
-            "archeio_sync_failed_objects_total",
-            "Objects the last verify run could not read or repair.",
-            n(&tally.failed),
-        )?;
+        for (name, help, value) in [
+            (
+                "archeio_sync_checked_objects_total",
+                "Objects read back by the last verify run.",
+                &tally.checked,
+            ),
+            (
+                "archeio_sync_corrupt_objects_total",
+                "Objects whose bytes do not have the digest in their name, found by the last verify run.",
+                &tally.corrupt,
+            ),
+            (
+                "archeio_sync_repaired_objects_total",
+                "Corrupt objects copied again by the last verify run.",
+                &tally.repaired,
+            ),
+            (
+                "archeio_sync_failed_objects_total",
+                "Objects the last verify run could not read or repair.",
+                &tally.failed,
+            ),
+        ] {
+            counter(name, help, n(value))?;
+        }
     } else {
         let blobs = IntCounterVec::new(
             Opts::new(
