@@ -11,42 +11,23 @@ and max latency, and any answer that is not a 307 to the upstream.
     python3 benches/breaker/run.py [--requests 2000] [--no-build]
 """
 import argparse
-import http.server
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "archeio")
+# The shared helpers live in benches/, one level above this script's folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
 UPSTREAM = "http://upstream.test/v2/prefix"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Absent(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_HEAD(self):
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def healthy_mirror():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Absent)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server.server_address[1], server.shutdown
+    """Answers every HEAD with 404 at once: the blob goes upstream."""
+    return harness.start_mirror(404)
 
 
 def black_hole():
@@ -65,37 +46,15 @@ def black_hole():
                 pass
 
     threading.Thread(target=accept, daemon=True).start()
-    return sock.getsockname()[1], stop.set
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop.set
 
 
-def start_gateway(mirror_port, workdir):
-    port, admin = free_port(), free_port()
-    conf = os.path.join(workdir, "archeio.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""version: 1
-threads: 2
-pid_file: {workdir}/pid
-upgrade_sock: {workdir}/upgrade.sock
-archeio:
-  listen: ['127.0.0.1:{port}']
-  admin_listen: ['127.0.0.1:{admin}']
-  upstream: {{endpoints: ['http://upstream.test'], path: prefix}}
-  mirrors: {{default: 'http://127.0.0.1:{mirror_port}', regions: {{}}}}
-  ranges: {{embedded: false}}
-  blob_check: {{timeout: 1s, miss_ttl: 1h, breaker: {{failures: 5, cool_down: 1h}}}}
-""")
-    log = open(os.path.join(workdir, "gateway.log"), "w")
-    proc = subprocess.Popen([BINARY, "-c", conf], stdout=log, stderr=log,
-                            env={**os.environ, "RUST_LOG": "warn"})
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("gateway did not start")
+def start_gateway(mirror_url, workdir):
+    port, admin = harness.free_port(), harness.free_port()
+    breaker = "blob_check: {timeout: 1s, miss_ttl: 1h, breaker: {failures: 5, cool_down: 1h}}"
+    conf = harness.write_config(workdir, port, admin, threads=2, upstream=("http://upstream.test", "prefix"),
+                                mirror_default=mirror_url, extra=["ranges: {embedded: false}", breaker])
+    return harness.start_gateway(harness.BINARY, conf, log=os.path.join(workdir, "gateway.log")), port
 
 
 def request(sock, path):
@@ -114,10 +73,11 @@ def request(sock, path):
 
 
 def run(name, mirror, requests, counter):
-    port_mirror, stop = mirror()
+    mirror_url, stop = mirror()
     with tempfile.TemporaryDirectory() as workdir:
-        proc, port = start_gateway(port_mirror, workdir)
+        proc, port = start_gateway(mirror_url, workdir)
         try:
+            harness.wait_ready(port, "/v2/", proc)
             sock = socket.create_connection(("127.0.0.1", port))
             bad = 0
             for _ in range(10):  # warm-up; opens the breaker of the black hole
@@ -138,8 +98,7 @@ def run(name, mirror, requests, counter):
                   f"max {times[-1] * 1e3:7.3f} ms  wrong answers {bad}")
             return pct(0.99), bad
         finally:
-            proc.kill()
-            proc.wait()
+            harness.stop(proc, 5)
             stop()
 
 
@@ -149,7 +108,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+        harness.build()
     counter = [0]
     healthy, bad1 = run("healthy", healthy_mirror, args.requests, counter)
     holed, bad2 = run("black hole", black_hole, args.requests, counter)

@@ -30,16 +30,15 @@ usage: benches/callgrind/run.py --binary PATH [--requests 2000] [--warmup 200] [
 """
 import argparse
 import http.client
-import http.server
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+# The shared helpers live in benches/, one level above this script's folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
 
 DIGEST = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
 # name: request target, expected status, expected Location ({base}: the local mirror/upstream
@@ -49,54 +48,6 @@ SCENARIOS = {
     "v2": ("/v2/", 200, None),
     "blob": (f"/v2/pause/blobs/{DIGEST}", 307, "{base}/default/containers/images/" + DIGEST),
 }
-ENV_OVERRIDES = ["PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
-                 "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"]
-
-
-class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    """Answers 200 with an empty body to every HEAD and GET (the blob mirror and upstream)."""
-    protocol_version = "HTTP/1.1"
-
-    def _ok(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_HEAD = _ok
-    do_GET = _ok
-
-    def log_message(self, *args):
-        pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(d, port, admin, base):
-    path = os.path.join(d, "archeio.yaml")
-    with open(path, "w") as f:
-        f.write(f"""version: 1
-threads: 1
-pid_file: {d}/archeio.pid
-upgrade_sock: {d}/upgrade.sock
-grace_period_seconds: 0
-graceful_shutdown_timeout_seconds: 1
-archeio:
-  listen: ['127.0.0.1:{port}']
-  admin_listen: ['127.0.0.1:{admin}']
-  upstream:
-    endpoints: ['{base}']
-    path: images
-  mirrors:
-    default: {base}/default
-    regions: {{}}
-""")
-    return path
-
-
 def listening(port):
     """True once 127.0.0.1:port is in LISTEN state (read from /proc, no request to the server)."""
     want = f"0100007F:{port:04X}"
@@ -113,18 +64,7 @@ def wait_ready(proc, port, admin, deadline_s):
             raise RuntimeError(f"gateway not listening within {deadline_s}s")
         time.sleep(0.05)
     # Usually ready at once (embedded ranges); each extra poll adds a little noise to the count.
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=60)
-        try:
-            conn.request("GET", "/readyz")
-            status = conn.getresponse().status
-        finally:
-            conn.close()
-        if status == 200:
-            return
-        if time.monotonic() - start > deadline_s:
-            raise RuntimeError(f"/readyz answered {status} for {deadline_s}s")
-        time.sleep(0.5)
+    harness.wait_ready(admin, "/readyz", proc, deadline_s - (time.monotonic() - start), interval=0.5)
 
 
 def drive(port, target, status, location, warmup, measured, idle):
@@ -154,20 +94,6 @@ def drive(port, target, status, location, warmup, measured, idle):
         conn.close()
 
 
-def stop(proc, timeout):
-    """SIGINT, then SIGKILL after `timeout` s. Returns True when the process exited by itself."""
-    if proc.poll() is not None:
-        return True
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return False
-
-
 def total_ir(out_file):
     with open(out_file) as f:
         for line in f:
@@ -179,25 +105,21 @@ def total_ir(out_file):
 def run_once(a, workdir, base, target, status, location, measured, idle=0.0):
     """One gateway under callgrind: warm-up, `measured` requests, `idle` s. -> (total Ir, time)"""
     d = tempfile.mkdtemp(dir=workdir)
-    port, admin = free_port(), free_port()
-    conf = write_config(d, port, admin, base)
+    port, admin = harness.free_port(), harness.free_port()
+    conf = harness.write_config(d, port, admin, threads=1, upstream=(base, "images"),
+                                mirror_default=f"{base}/default", grace=(0, 1))
     out = os.path.join(d, "callgrind.out")
-    env = dict(os.environ, RUST_LOG="warn")
-    for var in ENV_OVERRIDES:
-        env.pop(var, None)
-    with open(os.path.join(d, "stderr.log"), "wb") as err:
-        proc = subprocess.Popen([a.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
-                                 a.binary, "-c", conf],
-                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    proc = harness.start_gateway(a.binary, conf, log=os.path.join(d, "gateway.log"),
+                                 wrapper=[a.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"])
     try:
         wait_ready(proc, port, admin, a.start_timeout)
         elapsed = drive(port, target, status, location, a.warmup, measured, idle)
     finally:
-        clean = stop(proc, a.stop_timeout)
+        clean = harness.stop(proc, a.stop_timeout)
     if not clean:
         raise RuntimeError(f"gateway did not exit within {a.stop_timeout}s of SIGINT (killed); see {d}")
     if not os.path.exists(out):
-        raise RuntimeError(f"no callgrind profile written (exit {proc.returncode}); see {d}/stderr.log")
+        raise RuntimeError(f"no callgrind profile written (exit {proc.returncode}); see {d}/gateway.log")
     return total_ir(out), elapsed
 
 
@@ -221,10 +143,7 @@ def main():
     if a.keep:
         os.makedirs(a.keep, exist_ok=True)
     workdir = a.keep or tempfile.mkdtemp(prefix="archeio-callgrind-")
-    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
-    mirror.daemon_threads = True
-    threading.Thread(target=mirror.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{mirror.server_address[1]}"
+    base, stop_mirror = harness.start_mirror(200)
 
     rows = []
     try:
@@ -238,8 +157,7 @@ def main():
             rows.append((name, base_ir, full_ir, elapsed, (full_ir - base_ir) / a.requests))
             print(f"{name}: {rows[-1][4]:,.0f} Ir/request", file=sys.stderr, flush=True)
     finally:
-        mirror.shutdown()
-        mirror.server_close()
+        stop_mirror()
         if not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -13,12 +13,9 @@ Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`).
 """
 import argparse
 import http.client
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,8 +24,11 @@ import time
 
 from nginx_conf import read_mirrors
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BINARY = os.path.join(ROOT, "target", "release", "archeio")
+# The shared helpers live in benches/, one level above this script's folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
+NGINX_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx_conf.py")
 SHA = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
 AWS_CLIENT = "15.193.6.10"  # us-east-1 in the embedded AWS ranges
 SCENARIOS = [
@@ -58,12 +58,6 @@ SAMPLES = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ask(port, method, target, xff=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"X-Forwarded-For": xff} if xff else {}
@@ -74,29 +68,8 @@ def ask(port, method, target, xff=None):
     return r.status, r.getheader("Location")
 
 
-def wait_ready(url_port, path, deadline_s=20):
-    start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        try:
-            if ask(url_port, "GET", path)[0] == 200:
-                return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.002)
-    raise SystemExit(f"port {url_port} not ready within {deadline_s}s")
-
-
 def peak_rss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
+    return sum(harness.status_kib(pid, "VmHWM") or 0 for pid in pids)
 
 
 def children(pid):
@@ -129,42 +102,13 @@ def wrk(port, target, xff, threads, duration, connections):
     return rps, p50, p99
 
 
-def gateway_config(d, threads, port, admin, mirror_base):
-    regions = "".join(f"      {r}: {mirror_base}/{r}\n"
-                      for r in sorted(read_mirrors(os.path.join(ROOT, "data", "mirrors.yaml"))))
-    path = os.path.join(d, "archeio.yaml")
-    with open(path, "w") as f:
-        f.write(f"""version: 1
-threads: {threads}
-pid_file: {d}/archeio.pid
-upgrade_sock: {d}/upgrade.sock
-archeio:
-  listen: ['127.0.0.1:{port}']
-  admin_listen: ['127.0.0.1:{admin}']
-  mirrors:
-    default: {mirror_base}/default
-    regions:
-{regions}""")
-    return path
-
-
-def start_gateway(conf, env_extra=None):
-    env = dict(os.environ, RUST_LOG="warn", **(env_extra or {}))
-    for var in ["PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
-                "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"]:
-        env.pop(var, None)
-    return subprocess.Popen([BINARY, "-c", conf], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def stop(proc):
-    if proc and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def start_gateway(d, threads, port, admin, mirror_base):
+    """The gateway with the default upstream and every region of data/mirrors.yaml on the mirror."""
+    regions = {r: f"{mirror_base}/{r}"
+               for r in sorted(read_mirrors(os.path.join(harness.ROOT, "data", "mirrors.yaml")))}
+    conf = harness.write_config(d, port, admin, threads=threads, mirror_default=f"{mirror_base}/default",
+                                regions=regions)
+    return harness.start_gateway(harness.BINARY, conf)
 
 
 def start_nginx(conf_dir):
@@ -212,7 +156,7 @@ def main():
     a = ap.parse_args()
     ensure_tools()
     if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
+        harness.build(quiet=False)
 
     tmp = tempfile.mkdtemp(prefix="archeio-load-")
     procs = []
@@ -223,11 +167,11 @@ def main():
         lines.append(text)
 
     try:
-        mport = free_port()
+        mport = harness.free_port()
         mdir = os.path.join(tmp, "mirror")
         os.makedirs(mdir)
         procs.append(mirror_nginx(mdir, mport))
-        wait_ready(mport, "/")
+        harness.wait_ready(mport, "/", procs[-1])
         mirror_base = f"http://127.0.0.1:{mport}"
 
         say(f"wrk {a.duration}s x {a.rounds} rounds, {a.connections} connections per wrk thread; "
@@ -239,20 +183,20 @@ def main():
         for threads in [] if a.skip_throughput else [int(t) for t in a.threads.split(",")]:
             gdir = os.path.join(tmp, f"gw{threads}")
             os.makedirs(gdir)
-            gport, admin, nport = free_port(), free_port(), free_port()
-            gw = start_gateway(gateway_config(gdir, threads, gport, admin, mirror_base))
+            gport, admin, nport = harness.free_port(), harness.free_port(), harness.free_port()
+            gw = start_gateway(gdir, threads, gport, admin, mirror_base)
             procs.append(gw)
-            wait_ready(admin, "/readyz")
+            harness.wait_ready(admin, "/readyz", gw)
             ndir = os.path.join(tmp, f"nginx{threads}")
-            subprocess.run([sys.executable, os.path.join(ROOT, "bench", "load", "nginx_conf.py"), ndir,
+            subprocess.run([sys.executable, NGINX_CONF, ndir,
                             "--port", str(nport), "--workers", str(threads),
-                            "--mirrors", os.path.join(ROOT, "data", "mirrors.yaml"),
+                            "--mirrors", os.path.join(harness.ROOT, "data", "mirrors.yaml"),
                             "--mirror-base", mirror_base, "--default-mirror", f"{mirror_base}/default",
-                            "--aws", os.path.join(ROOT, "data", "aws-ip-ranges.json"),
-                            "--gcp", os.path.join(ROOT, "data", "gcp-cloud.json")], check=True)
+                            "--aws", os.path.join(harness.ROOT, "data", "aws-ip-ranges.json"),
+                            "--gcp", os.path.join(harness.ROOT, "data", "gcp-cloud.json")], check=True)
             ng = start_nginx(ndir)
             procs.append(ng)
-            wait_ready(nport, "/v2/")
+            harness.wait_ready(nport, "/v2/", ng)
 
             for method, target, xff in SAMPLES:
                 g, n = ask(gport, method, target, xff), ask(nport, method, target, xff)
@@ -275,8 +219,8 @@ def main():
                     f"{median([x[1] for x in g]):.3f} / {median([x[2] for x in g]):.3f} | "
                     f"{median([x[1] for x in n]):.3f} / {median([x[2] for x in n]):.3f} |")
             rss[threads] = (peak_rss_kib([gw.pid]), peak_rss_kib([ng.pid] + children(ng.pid)))
-            stop(gw)
-            stop(ng)
+            harness.stop(gw, 5)
+            harness.stop(ng, 5)
         say()
         say("| threads | gateway peak RSS MiB | nginx peak RSS MiB (master + workers) |")
         say("|---|---|---|")
@@ -288,14 +232,13 @@ def main():
         for i in range(5):
             d = os.path.join(tmp, f"start{i}")
             os.makedirs(d)
-            port, admin = free_port(), free_port()
-            conf = gateway_config(d, 1, port, admin, mirror_base)
+            port, admin = harness.free_port(), harness.free_port()
             t0 = time.monotonic()
-            gw = start_gateway(conf)
+            gw = start_gateway(d, 1, port, admin, mirror_base)
             procs.append(gw)
-            wait_ready(admin, "/readyz")
+            harness.wait_ready(admin, "/readyz", gw)
             times.append(time.monotonic() - t0)
-            stop(gw)
+            harness.stop(gw, 5)
         say()
         say(f"start to /readyz 200 (embedded ranges), median of 5: {median(times) * 1000:.0f} ms "
             f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
@@ -303,10 +246,10 @@ def main():
         if not a.skip_cache_fill:
             d = os.path.join(tmp, "fill")
             os.makedirs(d)
-            port, admin = free_port(), free_port()
-            gw = start_gateway(gateway_config(d, 2, port, admin, mirror_base))
+            port, admin = harness.free_port(), harness.free_port()
+            gw = start_gateway(d, 2, port, admin, mirror_base)
             procs.append(gw)
-            wait_ready(admin, "/readyz")
+            harness.wait_ready(admin, "/readyz", gw)
             script = os.path.join(d, "distinct.lua")
             with open(script, "w") as f:
                 f.write("counter = 0\nrequest = function()\n  counter = counter % 100000 + 1\n"
@@ -323,10 +266,10 @@ def main():
                 filled = int(float(re.search(r'archeio_blob_checks_total\{outcome="present"\} (\S+)', text).group(1)))
             say(f"peak RSS after {filled:,} distinct mirror answers cached (capacity 100,000): "
                 f"{peak_rss_kib([gw.pid]) / 1024:.1f} MiB")
-            stop(gw)
+            harness.stop(gw, 5)
     finally:
         for p in procs:
-            stop(p)
+            harness.stop(p, 5)
         shutil.rmtree(tmp, ignore_errors=True)
     if a.markdown:
         with open(a.markdown, "w") as f:

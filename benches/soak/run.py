@@ -12,39 +12,25 @@ new connection when the server closed an idle one before answering (which is wha
 handing over to its successor does); anything else counts as an error.
 """
 import argparse
-import http.server
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.path.join(ROOT, "target", "release", "archeio")
+# The shared helpers live in benches/, one level above this script's folder.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
 UP = "http://upstream.test/v2/prefix"
 DIGESTS = 5000  # distinct blobs in rotation; every third one is on the mirror
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_HEAD(self):
-        n = int(self.path.rsplit(":", 1)[1], 16)
-        self.send_response(200 if n % 3 == 0 else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+def mirror_status(path):
+    """The mirror holds every third digest."""
+    return 200 if int(path.rsplit(":", 1)[1], 16) % 3 == 0 else 404
 
 
 def digest(n):
@@ -123,14 +109,7 @@ class Client:
 
 
 def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        return None
-    return None
+    return harness.status_kib(pid, "VmRSS")
 
 
 def main():
@@ -141,57 +120,27 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+        harness.build()
 
-    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
-    threading.Thread(target=mirror.serve_forever, daemon=True).start()
-    mirror_url = f"http://127.0.0.1:{mirror.server_address[1]}"
+    mirror_url, stop_mirror = harness.start_mirror(mirror_status)
 
     work = tempfile.mkdtemp(prefix="archeio-soak-")
-    port, admin = free_port(), free_port()
-    conf = os.path.join(work, "archeio.yaml")
-    with open(conf, "w") as f:
-        f.write(f"""version: 1
-threads: 2
-pid_file: {work}/archeio.pid
-upgrade_sock: {work}/upgrade.sock
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 5
-archeio:
-  listen: ['127.0.0.1:{port}']
-  admin_listen: ['127.0.0.1:{admin}']
-  upstream: {{endpoints: ['http://upstream.test'], path: prefix}}
-  mirrors: {{default: '{mirror_url}', regions: {{}}}}
-  ranges: {{embedded: true}}
-  client_address: {{trusted_proxy_hops: 0}}
-  blob_check: {{miss_ttl: 2s, hit_ttl: 5s}}
-""")
-    env = {**os.environ, "RUST_LOG": "warn"}
+    port, admin = harness.free_port(), harness.free_port()
+    conf = harness.write_config(work, port, admin, threads=2, upstream=("http://upstream.test", "prefix"),
+                                mirror_default=mirror_url, grace=(1, 5),
+                                extra=["ranges: {embedded: true}", "client_address: {trusted_proxy_hops: 0}",
+                                       "blob_check: {miss_ttl: 2s, hit_ttl: 5s}"])
     procs = []
 
     def spawn(extra):
-        log = open(os.path.join(work, f"gateway{len(procs)}.log"), "w")
-        p = subprocess.Popen([BINARY, *extra, "-c", conf], stdout=log, stderr=log, env=env)
+        p = harness.start_gateway(harness.BINARY, conf, log=os.path.join(work, f"gateway{len(procs)}.log"),
+                                  args=extra)
         procs.append(p)
         return p
 
-    def stop_all():
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
     try:
         first = spawn([])
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline or first.poll() is not None:
-                    sys.exit("gateway did not start")
-                time.sleep(0.05)
+        harness.wait_ready(port, "/v2/", first)
 
         case = cases(mirror_url)
         counter = [0]
@@ -277,8 +226,9 @@ archeio:
               and old_exited and second is not None and second.poll() is None)
         sys.exit(0 if ok else 1)
     finally:
-        stop_all()
-        mirror.shutdown()
+        for p in procs:
+            harness.stop(p, 5)
+        stop_mirror()
 
 
 if __name__ == "__main__":
