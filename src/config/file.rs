@@ -4,7 +4,8 @@
 //! These structs are the documentation of every key: each field says what it does and has a
 //! default, and `conf/archeio.yaml` shows them all. Each section's `check` validates it next
 //! to its fields and returns the form the gateway runs on ([`super::Settings`] and its
-//! parts); nothing outside `config` sees these structs.
+//! parts). No runtime module imports these structs; tests, benchmarks and fuzz targets
+//! build their settings from them as an operator's file would.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
