@@ -1,5 +1,5 @@
-//! The configuration: the file format ([`file`]), the environment variables over it
-//! ([`env`]), and the one validated [`Settings`] the gateway runs on. Every check that can
+//! The configuration: the file format ([`file`](mod@file)), the environment variables over it
+//! ([`env`](mod@env)), and the one validated [`Settings`] the gateway runs on. Every check that can
 //! fail happens here, before anything listens, and each error names the file (or the
 //! environment variable) and the key.
 //!

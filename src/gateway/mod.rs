@@ -1,14 +1,14 @@
 //! Everything that touches Pingora. The registry service is [`Gateway`]: its `ProxyHttp`
 //! impl only hands each phase to the file that does that phase's work:
-//! - [`request`]: client limits, the request's facts, the decision (and the mirror check it
+//! - `request`: client limits, the request's facts, the decision (and the mirror check it
 //!   asks for), the manifest cache lookup, the gateway's own answers;
-//! - [`upstream_request`]: pass-through's endpoint choice and the request sent to it;
-//! - [`upstream_response`]: the upstream's answer: the credentials retry, the headers passed
+//! - `upstream_request`: pass-through's endpoint choice and the request sent to it;
+//! - `upstream_response`: the upstream's answer: the credentials retry, the headers passed
 //!   on, the body collected for the manifest cache;
-//! - [`failure`]: what a client is told when proxying fails, classified first;
-//! - [`access_log`]: the access-log line and the request metrics.
+//! - `failure`: what a client is told when proxying fails, classified first;
+//! - `access_log`: the access-log line and the request metrics.
 //!
-//! Beside it: [`responses`] writes answers, [`headers`] filters and rewrites headers,
+//! Beside it: `responses` writes answers, `headers` filters and rewrites headers,
 //! [`peer`] builds upstream peers, [`slow_clients`] guards the listener's connections,
 //! [`admin`] serves `/metrics` and the probes, [`services`] runs background work.
 

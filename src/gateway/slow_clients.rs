@@ -8,10 +8,10 @@
 //!   without calling the proxy ([`crate::routing::refuse_request_line`]): the wrapper sees
 //!   the raw line, holds it back, writes the answer and ends the connection;
 //! - a deadline for a new connection's first byte, waited for before Pingora sees the
-//!   connection ([`first_bytes`]), which also keeps a graceful upgrade from dropping a request
+//!   connection (`first_bytes`), which also keeps a graceful upgrade from dropping a request
 //!   that arrives as the old process stops;
 //! - an idle timeout between keep-alive requests and a limit on request-body reads (set on
-//!   each session by the proxy glue, see [`crate::gateway::request`]).
+//!   each session by the proxy glue, see `gateway::request`).
 
 use std::fmt;
 use std::future::Future;

@@ -4,7 +4,7 @@
 //!
 //! - [`target`]: the request line and target checks;
 //! - [`grammar`]: the distribution API's endpoints, names, tags and digests;
-//! - [`client_addr`]: the client's address from the peer and `X-Forwarded-For`;
+//! - [`client_addr`](mod@client_addr): the client's address from the peer and `X-Forwarded-For`;
 //! - [`ranges`]: which cloud and region an address belongs to.
 
 use std::borrow::Cow;
@@ -37,7 +37,7 @@ pub struct Routes {
     pub upstream_prefix: String,
     /// The path prefix as the start of a repository name (`k8s-artifacts-prod/images/`);
     /// empty without a prefix. A paged request whose name starts with it already carries it
-    /// (see [`decide_api`]).
+    /// (see `decide_api`).
     pub upstream_name_prefix: String,
     /// Pass-through mode: upstream-bound requests are proxied instead of redirected.
     pub passthrough: bool,
@@ -253,7 +253,7 @@ pub enum Decision {
 /// 2. a body: `400`;
 /// 3. malformed target (over 4 KiB, not starting with `/`, characters outside RFC 3986,
 ///    bad or dangerous percent-escapes, `.`/`..`/empty segments): `400`;
-/// 4. path starting with `/v2`: the registry API ([`decide_api`]);
+/// 4. path starting with `/v2`: the registry API (`decide_api`);
 /// 5. `/`: `307` to the info URL;
 /// 6. path starting with `/privacy`: `307` to the privacy URL;
 /// 7. anything else: `404`.

@@ -12,12 +12,12 @@ pub(crate) fn served_method(method: &[u8]) -> bool {
 }
 
 /// Checks a raw request line (`METHOD SP target SP HTTP/x.y`, without its `\n`) for what
-/// the HTTP parser would change or refuse before [`decide`] could see it: a target with bytes
+/// the HTTP parser would change or refuse before [`decide`](super::decide) could see it: a target with bytes
 /// it percent-encodes (space, `"`, `<`, `>`, control and non-ASCII bytes), a fragment it
 /// drops, a target that is not a path (absolute form, whose `Host` check it answers with a
 /// bare `400`), or a line that is not a request line at all. Such a request gets the answer
-/// [`decide`] would give: `405` for other methods, else `400`. `None`: the line is for
-/// [`decide`] to judge.
+/// [`decide`](super::decide) would give: `405` for other methods, else `400`. `None`: the line is for
+/// [`decide`](super::decide) to judge.
 pub fn refuse_request_line(line: &[u8]) -> Option<Reply> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|b| *b == b' ');
