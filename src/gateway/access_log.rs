@@ -93,53 +93,48 @@ impl Gateway {
     }
 }
 
+/// Counts and logs a request line refused before Pingora parsed it, as [`Gateway::finish`]
+/// does for the others.
+pub(super) fn record_refused(method: &[u8], target: &[u8], client: Option<IpAddr>, reply: &Reply) {
+    let status = reply.answer.status().unwrap_or(0);
+    metrics::record_request(reply.route, status, 0.0);
+    AccessEntry {
+        method,
+        target,
+        client,
+        route: reply.route.as_str(),
+        how: "-",
+        status,
+        elapsed: Duration::ZERO,
+        upstream: None,
+        detail: AccessEntry::detail(Some(&reply.answer), None),
+    }
+    .write();
+}
+
 /// One access-log line (`archeio::access`, level info).
-pub struct AccessEntry<'a> {
+struct AccessEntry<'a> {
     /// The method as sent.
-    pub method: &'a [u8],
+    method: &'a [u8],
     /// The request target; the query is left out of the log.
-    pub target: &'a [u8],
+    target: &'a [u8],
     /// The socket peer.
-    pub client: Option<IpAddr>,
+    client: Option<IpAddr>,
     /// The rule that answered ([`Route::as_str`]), or `error`.
-    pub route: &'a str,
+    route: &'a str,
     /// Where the answer came from: a redirect target kind, `proxy`, `cache`, `stale`, or `-`.
-    pub how: &'a str,
+    how: &'a str,
     /// The status sent; 0 when none was.
-    pub status: u16,
+    status: u16,
     /// Time from the request to the answer.
-    pub elapsed: Duration,
+    elapsed: Duration,
     /// The upstream endpoint's label, when one was asked.
-    pub upstream: Option<&'a str>,
+    upstream: Option<&'a str>,
     /// ` detail="..."` or ` error="..."`, or empty.
-    pub detail: String,
+    detail: String,
 }
 
 impl<'a> AccessEntry<'a> {
-    /// The entry for a request line refused before Pingora parsed it, also counted in the
-    /// request metrics.
-    pub fn refused(
-        method: &'a [u8],
-        target: &'a [u8],
-        client: Option<IpAddr>,
-        reply: &'a Reply,
-    ) -> AccessEntry<'a> {
-        let status = reply.answer.status().unwrap_or(0);
-        metrics::record_request(reply.route, status, 0.0);
-        let detail = AccessEntry::detail(Some(&reply.answer), None);
-        AccessEntry {
-            method,
-            target,
-            client,
-            route: reply.route.as_str(),
-            how: "-",
-            status,
-            elapsed: Duration::ZERO,
-            upstream: None,
-            detail,
-        }
-    }
-
     /// ` detail="<why>"` for an error the gateway decided, else ` error="<what failed>"`
     /// when something failed, else nothing.
     fn detail(answer: Option<&Answer>, error: Option<&Error>) -> String {
@@ -153,7 +148,7 @@ impl<'a> AccessEntry<'a> {
     }
 
     /// Writes the line.
-    pub fn write(&self) {
+    fn write(&self) {
         let path = &self.target[..self
             .target
             .iter()

@@ -34,7 +34,7 @@ use pingora_proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Sleep};
 
-use super::access_log::AccessEntry;
+use super::access_log::record_refused;
 use super::responses::error_response_bytes;
 use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
@@ -230,7 +230,7 @@ impl DeadlineStream {
         let mut parts = line.split(|b| *b == b' ');
         let method = parts.next().unwrap_or_default();
         let target = parts.next().unwrap_or_default();
-        AccessEntry::refused(method, target, peer, reply).write();
+        record_refused(method, target, peer, reply);
         self.refusal = Some(Refusal {
             bytes: error_response_bytes(reply, head),
             written: 0,
