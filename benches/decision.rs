@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 use archeio::config::file::ArcheioConfig;
 use archeio::config::{BlobCheck, Settings};
-use archeio::mirror::MirrorCheck;
+use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::routing::client_addr::client_addr;
 use archeio::routing::ranges::{RangeSources, RangeTable};
 use archeio::routing::{decide, Decision, Request};
@@ -113,11 +113,13 @@ fn decision(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let check = MirrorCheck::new(&BlobCheck {
-        miss_ttl: std::time::Duration::from_secs(3600),
-        ..settings.blob_check
-    })
-    .unwrap();
+    let mirrors = Mirrors::new(
+        MirrorCheck::new(&BlobCheck {
+            miss_ttl: std::time::Duration::from_secs(3600),
+            ..settings.blob_check
+        })
+        .unwrap(),
+    );
     let req = Request {
         method: "GET",
         target: blob.as_bytes(),
@@ -126,22 +128,97 @@ fn decision(c: &mut Criterion) {
         upstream: 0,
         has_body: false,
     };
-    let Decision::CheckMirror(warm) = decide(&req, &routes, &table) else {
+    let get = http::Method::GET;
+    let Decision::CheckMirrors(warm) = decide(&req, &routes, &table) else {
         panic!("an AWS client's blob needs a mirror check");
     };
-    rt.block_on(check.check(&warm.mirror_url));
+    rt.block_on(mirrors.first_holding(&warm.candidates, &get));
     c.bench_function("blob_decision_with_cached_mirror_answer", |b| {
         b.to_async(&rt).iter(|| async {
             match decide(black_box(&req), &routes, &table) {
-                Decision::CheckMirror(m) => {
-                    let present = check.check(&m.mirror_url).await;
-                    m.decide(present)
+                Decision::CheckMirrors(chain) => {
+                    let found = mirrors.first_holding(&chain.candidates, &get).await;
+                    chain.decide(found)
                 }
                 Decision::Reply(r) => r,
             }
         })
     });
+
+    // A policy of 50 rules where a blob matches only the last: repository globs, regions
+    // and networks that do not hold.
+    let long = ArcheioConfig {
+        policy: serde_yaml::from_str(LONG_POLICY).unwrap(),
+        ..ArcheioConfig::default()
+    };
+    let long = long.check("bench", |_| None).unwrap().routes;
+    let req = Request {
+        forwarded_for: &xff_aws,
+        ..req
+    };
+    assert!(matches!(
+        decide(&req, &long, &table),
+        Decision::CheckMirrors(_)
+    ));
+    c.bench_function("decide/blob_50_rules", |b| {
+        b.iter(|| decide(black_box(&req), &long, &table))
+    });
 }
+
+/// 49 rules that miss an AWS us-east-1 client's `pause` blob, then archeio's own.
+const LONG_POLICY: &str = "
+rules:
+  - {match: {repository: 'team-0*/**'}, action: deny}
+  - {match: {provider: azure, region: 'eu*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: [10.0.0.0/8, 192.168.0.0/16], kind: manifest}, action: upstream}
+  - {match: {provider: aws, region: 'ap-*', repository: 'x/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['a', 'b', 'c*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-1*/**'}, action: deny}
+  - {match: {provider: oracle}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: 172.16.0.0/12}, action: upstream}
+  - {match: {provider: aws, region: 'sa-*', repository: 'y/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['d', 'e', 'f*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-2*/**'}, action: deny}
+  - {match: {provider: azure, region: 'us*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: [100.64.0.0/10], kind: blob}, action: upstream}
+  - {match: {provider: aws, region: 'me-*', repository: 'z/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['g', 'h', 'i*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-3*/**'}, action: deny}
+  - {match: {provider: onprem}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: 198.18.0.0/15}, action: upstream}
+  - {match: {provider: aws, region: 'af-*', repository: 'w/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['j', 'k', 'l*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-4*/**'}, action: deny}
+  - {match: {provider: azure, region: 'asia*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: [fd00::/8], kind: blob}, action: upstream}
+  - {match: {provider: aws, region: 'ca-*', repository: 'v/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['m', 'n', 'o*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-5*/**'}, action: deny}
+  - {match: {provider: gcp, region: 'eu*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: 203.0.113.0/24}, action: upstream}
+  - {match: {provider: aws, region: 'il-*', repository: 'u/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['p', 'q', 'r*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-6*/**'}, action: deny}
+  - {match: {provider: azure, region: 'aus*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: [198.51.100.0/24], kind: blob}, action: upstream}
+  - {match: {provider: aws, region: 'mx-*', repository: 't/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['s', 't', 'u*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-7*/**'}, action: deny}
+  - {match: {provider: oracle, region: 'us-*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: 192.0.2.0/24}, action: upstream}
+  - {match: {provider: aws, region: 'cn-*', repository: 's/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['v', 'w', 'x*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-8*/**'}, action: deny}
+  - {match: {provider: azure, region: 'jp*'}, action: mirrors, mirrors: [default]}
+  - {match: {cidr: [2001:db8::/32], kind: blob}, action: upstream}
+  - {match: {provider: aws, region: 'eu-*', repository: 'r/*'}, action: mirrors, mirrors: [regions]}
+  - {match: {repository: ['y', 'zz', 'z*'], kind: [blob, manifest]}, action: upstream}
+  - {match: {repository: 'team-9*/**'}, action: deny}
+  - {match: {provider: gcp}, action: upstream}
+  - {match: {provider: onprem, region: 'lab*'}, action: upstream}
+  - {match: {cidr: 198.51.100.0/24, repository: nothing}, action: upstream}
+  - {match: {kind: blob}, action: mirrors, mirrors: [regions]}
+";
 
 fn forwarded_for(c: &mut Criterion) {
     let mut g = c.benchmark_group("x_forwarded_for");

@@ -1,5 +1,6 @@
 //! `archeio -c conf/archeio.yaml`: Pingora's command line (`-t` tests the configuration,
-//! `-d` daemonizes, `-u` takes over from a running instance).
+//! `-d` daemonizes, `-u` takes over from a running instance), plus `archeio -t --explain
+//! ADDRESS TARGET` and `--explain-file FILE`, which print what sample requests would get.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::process::exit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use clap::Parser;
 use log::info;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -22,8 +24,10 @@ use archeio::gateway::services::{HealthChecks, RangeRefresh};
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::{Gateway, UpstreamAccess};
 use archeio::metrics;
-use archeio::mirror::MirrorCheck;
+use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::range_refresh::RangeRefresher;
+use archeio::routing::explain::Sample;
+use archeio::routing::Routes;
 use archeio::sync;
 use archeio::upstream::auth::UpstreamAuth;
 use archeio::upstream::manifest_cache::ManifestCache;
@@ -34,7 +38,15 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("sync") {
         exit(run_sync());
     }
-    let mut opt = Opt::parse_args();
+    let (args, samples) = explain_args(std::env::args()).unwrap_or_else(|e| {
+        eprintln!("archeio: {e}");
+        exit(2)
+    });
+    let mut opt = Opt::parse_from(args);
+    if !samples.is_empty() && !opt.test {
+        eprintln!("archeio: --explain and --explain-file go with -t (test the configuration)");
+        exit(2);
+    }
     let conf_path = opt.conf.take();
     let source = conf_path.as_deref().unwrap_or("built-in defaults");
 
@@ -46,6 +58,9 @@ fn main() {
 
     let refresher = RangeRefresher::start_up(&settings.ranges)
         .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}")));
+    if !samples.is_empty() {
+        exit(explain(&refresher, &settings.routes, &samples));
+    }
     let (v4, v6) = refresher.live().load().prefix_counts();
     metrics::init();
     metrics::set_prefix_counts(v4, v6);
@@ -67,7 +82,7 @@ fn main() {
     let gateway = Gateway::new(
         settings.routes,
         refresher.live(),
-        mirror_check,
+        Mirrors::new(mirror_check),
         UpstreamAccess {
             endpoints: upstreams,
             peers: Peers::new(&settings.upstream),
@@ -108,6 +123,72 @@ fn main() {
     ready.store(true, Ordering::Release);
     server.bootstrap();
     server.run_forever();
+}
+
+/// Takes `--explain ADDRESS TARGET` (repeatable) and `--explain-file FILE` (a sample a line,
+/// `ADDRESS TARGET`, `#` comments) out of the arguments, for Pingora's parser to read the
+/// rest.
+fn explain_args(args: impl Iterator<Item = String>) -> Result<(Vec<String>, Vec<Sample>), String> {
+    let mut rest = Vec::new();
+    let mut samples = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--explain" => {
+                let (Some(client), Some(target)) = (args.next(), args.next()) else {
+                    return Err("--explain needs ADDRESS TARGET, e.g. --explain 3.4.12.4 /v2/pause/manifests/3.10".into());
+                };
+                let line = format!("{client} {target}");
+                let sample = Sample::parse(&line)
+                    .map_err(|e| format!("--explain: {e}"))?
+                    .ok_or("--explain needs ADDRESS TARGET")?;
+                samples.push(sample);
+            }
+            "--explain-file" => {
+                let path = args.next().ok_or("--explain-file needs a file")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--explain-file {path}: cannot read: {e}"))?;
+                for (n, line) in text.lines().enumerate() {
+                    if let Some(sample) =
+                        Sample::parse(line).map_err(|e| format!("{path}:{}: {e}", n + 1))?
+                    {
+                        samples.push(sample);
+                    }
+                }
+            }
+            _ => rest.push(arg),
+        }
+    }
+    Ok((rest, samples))
+}
+
+/// Prints what each sample would get, after fetching the range URLs as the first refresh
+/// would; the exit code.
+fn explain(refresher: &RangeRefresher, routes: &Routes, samples: &[Sample]) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("archeio: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(refresher.refresh());
+    let ranges = refresher.live().load_full();
+    let (v4, v6) = ranges.prefix_counts();
+    println!(
+        "{v4} IPv4 and {v6} IPv6 prefixes; {} policy rules\n",
+        routes.policy.rules.len()
+    );
+    for sample in samples {
+        println!(
+            "{}",
+            archeio::routing::explain::explain(sample, routes, &ranges)
+        );
+    }
+    0
 }
 
 /// `archeio sync ...`: fills the mirrors, then exits (no server).

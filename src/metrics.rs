@@ -42,8 +42,18 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_redirects_total",
-        "Redirects, by target kind (upstream, signature_upstream, mirror, default_mirror, page) and mirror region.",
+        "Redirects, by target kind (upstream, signature_upstream, mirror, default_mirror, page) and mirror (region or name).",
         &["target", "region"]
+    )
+    .expect("metric registers once")
+});
+
+/// Blobs streamed from a mirror (`delivery: proxy`), by mirror and the mirror's status.
+pub static MIRROR_PROXIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_mirror_proxied_total",
+        "Blob answers streamed from a mirror (delivery: proxy), by mirror (region or name) and the mirror's status.",
+        &["mirror", "status"]
     )
     .expect("metric registers once")
 });
@@ -328,6 +338,7 @@ pub fn init() {
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REDIRECTS);
     LazyLock::force(&BLOB_CHECKS);
+    LazyLock::force(&MIRROR_PROXIED);
     LazyLock::force(&MIRROR_HEAD_SECONDS);
     LazyLock::force(&IP_PREFIXES);
     LazyLock::force(&UPSTREAM_REQUESTS);

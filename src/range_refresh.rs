@@ -240,7 +240,7 @@ impl RangeRefresher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::ranges::{Cloud, Format, Placement, RangeSources};
+    use crate::routing::ranges::{Format, Placement, RangeSources};
 
     /// One file, nothing embedded.
     fn files(format: Format, path: &std::path::Path) -> RangeSettings {
@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(
             t.lookup("198.51.100.9".parse().unwrap()).cloned(),
             Some(Placement {
-                cloud: Cloud::Aws,
+                provider: "aws".into(),
                 region: "xx-test-1".into()
             })
         );

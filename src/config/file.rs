@@ -7,7 +7,7 @@
 //! parts). No runtime module imports these structs; tests, benchmarks and fuzz targets
 //! build their settings from them as an operator's file would.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    at_least_one, base_url, blob_path, ca_certs, endpoint, http_url, path_prefix,
-    positive_duration, realm_host, redirect_url, socket_addrs, Invalid,
+    at_least_one, base_url, ca_certs, endpoint, http_url, path_prefix, positive_duration,
+    realm_host, redirect_url, socket_addrs, Invalid,
 };
 use super::{
     BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, ManifestCacheSettings,
@@ -24,6 +24,10 @@ use super::{
 };
 use crate::routing::ranges::{Cloud, CustomRange, Format, RangeSources, Source};
 use crate::routing::Routes;
+
+mod policy;
+
+pub use policy::{ActionName, MatchConfig, NamedMirrorConfig, OneOrMany, PolicyConfig, RuleConfig};
 
 /// The region-to-mirror table shipped as the default (the registry.k8s.io buckets).
 const DEFAULT_MIRRORS_YAML: &str = include_str!("../../data/mirrors.yaml");
@@ -62,6 +66,9 @@ pub struct ArcheioConfig {
     pub signature_upstream: Option<String>,
     /// Object-store mirrors that serve blobs.
     pub mirrors: MirrorsConfig,
+    /// Which requests go where: ordered rules over the client's provider, region and
+    /// address, the repository and the kind of request.
+    pub policy: PolicyConfig,
     /// Which cloud network and region a client address belongs to.
     pub ranges: RangesConfig,
     /// How the client address is found.
@@ -85,6 +92,7 @@ impl Default for ArcheioConfig {
             upstream: UpstreamConfig::default(),
             signature_upstream: None,
             mirrors: MirrorsConfig::default(),
+            policy: PolicyConfig::default(),
             ranges: RangesConfig::default(),
             client_address: ClientAddressConfig::default(),
             blob_check: BlobCheckConfig::default(),
@@ -125,7 +133,7 @@ impl ArcheioConfig {
             }
             None => None,
         };
-        let mirrors = self.mirrors.check().map_err(|e| e.under("mirrors"))?;
+        let policy = self.policy.check(&self.mirrors)?;
         let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
         let client_timeouts = self
             .client_timeouts
@@ -150,10 +158,7 @@ impl ArcheioConfig {
                 },
                 passthrough: self.mode == Mode::Passthrough,
                 signature_upstream,
-                default_mirror: mirrors.default,
-                mirrors: mirrors.regions,
-                blob_path_prefix: mirrors.blob_path_prefix,
-                blob_path_suffix: mirrors.blob_path_suffix,
+                policy,
                 trusted_proxy_hops: self.client_address.trusted_proxy_hops,
             },
             ranges,
@@ -508,8 +513,13 @@ pub struct MirrorsConfig {
     pub default: String,
     /// Where a blob lives under a mirror base URL; `{digest}` is replaced by the digest.
     pub blob_path: String,
-    /// Region name (as the range files name it) to mirror base URL.
+    /// Region name (as the range files name it) to mirror base URL: the `regions` entry of
+    /// a rule's mirror chain. The built-in default is registry.k8s.io's table; a `regions`
+    /// key replaces it whole.
     pub regions: BTreeMap<String, String>,
+    /// Mirrors named for the policy rules' chains, e.g.
+    /// `{cdn: {url: https://cdn.example.com}}`.
+    pub named: BTreeMap<String, NamedMirrorConfig>,
 }
 
 impl Default for MirrorsConfig {
@@ -519,34 +529,8 @@ impl Default for MirrorsConfig {
             blob_path: "/containers/images/{digest}".into(),
             regions: serde_yaml::from_str(DEFAULT_MIRRORS_YAML)
                 .expect("data/mirrors.yaml is a map of region to URL"),
+            named: BTreeMap::new(),
         }
-    }
-}
-
-/// The mirror table as the routing decision reads it.
-struct MirrorTable {
-    default: String,
-    regions: HashMap<Box<str>, String>,
-    blob_path_prefix: String,
-    blob_path_suffix: String,
-}
-
-impl MirrorsConfig {
-    fn check(&self) -> Result<MirrorTable, Invalid> {
-        let default = base_url(&self.default).map_err(|m| Invalid::new("default", m))?;
-        let mut regions = HashMap::new();
-        for (region, url) in &self.regions {
-            let base = base_url(url).map_err(|m| Invalid::new(format!("regions.{region}"), m))?;
-            regions.insert(region.as_str().into(), base);
-        }
-        let (blob_path_prefix, blob_path_suffix) =
-            blob_path(&self.blob_path).map_err(|m| Invalid::new("blob_path", m))?;
-        Ok(MirrorTable {
-            default,
-            regions,
-            blob_path_prefix,
-            blob_path_suffix,
-        })
     }
 }
 

@@ -265,12 +265,10 @@ mod tests {
             "us-central1-docker.pkg.dev:443"
         );
         assert!(s.upstream.endpoints[0].tls);
-        assert_eq!(
-            s.routes.default_mirror,
-            "https://d1be1w964nk82h.cloudfront.net"
-        );
-        assert_eq!(s.routes.blob_path_prefix, "/containers/images/");
-        assert_eq!(s.routes.blob_path_suffix, "");
+        let default = &s.routes.policy.mirrors[s.routes.policy.default_mirror];
+        assert_eq!(&*default.base, "https://d1be1w964nk82h.cloudfront.net");
+        assert_eq!(&*default.blob_prefix, "/containers/images/");
+        assert_eq!(&*default.blob_suffix, "");
         assert_eq!(s.routes.trusted_proxy_hops, 1);
         assert_eq!(s.listen, ["0.0.0.0:8080".parse().unwrap()]);
         assert_eq!(s.admin_listen, ["0.0.0.0:9090".parse().unwrap()]);

@@ -70,6 +70,7 @@ impl Gateway {
             Some(Answer::Proxy { .. }) if ctx.upstream.stale => "stale",
             Some(Answer::Proxy { .. }) if ctx.upstream.from_cache => "cache",
             Some(Answer::Proxy { .. }) => "proxy",
+            Some(Answer::ProxyMirror { .. }) => "mirror_proxy",
             _ => "-",
         };
         let detail = AccessEntry::detail(reply.map(|r| &r.answer), error);

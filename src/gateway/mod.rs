@@ -24,7 +24,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::config::ClientTimeouts;
-use crate::mirror::MirrorCheck;
+use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
 use crate::routing::{Reply, Routes};
 use crate::upstream::auth::UpstreamAuth;
@@ -35,6 +35,7 @@ mod access_log;
 pub mod admin;
 mod failure;
 mod headers;
+mod mirror_proxy;
 pub mod peer;
 mod request;
 mod responses;
@@ -49,7 +50,7 @@ use peer::Peers;
 pub struct Gateway {
     routes: Routes,
     ranges: LiveRanges,
-    mirror_check: MirrorCheck,
+    mirrors: Mirrors,
     upstream: UpstreamAccess,
     /// Limits on slow and idle clients.
     client_timeouts: ClientTimeouts,
@@ -71,19 +72,19 @@ pub struct UpstreamAccess {
 }
 
 impl Gateway {
-    /// A gateway answering by `routes` over `ranges`, checking mirrors with `mirror_check`,
+    /// A gateway answering by `routes` over `ranges`, asking `mirrors` for blobs,
     /// reaching the upstream through `upstream`.
     pub fn new(
         routes: Routes,
         ranges: LiveRanges,
-        mirror_check: MirrorCheck,
+        mirrors: Mirrors,
         upstream: UpstreamAccess,
         client_timeouts: ClientTimeouts,
     ) -> Gateway {
         Gateway {
             routes,
             ranges,
-            mirror_check,
+            mirrors,
             upstream,
             client_timeouts,
         }
@@ -151,7 +152,10 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        self.choose_peer(session, ctx).await
+        match mirror_proxy::mirror_fetch(ctx) {
+            Some((url, _)) => self.mirror_peer(url).await,
+            None => self.choose_peer(session, ctx).await,
+        }
     }
 
     fn fail_to_connect(
@@ -161,7 +165,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.connect_failed(ctx, e)
+        match mirror_proxy::mirror_fetch(ctx) {
+            // The chain was walked already: no other mirror to try.
+            Some(_) => e,
+            None => self.connect_failed(ctx, e),
+        }
     }
 
     async fn upstream_request_filter(
@@ -170,7 +178,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.rewrite_request(session, upstream_request, ctx).await
+        match mirror_proxy::mirror_fetch(ctx) {
+            Some((url, _)) => self.rewrite_mirror_request(url, upstream_request),
+            None => self.rewrite_request(session, upstream_request, ctx).await,
+        }
     }
 
     async fn upstream_response_filter(
@@ -179,7 +190,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.take_response(session, resp, ctx).await
+        match mirror_proxy::mirror_fetch(ctx) {
+            Some((_, mirror)) => self.take_mirror_response(resp, mirror),
+            None => self.take_response(session, resp, ctx).await,
+        }
     }
 
     fn upstream_response_body_filter(

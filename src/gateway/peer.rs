@@ -33,6 +33,23 @@ impl Peers {
         }
     }
 
+    /// The peer for a mirror at `addr`, named `host` for TLS; the system's CAs and the
+    /// upstream's time limits.
+    pub fn mirror(&self, addr: std::net::SocketAddr, tls: bool, host: &str) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(addr, tls, host.to_string());
+        self.limit(&mut peer);
+        Box::new(peer)
+    }
+
+    fn limit(&self, peer: &mut HttpPeer) {
+        let o = &mut peer.options;
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.read);
+        o.idle_timeout = Some(Duration::from_secs(60));
+    }
+
     /// The peer for endpoint `i` of `upstreams`.
     pub async fn peer(&self, upstreams: &Upstreams, i: usize) -> Result<Box<HttpPeer>> {
         let e = upstreams.endpoint(i);
@@ -43,13 +60,8 @@ impl Peers {
             );
         };
         let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
-        let o = &mut peer.options;
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.read_timeout = Some(self.timeouts.read);
-        o.write_timeout = Some(self.timeouts.read);
-        o.idle_timeout = Some(Duration::from_secs(60));
-        o.ca = self.ca.clone();
+        self.limit(&mut peer);
+        peer.options.ca = self.ca.clone();
         Ok(Box::new(peer))
     }
 }

@@ -44,9 +44,12 @@ impl Gateway {
         };
         let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
             Decision::Reply(reply) => reply,
-            Decision::CheckMirror(candidate) => {
-                let present = self.mirror_check.check(&candidate.mirror_url).await;
-                candidate.decide(present)
+            Decision::CheckMirrors(chain) => {
+                let found = self
+                    .mirrors
+                    .first_holding(&chain.candidates, &req.method)
+                    .await;
+                chain.decide(found)
             }
         };
         let head = req.method == http::Method::HEAD;
@@ -67,7 +70,10 @@ impl Gateway {
                 ctx.upstream.cache_key = Some(key);
             }
         }
-        if matches!(reply.answer, Answer::Proxy { .. }) {
+        if matches!(
+            reply.answer,
+            Answer::Proxy { .. } | Answer::ProxyMirror { .. }
+        ) {
             return Ok(false);
         }
         if has_body {

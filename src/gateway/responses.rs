@@ -33,7 +33,7 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             }
             Some(body)
         }
-        Answer::Proxy { .. } => {
+        Answer::Proxy { .. } | Answer::ProxyMirror { .. } => {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "a proxied answer is not written here",

@@ -4,6 +4,7 @@
 //! a failing host gets no clients even for blobs cached as present. Redirects are not
 //! followed: the client would be sent to the first URL, not to where the `HEAD` ended.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use log::warn;
@@ -104,16 +105,29 @@ impl MirrorCheck {
         })
     }
 
-    /// Whether the mirror holds the blob at `url`; how that was found out goes to the metrics.
+    /// Whether the public mirror holds the blob at `url`; how that was found out goes to
+    /// the metrics.
     pub async fn check(&self, url: &str) -> bool {
-        let host = host_of(url);
+        self.check_via(url, host_of(url), || async { Ok(url.to_string()) })
+            .await
+    }
+
+    /// Whether the mirror holds the blob known as `name` (its unsigned URL: the cache key,
+    /// and what logs say), asking the breaker of `host` first, with a `HEAD` of the URL
+    /// `head_url` makes (a presigned one for a private mirror), made only when the answer is
+    /// not cached.
+    pub async fn check_via<F, U>(&self, name: &str, host: &str, head_url: F) -> bool
+    where
+        F: FnOnce() -> U,
+        U: Future<Output = Result<String, String>>,
+    {
         let permit = self.breakers.permit(host, Instant::now());
         if permit == Permit::Skip {
             // Not cached: the answer is about the host, not the blob.
             metrics::record_blob_check(Outcome::Skipped);
             return false;
         }
-        let key = xxh3_128_with_seed(url.as_bytes(), self.seed);
+        let key = xxh3_128_with_seed(name.as_bytes(), self.seed);
         if let Some(present) = self.cache.get(&key).await {
             if permit == Permit::Probe {
                 self.breakers.abandon_probe(host, Instant::now());
@@ -126,8 +140,18 @@ impl MirrorCheck {
             .cache
             .entry(key)
             .or_insert_with(async {
-                let (present, o, healthy) = self.head(url).await;
-                self.breakers.record(host, healthy, Instant::now());
+                let (present, o) = match head_url().await {
+                    Ok(url) => {
+                        let (present, o, healthy) = self.head(&url, name).await;
+                        self.breakers.record(host, healthy, Instant::now());
+                        (present, o)
+                    }
+                    Err(e) => {
+                        // Not the host's fault: the breaker is left alone.
+                        warn!("mirror check of {name}: cannot sign the HEAD: {e}");
+                        (false, Outcome::Error)
+                    }
+                };
                 outcome = o;
                 present
             })
@@ -140,27 +164,30 @@ impl MirrorCheck {
     }
 
     /// The answer, how it was found, and whether the host answered sanely (for the breaker).
-    async fn head(&self, url: &str) -> (bool, Outcome, bool) {
+    /// Logs name the blob by `name`: a presigned `url` is a credential.
+    async fn head(&self, url: &str, name: &str) -> (bool, Outcome, bool) {
         let started = Instant::now();
         let result = self.client.head(url).send().await;
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
             Ok(resp) if resp.status().is_server_error() => {
-                warn!("mirror check HEAD {url} answered {}", resp.status());
+                warn!("mirror check HEAD {name} answered {}", resp.status());
                 (false, Outcome::Error, false)
             }
             Ok(resp) if resp.status().is_redirection() => {
                 // Answered, so the host is healthy; where it points is not checked.
                 warn!(
-                    "mirror check HEAD {url} answered {} (a redirect): counted as absent",
+                    "mirror check HEAD {name} answered {} (a redirect): counted as absent",
                     resp.status()
                 );
                 (false, Outcome::Absent, true)
             }
             Ok(_) => (false, Outcome::Absent, true),
             Err(e) => {
-                warn!("mirror check HEAD {url} failed: {}", error_chain(&e));
+                // reqwest's message holds the URL, and a presigned one is a credential.
+                let e = e.without_url();
+                warn!("mirror check HEAD {name} failed: {}", error_chain(&e));
                 (false, Outcome::Error, false)
             }
         }

@@ -1,7 +1,9 @@
-//! Does a mirror hold a blob: the cached `HEAD` check ([`check`]) and the circuit breaker
-//! per mirror host ([`breaker`]) it asks first.
+//! Does a mirror hold a blob: the cached `HEAD` check ([`check`]), the circuit breaker per
+//! mirror host ([`breaker`]) it asks first, and the walk along a rule's chain ([`chain`]).
 
 pub mod breaker;
+pub mod chain;
 pub mod check;
 
+pub use chain::Mirrors;
 pub use check::MirrorCheck;

@@ -5,20 +5,24 @@
 //! - [`target`]: the request line and target checks;
 //! - [`grammar`]: the distribution API's endpoints, names, tags and digests;
 //! - [`client_addr`](mod@client_addr): the client's address from the peer and `X-Forwarded-For`;
-//! - [`ranges`]: which cloud and region an address belongs to.
+//! - [`ranges`]: which provider and region an address belongs to;
+//! - [`policy`]: the ordered rules and the mirrors they name;
+//! - [`explain`]: the decision for a sample request, in words, for `archeio -t --explain`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 pub mod client_addr;
+pub mod explain;
 pub mod grammar;
+pub mod policy;
 pub mod ranges;
 pub mod target;
 
 use client_addr::client_addr;
 use grammar::{parse_endpoint, Endpoint, Reference};
-use ranges::{Cloud, RangeTable};
+use policy::{first_match, Action, Client, Delivery, Kind, Link, Policy};
+use ranges::RangeTable;
 use target::{parse_target, served_method};
 
 pub use target::{refuse_request_line, MAX_TARGET_LEN};
@@ -43,14 +47,8 @@ pub struct Routes {
     pub passthrough: bool,
     /// The same for the signature upstream, when configured.
     pub signature_upstream: Option<String>,
-    /// Mirror base URL for clients without a regional mirror.
-    pub default_mirror: String,
-    /// Region to mirror base URL.
-    pub mirrors: HashMap<Box<str>, String>,
-    /// Blob path under a mirror base, before the digest (`/containers/images/`).
-    pub blob_path_prefix: String,
-    /// Blob path under a mirror base, after the digest (usually empty).
-    pub blob_path_suffix: String,
+    /// The policy rules and the mirrors they send blobs to.
+    pub policy: Policy,
     /// Trusted `X-Forwarded-For` entries at the right end of the header.
     pub trusted_proxy_hops: usize,
 }
@@ -95,11 +93,15 @@ pub enum Route {
     Upstream,
     /// Anything else.
     NotFound,
+    /// A policy rule said `deny`.
+    Denied,
+    /// A repository outside the known repositories.
+    UnknownRepository,
 }
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 12] = [
         Route::MethodNotAllowed,
         Route::Invalid,
         Route::Info,
@@ -110,6 +112,8 @@ impl Route {
         Route::Signature,
         Route::Upstream,
         Route::NotFound,
+        Route::Denied,
+        Route::UnknownRepository,
     ];
 
     /// Stable lowercase name for labels and logs.
@@ -125,6 +129,8 @@ impl Route {
             Route::Signature => "signature",
             Route::Upstream => "upstream",
             Route::NotFound => "not_found",
+            Route::Denied => "denied",
+            Route::UnknownRepository => "unknown_repository",
         }
     }
 }
@@ -136,7 +142,7 @@ pub enum Target {
     Upstream,
     /// The signature upstream.
     SignatureUpstream,
-    /// The mirror of this region.
+    /// The mirror of this region, or the named mirror.
     Mirror(Box<str>),
     /// The default mirror.
     DefaultMirror,
@@ -178,6 +184,13 @@ pub enum Answer {
         path: String,
         manifest: Option<ManifestRef>,
     },
+    /// Fetch the blob from `url` at mirror `mirror` (an index in [`Policy::mirrors`]) and
+    /// stream it back.
+    ProxyMirror {
+        mirror: usize,
+        url: String,
+        target: Target,
+    },
 }
 
 /// How a manifest was asked for, which decides how long its answer stays valid.
@@ -196,7 +209,7 @@ impl Answer {
             Answer::Redirect { .. } => Some(307),
             Answer::ApiVersion => Some(200),
             Answer::Error { status, .. } => Some(*status),
-            Answer::Proxy { .. } => None,
+            Answer::Proxy { .. } | Answer::ProxyMirror { .. } => None,
         }
     }
 }
@@ -210,27 +223,50 @@ pub struct Reply {
     pub answer: Answer,
 }
 
-/// A blob a mirror may hold: the caller checks `mirror_url` and calls [`MirrorCandidate::decide`].
+/// A blob a mirror may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorCandidate {
-    /// The blob's URL at the chosen mirror.
-    pub mirror_url: String,
-    /// The answer when the mirror does not have it: to the upstream.
-    pub fallback: Answer,
+    /// Index of the mirror in [`Policy::mirrors`].
+    pub mirror: usize,
+    /// The blob's URL at a public mirror; its object key at a signed one.
+    pub location: String,
     /// Which mirror it is.
     pub target: Target,
 }
 
-impl MirrorCandidate {
-    /// The answer once the mirror check said whether the blob is there.
-    pub fn decide(self, present: bool) -> Reply {
-        let answer = if present {
-            Answer::Redirect {
-                location: self.mirror_url,
-                target: self.target,
+/// Mirrors to ask in order whether they hold a blob: the caller checks the candidates and
+/// calls [`MirrorChain::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorChain {
+    /// The mirrors, in the rule's order.
+    pub candidates: Vec<MirrorCandidate>,
+    /// The answer when none holds the blob: the upstream.
+    pub fallback: Answer,
+    /// How a mirror's blob reaches the client.
+    pub delivery: Delivery,
+}
+
+impl MirrorChain {
+    /// The answer once the checks are done: `found` is the index of the first candidate that
+    /// holds the blob and the URL to send the client to (or fetch), signed when the mirror
+    /// is private.
+    pub fn decide(self, found: Option<(usize, String)>) -> Reply {
+        let answer = match found {
+            Some((i, url)) => {
+                let c = &self.candidates[i];
+                match self.delivery {
+                    Delivery::Redirect => Answer::Redirect {
+                        location: url,
+                        target: c.target.clone(),
+                    },
+                    Delivery::Proxy => Answer::ProxyMirror {
+                        mirror: c.mirror,
+                        url,
+                        target: c.target.clone(),
+                    },
+                }
             }
-        } else {
-            self.fallback
+            None => self.fallback,
         };
         Reply {
             route: Route::Blob,
@@ -244,8 +280,8 @@ impl MirrorCandidate {
 pub enum Decision {
     /// Answer at once.
     Reply(Reply),
-    /// Ask whether the mirror has the blob first.
-    CheckMirror(MirrorCandidate),
+    /// Ask the mirrors whether they have the blob first.
+    CheckMirrors(MirrorChain),
 }
 
 /// Decides a request. The rules, in order (see `docs/request-handling.md`):
@@ -258,35 +294,54 @@ pub enum Decision {
 /// 6. path starting with `/privacy`: `307` to the privacy URL;
 /// 7. anything else: `404`.
 pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decision {
+    decide_by_rule(req, routes, ranges).0
+}
+
+/// [`decide`], with the index in [`Policy::rules`] of the rule that decided, if one did.
+pub fn decide_by_rule(
+    req: &Request<'_>,
+    routes: &Routes,
+    ranges: &RangeTable,
+) -> (Decision, Option<usize>) {
     let api = req.target.starts_with(b"/v2");
     if !served_method(req.method.as_bytes()) {
-        return Decision::Reply(method_not_allowed(api));
+        return (Decision::Reply(method_not_allowed(api)), None);
     }
     if req.has_body {
         // Nothing here reads a body; forwarding one would let a client hold an upstream
         // connection a slow chunk at a time.
-        return error(
+        let e = error(
             Route::Invalid,
             400,
             "UNSUPPORTED",
             "GET and HEAD requests must not carry a body",
             api,
         );
+        return (e, None);
     }
     let (path, query) = match parse_target(req.target, api) {
         Ok(parts) => parts,
-        Err(why) => return error(Route::Invalid, 400, "NAME_INVALID", why, api),
+        Err(why) => return (error(Route::Invalid, 400, "NAME_INVALID", why, api), None),
     };
     if api {
         return decide_api(path, query, req, routes, ranges);
     }
     if path == "/" {
-        return redirect(Route::Info, routes.info_url.clone(), Target::Page);
+        return (
+            redirect(Route::Info, routes.info_url.clone(), Target::Page),
+            None,
+        );
     }
     if path.starts_with("/privacy") {
-        return redirect(Route::Privacy, routes.privacy_url.clone(), Target::Page);
+        return (
+            redirect(Route::Privacy, routes.privacy_url.clone(), Target::Page),
+            None,
+        );
     }
-    error(Route::NotFound, 404, "NOT_FOUND", "not found", false)
+    (
+        error(Route::NotFound, 404, "NOT_FOUND", "not found", false),
+        None,
+    )
 }
 
 /// The registry API, in order:
@@ -298,135 +353,206 @@ pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decisi
 /// 5. a paged request (tag list or referrers, with a query) whose name starts with the
 ///    upstream path prefix: the prefix is taken off (the client followed a `Link` in the
 ///    upstream's path space);
-/// 6. blob: client address (`400` if unusable); GCP client: upstream; else the region's
-///    mirror (or the default one) if it has the blob, else upstream;
-/// 7. cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a signature upstream:
-///    `307` there;
-/// 8. anything else (manifests, tag lists, referrers): upstream.
+/// 6. a repository outside the known repositories (when listed): `404` `NAME_UNKNOWN`;
+/// 7. blob: the client address (`400` if unusable);
+/// 8. the first policy rule that matches the kind, repository and client (a rule that looks
+///    at the client needs its address: `400` if unusable) decides:
+///    - `deny`: `404` `NAME_UNKNOWN`;
+///    - `mirrors`: the first mirror of the chain that holds the blob, else the upstream;
+///    - `upstream`: a cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a
+///      signature upstream is redirected there; anything else goes upstream;
+/// 9. no rule matches: upstream.
 ///
 /// "Upstream" is a `307` to the first healthy endpoint in redirect mode, and proxying there
-/// in pass-through mode. Both keep the query string.
+/// in pass-through mode, unless the rule names a delivery. Both keep the query string.
 fn decide_api(
     path: &str,
     query: Option<&str>,
     req: &Request<'_>,
     routes: &Routes,
     ranges: &RangeTable,
-) -> Decision {
+) -> (Decision, Option<usize>) {
     let rest = &path[3..];
     if rest.is_empty() || rest == "/" {
-        return Decision::Reply(Reply {
+        let reply = Reply {
             route: Route::ApiVersion,
             answer: Answer::ApiVersion,
-        });
+        };
+        return (Decision::Reply(reply), None);
     }
     if !rest.starts_with('/') {
-        return error(
+        let e = error(
             Route::NotFound,
             404,
             "UNSUPPORTED",
             "not a registry API path",
             true,
         );
+        return (e, None);
     }
     if rest == "/_catalog" {
-        return error(
+        let e = error(
             Route::Catalog,
             404,
             "UNSUPPORTED",
             "repository listing is not offered",
             true,
         );
+        return (e, None);
     }
     let endpoint = match parse_endpoint(rest) {
         Ok(endpoint) => endpoint,
-        Err(why) => return error(Route::NotFound, 404, why.code(), why.message(), true),
+        Err(why) => {
+            return (
+                error(Route::NotFound, 404, why.code(), why.message(), true),
+                None,
+            )
+        }
     };
     let prefix = routes.upstream_name_prefix.as_str();
-    let rest = match endpoint {
+    let (rest, repository) = match endpoint {
         Endpoint::TagList { name } | Endpoint::Referrers { name, .. }
             if query.is_some() && !prefix.is_empty() && name.starts_with(prefix) =>
         {
             // `rest` is `/<prefix><name>...` and `prefix` ends with `/`.
-            &rest[prefix.len()..]
+            (&rest[prefix.len()..], &name[prefix.len()..])
         }
-        _ => rest,
+        _ => (rest, endpoint.name()),
     };
-    if let Endpoint::Blob { digest, .. } = endpoint {
-        let client = match client_addr(req.peer, req.forwarded_for, routes.trusted_proxy_hops) {
-            Ok(ip) => ip,
-            Err(e) => return error(Route::Invalid, 400, "UNSUPPORTED", e.to_string(), true),
-        };
-        let fallback = upstream(rest, query, req, routes, None);
-        let placement = ranges.lookup(client);
-        let (base, target) = match placement {
-            Some(p) if p.cloud == Cloud::Gcp => {
-                return Decision::Reply(Reply {
-                    route: Route::Blob,
-                    answer: fallback,
-                });
-            }
-            Some(p) => match routes.mirrors.get(&p.region) {
-                Some(base) => (base, Target::Mirror(p.region.clone())),
-                None => (&routes.default_mirror, Target::DefaultMirror),
-            },
-            None => (&routes.default_mirror, Target::DefaultMirror),
-        };
-        let mut mirror_url = String::with_capacity(
-            base.len()
-                + routes.blob_path_prefix.len()
-                + digest.len()
-                + routes.blob_path_suffix.len(),
-        );
-        mirror_url.push_str(base);
-        mirror_url.push_str(&routes.blob_path_prefix);
-        mirror_url.push_str(digest);
-        mirror_url.push_str(&routes.blob_path_suffix);
-        return Decision::CheckMirror(MirrorCandidate {
-            mirror_url,
-            fallback,
-            target,
-        });
+    let policy = &routes.policy;
+    if !policy.knows(repository) {
+        return (unknown_repository(Route::UnknownRepository), None);
     }
-    let manifest = match endpoint {
+    let (kind, manifest) = match endpoint {
+        Endpoint::Blob { .. } => (Kind::Blob, None),
         Endpoint::Manifest {
             reference: Reference::Tag(tag),
             ..
-        } => {
-            if let Some(sig) = routes
-                .signature_upstream
-                .as_deref()
-                .filter(|_| is_signature_tag(tag))
-            {
-                return redirect(
-                    Route::Signature,
-                    join(sig, rest, query),
-                    Target::SignatureUpstream,
-                );
-            }
-            Some(ManifestRef::Tag)
-        }
+        } if is_signature_tag(tag) => (Kind::Signature, Some(ManifestRef::Tag)),
+        Endpoint::Manifest {
+            reference: Reference::Tag(_),
+            ..
+        } => (Kind::Manifest, Some(ManifestRef::Tag)),
         Endpoint::Manifest {
             reference: Reference::Digest(_),
             ..
-        } => Some(ManifestRef::Digest),
-        _ => None,
+        } => (Kind::Manifest, Some(ManifestRef::Digest)),
+        Endpoint::TagList { .. } => (Kind::TagList, None),
+        Endpoint::Referrers { .. } => (Kind::Referrers, None),
     };
-    Decision::Reply(Reply {
-        route: Route::Upstream,
-        answer: upstream(rest, query, req, routes, manifest),
-    })
+    let find_client = || {
+        let address = client_addr(req.peer, req.forwarded_for, routes.trusted_proxy_hops)
+            .map_err(|e| e.to_string());
+        let placement = address.as_ref().ok().and_then(|ip| ranges.lookup(*ip));
+        Client { address, placement }
+    };
+    let mut client = None;
+    if kind == Kind::Blob {
+        let c = client.insert(find_client());
+        if let Err(e) = &c.address {
+            return (
+                error(Route::Invalid, 400, "UNSUPPORTED", e.clone(), true),
+                None,
+            );
+        }
+    }
+    let matched = match first_match(&policy.rules, kind, repository, &mut client, find_client) {
+        Ok(matched) => matched,
+        Err(e) => return (error(Route::Invalid, 400, "UNSUPPORTED", e, true), None),
+    };
+    let rule = matched.map(|i| &policy.rules[i]);
+    let delivery = rule.and_then(|r| r.delivery);
+    let route = if kind == Kind::Blob {
+        Route::Blob
+    } else {
+        Route::Upstream
+    };
+    let decision = match rule.map(|r| &r.action) {
+        Some(Action::Deny) => unknown_repository(Route::Denied),
+        Some(Action::Mirrors(chain)) if kind == Kind::Blob => {
+            let Endpoint::Blob { digest, .. } = endpoint else {
+                unreachable!("the kind is Blob")
+            };
+            let region = client
+                .as_ref()
+                .and_then(|c| c.placement)
+                .map(|p| &*p.region);
+            let candidates = chain
+                .iter()
+                .map(|link| {
+                    let (mirror, target) = match *link {
+                        Link::Mirror(i) => (i, Target::Mirror(policy.mirrors[i].name.clone())),
+                        Link::Regional => {
+                            let i = policy.regional(region);
+                            let target = if i == policy.default_mirror {
+                                Target::DefaultMirror
+                            } else {
+                                Target::Mirror(policy.mirrors[i].name.clone())
+                            };
+                            (i, target)
+                        }
+                    };
+                    MirrorCandidate {
+                        mirror,
+                        location: policy.mirrors[mirror].location(digest),
+                        target,
+                    }
+                })
+                .collect();
+            Decision::CheckMirrors(MirrorChain {
+                candidates,
+                fallback: upstream(rest, query, req, routes, None, delivery),
+                delivery: delivery.unwrap_or(Delivery::Redirect),
+            })
+        }
+        _ => {
+            if let Some(sig) = routes
+                .signature_upstream
+                .as_deref()
+                .filter(|_| kind == Kind::Signature)
+            {
+                redirect(
+                    Route::Signature,
+                    join(sig, rest, query),
+                    Target::SignatureUpstream,
+                )
+            } else {
+                Decision::Reply(Reply {
+                    route,
+                    answer: upstream(rest, query, req, routes, manifest, delivery),
+                })
+            }
+        }
+    };
+    (decision, matched)
 }
 
-/// Sends `rest` to the upstream: a redirect to the chosen endpoint, or a proxied request.
+/// `404` for a repository the gateway does not serve.
+fn unknown_repository(route: Route) -> Decision {
+    error(
+        route,
+        404,
+        "NAME_UNKNOWN",
+        "repository name not known to registry",
+        true,
+    )
+}
+
+/// Sends `rest` to the upstream: a redirect to the chosen endpoint, or a proxied request,
+/// as `delivery` says, else as the mode says.
 fn upstream(
     rest: &str,
     query: Option<&str>,
     req: &Request<'_>,
     routes: &Routes,
     manifest: Option<ManifestRef>,
+    delivery: Option<Delivery>,
 ) -> Answer {
-    if routes.passthrough {
+    let proxy = match delivery {
+        Some(d) => d == Delivery::Proxy,
+        None => routes.passthrough,
+    };
+    if proxy {
         return Answer::Proxy {
             path: join(&routes.upstream_prefix, rest, query),
             manifest,

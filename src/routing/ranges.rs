@@ -26,6 +26,16 @@ pub enum Cloud {
     Gcp,
 }
 
+impl Cloud {
+    /// The provider name placements carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Gcp => "gcp",
+        }
+    }
+}
+
 /// An operator rule: clients in `cidr` are treated as `cloud` clients in `region`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomRange {
@@ -63,8 +73,8 @@ impl Default for RangeSources {
 /// Where an address lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Placement {
-    /// The cloud whose range holds the address.
-    pub cloud: Cloud,
+    /// The provider whose range holds the address (`aws`, `gcp`, or a source's name).
+    pub provider: Box<str>,
     /// The region (AWS `region`, GCP `scope`, or the operator's name).
     pub region: Box<str>,
 }
@@ -98,7 +108,7 @@ impl RangeTable {
     /// order of precedence.
     fn insert(&mut self, net: IpNet, cloud: Cloud, region: &str) {
         let placement = Placement {
-            cloud,
+            provider: cloud.name().into(),
             region: region.into(),
         };
         let next = self.placements.len() as u32;
@@ -241,8 +251,14 @@ mod tests {
     }
 
     fn region(t: &RangeTable, ip: &str) -> Option<(Cloud, String)> {
-        t.lookup(ip.parse().unwrap())
-            .map(|p| (p.cloud, p.region.to_string()))
+        t.lookup(ip.parse().unwrap()).map(|p| {
+            let cloud = if &*p.provider == "gcp" {
+                Cloud::Gcp
+            } else {
+                Cloud::Aws
+            };
+            (cloud, p.region.to_string())
+        })
     }
 
     #[test]

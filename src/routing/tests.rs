@@ -2,7 +2,8 @@ use std::sync::OnceLock;
 
 use super::*;
 use crate::config::file::{ArcheioConfig, Mode};
-use ranges::{CustomRange, RangeSources};
+use policy::Delivery;
+use ranges::{Cloud, CustomRange, RangeSources};
 
 const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
@@ -68,7 +69,7 @@ fn get(target: &str) -> Decision {
 fn reply(d: Decision) -> Reply {
     match d {
         Decision::Reply(r) => r,
-        Decision::CheckMirror(c) => panic!("expected a reply, got a mirror check {c:?}"),
+        Decision::CheckMirrors(c) => panic!("expected a reply, got a mirror check {c:?}"),
     }
 }
 
@@ -92,9 +93,34 @@ fn status(d: Decision) -> (Route, u16, bool) {
     }
 }
 
-fn candidate(d: Decision) -> MirrorCandidate {
+/// A chain of one mirror, as archeio's policy decides for every blob it checks.
+#[derive(Debug, Clone)]
+struct Candidate {
+    mirror_url: String,
+    fallback: Answer,
+    target: Target,
+    chain: MirrorChain,
+}
+
+impl Candidate {
+    fn decide(self, present: bool) -> Reply {
+        self.chain.decide(present.then_some((0, self.mirror_url)))
+    }
+}
+
+fn candidate(d: Decision) -> Candidate {
     match d {
-        Decision::CheckMirror(c) => c,
+        Decision::CheckMirrors(chain) => {
+            assert_eq!(chain.candidates.len(), 1, "{chain:?}");
+            assert_eq!(chain.delivery, Delivery::Redirect);
+            let c = &chain.candidates[0];
+            Candidate {
+                mirror_url: c.location.clone(),
+                fallback: chain.fallback.clone(),
+                target: c.target.clone(),
+                chain,
+            }
+        }
         Decision::Reply(r) => panic!("expected a mirror check, got {r:?}"),
     }
 }
