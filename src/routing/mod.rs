@@ -639,4 +639,6 @@ fn is_signature_tag(tag: &str) -> bool {
 }
 
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
