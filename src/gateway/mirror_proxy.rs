@@ -63,10 +63,12 @@ impl Gateway {
             .ok()
             .and_then(|mut addrs| addrs.next());
         let Some(addr) = addr else {
-            return Error::e_explain(
+            // The mirror's side: a 502, as for a refused connection.
+            let e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("mirror host {host} does not resolve"),
             );
+            return Err(e.into_up());
         };
         Ok(self.upstream.peers.mirror(addr, tls, name))
     }

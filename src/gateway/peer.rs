@@ -54,10 +54,12 @@ impl Peers {
     pub async fn peer(&self, upstreams: &Upstreams, i: usize) -> Result<Box<HttpPeer>> {
         let e = upstreams.endpoint(i);
         let Some(addr) = upstreams.address(i).await else {
-            return Error::e_explain(
+            // The upstream's side: a 502, as for a refused connection.
+            let e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("upstream {} does not resolve", e.url),
             );
+            return Err(e.into_up());
         };
         let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
         self.limit(&mut peer);

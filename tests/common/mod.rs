@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 pub mod fake;
+pub mod moto;
 pub mod registry;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,217 @@
+//! Routing policies over real HTTP on loopback: mirror chains that skip a mirror without the
+//! blob and one whose breaker is open, `deny`, known repositories, and proxy delivery from a
+//! real S3-compatible object store (`moto_server`) with `Range`.
+
+mod common;
+
+use common::moto::Moto;
+use common::*;
+
+const UP: &str = "http://upstream.test/v2/prefix/images";
+
+fn digest(n: u8) -> String {
+    format!("sha256:{:064x}", n)
+}
+
+/// Bytes that differ at every offset, so a wrong range shows.
+fn blob_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A gateway with three mirrors in a chain: `empty` holds nothing, `broken` answers 500,
+/// `s3` is a moto bucket holding `digest(1)` and `digest(2)`. Clients in 10.20.0.0/16 get
+/// the chain by proxy, everyone else by redirect.
+async fn setup() -> (Gateway, Mirror, Mirror, Moto, Vec<u8>) {
+    let (empty, broken) = (Mirror::start().await, Mirror::start().await);
+    broken.set_default_status(500);
+    let moto = Moto::start().await;
+    moto.bucket("blobs").await;
+    let bytes = blob_bytes(65_536);
+    for n in [1, 2] {
+        moto.put("blobs", &format!("containers/images/{}", digest(n)), &bytes)
+            .await;
+    }
+    let keys = format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  mirrors:
+    named:
+      empty: {{url: '{empty}'}}
+      broken: {{url: '{broken}'}}
+      s3: {{url: 'http://127.0.0.1:{port}/blobs'}}
+  ranges: {{embedded: false}}
+  blob_check: {{breaker: {{failures: 1, cool_down: 1h}}}}
+  policy:
+    known_repositories: [app, internal, 'team/**']
+    rules:
+      - {{name: no-internal, match: {{repository: internal}}, action: deny}}
+      - name: office
+        match: {{cidr: 10.20.0.0/16}}
+        action: mirrors
+        mirrors: [empty, broken, s3]
+        delivery: proxy
+      - {{name: chain, match: {{kind: blob}}, action: mirrors, mirrors: [empty, broken, s3]}}",
+        empty = empty.base(),
+        broken = broken.base(),
+        port = moto.port,
+    );
+    (Gateway::start(&keys).await, empty, broken, moto, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_skips_a_mirror_without_the_blob_and_one_whose_breaker_is_open() {
+    let (gw, empty, broken, moto, bytes) = setup().await;
+    let client = [("X-Forwarded-For", "198.51.100.1, 127.0.0.1")];
+    let s3 = format!("http://127.0.0.1:{}/blobs/containers/images", moto.port);
+
+    // `empty` says 404, `broken` fails (its breaker opens), `s3` holds it.
+    let r = gw
+        .send("GET", &format!("/v2/app/blobs/{}", digest(1)), &client)
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{s3}/{}", digest(1)).as_str())
+    );
+    assert_eq!(empty.heads(&format!("/containers/images/{}", digest(1))), 1);
+    assert_eq!(broken.all_heads(), 1);
+    // The client gets the bytes where it was sent.
+    let url = r.location().strip_prefix("http://").unwrap();
+    let (host, path) = url.split_once('/').unwrap();
+    let blob = request(host.parse().unwrap(), "GET", format!("/{path}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(blob.body, bytes);
+
+    // The next blob: `broken` is skipped without a HEAD.
+    let r = gw
+        .send("GET", &format!("/v2/team/a/blobs/{}", digest(2)), &client)
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{s3}/{}", digest(2)).as_str())
+    );
+    assert_eq!(broken.all_heads(), 1, "an open breaker sends no HEAD");
+    assert_eq!(empty.heads(&format!("/containers/images/{}", digest(2))), 1);
+
+    // Held by none: the upstream.
+    let r = gw
+        .send("GET", &format!("/v2/app/blobs/{}", digest(3)), &client)
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{UP}/app/blobs/{}", digest(3)).as_str())
+    );
+
+    let m = gw.metrics().await;
+    assert!(sample(&m, "archeio_blob_checks_total{outcome=\"skipped\"}") >= 2.0);
+    let broken_host = broken.addr.to_string();
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_open{{host=\"{broken_host}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_redirects_total{region=\"s3\",target=\"mirror\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_and_unknown_repositories_answer_404() {
+    let (gw, empty, broken, _moto, _) = setup().await;
+    for target in [
+        "/v2/internal/manifests/v1".to_string(),
+        format!("/v2/internal/blobs/{}", digest(1)),
+        "/v2/nginx/manifests/latest".to_string(),
+        format!("/v2/team/blobs/{}", digest(1)),
+        "/v2/other/tags/list".to_string(),
+    ] {
+        let r = gw.get(&target).await;
+        assert_eq!(
+            (r.status, r.oci_code().as_str()),
+            (404, "NAME_UNKNOWN"),
+            "{target}"
+        );
+        assert!(r.header("location").is_none());
+    }
+    // Nothing was asked of any mirror.
+    assert_eq!(empty.all_heads() + broken.all_heads(), 0);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_requests_total{route=\"denied\",status=\"404\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_requests_total{route=\"unknown_repository\",status=\"404\"}"
+        ),
+        3.0
+    );
+    // A known repository still goes upstream.
+    let r = gw.get("/v2/app/manifests/v1").await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, format!("{UP}/app/manifests/v1").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_delivery_streams_the_blob_from_the_mirror_with_ranges() {
+    let (gw, _empty, _broken, _moto, bytes) = setup().await;
+    let office = ("X-Forwarded-For", "10.20.3.4, 127.0.0.1");
+    let target = format!("/v2/app/blobs/{}", digest(1));
+
+    let r = gw.send("GET", &target, &[office]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("location").is_none());
+    assert_eq!(r.body, bytes);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert!(
+        r.headers.iter().all(|(name, _)| !name.starts_with("x-amz")),
+        "object-store headers stay behind: {:?}",
+        r.headers
+    );
+
+    let r = gw
+        .send("GET", &target, &[office, ("Range", "bytes=1000-1999")])
+        .await;
+    assert_eq!(r.status, 206, "{r:?}");
+    assert_eq!(r.header("content-range"), Some("bytes 1000-1999/65536"));
+    assert_eq!(r.body, &bytes[1000..2000]);
+
+    let r = gw.send("HEAD", &target, &[office]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("65536"));
+    assert!(r.body.is_empty());
+
+    // Held by no mirror: proxied from the upstream, which does not resolve here: a 502,
+    // not a redirect.
+    let r = gw
+        .send("GET", &format!("/v2/app/blobs/{}", digest(9)), &[office])
+        .await;
+    assert_eq!(r.status, 502, "{r:?}\n{}", gw.log());
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_mirror_proxied_total{mirror=\"s3\",status=\"206\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_mirror_proxied_total{mirror=\"s3\",status=\"200\"}"
+        ),
+        2.0
+    );
+}
