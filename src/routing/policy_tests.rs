@@ -392,3 +392,57 @@ fn one_value_or_a_list() {
     assert_eq!(matched, Some(0));
     assert_eq!(reply(d).answer.status(), Some(307));
 }
+
+#[test]
+fn the_archeio_policy_example_decides_exactly_as_the_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf/examples/archeio-policy.yaml");
+    let spelled = ArcheioConfig::from_file(&path)
+        .unwrap()
+        .check("example", |_| None)
+        .unwrap()
+        .routes;
+    let default = ArcheioConfig::default().check("t", |_| None).unwrap().routes;
+    assert_eq!(spelled.policy.rules.len(), 2);
+    let ranges = RangeTable::build(&RangeSources::default(), &[]).unwrap();
+    let sig = format!("sha256-{}.sig", "b".repeat(64));
+    let targets = [
+        format!("/v2/pause/blobs/{SHA}"),
+        format!("/v2/a/b/blobs/{SHA}?ns=x"),
+        "/v2/pause/manifests/3.10".into(),
+        format!("/v2/pause/manifests/{SHA}"),
+        format!("/v2/pause/manifests/{sig}"),
+        "/v2/pause/tags/list?n=10".into(),
+        format!("/v2/pause/referrers/{SHA}"),
+        "/v2/".into(),
+        "/v2/_catalog".into(),
+        "/".into(),
+    ];
+    // AWS eu-west-1, AWS GLOBAL, GCP africa-south1, nowhere, IPv6 AWS, garbage header.
+    let clients: [(&str, &[&str]); 6] = [
+        ("10.0.0.1", &["3.4.12.4, 130.211.0.1"]),
+        ("10.0.0.1", &["15.193.31.1, 130.211.0.1"]),
+        ("34.1.208.5", &[]),
+        ("192.0.2.1", &[]),
+        ("2406:daba:f000::9", &[]),
+        ("10.0.0.1", &["garbage"]),
+    ];
+    for target in &targets {
+        for (peer, xff) in clients {
+            let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
+            let req = Request {
+                method: "GET",
+                target: target.as_bytes(),
+                peer: Some(peer.parse().unwrap()),
+                forwarded_for: &lines,
+                upstream: 0,
+                has_body: false,
+            };
+            assert_eq!(
+                decide_by_rule(&req, &spelled, &ranges),
+                decide_by_rule(&req, &default, &ranges),
+                "{target} from {peer} {xff:?}"
+            );
+        }
+    }
+}
