@@ -3,5 +3,6 @@
 
 pub mod breaker;
 pub mod check;
+pub mod signing;
 
 pub use check::MirrorCheck;
