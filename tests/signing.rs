@@ -174,7 +174,7 @@ async fn s3_server() -> Option<Server> {
     let Some(bin) = binary("S3S_FS", "s3s-fs", &[home().join(".cargo/bin/s3s-fs")]) else {
         eprintln!(
             "SKIPPED: s3s-fs not found (set S3S_FS, or install it with \
-             `cargo install s3s-fs --features binary --locked`, as scripts/test.sh does)"
+             `cargo install s3s-fs --version 0.14.1 --features binary --locked`, as scripts/test.sh does)"
         );
         return None;
     };
