@@ -36,6 +36,30 @@ if ! python3 -c "import moto.server, flask, werkzeug" 2>/dev/null; then
   echo "== installing moto[server]"
   python3 -m pip install -q 'moto[server]'
 fi
+# The signed-URL tests (tests/signing.rs) need servers that check signatures: s3s-fs for S3
+# presigned URLs (moto_server does not check them) and Azurite for Azure SAS. Azurite is
+# an npm package, installed into a cache directory that the test looks in.
+if ! command -v s3s-fs >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "== installing s3s-fs"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+azurite_dir=${ARCHEIO_TEST_CACHE:-$HOME/.cache/archeio-test}/azurite
+if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+  if ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "== installing npm"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+    else
+      echo "missing: npm (for Azurite); install it with: sudo apt-get install -y nodejs npm" >&2
+      exit 1
+    fi
+  fi
+  echo "== installing Azurite into $azurite_dir"
+  mkdir -p "$azurite_dir"
+  npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.35.0
+fi
+export AZURITE_BLOB="$azurite_dir/node_modules/.bin/azurite-blob"
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 SOAK_SECONDS=${SOAK_SECONDS:-60}
 

@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 pub mod env;
 pub mod file;
+pub mod signing;
 mod values;
 
 pub use env::ENV_VARS;

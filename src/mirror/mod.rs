@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod chain;
 pub mod check;
+pub mod signing;
 
 pub use chain::Mirrors;
 pub use check::MirrorCheck;
