@@ -60,6 +60,8 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.35.0
 fi
 export AZURITE_BLOB="$azurite_dir/node_modules/.bin/azurite-blob"
+# Every server is installed now: a test that cannot find one fails instead of skipping.
+export ARCHEIO_TEST_REQUIRE_SERVERS=1
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 SOAK_SECONDS=${SOAK_SECONDS:-60}
 

@@ -172,10 +172,8 @@ fn s3_signing(port: u16, secret: &str, lifetime: Duration) -> Signing {
 /// A private bucket on `s3s-fs` with both blobs, uploaded with object_store's own client.
 async fn s3_server() -> Option<Server> {
     let Some(bin) = binary("S3S_FS", "s3s-fs", &[home().join(".cargo/bin/s3s-fs")]) else {
-        eprintln!(
-            "SKIPPED: s3s-fs not found (set S3S_FS, or install it with \
-             `cargo install s3s-fs --version 0.14.1 --features binary --locked`, as scripts/test.sh does)"
-        );
+        skip("s3s-fs not found (set S3S_FS, or install it with \
+             `cargo install s3s-fs --version 0.14.1 --features binary --locked`, as scripts/test.sh does)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -310,10 +308,8 @@ async fn azure_server() -> Option<Server> {
         "azurite-blob",
         &[home().join(".cache/archeio-test/azurite/node_modules/.bin/azurite-blob")],
     ) else {
-        eprintln!(
-            "SKIPPED: azurite-blob not found (set AZURITE_BLOB, or install it with \
-             `npm install --prefix ~/.cache/archeio-test/azurite azurite`, as scripts/test.sh does)"
-        );
+        skip("azurite-blob not found (set AZURITE_BLOB, or install it with \
+             `npm install --prefix ~/.cache/archeio-test/azurite azurite`, as scripts/test.sh does)");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -639,4 +635,13 @@ async fn gcs_signed_urls_match_googles_v4_vectors() {
     assert!(signed_by(&public_key, &as_head, &signature), "{as_head}");
     let as_get = string_to_sign(&head, &canonical_request("GET", &head));
     assert!(!signed_by(&public_key, &as_get, &signature));
+}
+
+/// Says why a test does not run; under `scripts/test.sh` (`ARCHEIO_TEST_REQUIRE_SERVERS=1`),
+/// which installs every server, a missing one fails the test instead.
+fn skip(why: &str) {
+    if std::env::var_os("ARCHEIO_TEST_REQUIRE_SERVERS").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
 }
