@@ -18,7 +18,7 @@ pub mod target;
 
 use client_addr::client_addr;
 use grammar::{parse_endpoint, Endpoint, Reference};
-use ranges::{Cloud, RangeTable};
+use ranges::RangeTable;
 use target::{parse_target, served_method};
 
 pub use target::{refuse_request_line, MAX_TARGET_LEN};
@@ -360,7 +360,7 @@ fn decide_api(
         let fallback = upstream(rest, query, req, routes, None);
         let placement = ranges.lookup(client);
         let (base, target) = match placement {
-            Some(p) if p.cloud == Cloud::Gcp => {
+            Some(p) if &*p.provider == "gcp" => {
                 return Decision::Reply(Reply {
                     route: Route::Blob,
                     answer: fallback,
