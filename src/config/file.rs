@@ -62,7 +62,7 @@ pub struct ArcheioConfig {
     pub signature_upstream: Option<String>,
     /// Object-store mirrors that serve blobs.
     pub mirrors: MirrorsConfig,
-    /// Which cloud network and region a client address belongs to.
+    /// Which provider network and region a client address belongs to.
     pub ranges: RangesConfig,
     /// How the client address is found.
     pub client_address: ClientAddressConfig,

@@ -153,6 +153,7 @@ impl RangeTable {
         // allocates once per region, not per prefix.
         let mut slots: HashMap<Box<str>, u32> = HashMap::new();
         let mut pending: Vec<(IpNet, u32)> = Vec::new();
+        let known = self.placements.len();
         let fixed = source
             .region
             .as_deref()
@@ -179,7 +180,12 @@ impl RangeTable {
             Format::Geofeed => parse_geofeed(bytes, &mut emit),
             Format::Cidrs => parse_cidrs(bytes, &mut emit),
         };
-        parsed.map_err(|e| format!("not {}: {e}", source.format.describe()))?;
+        if let Err(e) = parsed {
+            // Placements named before the error are unused: drop them too.
+            self.placements.truncate(known);
+            self.index.retain(|_, slot| (*slot as usize) < known);
+            return Err(format!("not {}: {e}", source.format.describe()));
+        }
         for (net, slot) in &pending {
             self.insert(*net, *slot);
         }
@@ -725,6 +731,7 @@ mod tests {
             assert!(err.contains(expected), "{format:?}: {err}");
             // Nothing of a refused document is placed, not even its good lines.
             assert_eq!(t.prefix_counts(), (0, 0), "{format:?}");
+            assert!(t.placements.is_empty() && t.index.is_empty(), "{format:?}");
             let err = one(format, "p", Some("r"), doc).unwrap_err();
             assert!(err.starts_with("doc: "), "{err}");
         }
