@@ -1,7 +1,8 @@
-//! Live cloud ranges: the configured files and URLs are read again on an interval and on
-//! `SIGHUP`, off the request path, and the rebuilt table is swapped in atomically. A source
-//! that fails, does not parse, or shrinks below `min_prefix_ratio` of its last good version
-//! keeps its last good version; the reason is logged and counted.
+//! Live IP ranges: the configured files and URLs, in every format, are read again on an
+//! interval and on `SIGHUP`, off the request path, and the rebuilt table is swapped in
+//! atomically. A source that fails, does not parse, or shrinks below `min_prefix_ratio` of its
+//! last good version keeps its last good version; the reason is logged and counted. The
+//! embedded snapshots never change and are not refreshed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -13,12 +14,12 @@ use tokio::sync::watch;
 
 use crate::config::RangeSettings;
 use crate::metrics;
-use crate::routing::ranges::{RangeTable, Source};
+use crate::routing::ranges::{Origin, RangeTable, Source};
 
 /// The table requests read, swapped whole by the refresher.
 pub type LiveRanges = Arc<ArcSwap<RangeTable>>;
 
-/// One source and its last good document.
+/// One file or URL source and its last good document.
 struct Known {
     source: Source,
     good: Option<(Vec<u8>, usize)>,
@@ -44,15 +45,17 @@ impl RangeRefresher {
             .map_err(|e| format!("cannot build the range download client: {e}"))?;
         let mut known = Vec::new();
         for source in cfg.sources.documents.iter().cloned() {
-            let good = if source.is_url {
-                None
-            } else {
-                let bytes = std::fs::read(&source.location)
-                    .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
-                let count = RangeTable::default()
-                    .add(source.format, &bytes)
-                    .map_err(|e| format!("{}: {e}", source.location))?;
-                Some((bytes, count))
+            let good = match source.origin {
+                Origin::Embedded => continue,
+                Origin::Url => None,
+                Origin::File => {
+                    let bytes = std::fs::read(&source.location)
+                        .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
+                    let count = RangeTable::default()
+                        .add(&source, &bytes)
+                        .map_err(|e| format!("{}: {e}", source.location))?;
+                    Some((bytes, count))
+                }
             };
             known.push(Known { source, good });
         }
@@ -146,7 +149,7 @@ impl RangeRefresher {
     }
 
     async fn fetch(&self, source: &Source) -> Result<Vec<u8>, String> {
-        if !source.is_url {
+        if source.origin != Origin::Url {
             let path = source.location.clone();
             return tokio::task::spawn_blocking(move || std::fs::read(path))
                 .await
@@ -175,9 +178,9 @@ impl RangeRefresher {
         source: &Source,
         bytes: Vec<u8>,
     ) -> Result<(Vec<u8>, usize), String> {
-        let format = source.format;
+        let parsed_as = source.clone();
         let (bytes, parsed) = tokio::task::spawn_blocking(move || {
-            let parsed = RangeTable::default().add(format, &bytes);
+            let parsed = RangeTable::default().add(&parsed_as, &bytes);
             (bytes, parsed)
         })
         .await
@@ -246,11 +249,12 @@ mod tests {
     fn files(format: Format, path: &std::path::Path) -> RangeSettings {
         RangeSettings {
             sources: RangeSources {
-                embedded: false,
                 documents: vec![Source {
                     location: path.display().to_string(),
-                    is_url: false,
+                    origin: Origin::File,
                     format,
+                    provider: format.default_provider().unwrap_or("test").into(),
+                    region: None,
                 }],
                 custom: Vec::new(),
             },
@@ -293,5 +297,50 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn malformed_azure_and_geofeed_refreshes_keep_the_last_good_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let azure = dir.path().join("azure.json");
+        let geo = dir.path().join("geo.csv");
+        let azure_doc = |prefix: &str| {
+            format!(
+                r#"{{"values": [{{"name": "AzureCloud.eastus2", "id": "AzureCloud.eastus2",
+                    "properties": {{"region": "eastus2", "addressPrefixes": ["{prefix}"]}}}}]}}"#
+            )
+        };
+        std::fs::write(&azure, azure_doc("198.51.100.0/24")).unwrap();
+        std::fs::write(&geo, "# corp\n203.0.113.0/24,US,US-CA,,\n").unwrap();
+        let mut cfg = files(Format::Azure, &azure);
+        cfg.sources.documents.push(Source {
+            location: geo.display().to_string(),
+            origin: Origin::File,
+            format: Format::Geofeed,
+            provider: "corp".into(),
+            region: None,
+        });
+        let refresher = RangeRefresher::start_up(&cfg).unwrap();
+        let live = refresher.live();
+        let at = |ip: &str| {
+            live.load()
+                .lookup(ip.parse().unwrap())
+                .map(|p| format!("{}/{}", p.provider, p.region))
+        };
+        assert_eq!(at("198.51.100.1").as_deref(), Some("azure/eastus2"));
+        assert_eq!(at("203.0.113.1").as_deref(), Some("corp/US-CA"));
+        assert!(!refresher.refresh().await, "nothing changed");
+
+        std::fs::write(&azure, azure_doc("198.51.100.0/40")).unwrap();
+        std::fs::write(&geo, "203.0.113.0/24,US,US-NY,,\nnot-a-prefix,US,,,\n").unwrap();
+        assert!(!refresher.refresh().await);
+        assert_eq!(at("198.51.100.1").as_deref(), Some("azure/eastus2"));
+        assert_eq!(at("203.0.113.1").as_deref(), Some("corp/US-CA"));
+
+        // A good geofeed is taken while the Azure file stays at its last good version.
+        std::fs::write(&geo, "203.0.113.0/24,US,US-NY,,\n").unwrap();
+        assert!(refresher.refresh().await);
+        assert_eq!(at("198.51.100.1").as_deref(), Some("azure/eastus2"));
+        assert_eq!(at("203.0.113.1").as_deref(), Some("corp/US-NY"));
     }
 }

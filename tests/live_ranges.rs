@@ -202,3 +202,83 @@ async fn urls_are_fetched_after_start_up_and_on_the_interval() {
     s.wait_for("r2").await;
     assert!(s.refreshes(&url, "ok").await >= 2.0);
 }
+
+/// Serves `docs[path]` for every path, as it is at the time of the request.
+async fn serve(docs: Arc<Mutex<std::collections::HashMap<String, String>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let docs = docs.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = docs.lock().unwrap()[req.uri().path()].clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An Azure Service Tags document placing `prefix` in `region`.
+fn azure_doc(prefix: &str, region: &str) -> String {
+    serde_json::json!({"changeNumber": 1, "cloud": "Public", "values": [
+        {"name": format!("AzureCloud.{region}"), "id": format!("AzureCloud.{region}"),
+         "properties": {"region": region, "addressPrefixes": [prefix, "2603:1030::/32"]}}
+    ]})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_azure_and_geofeed_downloads_are_refused_and_the_last_good_table_stays() {
+    let docs = Arc::new(Mutex::new(std::collections::HashMap::from([
+        ("/azure.json".to_string(), azure_doc("127.0.0.0/8", "r1")),
+        (
+            "/geo.csv".to_string(),
+            "# corp\n10.0.0.0/8,US,r2,,\n".to_string(),
+        ),
+    ])));
+    let base = serve(docs.clone()).await;
+    let (azure, geo) = (format!("{base}/azure.json"), format!("{base}/geo.csv"));
+    let mut s = Setup::start(&format!(
+        "{{embedded: false, refresh_interval: 200ms, sources: [\
+         {{format: geofeed, url: '{geo}', provider: corp}}, {{format: azure, url: '{azure}'}}]}}"
+    ))
+    .await;
+    s.wait_for("r1").await;
+
+    // Azure: a bad prefix refuses the whole document; 127.0.0.1 stays in r1.
+    docs.lock()
+        .unwrap()
+        .insert("/azure.json".into(), azure_doc("127.0.0.0/33", "r2"));
+    s.wait_refreshes(&azure, "failed", 2.0).await;
+    assert_eq!(s.region().await, "r1");
+    assert!(
+        s.gw.log()
+            .contains("values[0].properties.addressPrefixes[0]"),
+        "{}",
+        s.gw.log()
+    );
+
+    // The geofeed, listed first, takes 127.0.0.0/8 over Azure's identical prefix.
+    docs.lock()
+        .unwrap()
+        .insert("/geo.csv".into(), "127.0.0.0/8,US,r2,,\n".into());
+    s.wait_for("r2").await;
+    // A line with a bad prefix refuses the whole geofeed: still r2, not back to Azure's r1.
+    docs.lock().unwrap().insert(
+        "/geo.csv".into(),
+        "127.0.0.0/8,US,r1,,\n127.0.0.300/8,US,r1,,\n".into(),
+    );
+    s.wait_refreshes(&geo, "failed", 2.0).await;
+    assert_eq!(s.region().await, "r2");
+    assert!(
+        s.gw.log().contains("line 2: \"127.0.0.300/8\""),
+        "{}",
+        s.gw.log()
+    );
+}

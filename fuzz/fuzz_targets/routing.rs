@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use archeio::config::file::{ArcheioConfig, Mode};
-use archeio::routing::ranges::{Cloud, CustomRange, RangeSources, RangeTable};
+use archeio::routing::ranges::{CustomRange, RangeSources, RangeTable};
 use archeio::routing::{decide, Answer, Decision, Request, Routes};
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
@@ -38,21 +38,20 @@ fn fixture() -> &'static Fixture {
             cfg.check("fuzz", |_| None).unwrap().routes
         };
         let sources = RangeSources {
-            embedded: false,
             custom: vec![
                 CustomRange {
                     cidr: "10.0.0.0/8".parse().unwrap(),
-                    cloud: Cloud::Aws,
+                    provider: "aws".into(),
                     region: "us-east-1".into(),
                 },
                 CustomRange {
                     cidr: "192.0.2.0/24".parse().unwrap(),
-                    cloud: Cloud::Gcp,
+                    provider: "gcp".into(),
                     region: "g".into(),
                 },
                 CustomRange {
                     cidr: "2001:db8::/32".parse().unwrap(),
-                    cloud: Cloud::Aws,
+                    provider: "aws".into(),
                     region: "nowhere".into(),
                 },
             ],

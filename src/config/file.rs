@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{
     at_least_one, base_url, ca_certs, endpoint, http_url, path_prefix, positive_duration,
-    realm_host, redirect_url, socket_addrs, Invalid,
+    provider_name, realm_host, redirect_url, socket_addrs, Invalid,
 };
 use super::{
     BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, ManifestCacheSettings,
     RangeSettings, Settings, UpstreamSettings, UpstreamTimeouts,
 };
-use crate::routing::ranges::{Cloud, CustomRange, Format, RangeSources, Source};
+use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::Routes;
 
 mod policy;
@@ -69,7 +69,7 @@ pub struct ArcheioConfig {
     /// Which requests go where: ordered rules over the client's provider, region and
     /// address, the repository and the kind of request.
     pub policy: PolicyConfig,
-    /// Which cloud network and region a client address belongs to.
+    /// Which provider network and region a client address belongs to.
     pub ranges: RangesConfig,
     /// How the client address is found.
     pub client_address: ClientAddressConfig,
@@ -534,12 +534,18 @@ impl Default for MirrorsConfig {
     }
 }
 
-/// Cloud address ranges.
+/// IP address ranges: which provider and region a client address belongs to. For an
+/// identical prefix the first of these wins: `custom`, then `sources` in the order listed,
+/// then GCP files, GCP URLs, the embedded GCP snapshot, AWS files, AWS URLs, the embedded AWS
+/// snapshot. Across all of them the most specific prefix wins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RangesConfig {
     /// Use the AWS and GCP range snapshots built into the binary.
     pub embedded: bool,
+    /// Range documents in any format (AWS, GCP, Azure, Oracle, RFC 8805 geofeed, plain CIDR
+    /// list), from a file or a URL, each under a provider name.
+    pub sources: Vec<RangeSourceConfig>,
     /// Extra files in the AWS `ip-ranges.json` format.
     pub aws_files: Vec<PathBuf>,
     /// Extra files in the GCP `cloud.json` format.
@@ -557,8 +563,8 @@ pub struct RangesConfig {
     /// A refreshed file or URL with fewer prefixes than this fraction of its last good
     /// version is refused (a truncated download must not empty the table).
     pub min_prefix_ratio: f64,
-    /// Operator rules mapping a network to a cloud and region; they win over the files for
-    /// the same prefix. Longest prefix wins across all sources.
+    /// Operator rules mapping a network to a provider and region; they win over every
+    /// document for the same prefix.
     pub custom: Vec<CustomRangeConfig>,
 }
 
@@ -566,6 +572,7 @@ impl Default for RangesConfig {
     fn default() -> Self {
         RangesConfig {
             embedded: true,
+            sources: Vec::new(),
             aws_files: Vec::new(),
             gcp_files: Vec::new(),
             aws_urls: Vec::new(),
@@ -593,6 +600,8 @@ impl RangesConfig {
         }
         let mut custom = Vec::with_capacity(self.custom.len());
         for (i, rule) in self.custom.iter().enumerate() {
+            provider_name(&rule.provider)
+                .map_err(|m| Invalid::new(format!("custom[{i}].provider"), m))?;
             if rule.region.is_empty() {
                 return Err(Invalid::new(
                     format!("custom[{i}].region"),
@@ -601,54 +610,129 @@ impl RangesConfig {
             }
             custom.push(CustomRange {
                 cidr: rule.cidr,
-                cloud: rule.cloud,
+                provider: rule.provider.clone(),
                 region: rule.region.clone(),
             });
         }
-        let files = |paths: &[PathBuf], format| {
-            paths
-                .iter()
-                .map(move |p| Source {
-                    location: p.display().to_string(),
-                    is_url: false,
-                    format,
-                })
-                .collect::<Vec<_>>()
-        };
-        let urls = |urls: &[String], format| {
-            urls.iter()
-                .map(move |u| Source {
-                    location: u.clone(),
-                    is_url: true,
-                    format,
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut documents = files(&self.gcp_files, Format::Gcp);
-        documents.extend(urls(&self.gcp_urls, Format::Gcp));
-        documents.extend(files(&self.aws_files, Format::Aws));
-        documents.extend(urls(&self.aws_urls, Format::Aws));
+        let mut documents = self
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.check().map_err(|e| e.under(&format!("sources[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for format in [Format::Gcp, Format::Aws] {
+            let (files, urls) = match format {
+                Format::Gcp => (&self.gcp_files, &self.gcp_urls),
+                _ => (&self.aws_files, &self.aws_urls),
+            };
+            let provider = format.default_provider().unwrap_or_default();
+            let source = |location: String, origin| Source {
+                location,
+                origin,
+                format,
+                provider: provider.into(),
+                region: None,
+            };
+            documents.extend(
+                files
+                    .iter()
+                    .map(|p| source(p.display().to_string(), Origin::File)),
+            );
+            documents.extend(urls.iter().map(|u| source(u.clone(), Origin::Url)));
+            if self.embedded {
+                documents.push(Source::embedded(format));
+            }
+        }
         Ok(RangeSettings {
-            sources: RangeSources {
-                embedded: self.embedded,
-                documents,
-                custom,
-            },
+            sources: RangeSources { documents, custom },
             refresh_interval: Some(self.refresh_interval).filter(|t| !t.is_zero()),
             min_prefix_ratio: ratio,
         })
     }
 }
 
-/// One operator rule: clients in `cidr` are treated as `cloud` clients in `region`.
+/// One range document under `ranges.sources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeSourceConfig {
+    /// Its layout: `aws` (`ip-ranges.json`), `gcp` (`cloud.json`), `azure` (Service Tags
+    /// JSON), `oracle` (`public_ip_ranges.json`), `geofeed` (RFC 8805 CSV) or `cidrs` (one
+    /// CIDR a line).
+    pub format: Format,
+    /// A file to read at start-up (a bad one stops the start) and on every refresh. Exactly
+    /// one of `file` and `url`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An HTTP(S) URL fetched after start-up and on every refresh. Exactly one of `file` and
+    /// `url`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The provider its prefixes are placed under (lowercase letters, digits, `_`, `-`).
+    /// Unset: the format's (`aws`, `gcp`, `azure`, `oracle`); required for `geofeed` and
+    /// `cidrs`.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The region every prefix is placed in, instead of the document's. Required for
+    /// `cidrs`, which names none. Unset: the document's regions.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+impl RangeSourceConfig {
+    fn check(&self) -> Result<Source, Invalid> {
+        let (location, origin) = match (&self.file, &self.url) {
+            (Some(path), None) => (path.display().to_string(), Origin::File),
+            (None, Some(url)) => {
+                http_url(url).map_err(|m| Invalid::new("url", m))?;
+                (url.clone(), Origin::Url)
+            }
+            _ => return Err(Invalid::new("file", "expected exactly one of file and url")),
+        };
+        let provider = match (&self.provider, self.format.default_provider()) {
+            (Some(name), _) => name.as_str(),
+            (None, Some(name)) => name,
+            (None, None) => {
+                return Err(Invalid::new(
+                    "provider",
+                    "required for the geofeed and cidrs formats, which name no provider",
+                ))
+            }
+        };
+        provider_name(provider).map_err(|m| Invalid::new("provider", m))?;
+        match &self.region {
+            Some(region) if region.is_empty() => {
+                return Err(Invalid::new("region", "must not be empty"))
+            }
+            None if self.format == Format::Cidrs => {
+                return Err(Invalid::new(
+                    "region",
+                    "required for the cidrs format, whose lines name none",
+                ))
+            }
+            _ => {}
+        }
+        Ok(Source {
+            location,
+            origin,
+            format: self.format,
+            provider: provider.into(),
+            region: self.region.as_deref().map(Into::into),
+        })
+    }
+}
+
+/// One operator rule: clients in `cidr` are treated as `provider` clients in `region`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomRangeConfig {
     /// The network, e.g. `10.0.0.0/8` or `2001:db8::/32`.
     pub cidr: IpNet,
-    /// `aws` (blobs go to the region's mirror) or `gcp` (blobs go to the upstream).
-    pub cloud: Cloud,
-    /// Region name, looked up in `mirrors.regions` for `aws`.
+    /// The provider its clients count as (lowercase letters, digits, `_`, `-`): `gcp` sends
+    /// blobs to the upstream, any other (`aws`, `onprem`, ...) to the region's mirror. Also
+    /// accepted as `cloud`, its former name.
+    #[serde(alias = "cloud")]
+    pub provider: String,
+    /// Region name, looked up in `mirrors.regions`.
     pub region: String,
 }
 

@@ -405,8 +405,40 @@ mod tests {
                 "archeio.ranges.custom[0].region",
             ),
             (
-                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: azure, region: x}]}\n",
-                "archeio.ranges.custom[0].cloud",
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, cloud: Azure, region: x}]}\n",
+                "archeio.ranges.custom[0].provider",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: aws, file: a}, {format: azure}]}\n",
+                "archeio.ranges.sources[1].file: expected exactly one of file and url",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: oracle, file: a, url: 'http://b'}]}\n",
+                "archeio.ranges.sources[0].file",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: gcp, url: 'ftp://b'}]}\n",
+                "archeio.ranges.sources[0].url",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: aws, file: a}, {format: aws, file: b}, {format: geofeed, file: g}]}\n",
+                "archeio.ranges.sources[2].provider: required",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: cidrs, file: c, provider: cf}]}\n",
+                "archeio.ranges.sources[0].region: required",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: geofeed, file: g, provider: 'On Prem'}]}\n",
+                "archeio.ranges.sources[0].provider: expected a lowercase name",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: azure, file: g, region: ''}]}\n",
+                "archeio.ranges.sources[0].region",
+            ),
+            (
+                "archeio:\n  ranges: {sources: [{format: csv, file: g}]}\n",
+                "archeio.ranges.sources[0].format",
             ),
             (
                 "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/33, cloud: aws, region: x}]}\n",
@@ -443,5 +475,46 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.upstream.credentials.unwrap().password, "from-file");
+    }
+
+    #[test]
+    fn range_sources_come_in_the_documented_order_with_their_providers() {
+        let s = settings(
+            "archeio:\n  ranges:\n    gcp_files: [g.json]\n    aws_urls: ['https://a/ip-ranges.json']\n    custom: [{cidr: 10.0.0.0/8, cloud: onprem, region: lab}]\n    sources:\n      - {format: azure, url: 'https://az/tags.json'}\n      - {format: geofeed, file: feed.csv, provider: corp}\n      - {format: cidrs, file: cf.txt, provider: cloudflare, region: edge}\n      - {format: oracle, file: oci.json, region: us-ashburn-1}\n",
+        )
+        .unwrap();
+        let docs: Vec<String> = s
+            .ranges
+            .sources
+            .documents
+            .iter()
+            .map(|d| {
+                let region = d.region.as_deref().unwrap_or("-");
+                format!(
+                    "{:?} {:?} {} {} {region}",
+                    d.origin, d.format, d.location, d.provider
+                )
+            })
+            .collect();
+        assert_eq!(
+            docs,
+            [
+                "Url Azure https://az/tags.json azure -",
+                "File Geofeed feed.csv corp -",
+                "File Cidrs cf.txt cloudflare edge",
+                "File Oracle oci.json oracle us-ashburn-1",
+                "File Gcp g.json gcp -",
+                "Embedded Gcp embedded:gcp gcp -",
+                "Url Aws https://a/ip-ranges.json aws -",
+                "Embedded Aws embedded:aws aws -",
+            ]
+        );
+        // The former key `cloud` still names the provider.
+        assert_eq!(&*s.ranges.sources.custom[0].provider, "onprem");
+        // The defaults: the two snapshots, GCP first, as before `sources` existed.
+        assert_eq!(
+            settings("").unwrap().ranges.sources,
+            crate::routing::ranges::RangeSources::default()
+        );
     }
 }

@@ -75,6 +75,17 @@ pub(super) fn realm_host(text: &str) -> Result<String, String> {
     }
 }
 
+/// A range provider's name: lowercase letters, digits, `_` and `-`, as placements carry it.
+pub(super) fn provider_name(text: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+    if text.is_empty() || !text.chars().all(ok) {
+        return Err(format!(
+            "expected a lowercase name of letters, digits, '_' and '-' such as aws or onprem, got {text:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// Listener addresses; `key` names the list in errors.
 pub(super) fn socket_addrs(list: &[String], key: &str) -> Result<Vec<SocketAddr>, Invalid> {
     list.iter()

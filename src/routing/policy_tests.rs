@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use super::*;
 use crate::config::file::ArcheioConfig;
 use policy::Delivery;
-use ranges::{Cloud, CustomRange, RangeSources};
+use ranges::{CustomRange, RangeSources};
 
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
 const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
@@ -34,19 +34,18 @@ fn config_error(yaml: &str) -> String {
 fn ranges() -> &'static RangeTable {
     static TABLE: OnceLock<RangeTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let rule = |cidr: &str, cloud, region: &str| CustomRange {
+        let rule = |cidr: &str, provider: &str, region: &str| CustomRange {
             cidr: cidr.parse().unwrap(),
-            cloud,
+            provider: provider.into(),
             region: region.into(),
         };
         let sources = RangeSources {
-            embedded: false,
+            documents: Vec::new(),
             custom: vec![
-                rule("198.51.100.0/24", Cloud::Aws, "eu-west-1"),
-                rule("203.0.113.0/24", Cloud::Gcp, "us-central1"),
-                rule("192.0.2.0/24", Cloud::Aws, "xx-none-1"),
+                rule("198.51.100.0/24", "aws", "eu-west-1"),
+                rule("203.0.113.0/24", "gcp", "us-central1"),
+                rule("192.0.2.0/24", "aws", "xx-none-1"),
             ],
-            ..RangeSources::default()
         };
         RangeTable::build(&sources, &[]).unwrap()
     })

@@ -3,7 +3,7 @@ use std::sync::OnceLock;
 use super::*;
 use crate::config::file::{ArcheioConfig, Mode};
 use policy::Delivery;
-use ranges::{Cloud, CustomRange, RangeSources};
+use ranges::{CustomRange, RangeSources};
 
 const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
@@ -21,18 +21,18 @@ fn routes(signature: bool) -> Routes {
 fn ranges() -> &'static RangeTable {
     static TABLE: OnceLock<RangeTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let rule = |cidr: &str, cloud, region: &str| CustomRange {
+        let rule = |cidr: &str, provider: &str, region: &str| CustomRange {
             cidr: cidr.parse().unwrap(),
-            cloud,
+            provider: provider.into(),
             region: region.into(),
         };
         RangeTable::build(
             &RangeSources {
                 custom: vec![
-                    rule("198.51.100.0/24", Cloud::Aws, "us-east-1"),
-                    rule("203.0.113.0/24", Cloud::Gcp, "us-central1"),
-                    rule("192.0.2.0/24", Cloud::Aws, "xx-nomirror-1"),
-                    rule("2001:db8:1::/48", Cloud::Aws, "eu-west-2"),
+                    rule("198.51.100.0/24", "aws", "us-east-1"),
+                    rule("203.0.113.0/24", "gcp", "us-central1"),
+                    rule("192.0.2.0/24", "aws", "xx-nomirror-1"),
+                    rule("2001:db8:1::/48", "aws", "eu-west-2"),
                 ],
                 ..RangeSources::default()
             },
