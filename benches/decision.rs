@@ -119,7 +119,10 @@ fn decision(c: &mut Criterion) {
             ..settings.blob_check
         })
         .unwrap(),
-    );
+        &routes.policy,
+        &settings.signed_mirrors,
+    )
+    .unwrap();
     let req = Request {
         method: "GET",
         target: blob.as_bytes(),

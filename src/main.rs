@@ -68,6 +68,12 @@ fn main() {
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
+    let mirrors = Mirrors::new(
+        mirror_check,
+        &settings.routes.policy,
+        &settings.signed_mirrors,
+    )
+    .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}")));
     let upstreams = Arc::new(
         Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
             .unwrap_or_else(|e| fail(&e)),
@@ -82,7 +88,7 @@ fn main() {
     let gateway = Gateway::new(
         settings.routes,
         refresher.live(),
-        Mirrors::new(mirror_check),
+        mirrors,
         UpstreamAccess {
             endpoints: upstreams,
             peers: Peers::new(&settings.upstream),

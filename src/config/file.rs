@@ -125,7 +125,7 @@ impl ArcheioConfig {
         let info_url = redirect_url(&self.info_url).map_err(|m| Invalid::new("info_url", m))?;
         let privacy_url =
             redirect_url(&self.privacy_url).map_err(|m| Invalid::new("privacy_url", m))?;
-        let (upstream, prefix) = self.upstream.check(env).map_err(|e| e.under("upstream"))?;
+        let (upstream, prefix) = self.upstream.check(&env).map_err(|e| e.under("upstream"))?;
         let signature_upstream = match &self.signature_upstream {
             Some(e) => {
                 let base = base_url(e).map_err(|m| Invalid::new("signature_upstream", m))?;
@@ -133,7 +133,7 @@ impl ArcheioConfig {
             }
             None => None,
         };
-        let policy = self.policy.check(&self.mirrors)?;
+        let (policy, signed_mirrors) = self.policy.check(&self.mirrors, &env)?;
         let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
         let client_timeouts = self
             .client_timeouts
@@ -164,6 +164,7 @@ impl ArcheioConfig {
             ranges,
             blob_check,
             upstream,
+            signed_mirrors,
             manifest_cache: self.manifest_cache.check(),
             client_timeouts,
         })

@@ -37,12 +37,23 @@ pub struct Settings {
     pub ranges: RangeSettings,
     /// The mirror check.
     pub blob_check: BlobCheck,
+    /// How the private mirrors' URLs are signed.
+    pub signed_mirrors: Vec<SignedMirror>,
     /// The upstream endpoints and how to reach them.
     pub upstream: UpstreamSettings,
     /// The pass-through manifest cache.
     pub manifest_cache: ManifestCacheSettings,
     /// Limits on slow and idle clients.
     pub client_timeouts: ClientTimeouts,
+}
+
+/// A private mirror's signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedMirror {
+    /// The mirror's index in the policy's mirrors.
+    pub mirror: usize,
+    /// Its store, credentials and URL lifetime.
+    pub signing: signing::Signing,
 }
 
 /// The range sources and their refresh.

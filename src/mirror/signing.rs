@@ -117,6 +117,12 @@ impl MirrorSigner {
             .map_err(|e| format!("{}: cannot sign a URL for {key:?}: {e}", self.name))
     }
 
+    /// The store, `s3://bucket`, `gs://bucket` or `azure://account/container`: its name in
+    /// logs, cache keys and the breaker's `host` label.
+    pub fn store(&self) -> &str {
+        &self.name
+    }
+
     /// How long each signed URL stays valid.
     pub fn lifetime(&self) -> Duration {
         self.lifetime

@@ -394,14 +394,17 @@ fn one_value_or_a_list() {
 
 #[test]
 fn the_archeio_policy_example_decides_exactly_as_the_default() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("conf/examples/archeio-policy.yaml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples/archeio-policy.yaml");
     let spelled = ArcheioConfig::from_file(&path)
         .unwrap()
         .check("example", |_| None)
         .unwrap()
         .routes;
-    let default = ArcheioConfig::default().check("t", |_| None).unwrap().routes;
+    let default = ArcheioConfig::default()
+        .check("t", |_| None)
+        .unwrap()
+        .routes;
     assert_eq!(spelled.policy.rules.len(), 2);
     let ranges = RangeTable::build(&RangeSources::default(), &[]).unwrap();
     let sig = format!("sha256-{}.sig", "b".repeat(64));

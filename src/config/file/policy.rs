@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::super::signing::SigningConfig;
 use super::super::values::{base_url, blob_path, Invalid};
+use super::super::SignedMirror;
 use super::MirrorsConfig;
 use crate::routing::policy::{glob_set, Action, Delivery, Kind, Kinds, Link, Mirror, Policy, Rule};
 
@@ -108,15 +110,24 @@ impl<T> OneOrMany<T> {
     }
 }
 
-/// A mirror named for rules.
+/// A mirror named for rules: public (`url`) or a private bucket (`signing`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedMirrorConfig {
-    /// Base URL of the mirror, e.g. `https://cdn.example.com`.
-    pub url: String,
-    /// Where a blob lives under `url`; default: `mirrors.blob_path`.
+    /// Base URL of a public mirror, e.g. `https://cdn.example.com`. Unset for a private one:
+    /// its URLs come from `signing`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Where a blob lives under `url`, or its object key in a private bucket (the leading `/`
+    /// dropped); default: `mirrors.blob_path`.
     #[serde(default)]
     pub blob_path: Option<String>,
+    /// A private bucket: the gateway presigns each `HEAD` it checks with and each URL it
+    /// sends a client to, for `lifetime`. `{s3: {...}}`, `{gcs: {...}}` or `{azure: {...}}`;
+    /// credentials from environment variables or files only (see
+    /// `conf/examples/private-buckets.yaml`).
+    #[serde(default)]
+    pub signing: Option<SigningConfig>,
 }
 
 /// The chain entry that stands for the region table.
@@ -125,31 +136,37 @@ const REGIONS: &str = "regions";
 const DEFAULT: &str = "default";
 
 impl PolicyConfig {
-    /// The policy over the mirrors of `mirrors`. Errors are keyed from the `archeio`
-    /// section: `policy.rules[1].mirrors[0]`, `mirrors.named.eu`.
-    pub(in crate::config) fn check(&self, mirrors: &MirrorsConfig) -> Result<Policy, Invalid> {
+    /// The policy over the mirrors of `mirrors`, and the signing of its private mirrors
+    /// (secrets read through `env`). Errors are keyed from the `archeio` section:
+    /// `policy.rules[1].mirrors[0]`, `mirrors.named.eu`.
+    pub(in crate::config) fn check(
+        &self,
+        mirrors: &MirrorsConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Policy, Vec<SignedMirror>), Invalid> {
         let (prefix, suffix) =
             blob_path(&mirrors.blob_path).map_err(|m| Invalid::new("mirrors.blob_path", m))?;
         let mut table = Vec::new();
         let mut regions = HashMap::new();
-        let mut public = |name: &str, base: String, prefix: &str, suffix: &str| {
+        let mut signed = Vec::new();
+        let mut add = |name: &str, base: String, prefix: &str, suffix: &str, is_signed| {
             table.push(Mirror {
                 name: name.into(),
                 base: base.into(),
                 blob_prefix: prefix.into(),
                 blob_suffix: suffix.into(),
-                signed: false,
+                signed: is_signed,
             });
             table.len() - 1
         };
         let default = base_url(&mirrors.default).map_err(|m| Invalid::new("mirrors.default", m))?;
-        let default_mirror = public(DEFAULT, default, &prefix, &suffix);
+        let default_mirror = add(DEFAULT, default, &prefix, &suffix, false);
         for (region, url) in &mirrors.regions {
             let base =
                 base_url(url).map_err(|m| Invalid::new(format!("mirrors.regions.{region}"), m))?;
             // Regions sharing a bucket share its breaker and cached answers anyway (both
             // go by URL); one entry each keeps the region in logs and labels.
-            let i = public(region, base, &prefix, &suffix);
+            let i = add(region, base, &prefix, &suffix, false);
             regions.insert(region.as_str().into(), i);
         }
         let mut named = BTreeMap::from([(DEFAULT, default_mirror)]);
@@ -158,14 +175,35 @@ impl PolicyConfig {
             if name == DEFAULT || name == REGIONS {
                 return Err(Invalid::new(key, format!("{name:?} is reserved")));
             }
-            let base = base_url(&m.url).map_err(|e| Invalid::new(format!("{key}.url"), e))?;
             let (p, s) = match &m.blob_path {
                 Some(path) => {
                     blob_path(path).map_err(|e| Invalid::new(format!("{key}.blob_path"), e))?
                 }
                 None => (prefix.clone(), suffix.clone()),
             };
-            named.insert(name.as_str(), public(name, base, &p, &s));
+            let i = match (&m.url, &m.signing) {
+                (Some(url), None) => {
+                    let base = base_url(url).map_err(|e| Invalid::new(format!("{key}.url"), e))?;
+                    add(name, base, &p, &s, false)
+                }
+                (None, Some(signing)) => {
+                    let signing = signing
+                        .check(&env)
+                        .map_err(|e| e.under(&format!("{key}.signing")))?;
+                    // An object key: the path without its leading `/`.
+                    let i = add(name, String::new(), &p[1..], &s, true);
+                    signed.push(SignedMirror { mirror: i, signing });
+                    i
+                }
+                _ => {
+                    return Err(Invalid::new(
+                        key,
+                        "needs exactly one of `url` (a public mirror) and `signing` (a private \
+                         bucket)",
+                    ))
+                }
+            };
+            named.insert(name.as_str(), i);
         }
         let rules = if self.rules.is_empty() {
             Policy::archeio_rules()
@@ -185,13 +223,14 @@ impl PolicyConfig {
                 Some(glob_set(globs).map_err(|m| Invalid::new("policy.known_repositories", m))?)
             }
         };
-        Ok(Policy {
+        let policy = Policy {
             rules,
             mirrors: table,
             regions,
             default_mirror,
             known_repositories,
-        })
+        };
+        Ok((policy, signed))
     }
 }
 
