@@ -13,6 +13,8 @@
 //! A test whose server binary is missing says so and passes without checking anything;
 //! `scripts/test.sh` installs both binaries.
 
+mod common;
+
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -644,4 +646,121 @@ fn skip(why: &str) {
         panic!("{why}");
     }
     eprintln!("SKIPPED: {why}");
+}
+
+/// A gateway whose blobs come from the private mirror `private` (its `signing` YAML given),
+/// by redirect, and by proxy for clients in 10.0.0.0/8; its secrets from the environment.
+async fn gateway_with_private_mirror(signing: &str, env: &[(&str, &str)]) -> common::Gateway {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (common::free_port(), common::free_port());
+        let conf = format!(
+            "version: 1\nthreads: 2\npid_file: {d}/archeio.pid\nupgrade_sock: {d}/upgrade.sock\n\
+             archeio:\n  listen: ['127.0.0.1:{port}']\n  admin_listen: ['127.0.0.1:{admin}']\n\
+             \x20 upstream: {{endpoints: ['http://upstream.test'], path: images}}\n\
+             \x20 ranges: {{embedded: false}}\n\
+             \x20 mirrors:\n    named:\n      private: {{signing: {signing}}}\n\
+             \x20 policy:\n    rules:\n\
+             \x20     - {{match: {{cidr: 10.0.0.0/8}}, action: mirrors, mirrors: [private], delivery: proxy}}\n\
+             \x20     - {{match: {{kind: blob}}, action: mirrors, mirrors: [private]}}\n",
+            d = dir.path().display()
+        );
+        let path = dir.path().join("archeio.yaml");
+        std::fs::write(&path, conf).unwrap();
+        let cmd = common::command(&["-c", path.to_str().unwrap()], env, dir.path());
+        if let Some(gw) = common::Gateway::spawn(cmd, port, admin, dir).await {
+            return gw;
+        }
+    }
+    panic!("the gateway did not start three times in a row");
+}
+
+/// What a client gets through the gateway from a private mirror: a `307` to a URL presigned
+/// for its method, which the store serves, or (for a proxied client) the bytes themselves; a
+/// blob the bucket lacks goes upstream. No signature or secret reaches the log or metrics.
+async fn pull_through_gateway(
+    gw: &common::Gateway,
+    store_base: &str,
+    signature: &str,
+    secret: &str,
+) {
+    let path = |bytes: &[u8]| format!("/v2/app/blobs/sha256:{:x}", Sha256::digest(bytes));
+    let r = gw.get(&path(BLOB)).await;
+    assert_eq!(r.status, 307, "{r:?}\n{}", gw.log());
+    let location = r.location().to_string();
+    assert!(location.starts_with(store_base), "{location}");
+    assert!(location.contains(signature), "{location}");
+    assert_eq!(fetch(Method::GET, &location).await, (200, BLOB.to_vec()));
+    assert_eq!(
+        fetch(Method::GET, &unsigned(&location)).await.0,
+        403,
+        "the bucket is private"
+    );
+
+    let r = gw.send("HEAD", &path(OTHER), &[]).await;
+    assert_eq!(r.status, 307);
+    assert_eq!(fetch(Method::HEAD, r.location()).await.0, 200);
+
+    let missing = path(b"not in the bucket");
+    let r = gw.get(&missing).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (
+            307,
+            format!("http://upstream.test/v2/images{}", &missing[3..]).as_str()
+        )
+    );
+
+    let r = gw
+        .send(
+            "GET",
+            &path(OTHER),
+            &[("X-Forwarded-For", "10.1.2.3, 127.0.0.1")],
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_slice()), (200, OTHER), "{r:?}");
+
+    let metrics = gw.metrics().await;
+    for text in [gw.log(), metrics] {
+        assert!(!text.contains(signature), "a signature leaked:\n{text}");
+        assert!(!text.contains(secret), "the secret leaked:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_sends_clients_to_presigned_s3_urls() {
+    let Some(server) = s3_server().await else {
+        return;
+    };
+    let signing = format!(
+        "{{s3: {{bucket: private, region: us-east-1, endpoint: '{}', \
+         access_key_id_env: TEST_S3_KEY_ID, secret_access_key_env: TEST_S3_SECRET, lifetime: 10m}}}}",
+        server.base()
+    );
+    let env = [
+        ("TEST_S3_KEY_ID", S3_ACCESS_KEY),
+        ("TEST_S3_SECRET", S3_SECRET_KEY),
+    ];
+    let gw = gateway_with_private_mirror(&signing, &env).await;
+    // object_store escapes the digest's `:` in S3 paths.
+    let base = format!("{}/private/containers/images/sha256%3A", server.base());
+    pull_through_gateway(&gw, &base, "X-Amz-Signature=", S3_SECRET_KEY).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_sends_clients_to_azure_sas_urls() {
+    let Some(server) = azure_server().await else {
+        return;
+    };
+    let signing = format!(
+        "{{azure: {{account: {AZURE_ACCOUNT}, container: private, endpoint: '{}/{AZURE_ACCOUNT}', \
+         access_key_env: TEST_AZURE_KEY, lifetime: 10m}}}}",
+        server.base()
+    );
+    let gw = gateway_with_private_mirror(&signing, &[("TEST_AZURE_KEY", AZURE_KEY)]).await;
+    let base = format!(
+        "{}/{AZURE_ACCOUNT}/private/containers/images/sha256:",
+        server.base()
+    );
+    pull_through_gateway(&gw, &base, "sig=", AZURE_KEY).await;
 }
