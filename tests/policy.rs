@@ -215,3 +215,87 @@ async fn proxy_delivery_streams_the_blob_from_the_mirror_with_ranges() {
         2.0
     );
 }
+
+/// Range documents in each format beside the embedded AWS and GCP snapshots: Azure Service
+/// Tags, Oracle's `public_ip_ranges.json`, an RFC 8805 geofeed of the operator's networks.
+fn range_files(dir: &std::path::Path) -> String {
+    let azure = r#"{"changeNumber": 1, "cloud": "Public", "values": [
+        {"name": "AzureCloud.westeurope", "id": "AzureCloud.westeurope",
+         "properties": {"region": "westeurope", "addressPrefixes": ["20.50.0.0/16", "2603:1020:206::/48"]}},
+        {"name": "AzureCloud", "id": "AzureCloud",
+         "properties": {"region": "", "addressPrefixes": ["20.0.0.0/8"]}}]}"#;
+    let oracle = r#"{"last_updated_timestamp": "2026-11-01T00:00:00", "regions": [
+        {"region": "us-ashburn-1", "cidrs": [{"cidr": "129.213.0.0/16", "tags": ["OCI"]}]}]}"#;
+    let geofeed = "# corp networks\n10.30.0.0/16,FR,FR-IDF,Paris,\n10.40.0.0/16,US,US-CA,,\n";
+    for (name, text) in [
+        ("azure.json", azure),
+        ("oracle.json", oracle),
+        ("geofeed.csv", geofeed),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let d = dir.display();
+    format!(
+        "    sources:
+      - {{format: azure, file: '{d}/azure.json'}}
+      - {{format: oracle, file: '{d}/oracle.json'}}
+      - {{format: geofeed, file: '{d}/geofeed.csv', provider: corp}}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_of_each_provider_get_the_mirror_their_rule_names() {
+    let ranges_dir = tempfile::tempdir().unwrap();
+    let sources = range_files(ranges_dir.path());
+    let mirrors = [
+        ("aws-eu", Mirror::start().await),
+        ("azure-we", Mirror::start().await),
+        ("oracle", Mirror::start().await),
+        ("corp-fr", Mirror::start().await),
+    ];
+    let blob = digest(7);
+    let named: String = mirrors
+        .iter()
+        .map(|(name, m)| {
+            m.put(&format!("/containers/images/{blob}"));
+            format!("      {name}: {{url: '{}'}}\n", m.base())
+        })
+        .collect();
+    let keys = format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  mirrors:
+    named:
+{named}  ranges:
+    embedded: true
+{sources}
+  policy:
+    rules:
+      - {{match: {{provider: gcp, kind: blob}}, action: upstream}}
+      - {{match: {{provider: aws, region: 'eu-*'}}, action: mirrors, mirrors: [aws-eu]}}
+      - {{match: {{provider: azure, region: westeurope}}, action: mirrors, mirrors: [azure-we]}}
+      - {{match: {{provider: oracle}}, action: mirrors, mirrors: [oracle]}}
+      - {{match: {{provider: corp, region: 'FR-*'}}, action: mirrors, mirrors: [corp-fr]}}"
+    );
+    let gw = Gateway::start(&keys).await;
+    let target = format!("/v2/app/blobs/{blob}");
+    let base = |i: usize| format!("{}/containers/images/{blob}", mirrors[i].1.base());
+    for (client, want) in [
+        // eu-west-1 in the embedded AWS snapshot.
+        ("3.4.12.4", base(0)),
+        ("20.50.1.2", base(1)),
+        ("2603:1020:206::5", base(1)),
+        ("129.213.7.7", base(2)),
+        ("10.30.5.5", base(3)),
+        // africa-south1 in the embedded GCP snapshot: the upstream.
+        ("34.1.208.5", format!("{UP}/app/blobs/{blob}")),
+        // Azure, but only the global tag; corp, but in California: no rule, the upstream.
+        ("20.9.9.9", format!("{UP}/app/blobs/{blob}")),
+        ("10.40.0.1", format!("{UP}/app/blobs/{blob}")),
+    ] {
+        let xff = format!("{client}, 127.0.0.1");
+        let r = gw
+            .send("GET", &target, &[("X-Forwarded-For", xff.as_str())])
+            .await;
+        assert_eq!((r.status, r.location()), (307, want.as_str()), "{client}");
+    }
+}
