@@ -299,3 +299,129 @@ async fn clients_of_each_provider_get_the_mirror_their_rule_names() {
         assert_eq!((r.status, r.location()), (307, want.as_str()), "{client}");
     }
 }
+
+/// `archeio -t -c FILE --explain ...` from the repository's root; its output.
+fn explain(file: &std::path::Path, samples: &[(&str, &str)], env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(BINARY);
+    cmd.current_dir(repo_file(""))
+        .env_clear()
+        .envs(env.iter().copied())
+        .arg("-t")
+        .arg("-c")
+        .arg(file);
+    for (client, target) in samples {
+        cmd.args(["--explain", client, target]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn the_worked_examples_load_and_explain_their_rules() {
+    let blob = format!("/v2/app/blobs/{}", digest(5));
+
+    let text = explain(
+        &repo_file("conf/examples/on-premises.yaml"),
+        &[
+            ("10.31.2.2", &blob),
+            ("10.30.4.2", &blob),
+            ("203.0.113.9", "/v2/internal/tools/manifests/v1"),
+            ("10.30.4.2", "/v2/internal/tools/manifests/v1"),
+        ],
+        &[],
+    );
+    let sections: Vec<&str> = text.split("\n\n").collect();
+    assert!(sections[1].contains("placement: corp FR-BF"), "{text}");
+    assert!(sections[1].contains("rule: #1 \"build-farm\""), "{text}");
+    assert!(
+        sections[1].contains("proxied from https://registry-cache.corp.example/blobs/sha256:"),
+        "{text}"
+    );
+    assert!(sections[2].contains("rule: #2 \"offices\""), "{text}");
+    assert!(sections[2].contains("else if at mirror \"cdn\": 307 to https://d1be1w964nk82h.cloudfront.net/containers/images/sha256:"), "{text}");
+    assert!(
+        sections[3].contains("rule: #4 \"internal-not-outside\""),
+        "{text}"
+    );
+    assert!(sections[3].contains("answer: 404 NAME_UNKNOWN"), "{text}");
+    assert!(
+        sections[4].contains("rule: #3 \"internal-inside\""),
+        "{text}"
+    );
+
+    // The private-buckets example, with a stand-in Service Tags file and its secrets in the
+    // environment.
+    let dir = tempfile::tempdir().unwrap();
+    let tags = dir.path().join("tags.json");
+    std::fs::write(
+        &tags,
+        r#"{"values": [{"name": "AzureCloud.westeurope", "properties": {"region": "westeurope", "addressPrefixes": ["20.50.0.0/16"]}}]}"#,
+    )
+    .unwrap();
+    let example = std::fs::read_to_string(repo_file("conf/examples/private-buckets.yaml"))
+        .unwrap()
+        .replace(
+            "/etc/archeio/ServiceTags_Public.json",
+            tags.to_str().unwrap(),
+        );
+    let file = dir.path().join("private-buckets.yaml");
+    std::fs::write(&file, example).unwrap();
+    let env = [
+        ("MIRROR_AWS_KEY_ID", "AKIAEXAMPLE"),
+        ("MIRROR_AWS_SECRET", "example-secret"),
+        ("MIRROR_AZURE_KEY", "ZXhhbXBsZS1rZXk="),
+    ];
+    let text = explain(
+        &file,
+        &[
+            ("3.4.12.4", &blob),
+            ("20.50.3.3", &blob),
+            ("192.0.2.1", &blob),
+        ],
+        &env,
+    );
+    assert!(!text.contains("example-secret"), "{text}");
+    let sections: Vec<&str> = text.split("\n\n").collect();
+    assert!(sections[1].contains("rule: #1 \"aws-europe\""), "{text}");
+    assert!(
+        sections[1].contains(
+            "if the blob is at mirror \"s3-eu\": 307 to a presigned URL for object blobs/sha256:"
+        ),
+        "{text}"
+    );
+    assert!(
+        sections[1].contains("else if at mirror \"s3-us\""),
+        "{text}"
+    );
+    assert!(
+        sections[1].contains("else: 307 to https://registry.example.com/v2/app/blobs/sha256:"),
+        "{text}"
+    );
+    assert!(
+        sections[2].contains("placement: azure westeurope"),
+        "{text}"
+    );
+    assert!(sections[2].contains("rule: #3 \"azure-clients\""), "{text}");
+    assert!(sections[3].contains("rule: #4 \"internet\""), "{text}");
+
+    // Without the secrets, the error names the variable.
+    let mut cmd = std::process::Command::new(BINARY);
+    let out = cmd
+        .env_clear()
+        .args(["-t", "-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("archeio.mirrors.named.azure-we.signing.azure.access_key_env")
+            && stderr.contains("MIRROR_AZURE_KEY"),
+        "{stderr}"
+    );
+}
