@@ -48,6 +48,24 @@ pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registry requests decided by each policy rule.
+pub static POLICY_RULES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_policy_rule_matches_total",
+        "Registry requests decided by each policy rule, by the rule's name.",
+        &["rule"]
+    )
+    .expect("metric registers once")
+});
+
+/// One counter per policy rule, in the rules' order, so that the request path indexes
+/// instead of hashing names.
+pub fn policy_rule_counters<'a>(names: impl Iterator<Item = &'a str>) -> Vec<IntCounter> {
+    names
+        .map(|name| POLICY_RULES.with_label_values(&[name]))
+        .collect()
+}
+
 /// Blobs streamed from a mirror (`delivery: proxy`), by mirror and the mirror's status.
 pub static MIRROR_PROXIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -339,6 +357,7 @@ pub fn init() {
     LazyLock::force(&REDIRECTS);
     LazyLock::force(&BLOB_CHECKS);
     LazyLock::force(&MIRROR_PROXIED);
+    LazyLock::force(&POLICY_RULES);
     LazyLock::force(&MIRROR_HEAD_SECONDS);
     LazyLock::force(&IP_PREFIXES);
     LazyLock::force(&UPSTREAM_REQUESTS);

@@ -118,6 +118,14 @@ async fn a_chain_skips_a_mirror_without_the_blob_and_one_whose_breaker_is_open()
         ),
         2.0
     );
+    assert_eq!(
+        sample(&m, "archeio_policy_rule_matches_total{rule=\"chain\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(&m, "archeio_policy_rule_matches_total{rule=\"office\"}"),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

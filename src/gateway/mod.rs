@@ -22,8 +22,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+use prometheus::IntCounter;
 
 use crate::config::ClientTimeouts;
+use crate::metrics;
 use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
 use crate::routing::{Reply, Routes};
@@ -54,6 +56,8 @@ pub struct Gateway {
     upstream: UpstreamAccess,
     /// Limits on slow and idle clients.
     client_timeouts: ClientTimeouts,
+    /// Requests decided per policy rule, by the rule's index.
+    rule_matches: Vec<IntCounter>,
 }
 
 /// How the gateway reaches the upstream: endpoint choice in both modes, the rest for
@@ -81,7 +85,9 @@ impl Gateway {
         upstream: UpstreamAccess,
         client_timeouts: ClientTimeouts,
     ) -> Gateway {
+        let rules = routes.policy.rules.iter().map(|r| &*r.name);
         Gateway {
+            rule_matches: metrics::policy_rule_counters(rules),
             routes,
             ranges,
             mirrors,

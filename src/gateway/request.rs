@@ -11,7 +11,7 @@ use pingora_proxy::Session;
 use super::responses::{write_answer, write_cached};
 use super::{Gateway, RequestCtx};
 use crate::config::ClientTimeouts;
-use crate::routing::{decide, Answer, Decision, Request};
+use crate::routing::{decide_by_rule, Answer, Decision, Request};
 use crate::upstream::manifest_cache::ManifestCache;
 
 /// Pingora waits for the next keep-alive request without limit, reads bodies with a
@@ -42,7 +42,11 @@ impl Gateway {
             upstream: self.upstream.endpoints.preferred(),
             has_body,
         };
-        let reply = match decide(&facts, &self.routes, &self.ranges.load()) {
+        let (decision, rule) = decide_by_rule(&facts, &self.routes, &self.ranges.load());
+        if let Some(counter) = rule.and_then(|i| self.rule_matches.get(i)) {
+            counter.inc();
+        }
+        let reply = match decision {
             Decision::Reply(reply) => reply,
             Decision::CheckMirrors(chain) => {
                 let found = self
