@@ -6,11 +6,16 @@ What it starts (all on 127.0.0.1, ephemeral ports, state in one temporary direct
   - moto_server as the S3-compatible mirror, holding some (not all) of the blobs;
   - the gateway (target/release/archeio), whose custom CIDR rule puts 127.0.0.0/8 in AWS
     us-east-1, whose mirror is the moto bucket;
-  - containerd and dockerd when those clients are selected.
+  - containerd and dockerd when those clients are selected;
+  - for the private scenario: s3s-fs (an S3 server that checks SigV4) with a private bucket
+    filled by `archeio sync`, and Azurite (the Azure Blob emulator, which checks SAS) with a
+    private container filled with Shared Key requests.
 Then, for each mode (redirect, passthrough) and client (skopeo, ctr, podman, docker), it pulls
 every image into a fresh store, checks the digests the client reports, and reads the mirror's
 and the upstream's request logs to check which server served each blob. The tamper scenario
-changes one mirror object and checks that the client refuses the pull.
+changes one mirror object and checks that the client refuses the pull. The private scenario
+pulls through gateways whose chain is one private store, and checks from the store's own log
+that every blob was served there on a signed URL.
 
 Everything started is stopped by process id, and the temporary directory removed, on success,
 failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md.
@@ -18,8 +23,11 @@ failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md
 
 import argparse
 import atexit
+import base64
+import email.utils
 import gzip
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -35,13 +43,20 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENTS = ["skopeo", "ctr", "podman", "docker"]
 MODES = ["redirect", "passthrough"]
-SCENARIOS = ["pull", "tamper"]
+SCENARIOS = ["pull", "tamper", "private"]
 BUCKET = "archeio-e2e"
+# The private scenario: a private S3 bucket (s3s-fs) and a private Azure container (Azurite),
+# each the only mirror of a gateway's chain; named as the gateway's mirrors.named entries.
+PRIVATE_STORES = ["s3-private", "azure-private"]
+PRIVATE_BUCKET = "archeio-private"
+AZURE_ACCOUNT = "devstoreaccount1"  # Azurite's account and its published, well-known key
+AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 BLOB_PATH = "/containers/images/{digest}"  # the gateway's default mirrors.blob_path
 REGION = "us-east-1"
 # Clients pull the host's platform of a multi-arch index; single-arch images are built for it.
@@ -284,6 +299,64 @@ def ensure_prerequisites(clients, install):
         )
 
 
+def s3s_fs_binary():
+    """s3s-fs: $S3S_FS, else on PATH, else in cargo's bin directory (where scripts/test.sh's
+    `cargo install` puts it); None when absent."""
+    cargo_bin = os.path.join(os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo"), "bin", "s3s-fs")
+    for c in (os.environ.get("S3S_FS"), shutil.which("s3s-fs"), cargo_bin):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def azurite_dir():
+    return os.path.join(os.environ.get("ARCHEIO_TEST_CACHE") or os.path.expanduser("~/.cache/archeio-test"), "azurite")
+
+
+def azurite_binary():
+    """azurite-blob: $AZURITE_BLOB, else scripts/test.sh's npm prefix, else on PATH."""
+    for c in (os.environ.get("AZURITE_BLOB"), os.path.join(azurite_dir(), "node_modules", ".bin", "azurite-blob"),
+              shutil.which("azurite-blob")):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+S3S_FS_INSTALL = "cargo install s3s-fs --version 0.14.1 --features binary --locked"
+AZURITE_INSTALL = "npm install --prefix {dir} --no-audit --no-fund --silent azurite@3.35.0"
+
+
+def ensure_private_servers(install):
+    """The private scenario's servers, installed as scripts/test.sh does (cargo, npm) when
+    allowed; (s3s-fs, azurite-blob) paths."""
+    s3s, azurite = s3s_fs_binary(), azurite_binary()
+    if install and os.geteuid() == 0:
+        if s3s is None and shutil.which("cargo"):
+            log(f"== installing s3s-fs ({S3S_FS_INSTALL})")
+            run(S3S_FS_INSTALL.split(), timeout=1800, capture=False)
+            s3s = s3s_fs_binary()
+        if azurite is None:
+            if shutil.which("npm") is None and shutil.which("apt-get"):
+                log("== installing nodejs npm (apt-get, for Azurite)")
+                env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+                run(["apt-get", "update", "-qq"], timeout=600, env=env)
+                run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"], timeout=1200, env=env)
+            if shutil.which("npm"):
+                log(f"== installing Azurite into {azurite_dir()}")
+                os.makedirs(azurite_dir(), exist_ok=True)
+                run(AZURITE_INSTALL.format(dir=azurite_dir()).split(), timeout=900, capture=False)
+                azurite = azurite_binary()
+    missing = []
+    if s3s is None:
+        missing.append(S3S_FS_INSTALL + "   (or set S3S_FS)")
+    if azurite is None:
+        missing.append(AZURITE_INSTALL.format(dir=azurite_dir()) + "   (or set AZURITE_BLOB)")
+    if missing:
+        raise Failure("the private scenario needs s3s-fs and Azurite; install them with:\n  " + "\n  ".join(missing)
+                      + "\n(or leave the scenario out: --scenario pull --scenario tamper)")
+    return s3s, azurite
+
+
 # --------------------------------------------------------------------------------------
 # Test images, written as an OCI layout (and a Docker v2 schema 2 image in skopeo's dir: format)
 # --------------------------------------------------------------------------------------
@@ -515,20 +588,172 @@ class Mirror:
         return len(re.findall(r'"GET /' + BUCKET + re.escape(self.key(digest)) + r' HTTP/1\.1" 200 ', text))
 
 
+def blob_key(digest):
+    """A blob's object key in the private stores: the gateway's blob_path without its `/`."""
+    return BLOB_PATH[1:].replace("{digest}", digest)
+
+
+def error_code(body):
+    m = re.search(rb"<Code>([^<]*)</Code>", body)
+    return m.group(1).decode() if m else body[:80].decode(errors="replace")
+
+
+class PrivateStore:
+    """What the private scenario asks of either store: the blob's plain URL, and the requests
+    its own log shows for a blob as (method, signed, status)."""
+
+    def url(self, digest):
+        return f"{self.base}/{blob_key(digest)}"
+
+    def blob_requests(self, text, digest):
+        path = urllib.parse.urlsplit(self.url(digest)).path
+        out = []
+        for method, target, status in self.requests(text):
+            u = urllib.parse.urlsplit(target)
+            if urllib.parse.unquote(u.path) == path:
+                out.append((method, self.signed(urllib.parse.parse_qs(u.query)), status))
+        return out
+
+
+class S3Private(PrivateStore):
+    """s3s-fs serving one private bucket: it checks the SigV4 signature of every request
+    (Authorization header or presigned query: method, path, query, expiry) against one
+    access key, made up for this run. Its request log: with RUST_LOG=s3s::service=debug it
+    writes a `req` and a `resp` event for each request (pretty format, several lines each),
+    each followed by the request's span line holding its start time."""
+
+    name = "s3-private"
+
+    def __init__(self, work, binary):
+        self.dir = os.path.join(work, "s3s-fs")
+        os.makedirs(os.path.join(self.dir, "root", PRIVATE_BUCKET), exist_ok=True)  # a directory = a bucket
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "s3s-fs.log")
+        self.key_id = "AKIAE2E" + os.urandom(6).hex().upper()
+        self.secret = base64.b64encode(os.urandom(30)).decode()
+        env = dict(os.environ, RUST_LOG="s3s::service=debug,s3s_fs=info")
+        self.proc = PROCS.start(
+            "s3s-fs",
+            [binary, "--host", "127.0.0.1", "--port", str(self.port), "--access-key", self.key_id,
+             "--secret-key", self.secret, os.path.join(self.dir, "root")],
+            self.log, env=env,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.base = f"{self.endpoint}/{PRIVATE_BUCKET}"
+        wait_for("s3s-fs", lambda: http("GET", self.endpoint + "/")[0] in (200, 403), self.proc, self.log)
+
+    def env(self):
+        key_id_env, secret_env = PRIVATE_ENV["s3"]
+        return {key_id_env: self.key_id, secret_env: self.secret}
+
+    def signed(self, query):
+        return "X-Amz-Signature" in query and query.get("X-Amz-Credential", [""])[0].startswith(self.key_id + "/")
+
+    def requests(self, text):
+        """(method, target, status) of each request in a piece of the log; status None while
+        the response is not logged yet."""
+        seen = {}
+        pending = None
+        for line in text.splitlines():
+            m = re.search(r"s3s::service: req: Request \{ method: (\S+), uri: (\S+), ", line)
+            if m:
+                pending = ("req", m.group(1), m.group(2))
+                continue
+            m = re.search(r"s3s::service: duration: .*resp: Response \{ status: (\d+),", line)
+            if m:
+                pending = ("resp", int(m.group(1)))
+                continue
+            m = re.search(r"in s3s::service::call with start_time: (.+)$", line)
+            if m and pending:
+                entry = seen.setdefault(m.group(1), [None, None, None])
+                if pending[0] == "req":
+                    entry[0], entry[1] = pending[1], pending[2]
+                else:
+                    entry[2] = pending[1]
+                pending = None
+        return [tuple(e) for e in seen.values() if e[0]]
+
+
+class AzurePrivate(PrivateStore):
+    """Azurite's blob service with one private container (no public access), filled with
+    Shared Key requests; it checks the SAS of every anonymous request (signature, permissions,
+    expiry). Its access log (stdout, one line a request, query included) is the request log."""
+
+    name = "azure-private"
+
+    def __init__(self, work, binary):
+        self.dir = os.path.join(work, "azurite")
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "azurite.log")
+        self.proc = PROCS.start(
+            "azurite-blob",
+            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+             os.path.join(self.dir, "data"), "--skipApiVersionCheck", "--disableTelemetry"],
+            self.log,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURE_ACCOUNT}"
+        self.base = f"{self.endpoint}/{PRIVATE_BUCKET}"
+        wait_for("azurite-blob", lambda: http("GET", self.endpoint + "?comp=list")[0] in (200, 403),
+                 self.proc, self.log)
+        status, body = self.shared_key("PUT", f"/{PRIVATE_BUCKET}", {"restype": "container"})
+        if status != 201:
+            raise Failure(f"creating container {PRIVATE_BUCKET} in Azurite: {status} {body[:300]!r}")
+
+    def env(self):
+        return {PRIVATE_ENV["azure"]: AZURE_KEY}
+
+    def signed(self, query):
+        return all(k in query for k in ("sig", "sv", "se", "sp"))
+
+    def shared_key(self, method, path, query=None, data=b"", headers=None):
+        """A request under the account authorized with Shared Key (the account key's HMAC of
+        the canonical request): test setup, as `az storage` would."""
+        query = query or {}
+        h = {"x-ms-date": email.utils.formatdate(usegmt=True), "x-ms-version": "2021-08-06",
+             "Content-Type": "application/octet-stream"}
+        h.update(headers or {})
+        canonical_headers = "".join(f"{k}:{h[k]}\n" for k in sorted(h) if k.startswith("x-ms-"))
+        # The emulator's path-style URLs: the account appears twice in the canonical resource.
+        resource = f"/{AZURE_ACCOUNT}/{AZURE_ACCOUNT}{path}" + "".join(f"\n{k}:{query[k]}" for k in sorted(query))
+        fields = [method, "", "", str(len(data)) if data else "", "", h["Content-Type"], "", "", "", "", "", ""]
+        to_sign = "\n".join(fields) + "\n" + canonical_headers + resource
+        sig = hmac.new(base64.b64decode(AZURE_KEY), to_sign.encode(), hashlib.sha256).digest()
+        h["Authorization"] = f"SharedKey {AZURE_ACCOUNT}:{base64.b64encode(sig).decode()}"
+        url = self.endpoint + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        status, _, body = http(method, url, data=data if method == "PUT" else None, headers=h)
+        return status, body
+
+    def put(self, digest, data):
+        path = f"/{PRIVATE_BUCKET}/{blob_key(digest)}"
+        status, body = self.shared_key("PUT", path, data=data, headers={"x-ms-blob-type": "BlockBlob"})
+        if status != 201:
+            raise Failure(f"Shared Key PUT {path}: {status} {body[:300]!r}")
+        status, got = self.shared_key("GET", path)
+        if status != 200 or got != data:
+            raise Failure(f"Shared Key GET {path} after PUT: {status}, {len(got)} bytes")
+
+    def requests(self, text):
+        return [(m, t, int(st)) for m, t, st in re.findall(r'"(\S+) (\S+) HTTP/1\.1" (\d+) ', text)]
+
+
 class Gateway:
-    def __init__(self, work, binary, upstream_url, mirror_base, mode):
-        self.dir = os.path.join(work, f"gateway-{mode}")
+    """The release binary with the configuration `config(dir, port, admin_port)` writes, in
+    `work/<name>/`; `env`: variables added to its environment (the private mirrors' secrets)."""
+
+    def __init__(self, work, binary, name, config, env=None):
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
         self.log = os.path.join(self.dir, "gateway.log")
         self.conf = os.path.join(self.dir, "archeio.yaml")
         with open(self.conf, "w") as f:
-            f.write(gateway_config(self.dir, self.port, self.admin, upstream_url, mirror_base, mode))
-        env = dict(os.environ, RUST_LOG="info")
+            f.write(config(self.dir, self.port, self.admin))
+        env = dict(os.environ, RUST_LOG="info", **(env or {}))
         for k in ("PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
                   "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"):
             env.pop(k, None)
-        self.name = f"archeio-{mode}"
+        self.name = f"archeio-{name}"
         self.proc = PROCS.start(self.name, [binary, "-c", self.conf], self.log, env=env)
         self.addr = f"127.0.0.1:{self.port}"
         wait_for(
@@ -543,18 +768,23 @@ class Gateway:
         PROCS.stop_named(self.name)
 
 
-def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
-    """The gateway's configuration: the custom rule sends 127.0.0.0/8 to AWS us-east-1, whose
-    mirror is the moto bucket; the default mirror is a closed port (never used by a correct
-    gateway). Redirect and pass-through differ by the `mode` line only."""
-    dead = f"http://127.0.0.1:{free_port()}"
+def pingora_config(d):
+    """The server section both gateway configurations share."""
     return f"""version: 1
 threads: 2
 pid_file: {d}/archeio.pid
 upgrade_sock: {d}/upgrade.sock
 grace_period_seconds: 0
 graceful_shutdown_timeout_seconds: 1
-archeio:
+"""
+
+
+def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
+    """The gateway's configuration: the custom rule sends 127.0.0.0/8 to AWS us-east-1, whose
+    mirror is the moto bucket; the default mirror is a closed port (never used by a correct
+    gateway). Redirect and pass-through differ by the `mode` line only."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    return pingora_config(d) + f"""archeio:
   listen: ['127.0.0.1:{port}']
   admin_listen: ['127.0.0.1:{admin}']
   mode: {mode}
@@ -566,6 +796,54 @@ archeio:
     blob_path: '{BLOB_PATH}'
     regions:
       {REGION}: '{mirror_base}'
+  ranges:
+    embedded: false
+    custom:
+      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
+  client_address:
+    trusted_proxy_hops: 0
+"""
+
+
+# The gateway reads the private stores' secrets from these variables (never from its file).
+PRIVATE_ENV = {"s3": ("E2E_S3_KEY_ID", "E2E_S3_SECRET"), "azure": "E2E_AZURE_KEY"}
+
+
+def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode):
+    """Both private stores as named mirrors; loopback blobs go to the chain `[store]` alone.
+    Redirect mode: `307` to a URL presigned for the client's method. Pass-through mode: the
+    rule's `delivery: proxy`, the gateway streams the blob from a presigned GET (a pass-through
+    deployment's clients need not reach the store). The default and region mirrors are a
+    closed port: a correct gateway never uses them here."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    delivery = "redirect" if mode == "redirect" else "proxy"
+    key_id_env, secret_env = PRIVATE_ENV["s3"]
+    return pingora_config(d) + f"""archeio:
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']
+  mode: {mode}
+  upstream:
+    endpoints: ['{upstream_url}']
+    path: ''
+  mirrors:
+    default: '{dead}'
+    blob_path: '{BLOB_PATH}'
+    regions:
+      {REGION}: '{dead}'
+    named:
+      s3-private:
+        blob_path: '{BLOB_PATH}'
+        signing:
+          s3: {{bucket: {PRIVATE_BUCKET}, region: {REGION}, endpoint: '{s3.endpoint}',
+               access_key_id_env: {key_id_env}, secret_access_key_env: {secret_env}, lifetime: 15m}}
+      azure-private:
+        blob_path: '{BLOB_PATH}'
+        signing:
+          azure: {{account: {AZURE_ACCOUNT}, container: {PRIVATE_BUCKET}, endpoint: '{azure.endpoint}',
+                  access_key_env: {PRIVATE_ENV["azure"]}, lifetime: 15m}}
+  policy:
+    rules:
+      - {{match: {{cidr: 127.0.0.0/8, kind: blob}}, action: mirrors, mirrors: [{store}], delivery: {delivery}}}
   ranges:
     embedded: false
     custom:
@@ -733,6 +1011,43 @@ class LogWindow:
 # --------------------------------------------------------------------------------------
 
 
+def manifest_problems(ctx, mode, up, gwl):
+    """Manifests in a pull's logs (`up`: the upstream's, `gwl`: the gateway's): redirect mode,
+    every manifest request got a 307 to the upstream, which served them; pass-through, a 200
+    proxied or cached, and the upstream served exactly as many as the gateway proxied."""
+    problems = []
+    manifests_seen = ctx.upstream.manifest_requests(up)
+    manifest_answers = re.findall(r"(?:GET|HEAD) /v2/[^ ]+/manifests/\S+ client=\S+ decision=(\S+) status=(\d+)", gwl)
+    if mode == "redirect":
+        if not manifest_answers or any(a != ("upstream/upstream", "307") for a in manifest_answers):
+            problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 307 to the upstream")
+        if manifests_seen < 1:
+            problems.append("manifests: the upstream served none (the client should have followed the 307)")
+    else:
+        # Pass-through: the client never sees a redirect for a manifest; the gateway fetched
+        # it (or answered from its manifest cache); the upstream answered only the gateway.
+        bad = [a for a in manifest_answers if a[1] != "200" or a[0] not in ("upstream/proxy", "upstream/cache")]
+        if not manifest_answers or bad:
+            problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 200 proxied or cached")
+        proxied = sum(1 for a in manifest_answers if a[0] == "upstream/proxy")
+        if manifests_seen != proxied:
+            problems.append(f"manifests: the upstream served {manifests_seen}, the gateway proxied {proxied}")
+    return problems
+
+
+def settle(check):
+    """The servers write their access lines after the response: waits until `check()` finds
+    no problem (at most 10 s), then checks once more a moment later, so that a late line (a
+    GET that should not have happened) is still seen. Returns the last `check()`."""
+    deadline = time.time() + 10
+    result = check()
+    while result[0] and time.time() < deadline:
+        time.sleep(0.2)
+        result = check()
+    time.sleep(0.3)
+    return check()
+
+
 def scenario_pull(ctx, client, gw, mode):
     """Every image pulls with the right digests; mirrored blobs came from the mirror and never
     from the upstream; the others from the upstream (by redirect, or proxied by the gateway)."""
@@ -766,34 +1081,10 @@ def scenario_pull(ctx, client, gw, mode):
             for b in img.other_blobs:
                 if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
                     problems.append(f"blob {b} of another platform was fetched")
-            manifests_seen = ctx.upstream.manifest_requests(up)
-            manifest_answers = re.findall(r"(?:GET|HEAD) /v2/[^ ]+/manifests/\S+ client=\S+ decision=(\S+) status=(\d+)", gwl)
-            if mode == "redirect":
-                if not manifest_answers or any(a != ("upstream/upstream", "307") for a in manifest_answers):
-                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 307 to the upstream")
-                if manifests_seen < 1:
-                    problems.append("manifests: the upstream served none (the client should have followed the 307)")
-            else:
-                # Pass-through: the client never sees a redirect for a manifest; the gateway fetched
-                # it (or answered from its manifest cache); the upstream answered only the gateway.
-                bad = [a for a in manifest_answers if a[1] != "200" or a[0] not in ("upstream/proxy", "upstream/cache")]
-                if not manifest_answers or bad:
-                    problems.append(f"manifests: gateway answered {manifest_answers or 'nothing'}, expected 200 proxied or cached")
-                proxied = sum(1 for a in manifest_answers if a[0] == "upstream/proxy")
-                if manifests_seen != proxied:
-                    problems.append(f"manifests: the upstream served {manifests_seen}, the gateway proxied {proxied}")
+            problems += manifest_problems(ctx, mode, up, gwl)
             return problems, gwl
 
-        # The servers write their access lines after the response: wait until the expected
-        # lines are there (at most 10 s), then once more a moment later, so that a late line
-        # (a GET that should not have happened) is still seen.
-        deadline = time.time() + 10
-        problems, gwl = check()
-        while problems and time.time() < deadline:
-            time.sleep(0.2)
-            problems, gwl = check()
-        time.sleep(0.3)
-        problems, gwl = check()
+        problems, gwl = settle(check)
         if problems:
             raise Failure(f"{client} pull of {img.repo}:{img.tag} ({mode}) was misrouted:\n  " + "\n  ".join(problems)
                           + f"\n-- gateway log:\n{gwl}")
@@ -829,6 +1120,114 @@ def scenario_tamper(ctx, client, gw, mode):
     log(f"   ok  {client:7} {mode:11} tamper {img.repo}:{img.tag} refused ({time.time() - t:.1f} s): {reason[:150]}")
 
 
+def scenario_private(ctx, client, gw, mode, store, other, since):
+    """Every image pulls with the right digests through a gateway whose chain is the private
+    `store` alone. Each blob: the gateway answered once (`307` in redirect mode, `200` streamed
+    with `delivery: proxy` in pass-through mode); the store's own log shows exactly one GET of
+    it, signed (presigned query) and served with 200, and no unsigned request; a signed HEAD of
+    it reached the store since the gateway started (its check, cached afterwards); the upstream
+    served no blob and the `other` private store got no request at all. `since`: the store's
+    log from the gateway's start."""
+    imgs = ctx.images
+    want = ("blob/mirror", "307") if mode == "redirect" else ("blob/mirror_proxy", "200")
+    for img in imgs.images:
+        wins = [LogWindow(p) for p in (ctx.upstream.log, store.log, other.log, gw.log)]
+        t = time.time()
+        r = ctx.clients.pull(client, gw, img)
+        if r.returncode != 0:
+            raise Failure(f"{client} could not pull {img.repo}:{img.tag} through the gateway ({mode}, chain "
+                          f"[{store.name}]):\n{r.stdout}")
+
+        def check():
+            up, st, ot, gwl = (w.text() for w in wins)
+            whole = since.text()
+            problems = []
+            for b in img.blobs:
+                answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
+                if answers != [want]:
+                    problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
+                reqs = store.blob_requests(st, b)
+                gets = [x for x in reqs if x[0] == "GET"]
+                if gets != [("GET", True, 200)]:
+                    problems.append(f"blob {b}: {store.name} got GETs (method, signed, status) {gets or 'none'}, "
+                                    "expected one signed GET answered 200")
+                bad = [x for x in reqs if not x[1] or x[2] != 200]
+                if bad:
+                    problems.append(f"blob {b}: {store.name} got unsigned or refused requests {bad}")
+                if ("HEAD", True, 200) not in store.blob_requests(whole, b):
+                    problems.append(f"blob {b}: no signed HEAD of it at {store.name} since the gateway started")
+                if ctx.upstream.blob_gets(up, b):
+                    problems.append(f"blob {b}: the upstream served it")
+            for b in img.other_blobs:
+                if ctx.upstream.blob_gets(up, b) or store.blob_requests(st, b):
+                    problems.append(f"blob {b} of another platform was fetched")
+            if other.requests(ot):
+                problems.append(f"{other.name}, not in the chain, got requests: {other.requests(ot)}")
+            problems += manifest_problems(ctx, mode, up, gwl)
+            return problems, gwl
+
+        problems, gwl = settle(check)
+        if problems:
+            raise Failure(f"{client} pull of {img.repo}:{img.tag} ({mode}, chain [{store.name}]) was misrouted:\n  "
+                          + "\n  ".join(problems) + f"\n-- gateway log:\n{gwl}")
+        log(f"   ok  {client:7} {mode:11} private {store.name:13} {img.repo}:{img.tag}  ({time.time() - t:.1f} s)")
+
+
+def fill_private(ctx, binary):
+    """The private stores get every blob the upstream holds for the pushed images (all
+    platforms): the S3 bucket by `archeio sync` (SigV4-signed multipart uploads, then
+    `--verify` reads each object back), the Azure container by Shared Key PUTs of the bytes
+    read from the upstream (digest checked). Then each store is shown private: a GET of a
+    blob's plain URL is refused with 403."""
+    s3, azure = ctx.s3, ctx.azure
+    repos = {}
+    for img in ctx.images.images:
+        for b in img.blobs + img.other_blobs:
+            repos.setdefault(b, img.repo)
+    assert set(repos) == set(ctx.images.blobs)
+    conf = os.path.join(s3.dir, "sync.yaml")
+    key_id_env, secret_env = PRIVATE_ENV["s3"]
+    with open(conf, "w") as f:
+        f.write(f"""sync:
+  source:
+    registry: '{ctx.upstream.url}'
+    repositories: [{", ".join(img.repo for img in ctx.images.images)}]
+  destinations:
+    - url: 's3://{PRIVATE_BUCKET}'
+      region: {REGION}
+      endpoint: '{s3.endpoint}'
+      access_key_id_env: {key_id_env}
+      secret_access_key_env: {secret_env}
+  blob_path: '{BLOB_PATH[1:]}'
+""")
+    env = dict(os.environ, RUST_LOG="info", **s3.env())
+    r = run([binary, "sync", "-c", conf], env=env, check=False, timeout=300)
+    m = re.search(r"sync done: (\d+) blobs copied, (\d+) already present, (\d+) failed", r.stdout)
+    if r.returncode != 0 or not m or int(m.group(1)) != len(repos) or m.group(3) != "0":
+        raise Failure(f"archeio sync into the private bucket (expected {len(repos)} blobs copied), "
+                      f"exit {r.returncode}:\n{r.stdout[-3000:]}")
+    r = run([binary, "sync", "-c", conf, "--verify"], env=env, check=False, timeout=300)
+    m = re.search(r"sync verify: (\d+) objects checked, (\d+) corrupt", r.stdout)
+    if r.returncode != 0 or not m or int(m.group(1)) != len(repos) or m.group(2) != "0":
+        raise Failure(f"archeio sync --verify of the private bucket (expected {len(repos)} objects), "
+                      f"exit {r.returncode}:\n{r.stdout[-3000:]}")
+    log(f"== private: archeio sync copied {len(repos)} blobs from the upstream to s3://{PRIVATE_BUCKET} "
+        f"on s3s-fs (SigV4), --verify read them back")
+    for d, repo in repos.items():
+        status, _, data = http("GET", f"{ctx.upstream.url}/v2/{repo}/blobs/{d}")
+        if status != 200 or sha256(data) != d:
+            raise Failure(f"upstream GET of {repo}@{d}: {status}, digest {sha256(data)}")
+        azure.put(d, data)
+    log(f"== private: {len(repos)} blobs read from the upstream and put to Azurite's container "
+        f"{PRIVATE_BUCKET} (Shared Key), read back")
+    probe = ctx.images.images[0].layers[0]
+    for store in (s3, azure):
+        status, _, body = http("GET", store.url(probe))
+        log(f"== private: {store.name}: unsigned GET {store.url(probe)} -> {status} {error_code(body)}")
+        if status != 403:
+            raise Failure(f"{store.name} is not private: an unsigned GET of {store.url(probe)} answered {status}")
+
+
 class Ctx:
     pass
 
@@ -855,6 +1254,8 @@ def main():
     clients = [c for c in (args.client or CLIENTS) if c not in skip]
     modes = args.mode or MODES
     scenarios = args.scenario or SCENARIOS
+    base = [x for x in scenarios if x != "private"]  # run with the moto gateway of each mode
+    private = "private" in scenarios
     if not clients:
         ap.error("no client left to run")
 
@@ -874,6 +1275,8 @@ def main():
         if HOST_ARCH is None:
             raise Failure(f"unknown machine {platform.machine()!r}: the test images are for amd64 or arm64")
         ensure_prerequisites(clients, install=not args.no_install)
+        if private:
+            s3s_bin, azurite_bin = ensure_private_servers(install=not args.no_install)
         if args.build:
             log("== cargo build --release --locked")
             run(["cargo", "build", "--release", "--locked"], timeout=3600, capture=False)
@@ -898,23 +1301,49 @@ def main():
             ctx.mirror.put(d, ctx.images.blobs[d])
         log(f"== pushed {len(ctx.images.images)} images ({len(ctx.images.blobs)} blobs) to the upstream; "
             f"{len(ctx.images.mirrored)} blobs copied to the mirror")
+        if private:
+            ctx.s3 = start("s3s-fs", lambda: S3Private(work, s3s_bin))
+            ctx.azure = start("azurite-blob", lambda: AzurePrivate(work, azurite_bin))
+            log(f"== private stores: s3s-fs {ctx.s3.base}, Azurite {ctx.azure.base}")
+            fill_private(ctx, args.binary)
         ctx.clients = Clients(work, clients)
         failures = []
         for mode in modes:
-            gw = start("the gateway", lambda: Gateway(work, args.binary, ctx.upstream.url, ctx.mirror.base, mode))
-            log(f"== gateway {gw.addr} in {mode} mode")
-            for client in clients:
-                for scenario in scenarios:
-                    fn = {"pull": scenario_pull, "tamper": scenario_tamper}[scenario]
-                    try:
-                        fn(ctx, client, gw, mode)
-                    except (Failure, subprocess.TimeoutExpired) as e:
-                        log(f"   FAIL {client} {mode} {scenario}: {e}")
-                        failures.append(f"{client} {mode} {scenario}")
-            gw.stop()
-        total = len(modes) * len(clients) * len(scenarios)
+            if base:
+                gw = start("the gateway", lambda: Gateway(
+                    work, args.binary, f"gateway-{mode}",
+                    lambda d, port, admin: gateway_config(d, port, admin, ctx.upstream.url, ctx.mirror.base, mode)))
+                log(f"== gateway {gw.addr} in {mode} mode")
+                for client in clients:
+                    for scenario in base:
+                        fn = {"pull": scenario_pull, "tamper": scenario_tamper}[scenario]
+                        try:
+                            fn(ctx, client, gw, mode)
+                        except (Failure, subprocess.TimeoutExpired) as e:
+                            log(f"   FAIL {client} {mode} {scenario}: {e}")
+                            failures.append(f"{client} {mode} {scenario}")
+                gw.stop()
+            if private:
+                for store, other in ((ctx.s3, ctx.azure), (ctx.azure, ctx.s3)):
+                    since = LogWindow(store.log)
+                    gw = start("the gateway", lambda: Gateway(
+                        work, args.binary, f"gateway-{mode}-{store.name}",
+                        lambda d, port, admin: private_gateway_config(
+                            d, port, admin, ctx.upstream.url, ctx.s3, ctx.azure, store.name, mode),
+                        env=dict(ctx.s3.env(), **ctx.azure.env())))
+                    delivery = "307 to presigned URLs" if mode == "redirect" else "delivery: proxy"
+                    log(f"== gateway {gw.addr} in {mode} mode, blobs: chain [{store.name}], {delivery}")
+                    for client in clients:
+                        try:
+                            scenario_private(ctx, client, gw, mode, store, other, since)
+                        except (Failure, subprocess.TimeoutExpired) as e:
+                            log(f"   FAIL {client} {mode} private {store.name}: {e}")
+                            failures.append(f"{client} {mode} private {store.name}")
+                    gw.stop()
+        total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0))
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
-            f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: {', '.join(scenarios)})"
+            f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
+            + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "") for x in scenarios) + ")"
             + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
         log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
         if failures:
