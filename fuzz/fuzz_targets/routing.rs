@@ -23,7 +23,8 @@ struct Fixture {
     digest: Regex,
 }
 
-const NAME: &str = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*";
+const NAME: &str =
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*";
 const TAG: &str = r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}";
 const DIGEST: &str = r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+";
 
@@ -97,9 +98,13 @@ fuzz_target!(|data: &[u8]| {
         };
         let reply = match decide(&req, routes, &f.ranges) {
             Decision::Reply(r) => r,
-            Decision::CheckMirror(c) => {
-                assert!(c.mirror_url.starts_with("https://"));
-                c.decide(control & 1 == 0)
+            Decision::CheckMirrors(chain) => {
+                assert!(!chain.candidates.is_empty());
+                for c in &chain.candidates {
+                    assert!(c.location.starts_with("https://"), "{c:?}");
+                }
+                let found = (control & 1 == 0).then(|| (0, chain.candidates[0].location.clone()));
+                chain.decide(found)
             }
         };
         match reply.answer {
@@ -108,13 +113,10 @@ fuzz_target!(|data: &[u8]| {
                     .upstreams
                     .iter()
                     .chain(routes.signature_upstream.iter())
-                    .chain([
-                        &routes.info_url,
-                        &routes.privacy_url,
-                        &routes.default_mirror,
-                    ])
-                    .chain(routes.mirrors.values())
-                    .any(|base| location.starts_with(base.as_str()));
+                    .map(String::as_str)
+                    .chain([routes.info_url.as_str(), routes.privacy_url.as_str()])
+                    .chain(routes.policy.mirrors.iter().map(|m| &*m.base))
+                    .any(|base| location.starts_with(base));
                 assert!(allowed, "redirect outside the configured hosts: {location}");
                 assert!(!location.contains(['\r', '\n', ' ']), "{location:?}");
                 let upstream = routes
@@ -128,13 +130,13 @@ fuzz_target!(|data: &[u8]| {
                     assert!(f.endpoint.is_match(rest), "not a pull endpoint: {location}");
                 }
                 let mirror = routes
+                    .policy
                     .mirrors
-                    .values()
-                    .chain([&routes.default_mirror])
-                    .find(|base| location.starts_with(&format!("{base}{}", routes.blob_path_prefix)));
-                if let Some(base) = mirror {
-                    let digest = &location[base.len() + routes.blob_path_prefix.len()..];
-                    let digest = &digest[..digest.len() - routes.blob_path_suffix.len()];
+                    .iter()
+                    .find(|m| location.starts_with(&format!("{}{}", m.base, m.blob_prefix)));
+                if let Some(m) = mirror {
+                    let digest = &location[m.base.len() + m.blob_prefix.len()..];
+                    let digest = &digest[..digest.len() - m.blob_suffix.len()];
                     assert!(f.digest.is_match(digest), "not a digest: {location}");
                 }
             }
@@ -150,6 +152,7 @@ fuzz_target!(|data: &[u8]| {
                 let rest = &path[routes.upstream_prefix.len()..];
                 assert!(f.endpoint.is_match(rest), "not a pull endpoint: {path}");
             }
+            Answer::ProxyMirror { .. } => panic!("archeio's policy never proxies a mirror"),
             Answer::ApiVersion | Answer::Error { .. } => {}
         }
     }
