@@ -24,7 +24,6 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::values::{base_url, positive_duration, Invalid};
-use super::ConfigError;
 
 /// The longest lifetime of a signed URL: 7 days, the most S3 SigV4 and GCS V4 accept.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -298,19 +297,6 @@ impl SigningConfig {
         let checked = check_lifetime(lifetime).and(store);
         let store = checked.map_err(|e| e.under(variant))?;
         Ok(Signing { lifetime, store })
-    }
-
-    /// [`Self::check`] for a `signing` value on its own (tools, tests): the error names
-    /// `source` and the key below `signing.`.
-    pub fn resolve(
-        &self,
-        source: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Signing, ConfigError> {
-        self.check(env).map_err(|e| ConfigError {
-            source: source.to_string(),
-            message: format!("signing.{}: {}", e.key, e.message),
-        })
     }
 }
 
@@ -771,17 +757,5 @@ mod tests {
             }
             assert!(printed.contains("<redacted>"), "{printed}");
         }
-    }
-
-    #[test]
-    fn resolve_names_the_source_and_the_key() {
-        let cfg =
-            parse("s3: {bucket: b, access_key_id_env: NOPE, secret_access_key_env: AWS_SECRET}")
-                .unwrap();
-        let e = cfg.resolve("mirror.yaml", env).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "mirror.yaml: signing.s3.access_key_id_env: environment variable NOPE is not set"
-        );
     }
 }

@@ -5,6 +5,7 @@
 //! - `upstream_request`: pass-through's endpoint choice and the request sent to it;
 //! - `upstream_response`: the upstream's answer: the credentials retry, the headers passed
 //!   on, the body collected for the manifest cache;
+//! - `mirror_proxy`: proxy delivery of a blob from the mirror that holds it;
 //! - `failure`: what a client is told when proxying fails, classified first;
 //! - `access_log`: the access-log line and the request metrics.
 //!
