@@ -196,6 +196,12 @@ async fn s3_server() -> Option<Server> {
         .with_secret_access_key(S3_SECRET_KEY)
         .build()
         .unwrap();
+    put_blobs(&store).await;
+    Some(server)
+}
+
+/// Puts both blobs in `store` under the gateway's layout, with object_store's own client.
+async fn put_blobs(store: &dyn ObjectStore) {
     for bytes in [BLOB, OTHER] {
         let path = ObjectPath::parse(blob_key(bytes)).unwrap();
         store
@@ -203,7 +209,6 @@ async fn s3_server() -> Option<Server> {
             .await
             .unwrap();
     }
-    Some(server)
 }
 
 /// Every proof asks the same object and shows only the signature decides: the signed GET
@@ -356,13 +361,7 @@ async fn azure_server() -> Option<Server> {
         .with_allow_http(true)
         .build()
         .unwrap();
-    for bytes in [BLOB, OTHER] {
-        let path = ObjectPath::parse(blob_key(bytes)).unwrap();
-        store
-            .put(&path, PutPayload::from_static(bytes))
-            .await
-            .unwrap();
-    }
+    put_blobs(&store).await;
     Some(server)
 }
 

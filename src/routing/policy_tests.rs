@@ -57,6 +57,16 @@ fn decide_for(
     peer: &str,
     xff: &[&str],
 ) -> (Decision, Option<usize>) {
+    decide_over(routes, ranges(), target, peer, xff)
+}
+
+fn decide_over(
+    routes: &Routes,
+    ranges: &RangeTable,
+    target: &str,
+    peer: &str,
+    xff: &[&str],
+) -> (Decision, Option<usize>) {
     let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
     let req = Request {
         method: "GET",
@@ -66,7 +76,7 @@ fn decide_for(
         upstream: 0,
         has_body: false,
     };
-    decide_by_rule(&req, routes, ranges())
+    decide_by_rule(&req, routes, ranges)
 }
 
 fn chain(d: Decision) -> MirrorChain {
@@ -431,18 +441,9 @@ fn the_archeio_policy_example_decides_exactly_as_the_default() {
     ];
     for target in &targets {
         for (peer, xff) in clients {
-            let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
-            let req = Request {
-                method: "GET",
-                target: target.as_bytes(),
-                peer: Some(peer.parse().unwrap()),
-                forwarded_for: &lines,
-                upstream: 0,
-                has_body: false,
-            };
             assert_eq!(
-                decide_by_rule(&req, &spelled, &ranges),
-                decide_by_rule(&req, &default, &ranges),
+                decide_over(&spelled, &ranges, target, peer, xff),
+                decide_over(&default, &ranges, target, peer, xff),
                 "{target} from {peer} {xff:?}"
             );
         }
