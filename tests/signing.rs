@@ -87,14 +87,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `$var` if set, else the first of `candidates` that exists, else `name` on `PATH`.
 fn binary(var: &str, name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
@@ -181,7 +173,7 @@ async fn s3_server() -> Option<Server> {
     let dir = tempfile::tempdir().unwrap();
     // s3s-fs serves each directory under its root as a bucket.
     std::fs::create_dir(dir.path().join("private")).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut cmd = Command::new(bin);
     cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
@@ -198,6 +190,25 @@ async fn s3_server() -> Option<Server> {
         .unwrap();
     put_blobs(&store).await;
     Some(server)
+}
+
+/// The store refuses `get` (a signed GET of [`BLOB`]) without its signature, with the
+/// signature (query parameter `signature`) altered, and moved onto [`OTHER`], which exists.
+async fn refuses_forgeries(signer: &MirrorSigner, get: &str, signature: &str) {
+    assert_eq!(
+        fetch(Method::GET, &unsigned(get)).await.0,
+        403,
+        "no signature"
+    );
+    let altered = altered(get, signature);
+    assert_eq!(fetch(Method::GET, &altered).await.0, 403, "{altered}");
+    let other = signer.url(Method::GET, &blob_key(OTHER)).await.unwrap();
+    assert_eq!(
+        fetch(Method::GET, &other).await.0,
+        200,
+        "the other blob exists"
+    );
+    assert_eq!(fetch(Method::GET, &moved(get, &other)).await.0, 403);
 }
 
 /// Puts both blobs in `store` under the gateway's layout, with object_store's own client.
@@ -240,20 +251,7 @@ async fn s3_signed_urls_are_checked_by_an_s3_server() {
     assert_eq!(fetch(Method::GET, &get).await, (200, BLOB.to_vec()));
     assert_eq!(fetch(Method::HEAD, &head).await.0, 200);
 
-    assert_eq!(
-        fetch(Method::GET, &unsigned(&get)).await.0,
-        403,
-        "no signature"
-    );
-    let altered = altered(&get, "X-Amz-Signature");
-    assert_eq!(fetch(Method::GET, &altered).await.0, 403, "{altered}");
-    let other = signer.url(Method::GET, &blob_key(OTHER)).await.unwrap();
-    assert_eq!(
-        fetch(Method::GET, &other).await.0,
-        200,
-        "the other blob exists"
-    );
-    assert_eq!(fetch(Method::GET, &moved(&get, &other)).await.0, 403);
+    refuses_forgeries(&signer, &get, "X-Amz-Signature").await;
     assert_eq!(
         fetch(Method::HEAD, &get).await.0,
         403,
@@ -320,7 +318,7 @@ async fn azure_server() -> Option<Server> {
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut cmd = Command::new(bin);
     cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
         .arg("--location")
@@ -395,20 +393,7 @@ async fn azure_sas_urls_are_checked_by_azurite() {
     assert!(head.contains("sp=r&"), "read permission for HEAD: {head}");
     assert_eq!(fetch(Method::HEAD, &get).await.0, 200, "r covers HEAD");
 
-    assert_eq!(
-        fetch(Method::GET, &unsigned(&get)).await.0,
-        403,
-        "no signature"
-    );
-    let altered = altered(&get, "sig");
-    assert_eq!(fetch(Method::GET, &altered).await.0, 403, "{altered}");
-    let other = signer.url(Method::GET, &blob_key(OTHER)).await.unwrap();
-    assert_eq!(
-        fetch(Method::GET, &other).await.0,
-        200,
-        "the other blob exists"
-    );
-    assert_eq!(fetch(Method::GET, &moved(&get, &other)).await.0, 403);
+    refuses_forgeries(&signer, &get, "sig").await;
     let write = reqwest::Client::new()
         .put(&get)
         .header("x-ms-blob-type", "BlockBlob")

@@ -80,12 +80,10 @@ impl Gateway {
         url: &str,
         upstream_request: &mut RequestHeader,
     ) -> Result<()> {
-        let parsed = url::Url::parse(url).or_err(ErrorType::InternalError, "mirror URL")?;
-        let mut target = parsed.path().to_string();
-        if let Some(q) = parsed.query() {
-            target.push('?');
-            target.push_str(q);
-        }
+        // `scheme://authority/path?query`: a configured base URL or a signer's, checked
+        // when the peer was built from it.
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let (host, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let uri = target
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "mirror path is not a URI")?;
@@ -93,8 +91,6 @@ impl Gateway {
         for name in names_not_in(&upstream_request.headers, &MIRROR_REQUEST_HEADERS) {
             upstream_request.remove_header(&name);
         }
-        let host = &url[parsed.scheme().len() + 3..];
-        let host = &host[..host.find('/').unwrap_or(host.len())];
         upstream_request.insert_header("Host", host)?;
         Ok(())
     }

@@ -220,18 +220,6 @@ impl Policy {
         ]
     }
 
-    /// The index of the mirror named `name`.
-    pub fn mirror_named(&self, name: &str) -> Option<usize> {
-        self.mirrors.iter().position(|m| &*m.name == name)
-    }
-
-    /// Whether any rule may proxy to the upstream outside pass-through mode.
-    pub fn proxies(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.delivery == Some(Delivery::Proxy))
-    }
-
     /// Whether `repository` is served.
     pub fn knows(&self, repository: &str) -> bool {
         self.known_repositories

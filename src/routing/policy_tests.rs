@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use super::*;
 use crate::config::file::ArcheioConfig;
 use policy::Delivery;
-use ranges::{CustomRange, RangeSources};
+use ranges::RangeSources;
 
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
 const UP: &str = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images";
@@ -34,20 +34,14 @@ fn config_error(yaml: &str) -> String {
 fn ranges() -> &'static RangeTable {
     static TABLE: OnceLock<RangeTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let rule = |cidr: &str, provider: &str, region: &str| CustomRange {
-            cidr: cidr.parse().unwrap(),
-            provider: provider.into(),
-            region: region.into(),
-        };
-        let sources = RangeSources {
-            documents: Vec::new(),
-            custom: vec![
-                rule("198.51.100.0/24", "aws", "eu-west-1"),
-                rule("203.0.113.0/24", "gcp", "us-central1"),
-                rule("192.0.2.0/24", "aws", "xx-none-1"),
+        super::tests::custom_table(
+            &[
+                ("198.51.100.0/24", "aws", "eu-west-1"),
+                ("203.0.113.0/24", "gcp", "us-central1"),
+                ("192.0.2.0/24", "aws", "xx-none-1"),
             ],
-        };
-        RangeTable::build(&sources, &[]).unwrap()
+            false,
+        )
     })
 }
 
@@ -236,7 +230,12 @@ fn proxy_delivery_proxies_the_mirror_and_the_upstream_fallback_in_redirect_mode(
     assert_eq!(
         found.answer,
         Answer::ProxyMirror {
-            mirror: r.policy.mirror_named("cdn").unwrap(),
+            mirror: r
+                .policy
+                .mirrors
+                .iter()
+                .position(|m| &*m.name == "cdn")
+                .unwrap(),
             url,
             target: Target::Mirror("cdn".into())
         }

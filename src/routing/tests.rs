@@ -17,28 +17,38 @@ fn routes(signature: bool) -> Routes {
     cfg.check("test", |_| None).unwrap().routes
 }
 
+/// A table of operator rules `(cidr, provider, region)`, over the embedded snapshots or
+/// alone.
+pub(super) fn custom_table(rules: &[(&str, &str, &str)], embedded: bool) -> RangeTable {
+    let custom = rules
+        .iter()
+        .map(|(cidr, provider, region)| CustomRange {
+            cidr: cidr.parse().unwrap(),
+            provider: provider.to_string(),
+            region: region.to_string(),
+        })
+        .collect();
+    let documents = if embedded {
+        RangeSources::default().documents
+    } else {
+        Vec::new()
+    };
+    RangeTable::build(&RangeSources { documents, custom }, &[]).unwrap()
+}
+
 /// Embedded ranges plus operator rules for documentation networks.
 fn ranges() -> &'static RangeTable {
     static TABLE: OnceLock<RangeTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let rule = |cidr: &str, provider: &str, region: &str| CustomRange {
-            cidr: cidr.parse().unwrap(),
-            provider: provider.into(),
-            region: region.into(),
-        };
-        RangeTable::build(
-            &RangeSources {
-                custom: vec![
-                    rule("198.51.100.0/24", "aws", "us-east-1"),
-                    rule("203.0.113.0/24", "gcp", "us-central1"),
-                    rule("192.0.2.0/24", "aws", "xx-nomirror-1"),
-                    rule("2001:db8:1::/48", "aws", "eu-west-2"),
-                ],
-                ..RangeSources::default()
-            },
-            &[],
+        custom_table(
+            &[
+                ("198.51.100.0/24", "aws", "us-east-1"),
+                ("203.0.113.0/24", "gcp", "us-central1"),
+                ("192.0.2.0/24", "aws", "xx-nomirror-1"),
+                ("2001:db8:1::/48", "aws", "eu-west-2"),
+            ],
+            true,
         )
-        .unwrap()
     })
 }
 
