@@ -36,6 +36,13 @@ if ! python3 -c "import moto.server, flask, werkzeug" 2>/dev/null; then
   echo "== installing moto[server]"
   python3 -m pip install -q 'moto[server]'
 fi
+# deploy/kubernetes/check.py validates the manifests against the Kubernetes schemas this
+# pinned kubernetes-validate bundles (it renders them itself, and compares with kubectl
+# kustomize where kubectl is installed).
+if ! python3 -c "import kubernetes_validate as k, sys; sys.exit(k.__version__ != '1.37.0')" 2>/dev/null; then
+  echo "== installing kubernetes-validate"
+  python3 -m pip install -q 'kubernetes-validate==1.37.0'
+fi
 # The signed-URL tests (tests/signing.rs) need servers that check signatures: s3s-fs for S3
 # presigned URLs (moto_server does not check them) and Azurite for Azure SAS. Azurite is
 # an npm package, installed into a cache directory that the test looks in.
@@ -68,6 +75,8 @@ SOAK_SECONDS=${SOAK_SECONDS:-60}
 start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== Kubernetes manifests (deploy/kubernetes/check.py)"
+python3 deploy/kubernetes/check.py
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"

@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""Checks the Kubernetes manifests under deploy/kubernetes/, offline, in a few seconds.
+
+    python3 deploy/kubernetes/check.py            # every check; exit 1 with one line per failure
+    python3 deploy/kubernetes/check.py --render   # print what would be checked, as YAML
+
+1. Renders each tree (base, overlays/example, overlays/example-fill) with render.py and,
+   where a kubectl with kustomize 5 is installed, with it too, and fails unless both agree.
+2. Validates every rendered resource against the Kubernetes JSON schemas that the pinned
+   kubernetes-validate bundles (strict: an unknown field is an error), for the oldest
+   Kubernetes these manifests need and the newest bundled. The ServiceMonitor (a CRD, not
+   in those schemas) gets a strict schema of the fields used here, written from the
+   Prometheus Operator's CRD, not the CRD itself.
+3. Checks that the manifests agree with the gateway: the ConfigMap is conf/archeio.yaml;
+   ports, probes, the shutdown timing, writable paths and egress ports follow from it; the
+   pods run as the Dockerfile's user, locked down; the sync jobs are set up as documented.
+4. Breaks the rendered manifests in memory in the ways listed in BREAKAGES and fails unless
+   each breakage is caught, so a check cannot quietly stop checking.
+"""
+
+import copy
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import render  # noqa: E402
+
+# The kubernetes-validate that scripts/test.sh installs; its schemas are the reference.
+KUBERNETES_VALIDATE = "1.37.0"
+# 1.29: the oldest where every field used is on by default (backoffLimitPerIndex is beta
+# there); 1.37: the newest that KUBERNETES_VALIDATE bundles.
+KUBERNETES_VERSIONS = ["1.29", "1.37"]
+TREES = ["base", "overlays/example", "overlays/example-fill"]
+PLACEHOLDER_IMAGE = "archeio:latest"
+GATEWAY_CONFIG = os.path.join(REPO, "conf", "archeio.yaml")
+SYNC_CONFIG = os.path.join(REPO, "conf", "sync.example.yaml")
+COPIES = {
+    os.path.join(HERE, "base", "archeio.yaml"): GATEWAY_CONFIG,
+    os.path.join(HERE, "components", "sync", "sync.yaml"): SYNC_CONFIG,
+}
+# terminationGracePeriodSeconds must be at least grace + timeout + this.
+SHUTDOWN_MARGIN_SECONDS = 5
+SECRET_LIKE_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY")
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def kustomize_kubectl():
+    """A kubectl whose kustomize knows components (5.x; kubectl 1.24+ reports it), or None."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return None
+    run = subprocess.run([kubectl, "version", "--client", "-o", "json"],
+                         capture_output=True, text=True)
+    version = re.match(r"v(\d+)\.", yaml.safe_load(run.stdout or "{}").get("kustomizeVersion", "")
+                       if run.returncode == 0 else "")
+    return kubectl if version and int(version[1]) >= 5 else None
+
+
+def kubectl_render(tree):
+    """`kubectl kustomize TREE`'s resources, or None without a kubectl that has kustomize."""
+    kubectl = KUBECTL
+    if not kubectl:
+        return None
+    run = subprocess.run([kubectl, "kustomize", os.path.join(HERE, tree)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise render.RenderError(f"kubectl kustomize {tree}: {run.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+
+KUBECTL = kustomize_kubectl()
+
+
+def key(resource):
+    meta = resource.get("metadata", {})
+    return f"{resource.get('kind')}/{meta.get('namespace', '')}/{meta.get('name')}"
+
+
+def compare_renders(tree, ours, theirs):
+    failures = []
+    a, b = {key(r): r for r in ours}, {key(r): r for r in theirs}
+    for k in sorted(set(a) ^ set(b)):
+        failures.append(f"{tree}: {k} rendered only by {'render.py' if k in a else 'kustomize'}")
+    for k in sorted(set(a) & set(b)):
+        if a[k] != b[k]:
+            failures.append(f"{tree}: {k} differs between render.py and kubectl kustomize")
+    return failures
+
+
+# ---------------------------------------------------------------------------- schemas
+
+# The ServiceMonitor fields used here, as monitoring.coreos.com/v1's CRD types them; any
+# other field is an error, as kubernetes-validate's strict mode does for built-in kinds.
+DURATION = {"type": "string",
+            "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                       r"(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                           "labels": STRING_MAP, "annotations": STRING_MAP},
+        },
+        "spec": {
+            "type": "object", "additionalProperties": False,
+            "required": ["endpoints", "selector"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {"type": "object", "additionalProperties": False,
+                             "properties": {"matchLabels": STRING_MAP}},
+                "namespaceSelector": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"},
+                                   "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array", "minItems": 1,
+                    "items": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": DURATION,
+                            "scrapeTimeout": DURATION,
+                            "honorLabels": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate_schemas(tree, resources):
+    import jsonschema
+
+    failures = []
+    for r in resources:
+        where = f"{tree}: {key(r)}"
+        if r.get("kind") == "ServiceMonitor":
+            for e in jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA).iter_errors(r):
+                failures.append(f"{where}: ServiceMonitor schema (fields used here): "
+                                f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
+            continue
+        for version in KUBERNETES_VERSIONS:
+            failures += [f"{where}: {m}" for m in _validate(json.dumps(r, sort_keys=True), version)]
+    return failures
+
+
+@functools.lru_cache(maxsize=None)
+def _validate(resource_json, version):
+    """kubernetes-validate's verdict, remembered: the self-test re-checks unchanged copies,
+    and each call reads the version's schema files again."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(json.loads(resource_json), version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(map(str, e.absolute_path)) or "<root>"
+        return (f"Kubernetes {version} schema (strict): {path}: {e.message}",)
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return (e.message,)
+    return ()
+
+
+# ---------------------------------------------------------------------------- consistency
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def pod_templates(resources):
+    """(resource, pod template metadata, pod spec) of every workload."""
+    for r in resources:
+        spec = r.get("spec") or {}
+        if r["kind"] in ("Deployment", "Job"):
+            t = spec.get("template") or {}
+        elif r["kind"] == "CronJob":
+            t = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+        else:
+            continue
+        yield r, t.get("metadata") or {}, t.get("spec") or {}
+
+
+def selects(selector, labels):
+    match = (selector or {}).get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items())
+
+
+def resolve_port(port, container):
+    """A probe's or policy's port (a number or a container port's name) as a number."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return None
+
+
+def one(resources, kind, name=None):
+    found = [r for r in resources if r.get("kind") == kind
+             and (name is None or r["metadata"].get("name") == name)]
+    return found[0] if len(found) == 1 else None
+
+
+def dockerfile_user():
+    """The runtime stage's USER and the uid its useradd gives, from the Dockerfile."""
+    text = read(os.path.join(REPO, "Dockerfile"))
+    runtime = text.split("FROM ")[-1]
+    user = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+    uid = re.findall(r"useradd\b.*--uid\s+(\d+)", runtime)
+    return (user[-1] if user else None), (uid[-1] if uid else None)
+
+
+def config_urls(archeio):
+    """Every URL the gateway may connect to that the shipped config names."""
+    upstream = archeio.get("upstream") or {}
+    mirrors = archeio.get("mirrors") or {}
+    ranges = archeio.get("ranges") or {}
+    urls = list(upstream.get("endpoints") or [])
+    urls += [archeio.get("signature_upstream"), mirrors.get("default")]
+    urls += list((mirrors.get("regions") or {}).values())
+    urls += [m.get("url") for m in (mirrors.get("named") or {}).values()]
+    urls += [s.get("url") for s in ranges.get("sources") or []]
+    urls += list(ranges.get("aws_urls") or []) + list(ranges.get("gcp_urls") or [])
+    return [u for u in urls if u]
+
+
+def check_pods(tree, resources, failures):
+    """What every pod here must be: the Dockerfile's user, locked down, no inline secret."""
+    user, uid = dockerfile_user()
+    if not (user and uid and user == uid):
+        failures.append(f"Dockerfile: runtime USER {user} is not the useradd --uid {uid}")
+    for r, meta, pod in pod_templates(resources):
+        where = f"{tree}: {key(r)}"
+        sc = pod.get("securityContext") or {}
+        if sc.get("runAsNonRoot") is not True:
+            failures.append(f"{where}: pod securityContext.runAsNonRoot is not true")
+        for field in ("runAsUser", "runAsGroup", "fsGroup"):
+            if str(sc.get(field)) != str(uid):
+                failures.append(f"{where}: pod securityContext.{field} is {sc.get(field)}, "
+                                f"the image's user is {uid} (Dockerfile)")
+        if (sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            failures.append(f"{where}: pod seccompProfile is not RuntimeDefault")
+        if pod.get("automountServiceAccountToken") is not False:
+            failures.append(f"{where}: automountServiceAccountToken is not false")
+        if pod.get("enableServiceLinks") is not False:
+            failures.append(f"{where}: enableServiceLinks is not false (Service links can set "
+                            "ARCHEIO_ADMIN_PORT and the like)")
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            cw = f"{where}: container {c.get('name')}"
+            csc = c.get("securityContext") or {}
+            if csc.get("allowPrivilegeEscalation") is not False:
+                failures.append(f"{cw}: allowPrivilegeEscalation is not false")
+            if csc.get("readOnlyRootFilesystem") is not True:
+                failures.append(f"{cw}: readOnlyRootFilesystem is not true")
+            if (csc.get("capabilities") or {}).get("drop") != ["ALL"]:
+                failures.append(f"{cw}: capabilities.drop is not [ALL]")
+            res = c.get("resources") or {}
+            for part, name in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
+                if name not in (res.get(part) or {}):
+                    failures.append(f"{cw}: no resources.{part}.{name}")
+            for e in c.get("env") or []:
+                if SECRET_LIKE_ENV.search(e.get("name", "")) and "value" in e:
+                    failures.append(f"{cw}: env {e['name']} has an inline value; "
+                                    "take it from a Secret (valueFrom.secretKeyRef)")
+            if tree != "base" and c.get("image") == PLACEHOLDER_IMAGE:
+                failures.append(f"{cw}: image is the placeholder {PLACEHOLDER_IMAGE}; "
+                                "the overlay's images: must set it")
+    images = {c.get("image") for _, _, pod in pod_templates(resources)
+              for c in pod.get("containers") or []}
+    if len(images) > 1:
+        failures.append(f"{tree}: the workloads run different images: {sorted(images)}")
+    for r in resources:
+        if r.get("kind") == "Secret":
+            failures.append(f"{tree}: {key(r)}: Secrets are created by the operator, never "
+                            "shipped in these manifests")
+
+
+def mounted_configmap(pod, container, mount_path, resources, tree, failures, where):
+    """The rendered ConfigMap that `container` mounts at `mount_path`, or None."""
+    mounts = {m.get("mountPath"): m for m in container.get("volumeMounts") or []}
+    mount = mounts.get(mount_path)
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    volume = volumes.get(mount.get("name")) if mount else None
+    name = ((volume or {}).get("configMap") or {}).get("name")
+    cm = one(resources, "ConfigMap", name) if name else None
+    if cm is None:
+        failures.append(f"{where}: no rendered ConfigMap mounted at {mount_path}")
+    return cm
+
+
+def check_gateway(tree, resources, failures):
+    deployment = one(resources, "Deployment", "archeio")
+    if deployment is None:
+        failures.append(f"{tree}: no Deployment archeio")
+        return
+    where = f"{tree}: {key(deployment)}"
+    pod_meta = deployment["spec"]["template"].get("metadata") or {}
+    pod_labels = pod_meta.get("labels") or {}
+    pod = deployment["spec"]["template"]["spec"]
+    containers = pod.get("containers") or []
+    if len(containers) != 1:
+        failures.append(f"{where}: expected one container, found {len(containers)}")
+        return
+    c = containers[0]
+    if c.get("args") != ["-c", "/etc/archeio/archeio.yaml"]:
+        failures.append(f"{where}: args are {c.get('args')}, expected -c /etc/archeio/archeio.yaml")
+    for e in c.get("env") or []:
+        if e.get("name") in ("PORT", "ARCHEIO_ADMIN_PORT"):
+            failures.append(f"{where}: env {e['name']} would replace the config's listeners")
+    cm = mounted_configmap(pod, c, "/etc/archeio", resources, tree, failures, where)
+    if cm is None:
+        return
+    text = (cm.get("data") or {}).get("archeio.yaml")
+    if text != read(GATEWAY_CONFIG):
+        failures.append(f"{tree}: {key(cm)}: archeio.yaml is not conf/archeio.yaml")
+        if text is None:
+            return
+    config = yaml.safe_load(text)
+    archeio = config.get("archeio") or {}
+    listen = {port_of(a) for a in archeio.get("listen") or []}
+    admin = {port_of(a) for a in archeio.get("admin_listen") or []}
+    if len(listen) != 1 or len(admin) != 1:
+        failures.append(f"{tree}: the config should have one listen port and one admin port, "
+                        f"has {sorted(listen)} and {sorted(admin)}")
+        return
+    (listen,), (admin,) = listen, admin
+
+    # Container ports, by the names the Service, probes and policy use.
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if ports.get("registry") != listen:
+        failures.append(f"{where}: containerPort registry is {ports.get('registry')}, "
+                        f"the config's listen port is {listen}")
+    if ports.get("admin") != admin:
+        failures.append(f"{where}: containerPort admin is {ports.get('admin')}, "
+                        f"the config's admin_listen port is {admin}")
+
+    # Probes: on the admin listener, at the paths it serves.
+    for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"),
+                        ("readinessProbe", "/readyz")):
+        p = c.get(probe)
+        if not p:
+            failures.append(f"{where}: no {probe}")
+            continue
+        get = p.get("httpGet") or {}
+        if resolve_port(get.get("port"), c) != admin:
+            failures.append(f"{where}: {probe} port {get.get('port')} is not the admin port {admin}")
+        if path and get.get("path") != path:
+            failures.append(f"{where}: {probe} path {get.get('path')}, expected {path}")
+        if not path and get.get("path") not in ("/healthz", "/readyz"):
+            failures.append(f"{where}: {probe} path {get.get('path')} is not /healthz or /readyz")
+    ready = c.get("readinessProbe") or {}
+    if ready and (ready.get("failureThreshold") != 1 or ready.get("periodSeconds", 10) > 5):
+        failures.append(f"{where}: readinessProbe should have failureThreshold 1 and a period "
+                        "of at most 5 s, so a pod that answers 503 leaves the Service at once")
+
+    # Shutdown: SIGKILL after the gateway's own drain.
+    grace = config.get("grace_period_seconds")
+    timeout = config.get("graceful_shutdown_timeout_seconds")
+    tgps = pod.get("terminationGracePeriodSeconds", 30)
+    if not isinstance(grace, int) or not isinstance(timeout, int):
+        failures.append(f"{tree}: the config lacks grace_period_seconds or "
+                        "graceful_shutdown_timeout_seconds")
+    elif tgps < grace + timeout + SHUTDOWN_MARGIN_SECONDS:
+        failures.append(f"{where}: terminationGracePeriodSeconds {tgps} < grace_period_seconds "
+                        f"{grace} + graceful_shutdown_timeout_seconds {timeout} + "
+                        f"{SHUTDOWN_MARGIN_SECONDS} s margin: in-flight requests would be killed")
+
+    # Paths the gateway writes must be on a writable volume: the root filesystem is not.
+    mounts = [m for m in c.get("volumeMounts") or [] if not m.get("readOnly")]
+    for field in ("pid_file", "upgrade_sock"):
+        path = config.get(field)
+        if path and not any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+            failures.append(f"{where}: the config's {field} {path} is on no writable volume "
+                            "(readOnlyRootFilesystem)")
+
+    # Spread over zones and nodes, counting this Deployment's pods.
+    spread = pod.get("topologySpreadConstraints") or []
+    for topology in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+        if not any(s.get("topologyKey") == topology and selects(s.get("labelSelector"), pod_labels)
+                   for s in spread):
+            failures.append(f"{where}: no topologySpreadConstraint over {topology} selecting its pods")
+
+    check_service(tree, resources, pod_labels, c, listen, admin, failures)
+    check_scaling(tree, resources, deployment, pod_labels, failures)
+    check_network_policy(tree, resources, pod_labels, c, listen, admin, archeio, failures)
+    check_service_monitor(tree, resources, failures)
+
+
+def check_service(tree, resources, pod_labels, container, listen, admin, failures):
+    svc = one(resources, "Service", "archeio")
+    if svc is None:
+        failures.append(f"{tree}: no Service archeio")
+        return
+    where = f"{tree}: {key(svc)}"
+    if not selects({"matchLabels": svc["spec"].get("selector")}, pod_labels):
+        failures.append(f"{where}: selector does not match the Deployment's pods")
+    targets = {p.get("name"): resolve_port(p.get("targetPort", p.get("port")), container)
+               for p in svc["spec"].get("ports") or []}
+    if targets.get("registry") != listen:
+        failures.append(f"{where}: port registry does not reach the listen port {listen}")
+    if targets.get("admin") != admin:
+        failures.append(f"{where}: port admin does not reach the admin port {admin}")
+
+
+def check_scaling(tree, resources, deployment, pod_labels, failures):
+    pdb = one(resources, "PodDisruptionBudget", "archeio")
+    if pdb is None or not selects(pdb["spec"].get("selector"), pod_labels):
+        failures.append(f"{tree}: no PodDisruptionBudget archeio selecting the gateway's pods")
+    hpa = one(resources, "HorizontalPodAutoscaler", "archeio")
+    if hpa is None:
+        failures.append(f"{tree}: no HorizontalPodAutoscaler archeio")
+        return
+    where = f"{tree}: {key(hpa)}"
+    target = hpa["spec"].get("scaleTargetRef") or {}
+    if (target.get("kind"), target.get("name")) != ("Deployment", deployment["metadata"]["name"]):
+        failures.append(f"{where}: scaleTargetRef is not the Deployment")
+    lo, hi = hpa["spec"].get("minReplicas", 1), hpa["spec"].get("maxReplicas")
+    replicas = deployment["spec"].get("replicas", 1)
+    if not (lo <= replicas <= hi):
+        failures.append(f"{tree}: Deployment replicas {replicas} outside the HPA's {lo}..{hi}")
+    if not any((m.get("resource") or {}).get("name") == "cpu"
+               and ((m.get("resource") or {}).get("target") or {}).get("type") == "Utilization"
+               for m in hpa["spec"].get("metrics") or []):
+        failures.append(f"{where}: no CPU utilisation metric")
+
+
+def check_network_policy(tree, resources, pod_labels, container, listen, admin, archeio, failures):
+    np = one(resources, "NetworkPolicy", "archeio")
+    if np is None:
+        failures.append(f"{tree}: no NetworkPolicy archeio")
+        return
+    where = f"{tree}: {key(np)}"
+    spec = np["spec"]
+    if not selects(spec.get("podSelector"), pod_labels):
+        failures.append(f"{where}: podSelector does not match the gateway's pods")
+    if sorted(spec.get("policyTypes") or []) != ["Egress", "Ingress"]:
+        failures.append(f"{where}: policyTypes should be Ingress and Egress")
+
+    def ports(rule):
+        return {(resolve_port(p.get("port"), container), p.get("protocol", "TCP"))
+                for p in rule.get("ports") or []}
+
+    ingress = spec.get("ingress") or []
+    if not any((listen, "TCP") in ports(r) and not r.get("from") for r in ingress):
+        failures.append(f"{where}: no ingress to the registry port {listen} from anywhere")
+    for r in ingress:
+        if (admin, "TCP") in ports(r) or not r.get("ports"):
+            peers = r.get("from") or []
+            if not peers or any(
+                    set(p) != {"namespaceSelector"}
+                    or (p["namespaceSelector"].get("matchLabels") or {})
+                    != {"kubernetes.io/metadata.name": "monitoring"} for p in peers):
+                failures.append(f"{where}: an ingress rule opens the admin port {admin} to more "
+                                "than the monitoring namespace")
+    egress = set().union(*(ports(r) for r in spec.get("egress") or [])) if spec.get("egress") else set()
+    for proto in ("UDP", "TCP"):
+        if (53, proto) not in egress:
+            failures.append(f"{where}: no egress to DNS ({proto} 53)")
+    needed = {}
+    for url in config_urls(archeio):
+        u = urlsplit(url)
+        needed.setdefault(u.port or {"https": 443, "http": 80}.get(u.scheme), []).append(url)
+    for port, urls in sorted(needed.items(), key=str):
+        if (port, "TCP") not in egress:
+            failures.append(f"{where}: no egress to TCP port {port}, which the config's {urls[0]} "
+                            f"needs ({len(urls)} URLs in all)")
+
+
+def check_service_monitor(tree, resources, failures):
+    if tree == "base":
+        return  # a component: the base must apply without the Prometheus Operator's CRDs
+    sm = one(resources, "ServiceMonitor", "archeio")
+    svc = one(resources, "Service", "archeio")
+    if sm is None:
+        failures.append(f"{tree}: no ServiceMonitor archeio")
+        return
+    if tree == "overlays/example-fill" or svc is None:
+        return
+    where = f"{tree}: {key(sm)}"
+    if not selects(sm["spec"].get("selector"), svc["metadata"].get("labels") or {}):
+        failures.append(f"{where}: selector does not match the Service's labels")
+    endpoints = sm["spec"].get("endpoints") or []
+    if not any(e.get("port") == "admin" and e.get("path", "/metrics") == "/metrics" for e in endpoints):
+        failures.append(f"{where}: no endpoint scraping the Service's admin port at /metrics")
+
+
+def check_sync(tree, resources, failures):
+    jobs = [(r, pod) for r, _, pod in pod_templates(resources) if r["kind"] in ("CronJob", "Job")]
+    for r, pod in jobs:
+        where = f"{tree}: {key(r)}"
+        c = (pod.get("containers") or [{}])[0]
+        args = c.get("args") or []
+        if args[:3] != ["sync", "-c", "/etc/archeio/sync.yaml"]:
+            failures.append(f"{where}: args {args} do not start with sync -c /etc/archeio/sync.yaml")
+        cm = mounted_configmap(pod, c, "/etc/archeio", resources, tree, failures, where)
+        if cm is not None and (cm.get("data") or {}).get("sync.yaml") != read(SYNC_CONFIG):
+            failures.append(f"{tree}: {key(cm)}: sync.yaml is not conf/sync.example.yaml")
+        if cm is not None and not cm["metadata"]["name"].startswith("archeio-sync-"):
+            failures.append(f"{where}: mounts {key(cm)}, not the archeio-sync ConfigMap")
+        if r["kind"] == "CronJob":
+            fields = r["spec"].get("schedule", "").split()
+            if len(fields) != 5 or fields[2:] != ["*", "*", "*"] or "*" in fields[:2] \
+                    or "/" in " ".join(fields[:2]) or "," in " ".join(fields[:2]):
+                failures.append(f"{where}: schedule {r['spec'].get('schedule')!r} is not once a day")
+            if r["spec"].get("concurrencyPolicy") != "Forbid":
+                failures.append(f"{where}: concurrencyPolicy is not Forbid")
+        else:
+            spec = r["spec"]
+            shard = re.fullmatch(r"\$\(JOB_COMPLETION_INDEX\)/(\d+)",
+                                 args[args.index("--shard") + 1] if "--shard" in args[:-1] else "")
+            if spec.get("completionMode") != "Indexed":
+                failures.append(f"{where}: completionMode is not Indexed")
+            if not shard:
+                failures.append(f"{where}: no --shard $(JOB_COMPLETION_INDEX)/N argument")
+            elif not (int(shard[1]) == spec.get("completions") == spec.get("parallelism")):
+                failures.append(f"{where}: --shard .../{shard[1]}, completions "
+                                f"{spec.get('completions')} and parallelism "
+                                f"{spec.get('parallelism')} must be the same N")
+    if tree != "base" and not any(r["kind"] == "CronJob" for r, _ in jobs):
+        failures.append(f"{tree}: no sync CronJob")
+    if tree == "overlays/example-fill" and not any(r["kind"] == "Job" for r, _ in jobs):
+        failures.append(f"{tree}: no sharded sync Job")
+
+
+def check_tree(tree, resources):
+    failures = validate_schemas(tree, resources)
+    try:
+        check_pods(tree, resources, failures)
+        if tree != "overlays/example-fill":
+            check_gateway(tree, resources, failures)
+        check_sync(tree, resources, failures)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        # A field of the wrong shape (the schema failures above say which) stops the rest.
+        failures.append(f"{tree}: consistency checks stopped: {type(e).__name__}: {e}")
+    return failures
+
+
+def check_across(rendered):
+    """overlays/example-fill re-applies the sync ConfigMap and CronJob: they must not differ."""
+    failures = []
+    example, fill = rendered["overlays/example"], rendered["overlays/example-fill"]
+    for kind in ("ConfigMap", "CronJob"):
+        a = {key(r): r for r in example if r["kind"] == kind and "sync" in r["metadata"]["name"]}
+        b = {key(r): r for r in fill if r["kind"] == kind}
+        if a != b:
+            failures.append(f"overlays/example-fill: its sync {kind} differs from overlays/example's; "
+                            "applying it would change the daily sync")
+    return failures
+
+
+def check_copies():
+    failures = []
+    for copy_path, original in COPIES.items():
+        if read(copy_path) != read(original):
+            rel = os.path.relpath(copy_path, REPO)
+            failures.append(f"{rel} differs from {os.path.relpath(original, REPO)}: "
+                            f"cp {os.path.relpath(original, REPO)} {rel}")
+    return failures
+
+
+# ---------------------------------------------------------------------------- self-test
+
+
+def _gateway(rs):
+    return one(rs, "Deployment", "archeio")["spec"]["template"]["spec"]
+
+
+def _container(rs):
+    return _gateway(rs)["containers"][0]
+
+
+def _job(rs):
+    return one(rs, "Job", "archeio-sync-sharded")["spec"]
+
+
+# (tree, what is broken, how, a failure that must then be reported).
+BREAKAGES = [
+    ("overlays/example", "no readinessProbe",
+     lambda rs: _container(rs).pop("readinessProbe"), "no readinessProbe"),
+    ("overlays/example", "terminationGracePeriodSeconds 5",
+     lambda rs: _gateway(rs).__setitem__("terminationGracePeriodSeconds", 5),
+     "terminationGracePeriodSeconds 5 <"),
+    ("overlays/example", "an unknown container field",
+     lambda rs: _container(rs).__setitem__("bogusField", True), "'bogusField'"),
+    ("overlays/example", "an unknown ServiceMonitor field",
+     lambda rs: one(rs, "ServiceMonitor")["spec"]["endpoints"][0].__setitem__("bogus", 1),
+     "'bogus'"),
+    ("overlays/example", "containerPort registry 8081",
+     lambda rs: _container(rs)["ports"][0].__setitem__("containerPort", 8081),
+     "containerPort registry is 8081"),
+    ("overlays/example", "liveness on /readyz",
+     lambda rs: _container(rs)["livenessProbe"]["httpGet"].__setitem__("path", "/readyz"),
+     "livenessProbe path /readyz"),
+    ("overlays/example", "readiness on the registry port",
+     lambda rs: _container(rs)["readinessProbe"]["httpGet"].__setitem__("port", "registry"),
+     "readinessProbe port registry"),
+    ("overlays/example", "runAsUser 0",
+     lambda rs: _gateway(rs)["securityContext"].__setitem__("runAsUser", 0),
+     "runAsUser is 0"),
+    ("overlays/example", "ConfigMap content edited",
+     lambda rs: next(r for r in rs if r["kind"] == "ConfigMap")["data"].__setitem__(
+         "archeio.yaml", "version: 1\n"), "archeio.yaml is not conf/archeio.yaml"),
+    ("overlays/example", "no /tmp volume",
+     lambda rs: _container(rs).__setitem__("volumeMounts", _container(rs)["volumeMounts"][:1]),
+     "pid_file /tmp/archeio.pid is on no writable volume"),
+    ("overlays/example", "an inline secret",
+     lambda rs: one(rs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+         "containers"][0]["env"][1].__setitem__("value", "hunter2"),
+     "env AWS_SECRET_ACCESS_KEY has an inline value"),
+    ("overlays/example", "egress without 443",
+     lambda rs: one(rs, "NetworkPolicy")["spec"]["egress"].pop(), "no egress to TCP port 443"),
+    ("overlays/example", "admin port open to all",
+     lambda rs: one(rs, "NetworkPolicy")["spec"]["ingress"][1].pop("from"),
+     "opens the admin port 9090"),
+    ("overlays/example-fill", "parallelism 3 with --shard .../4",
+     lambda rs: _job(rs).__setitem__("parallelism", 3), "must be the same N"),
+]
+
+
+def self_test(rendered):
+    failures = []
+    for tree, what, breakage, expected in BREAKAGES:
+        if tree not in rendered:
+            continue
+        broken = copy.deepcopy(rendered[tree])
+        try:
+            breakage(broken)
+        except (KeyError, IndexError, StopIteration, AttributeError, TypeError):
+            continue  # what it breaks is already gone: the checks above report that
+        if not any(expected in f for f in check_tree(tree, broken)):
+            failures.append(f"self-test: {tree} with {what}: no failure saying {expected!r}")
+    return failures
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main():
+    import kubernetes_validate
+
+    if kubernetes_validate.__version__ != KUBERNETES_VALIDATE:
+        print(f"warning: kubernetes-validate {kubernetes_validate.__version__}, "
+              f"checked with {KUBERNETES_VALIDATE}", file=sys.stderr)
+    failures, rendered, renderers = check_copies(), {}, "render.py"
+    for tree in TREES:
+        try:
+            rendered[tree] = render.render(os.path.join(HERE, tree))
+            theirs = kubectl_render(tree)
+        except render.RenderError as e:
+            failures.append(f"{tree}: {e}")
+            continue
+        if theirs is not None:
+            renderers = "render.py and kubectl kustomize (agreeing)"
+            failures += compare_renders(tree, rendered[tree], theirs)
+    if "--render" in sys.argv:
+        for tree, resources in rendered.items():
+            print(f"# {tree}")
+            yaml.safe_dump_all(resources, sys.stdout, sort_keys=False)
+        return 0
+    passed = {}
+    for tree, resources in rendered.items():
+        own = check_tree(tree, resources)
+        failures += own
+        if not own:
+            passed[tree] = resources
+    if len(rendered) == len(TREES):
+        failures += check_across(rendered)
+    # Only a tree that passes shows whether a breakage is caught.
+    failures += self_test(passed)
+    for f in failures:
+        print(f"FAIL {f}")
+    count = sum(len(r) for r in rendered.values())
+    if failures:
+        print(f"deploy/kubernetes: {len(failures)} failures")
+        return 1
+    print(f"deploy/kubernetes: {count} resources in {len(TREES)} trees rendered with {renderers}, "
+          f"valid for Kubernetes {' and '.join(KUBERNETES_VERSIONS)} (strict), consistent with "
+          f"conf/archeio.yaml; {len(BREAKAGES)} deliberate breakages caught")
+    if renderers == "render.py":
+        print("note: no kubectl with kustomize 5 here, so render.py's output was not compared "
+              "with kustomize's")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
