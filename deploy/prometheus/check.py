@@ -568,6 +568,10 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log):
         ok("archeio_build_info == 1")
     else:
         fail("archeio_build_info: no series in Prometheus")
+    if prom_query(prom, f'archeio_ready{{{sel}}} == 1'):
+        ok("archeio_ready == 1 (the gateway answers /readyz with 200)")
+    else:
+        fail("archeio_ready: no series at 1 in Prometheus, yet /readyz answered 200")
     for (route, status), n in sorted(sent.items()):
         q = f'sum(archeio_requests_total{{{sel}, route="{route}", status="{status}"}}) >= {n}'
         try:
