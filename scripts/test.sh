@@ -15,6 +15,9 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 # The end-to-end suite is a Python 3 script (stdlib only); it installs its own clients.
 command -v python3 >/dev/null || missing+=(python3)
+# deploy/prometheus/check.py checks the alert rules and the dashboard with promtool and a
+# real Prometheus scraping the release binary.
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
@@ -83,6 +86,8 @@ echo "== cargo test"
 cargo test --locked
 echo "== cargo build --release --locked (the end-to-end suite runs the release binary)"
 cargo build --release --locked
+echo "== Prometheus rules and Grafana dashboard against the release binary (deploy/prometheus/check.py)"
+python3 deploy/prometheus/check.py
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
 echo "== fuzzing, ${FUZZ_SECONDS} s per target"
