@@ -135,12 +135,12 @@ fn decision(c: &mut Criterion) {
     let Decision::CheckMirrors(warm) = decide(&req, &routes, &table) else {
         panic!("an AWS client's blob needs a mirror check");
     };
-    rt.block_on(mirrors.first_holding(&warm.candidates, &get));
+    rt.block_on(mirrors.first_holding(&warm.candidates, &get, None));
     c.bench_function("blob_decision_with_cached_mirror_answer", |b| {
         b.to_async(&rt).iter(|| async {
             match decide(black_box(&req), &routes, &table) {
                 Decision::CheckMirrors(chain) => {
-                    let found = mirrors.first_holding(&chain.candidates, &get).await;
+                    let found = mirrors.first_holding(&chain.candidates, &get, None).await;
                     chain.decide(found)
                 }
                 Decision::Reply(r) => r,

@@ -48,7 +48,7 @@ def write_config(d, port, admin, *, threads, mirror_default, regions=None, upstr
     lines += ["archeio:", f"  listen: ['127.0.0.1:{port}']", f"  admin_listen: ['127.0.0.1:{admin}']"]
     if upstream is not None:
         lines += ["  upstream:", f"    endpoints: ['{upstream[0]}']", f"    path: '{upstream[1]}'"]
-    lines += ["  mirrors:", f"    default: '{mirror_default}'"]
+    lines += ["  mirrors:", f"    default: '{mirror_default}'", "    replace_regions: true"]
     if regions:
         lines += ["    regions:"] + [f"      {region}: '{url}'" for region, url in regions.items()]
     else:

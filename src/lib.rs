@@ -11,9 +11,9 @@
 //!   table); no I/O, no Pingora;
 //! - [`config`]: the file format and environment variables turned into one validated
 //!   [`config::Settings`];
-//! - [`mirror`], [`upstream`], [`range_refresh`]: the I/O the decision relies on (mirror
-//!   checks and breakers, upstream endpoints, health, credentials and manifest cache, live
-//!   range files); no Pingora;
+//! - [`mirror`], [`upstream`], [`range_refresh`], [`rate_limit`]: the I/O and state the
+//!   decision relies on (mirror checks and breakers, upstream endpoints, health, credentials
+//!   and manifest cache, live range files, per-client token buckets); no Pingora;
 //! - [`gateway`]: everything that touches Pingora: the `ProxyHttp` service split by phase,
 //!   answers, the access log, slow clients, the admin listener, background services;
 //! - [`sync`]: `archeio sync`, which fills the mirrors (beside the gateway, sharing only
@@ -21,9 +21,11 @@
 
 pub mod config;
 pub mod gateway;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod range_refresh;
+pub mod rate_limit;
 pub mod routing;
 pub mod sync;
 pub mod upstream;

@@ -1,70 +1,100 @@
-//! `archeio -c conf/archeio.yaml`: Pingora's command line (`-t` tests the configuration,
-//! `-d` daemonizes, `-u` takes over from a running instance), plus `archeio -t --explain
-//! ADDRESS TARGET` and `--explain-file FILE`, which print what sample requests would get.
+//! `archeio -c conf/archeio.yaml`: the gateway, with Pingora's flags (`-t` tests the
+//! configuration, `-d` daemonizes, `-u` takes over from a running instance) under our own
+//! help; `-t --print` and `-t --explain` show what the configuration does; `archeio sync`
+//! fills the mirrors and `archeio health` probes a running gateway (see `cli`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::exit;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
 use log::info;
 use pingora_core::listeners::TcpSocketOptions;
-use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
-use archeio::config::Settings;
+use archeio::config::{dual_stack, Settings};
 use archeio::gateway::admin::AdminApp;
+use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
+use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{HealthChecks, RangeRefresh};
 use archeio::gateway::slow_clients::HeaderDeadline;
-use archeio::gateway::{Gateway, UpstreamAccess};
+use archeio::gateway::{Gateway, Operations, UpstreamAccess};
+use archeio::logging;
 use archeio::metrics;
+use archeio::mirror::check::Outcome;
 use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::range_refresh::RangeRefresher;
+use archeio::rate_limit::RateLimiter;
 use archeio::routing::explain::Sample;
-use archeio::routing::Routes;
+use archeio::routing::{Route, Routes};
 use archeio::sync;
 use archeio::upstream::auth::UpstreamAuth;
 use archeio::upstream::manifest_cache::ManifestCache;
 use archeio::upstream::Upstreams;
+use cli::{Cli, Command};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if std::env::args().nth(1).as_deref() == Some("sync") {
-        exit(run_sync());
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Sync { args }) => exit(run_sync(args)),
+        Some(Command::Health(h)) => {
+            let conf = cli::conf_path(h.conf.clone());
+            let settings = load(conf.as_deref()).unwrap_or_else(|e| fail(&e));
+            exit(cli::health(h, settings.admin_listen.first().copied()));
+        }
+        None => {}
     }
-    let (args, samples) = explain_args(std::env::args()).unwrap_or_else(|e| {
+    let samples = explain_samples(&cli).unwrap_or_else(|e| {
         eprintln!("archeio: {e}");
         exit(2)
     });
-    let mut opt = Opt::parse_from(args);
-    if !samples.is_empty() && !opt.test {
-        eprintln!("archeio: --explain and --explain-file go with -t (test the configuration)");
-        exit(2);
+    let conf_path = cli::conf_path(cli.conf.clone());
+    let source = conf_path
+        .as_deref()
+        .unwrap_or("built-in defaults")
+        .to_string();
+    let text = conf_path.as_deref().map(|p| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| fail(&format!("{p}: cannot read the file: {e}")))
+    });
+    let server_settings =
+        ServerSettings::load(text.as_deref(), &source).unwrap_or_else(|e| fail(&e));
+    let (effective, settings) =
+        Settings::load_effective(conf_path.as_deref().map(Path::new), |k| {
+            std::env::var(k).ok()
+        })
+        .unwrap_or_else(|e| fail(&e));
+    if cli.print {
+        match print_config(&server_settings, &effective) {
+            Ok(yaml) => print!("{yaml}"),
+            Err(e) => fail(&e),
+        }
+        exit(0);
     }
-    let conf_path = opt.conf.take();
-    let source = conf_path.as_deref().unwrap_or("built-in defaults");
+    logging::init(settings.log);
 
-    let settings = Settings::load(conf_path.as_deref().map(Path::new), |k| {
-        std::env::var(k).ok()
-    })
-    .unwrap_or_else(|e| fail(&e));
-    let server_conf = server_conf(conf_path.as_deref()).unwrap_or_else(|e| fail(&e));
-
-    let refresher = RangeRefresher::start_up(&settings.ranges)
-        .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}")));
+    let refresher = Arc::new(
+        RangeRefresher::start_up(&settings.ranges)
+            .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}"))),
+    );
     if !samples.is_empty() {
         exit(explain(&refresher, &settings.routes, &samples));
     }
     let (v4, v6) = refresher.live().load().prefix_counts();
-    metrics::init();
+    let outcomes = Outcome::ALL.map(|o| metrics::Label::as_str(o));
+    metrics::init(&metrics::KnownLabels {
+        routes: &Route::ALL.map(Route::as_str),
+        redirect_targets: &["upstream", "signature_upstream", "default_mirror", "page"],
+        blob_check_outcomes: &outcomes,
+    });
     metrics::set_prefix_counts(v4, v6);
-    let ready = Arc::new(AtomicBool::new(false));
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
@@ -83,8 +113,23 @@ fn main() {
     // With one endpoint, redirect mode has nothing to choose: no checks to send.
     let health_checks = (passthrough || upstreams.len() > 1)
         .then(|| background_service("upstream health", HealthChecks(upstreams.clone())));
+    let lifecycle = Arc::new(Lifecycle::new(
+        refresher.clone(),
+        passthrough.then(|| upstreams.clone()),
+    ));
 
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    let addresses = listener_keys(&settings.listen, &settings.admin_listen);
+    let all: Vec<SocketAddr> = addresses.iter().map(|(_, a)| *a).collect();
+    if !cli.test && !cli.upgrade {
+        // A new process under -u gets the sockets from the old one instead.
+        probe_binds(&addresses, |a| dual_stack(a, &all)).unwrap_or_else(|e| {
+            eprintln!("archeio: {e}");
+            exit(1)
+        });
+    }
+    let drain = server_settings.drain;
+    let upgrade_sock = server_settings.conf.upgrade_sock.clone();
+    let mut server = Server::new_with_opt_and_conf(cli.pingora(), server_settings.into_pingora());
     let gateway = Gateway::new(
         settings.routes,
         refresher.live(),
@@ -97,6 +142,11 @@ fn main() {
             total_timeout: settings.upstream.timeouts.total,
         },
         settings.client_timeouts,
+        Operations {
+            lifecycle: lifecycle.clone(),
+            rate_limiter: settings.rate_limit.as_ref().map(RateLimiter::new),
+            log: settings.log,
+        },
     );
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();
@@ -106,11 +156,14 @@ fn main() {
         HeaderDeadline::new(proxy, t.idle, t.header, t.write),
     );
     for addr in &settings.listen {
-        listen(&mut registry, addr);
+        listen(&mut registry, addr, dual_stack(addr, &all));
     }
-    let mut admin = Service::new("archeio admin".to_string(), AdminApp::server(ready.clone()));
+    let mut admin = Service::new(
+        "archeio admin".to_string(),
+        AdminApp::server(lifecycle.clone()),
+    );
     for addr in &settings.admin_listen {
-        listen(&mut admin, addr);
+        listen(&mut admin, addr, dual_stack(addr, &all));
     }
     info!(
         "archeio {} from {source}: {} mode, registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
@@ -126,46 +179,108 @@ fn main() {
     }
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
-    ready.store(true, Ordering::Release);
+    server.add_service(background_service(
+        "listen check",
+        ListenCheck {
+            lifecycle: lifecycle.clone(),
+            addresses,
+        },
+    ));
     server.bootstrap();
-    server.run_forever();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            lifecycle,
+            drain,
+            upgrade_sock,
+        }),
+    });
+    exit(0);
 }
 
-/// Takes `--explain ADDRESS TARGET` (repeatable) and `--explain-file FILE` (a sample a line,
-/// `ADDRESS TARGET`, `#` comments) out of the arguments, for Pingora's parser to read the
-/// rest.
-fn explain_args(args: impl Iterator<Item = String>) -> Result<(Vec<String>, Vec<Sample>), String> {
-    let mut rest = Vec::new();
-    let mut samples = Vec::new();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--explain" => {
-                let (Some(client), Some(target)) = (args.next(), args.next()) else {
-                    return Err("--explain needs ADDRESS TARGET, e.g. --explain 3.4.12.4 /v2/pause/manifests/3.10".into());
-                };
-                let line = format!("{client} {target}");
-                let sample = Sample::parse(&line)
-                    .map_err(|e| format!("--explain: {e}"))?
-                    .ok_or("--explain needs ADDRESS TARGET")?;
-                samples.push(sample);
-            }
-            "--explain-file" => {
-                let path = args.next().ok_or("--explain-file needs a file")?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("--explain-file {path}: cannot read: {e}"))?;
-                for (n, line) in text.lines().enumerate() {
-                    if let Some(sample) =
-                        Sample::parse(line).map_err(|e| format!("{path}:{}: {e}", n + 1))?
-                    {
-                        samples.push(sample);
-                    }
+/// The archeio settings of `path` (or the defaults), for subcommands.
+fn load(path: Option<&str>) -> Result<Settings, archeio::config::ConfigError> {
+    Settings::load(path.map(Path::new), |k| std::env::var(k).ok())
+}
+
+/// Each listener address with the key that lists it, for errors.
+fn listener_keys(listen: &[SocketAddr], admin: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+    let keyed = |key: &str, list: &[SocketAddr]| -> Vec<(String, SocketAddr)> {
+        list.iter()
+            .enumerate()
+            .map(|(i, a)| (format!("archeio.{key}[{i}]"), *a))
+            .collect()
+    };
+    let mut all = keyed("listen", listen);
+    all.extend(keyed("admin_listen", admin));
+    all
+}
+
+/// The configuration in effect as one YAML file: Pingora's keys, then `archeio:`. Only
+/// names of variables and files stand for secrets in it; a URL's password (which the
+/// checks refuse anyway) would be redacted.
+fn print_config(
+    server: &ServerSettings,
+    archeio: &archeio::config::file::ArcheioConfig,
+) -> Result<String, String> {
+    let mut top = match serde_yaml::to_value(&server.conf) {
+        Ok(serde_yaml::Value::Mapping(m)) => m,
+        Ok(_) => return Err("Pingora's configuration is not a mapping".into()),
+        Err(e) => return Err(format!("cannot print Pingora's configuration: {e}")),
+    };
+    let mut section = serde_yaml::to_value(archeio)
+        .map_err(|e| format!("cannot print the archeio section: {e}"))?;
+    redact_passwords(&mut section);
+    top.insert("archeio".into(), section);
+    let yaml = serde_yaml::to_string(&top).map_err(|e| format!("cannot print: {e}"))?;
+    Ok(format!(
+        "# The configuration in effect (archeio -t --print): environment variables applied,
+         # defaults filled in, the region table merged.
+{yaml}"
+    ))
+}
+
+fn redact_passwords(value: &mut serde_yaml::Value) {
+    match value {
+        serde_yaml::Value::String(s) => {
+            if let Ok(mut url) = url::Url::parse(s) {
+                if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
+                    *s = url.to_string();
                 }
             }
-            _ => rest.push(arg),
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(redact_passwords),
+        serde_yaml::Value::Mapping(m) => m.iter_mut().for_each(|(_, v)| redact_passwords(v)),
+        serde_yaml::Value::Tagged(t) => redact_passwords(&mut t.value),
+        _ => {}
+    }
+}
+
+/// The samples of `--explain ADDRESS TARGET` and of `--explain-file FILE` (a sample a line,
+/// `ADDRESS TARGET`, `#` comments).
+fn explain_samples(cli: &Cli) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
+    for pair in cli.explain.chunks(2) {
+        let line = pair.join(" ");
+        let sample = Sample::parse(&line)
+            .map_err(|e| format!("--explain: {e}"))?
+            .ok_or(
+                "--explain needs ADDRESS TARGET, e.g. --explain 3.4.12.4 /v2/pause/manifests/3.10",
+            )?;
+        samples.push(sample);
+    }
+    if let Some(path) = &cli.explain_file {
+        let path = path.display();
+        let text = std::fs::read_to_string(path.to_string())
+            .map_err(|e| format!("--explain-file {path}: cannot read: {e}"))?;
+        for (n, line) in text.lines().enumerate() {
+            if let Some(sample) =
+                Sample::parse(line).map_err(|e| format!("{path}:{}: {e}", n + 1))?
+            {
+                samples.push(sample);
+            }
         }
     }
-    Ok((rest, samples))
+    Ok(samples)
 }
 
 /// Prints what each sample would get, after fetching the range URLs as the first refresh
@@ -198,9 +313,14 @@ fn explain(refresher: &RangeRefresher, routes: &Routes, samples: &[Sample]) -> i
 }
 
 /// `archeio sync ...`: fills the mirrors, then exits (no server).
-fn run_sync() -> i32 {
-    let opts = match sync::Options::parse(std::env::args().skip(2)) {
+fn run_sync(args: &[String]) -> i32 {
+    let wants_help = args.iter().any(|a| a == "--help" || a == "-h");
+    let opts = match sync::Options::parse(args.iter().cloned()) {
         Ok(o) => o,
+        Err(help) if wants_help => {
+            println!("{help}");
+            return 0;
+        }
         Err(e) => {
             eprintln!("archeio sync: {e}");
             return 2;
@@ -218,24 +338,12 @@ fn run_sync() -> i32 {
     }
 }
 
-/// Pingora's own keys from the same file. Parsed here rather than by Pingora so that a bad
-/// file is reported by name, without echoing its contents.
-fn server_conf(path: Option<&str>) -> Result<ServerConf, String> {
-    let Some(path) = path else {
-        return ServerConf::new()
-            .ok_or_else(|| "cannot build Pingora's default configuration".into());
-    };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read the file: {e}"))?;
-    let conf: ServerConf = serde_yaml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-    conf.validate().map_err(|e| format!("{path}: {e}"))
-}
-
-/// IPv6 listeners are IPv6-only so that `0.0.0.0:P` and `[::]:P` can be listed together.
-fn listen<A>(service: &mut Service<A>, addr: &SocketAddr) {
+/// A `[::]` address alone on its port is bound dual-stack, so IPv4 clients reach it too;
+/// beside an IPv4 address on the same port it stays IPv6-only.
+fn listen<A>(service: &mut Service<A>, addr: &SocketAddr, dual_stack: bool) {
     if addr.is_ipv6() {
         let mut opts = TcpSocketOptions::default();
-        opts.ipv6_only = Some(true);
+        opts.ipv6_only = Some(!dual_stack);
         service.add_tcp_with_settings(&addr.to_string(), opts);
     } else {
         service.add_tcp(&addr.to_string());

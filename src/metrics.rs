@@ -215,6 +215,24 @@ pub static MIRROR_BREAKER_OPENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// 1 while `/readyz` answers 200.
+pub static READY: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "archeio_ready",
+        "1 while the gateway is ready for traffic (/readyz answers 200), else 0."
+    )
+    .expect("metric registers once")
+});
+
+/// Requests refused by the per-client rate limit.
+pub static RATE_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "archeio_rate_limited_total",
+        "Registry requests refused with 429 by the per-client rate limit."
+    )
+    .expect("metric registers once")
+});
+
 /// Build information, value 1.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -227,12 +245,13 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Status codes the gateway answers with, as label values; the last two stand for "no
 /// response" and anything else.
-const STATUSES: [(u16, &str); 11] = [
+const STATUSES: [(u16, &str); 12] = [
     (200, "200"),
     (307, "307"),
     (400, "400"),
     (404, "404"),
     (405, "405"),
+    (429, "429"),
     (500, "500"),
     (502, "502"),
     (503, "503"),
@@ -350,8 +369,51 @@ pub fn set_prefix_counts(v4: usize, v6: usize) {
     IP_PREFIXES.with_label_values(&["ipv6"]).set(v6 as i64);
 }
 
-/// Registers every metric so that a scrape lists them before the first request.
-pub fn init() {
+/// Records readiness.
+pub fn set_ready(ready: bool) {
+    READY.set(i64::from(ready));
+}
+
+/// The closed label sets that exist at 0 from the first scrape, as the Prometheus
+/// instrumentation guidelines ask: a rate or ratio over a series that appears only with its
+/// first event is empty until then.
+pub struct KnownLabels<'a> {
+    /// Every `route`.
+    pub routes: &'a [&'a str],
+    /// Redirect targets without a region.
+    pub redirect_targets: &'a [&'a str],
+    /// Every mirror check outcome.
+    pub blob_check_outcomes: &'a [&'a str],
+}
+
+/// Registers every metric so that a scrape lists them before the first request, the
+/// `process_*` series included, with the series of `known` at 0.
+pub fn init(known: &KnownLabels<'_>) {
+    for route in known.routes {
+        // Not "none" and "other": no status is known by those.
+        for (_, status) in &STATUSES[..STATUSES.len() - 2] {
+            REQUESTS.with_label_values(&[route, status]);
+        }
+        REQUEST_SECONDS.with_label_values(&[route]);
+    }
+    for target in known.redirect_targets {
+        REDIRECTS.with_label_values(&[target, ""]);
+    }
+    for outcome in known.blob_check_outcomes {
+        BLOB_CHECKS.with_label_values(&[outcome]);
+    }
+    for result in ["ok", "error"] {
+        TOKEN_FETCHES.with_label_values(&[result]);
+    }
+    for result in ["hit", "miss"] {
+        MANIFEST_CACHE_LOOKUPS.with_label_values(&[result]);
+    }
+    LazyLock::force(&RATE_LIMITED);
+    set_ready(false);
+    // Registered once per process; a second registration is refused and changes nothing.
+    let _ = prometheus::register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REDIRECTS);

@@ -64,6 +64,17 @@ impl RangeRefresher {
             .filter_map(|k| Some((&k.source, k.good.as_ref()?.0.as_slice())))
             .collect();
         let table = RangeTable::build(&cfg.sources, &docs)?;
+        for k in &known {
+            let label = k.source.location.as_str();
+            for result in ["ok", "failed"] {
+                metrics::RANGE_REFRESHES.with_label_values(&[label, result]);
+            }
+            if k.good.is_some() {
+                metrics::RANGE_LAST_SUCCESS
+                    .with_label_values(&[label])
+                    .set(unix_now());
+            }
+        }
         Ok(RangeRefresher {
             cfg: cfg.clone(),
             live: Arc::new(ArcSwap::from_pointee(table)),
@@ -75,6 +86,13 @@ impl RangeRefresher {
     /// The table requests read.
     pub fn live(&self) -> LiveRanges {
         self.live.clone()
+    }
+
+    /// Whether a table is in place to route by: it has prefixes, or nothing was configured
+    /// to fill it. With only URL sources that is after the first good download.
+    pub fn loaded(&self) -> bool {
+        let (v4, v6) = self.live.load().prefix_counts();
+        v4 + v6 > 0 || (self.cfg.sources.documents.is_empty() && self.cfg.sources.custom.is_empty())
     }
 
     /// Reads every source, keeps those that pass, and swaps in a table built from the last

@@ -73,7 +73,7 @@ async fn hostile_requests_get_4xx_or_correct_redirects_and_never_5xx() {
     let mirror = Mirror::start().await;
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
-  mirrors: {{default: '{m}', regions: {{local-1: '{m}'}}}}
+  mirrors: {{default: '{m}', replace_regions: true, regions: {{local-1: '{m}'}}}}
   ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: local-1}}]}}",
         m = mirror.base()
     );

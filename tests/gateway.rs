@@ -28,6 +28,7 @@ async fn setup(embedded: bool, blob_check: &str) -> (Gateway, Mirror, Mirror, Mi
   signature_upstream: http://sig.test
   mirrors:
     default: {default}
+    replace_regions: true
     regions: {{local-1: '{local}', us-east-1: '{east}'}}
   ranges:
     embedded: {embedded}
@@ -359,7 +360,7 @@ async fn an_unreachable_mirror_counts_as_absent() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
-  mirrors: {{default: '{dead}', regions: {{}}}}
+  mirrors: {{default: '{dead}', replace_regions: true, regions: {{}}}}
   ranges: {{embedded: false}}
   blob_check: {{timeout: 1s}}"
     );
@@ -459,7 +460,7 @@ async fn a_black_holed_mirror_stops_costing_a_timeout_per_blob() {
     let hole = BlackHole::start().await;
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
-  mirrors: {{default: 'http://{}', regions: {{}}}}
+  mirrors: {{default: 'http://{}', replace_regions: true, regions: {{}}}}
   ranges: {{embedded: false}}
   blob_check: {{timeout: 300ms, breaker: {{failures: 2, cool_down: 1h}}}}",
         hole.addr
@@ -617,7 +618,7 @@ async fn ipv6_listener_and_ipv6_clients() {
         .unwrap()
         .port();
     let keys = format!(
-        "  mirrors: {{default: 'http://127.0.0.1:{}', regions: {{v6-1: '{}'}}}}
+        "  mirrors: {{default: 'http://127.0.0.1:{}', replace_regions: true, regions: {{v6-1: '{}'}}}}
   ranges: {{embedded: false, custom: [{{cidr: '::1/128', cloud: aws, region: v6-1}}]}}",
         free_port(),
         mirror.base()
@@ -845,7 +846,7 @@ async fn a_redirect_to_the_mirror_check_counts_as_absent() {
     .await;
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
-  mirrors: {{default: '{}', regions: {{}}}}
+  mirrors: {{default: '{}', replace_regions: true, regions: {{}}}}
   ranges: {{embedded: false}}
   blob_check: {{timeout: 2s, miss_ttl: 1h}}",
         mirror.url()

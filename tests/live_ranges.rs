@@ -44,7 +44,7 @@ impl Setup {
         );
         let keys = format!(
             "  upstream: {{endpoints: ['http://upstream.test']}}
-  mirrors: {{default: '{}', regions: {{r1: '{}', r2: '{}'}}}}
+  mirrors: {{default: '{}', replace_regions: true, regions: {{r1: '{}', r2: '{}'}}}}
   client_address: {{trusted_proxy_hops: 0}}
   ranges: {ranges}",
             default.base(),

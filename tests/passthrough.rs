@@ -47,7 +47,7 @@ async fn gateway_in_mode(
     timeouts: {{connect: 2s, read: 3s, total: 60s}}
     health_check: {{interval: 200ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}
 {upstream_extra}
-  mirrors: {{default: '{m}', regions: {{local-1: '{m}'}}}}
+  mirrors: {{default: '{m}', replace_regions: true, regions: {{local-1: '{m}'}}}}
   ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: local-1}}]}}
   client_address: {{trusted_proxy_hops: 0}}",
         list.join(", "),

@@ -322,7 +322,7 @@ async fn gateway_sends_blob_to_mirror(reg: &Registry, base: &str) {
     let img = images();
     let keys = format!(
         "  upstream: {{endpoints: ['{}'], path: ''}}
-  mirrors: {{default: 'http://127.0.0.1:1', regions: {{us-east-1: '{base}'}}}}
+  mirrors: {{default: 'http://127.0.0.1:1', replace_regions: true, regions: {{us-east-1: '{base}'}}}}
   ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: us-east-1}}]}}
   client_address: {{trusted_proxy_hops: 0}}",
         reg.url(false),

@@ -153,6 +153,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(f.endpoint.is_match(rest), "not a pull endpoint: {path}");
             }
             Answer::ProxyMirror { .. } => panic!("archeio's policy never proxies a mirror"),
+            Answer::TooManyRequests { .. } => panic!("the decision never rate-limits"),
             Answer::ApiVersion | Answer::Error { .. } => {}
         }
     }

@@ -15,6 +15,16 @@ pub const ENV_VARS: [&str; 6] = [
     "ARCHEIO_ADMIN_PORT",
 ];
 
+/// Each variable and the key it sets, so that a bad value is reported by the variable.
+pub(super) const ENV_KEYS: [(&str, &str); 6] = [
+    ("PORT", "listen"),
+    ("UPSTREAM_REGISTRY_ENDPOINT", "upstream.endpoints"),
+    ("UPSTREAM_REGISTRY_PATH", "upstream.path"),
+    ("SIGNATURE_UPSTREAM_ENDPOINT", "signature_upstream"),
+    ("DEFAULT_AWS_BASE_URL", "mirrors.default"),
+    ("ARCHEIO_ADMIN_PORT", "admin_listen"),
+];
+
 impl ArcheioConfig {
     /// Applies the original archeio's environment variables (and `ARCHEIO_ADMIN_PORT`) on top
     /// of the file. `get` looks a variable up; it is `std::env::var` outside tests.

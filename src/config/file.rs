@@ -15,12 +15,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    at_least_one, base_url, ca_certs, endpoint, http_url, path_prefix, positive_duration,
-    provider_name, realm_host, redirect_url, socket_addrs, Invalid,
+    at_least_one, base_url, ca_certs, distinct_listeners, endpoint, http_url, path_prefix,
+    positive_duration, provider_name, realm_host, redirect_url, socket_addrs, Invalid,
 };
 use super::{
-    BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, ManifestCacheSettings,
-    RangeSettings, Settings, UpstreamSettings, UpstreamTimeouts,
+    BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
+    ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::Routes;
@@ -79,6 +79,14 @@ pub struct ArcheioConfig {
     pub manifest_cache: ManifestCacheConfig,
     /// Limits on slow and idle clients of the registry listener.
     pub client_timeouts: ClientTimeoutsConfig,
+    /// Per-client request rate limit on the registry listener; off by default.
+    pub rate_limit: RateLimitConfig,
+    /// Log lines as `text` (one readable line each) or `json` (one object a line, for a log
+    /// pipeline), the access records included.
+    pub log_format: LogFormat,
+    /// Whether access records carry client addresses (`client`, `peer`). `false` keeps
+    /// them out, for privacy; the provider and region stay.
+    pub log_client_address: bool,
 }
 
 impl Default for ArcheioConfig {
@@ -98,6 +106,9 @@ impl Default for ArcheioConfig {
             blob_check: BlobCheckConfig::default(),
             manifest_cache: ManifestCacheConfig::default(),
             client_timeouts: ClientTimeoutsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            log_format: LogFormat::Text,
+            log_client_address: true,
         }
     }
 }
@@ -122,6 +133,7 @@ impl ArcheioConfig {
         if listen.is_empty() {
             return Err(Invalid::new("listen", "needs at least one address"));
         }
+        distinct_listeners(&listen, &admin_listen)?;
         let info_url = redirect_url(&self.info_url).map_err(|m| Invalid::new("info_url", m))?;
         let privacy_url =
             redirect_url(&self.privacy_url).map_err(|m| Invalid::new("privacy_url", m))?;
@@ -140,6 +152,7 @@ impl ArcheioConfig {
             .check()
             .map_err(|e| e.under("client_timeouts"))?;
         let ranges = self.ranges.check().map_err(|e| e.under("ranges"))?;
+        let rate_limit = self.rate_limit.check().map_err(|e| e.under("rate_limit"))?;
         Ok(Settings {
             listen,
             admin_listen,
@@ -167,6 +180,11 @@ impl ArcheioConfig {
             signed_mirrors,
             manifest_cache: self.manifest_cache.check(),
             client_timeouts,
+            rate_limit,
+            log: LogSettings {
+                format: self.log_format,
+                client_address: self.log_client_address,
+            },
         })
     }
 }
@@ -180,6 +198,74 @@ pub enum Mode {
     Redirect,
     /// The gateway fetches from the upstream and streams the answer back.
     Passthrough,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line: time, level, target, message; access records as `key=value`.
+    #[default]
+    Text,
+    /// One JSON object a line: `ts`, `level`, `target`, `msg`, or an access record's fields.
+    Json,
+}
+
+/// A token bucket per client address (the one routing uses), for the registry listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second allowed per client; 0 turns the limit off.
+    pub requests_per_second: u32,
+    /// Requests a client may send at once above the sustained rate (the bucket's size);
+    /// at least 1 when the limit is on.
+    pub burst: u32,
+    /// Clients are IPv4 addresses grouped by this prefix length (32: each address).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses grouped by this prefix length (64: one customer's network).
+    pub ipv6_prefix: u8,
+    /// Most clients tracked at once; the least recently seen are forgotten first, so a
+    /// flood of distinct addresses costs bounded memory.
+    pub max_clients: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_second: 0,
+            burst: 100,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            max_clients: 100_000,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn check(&self) -> Result<Option<RateLimit>, Invalid> {
+        if self.requests_per_second == 0 {
+            return Ok(None);
+        }
+        if self.burst == 0 {
+            return Err(Invalid::new("burst", "must be at least 1"));
+        }
+        if self.ipv4_prefix == 0 || self.ipv4_prefix > 32 {
+            return Err(Invalid::new("ipv4_prefix", "expected 1 to 32"));
+        }
+        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
+            return Err(Invalid::new("ipv6_prefix", "expected 1 to 128"));
+        }
+        if self.max_clients == 0 {
+            return Err(Invalid::new("max_clients", "must be at least 1"));
+        }
+        Ok(Some(RateLimit {
+            per_second: self.requests_per_second,
+            burst: self.burst,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+            max_clients: self.max_clients,
+        }))
+    }
 }
 
 /// The upstream registry.
@@ -449,10 +535,13 @@ impl ClientTimeoutsConfig {
         positive_duration("header", self.header)?;
         positive_duration("body", self.body)?;
         positive_duration("write", self.write)?;
-        if self.idle < Duration::from_secs(1) {
+        if self.idle < Duration::from_secs(1) || self.idle.subsec_nanos() != 0 {
             return Err(Invalid::new(
                 "idle",
-                "must be at least 1s (Pingora counts keep-alive in seconds)",
+                format!(
+                    "must be at least 1s and whole seconds (Pingora counts keep-alive in seconds), got {}",
+                    humantime_serde::re::humantime::format_duration(self.idle)
+                ),
             ));
         }
         Ok(ClientTimeouts {
@@ -515,9 +604,11 @@ pub struct MirrorsConfig {
     /// Where a blob lives under a mirror base URL; `{digest}` is replaced by the digest.
     pub blob_path: String,
     /// Region name (as the range files name it) to mirror base URL: the `regions` entry of
-    /// a rule's mirror chain. The built-in default is registry.k8s.io's table; a `regions`
-    /// key replaces it whole.
+    /// a rule's mirror chain. The built-in default is registry.k8s.io's table; the regions
+    /// listed here are added to it (an entry for a built-in region replaces that one).
     pub regions: BTreeMap<String, String>,
+    /// `true`: `regions` is the whole table, the built-in one is dropped.
+    pub replace_regions: bool,
     /// Mirrors named for the policy rules' chains, e.g.
     /// `{cdn: {url: https://cdn.example.com}}`.
     pub named: BTreeMap<String, NamedMirrorConfig>,
@@ -530,8 +621,22 @@ impl Default for MirrorsConfig {
             blob_path: "/containers/images/{digest}".into(),
             regions: serde_yaml::from_str(DEFAULT_MIRRORS_YAML)
                 .expect("data/mirrors.yaml is a map of region to URL"),
+            replace_regions: false,
             named: BTreeMap::new(),
         }
+    }
+}
+
+impl MirrorsConfig {
+    /// The region table in use: `regions` over the built-in table, or alone with
+    /// `replace_regions`.
+    pub fn effective_regions(&self) -> BTreeMap<String, String> {
+        if self.replace_regions {
+            return self.regions.clone();
+        }
+        let mut table = MirrorsConfig::default().regions;
+        table.extend(self.regions.clone());
+        table
     }
 }
 

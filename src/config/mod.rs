@@ -18,8 +18,8 @@ pub mod signing;
 mod values;
 
 pub use env::ENV_VARS;
-pub use values::url_host;
 pub(crate) use values::{at_least_one, Invalid};
+pub use values::{dual_stack, url_host};
 
 use crate::routing::ranges::RangeSources;
 use crate::routing::Routes;
@@ -45,6 +45,34 @@ pub struct Settings {
     pub manifest_cache: ManifestCacheSettings,
     /// Limits on slow and idle clients.
     pub client_timeouts: ClientTimeouts,
+    /// The per-client rate limit; `None`: off.
+    pub rate_limit: Option<RateLimit>,
+    /// How log lines are written.
+    pub log: LogSettings,
+}
+
+/// The per-client token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second; at least 1.
+    pub per_second: u32,
+    /// The bucket's size; at least 1.
+    pub burst: u32,
+    /// IPv4 addresses are grouped by this prefix length (1 to 32).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses by this one (1 to 128).
+    pub ipv6_prefix: u8,
+    /// Most clients tracked at once.
+    pub max_clients: u64,
+}
+
+/// Log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Text or JSON.
+    pub format: file::LogFormat,
+    /// Whether access records carry client addresses.
+    pub client_address: bool,
 }
 
 /// A private mirror's signing.
@@ -226,6 +254,27 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// The same error, named after the environment variable when one set the bad key.
+    fn blamed_on_env(self, env: impl Fn(&str) -> Option<String>) -> ConfigError {
+        let set_by = env::ENV_KEYS.iter().find(|(var, key)| {
+            env(var).is_some()
+                && self
+                    .message
+                    .strip_prefix("archeio.")
+                    .and_then(|m| m.strip_prefix(key))
+                    .is_some_and(|rest| rest.starts_with(['[', ':', '.']))
+        });
+        match set_by {
+            Some((var, _)) => ConfigError {
+                source: format!("environment variable {var}"),
+                message: self.message,
+            },
+            None => self,
+        }
+    }
+}
+
 impl Settings {
     /// Loads `path` (or the defaults when there is none), applies the environment variables,
     /// and validates the result.
@@ -233,6 +282,15 @@ impl Settings {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
+        Ok(Settings::load_effective(path, env)?.1)
+    }
+
+    /// [`Settings::load`], with the `archeio:` section in effect: the file with the
+    /// environment variables applied and the region table merged (what `-t --print` shows).
+    pub fn load_effective(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(file::ArcheioConfig, Settings), ConfigError> {
         let mut cfg = match path {
             Some(p) => file::ArcheioConfig::from_file(p)?,
             None => file::ArcheioConfig::default(),
@@ -242,7 +300,12 @@ impl Settings {
             || "built-in defaults".to_string(),
             |p| p.display().to_string(),
         );
-        cfg.check(&source, env)
+        let settings = cfg
+            .check(&source, &env)
+            .map_err(|e| e.blamed_on_env(&env))?;
+        cfg.mirrors.regions = cfg.mirrors.effective_regions();
+        cfg.mirrors.replace_regions = true;
+        Ok((cfg, settings))
     }
 
     /// Whether upstream-bound requests are proxied rather than redirected.

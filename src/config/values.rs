@@ -101,6 +101,67 @@ pub(super) fn socket_addrs(list: &[String], key: &str) -> Result<Vec<SocketAddr>
         .collect()
 }
 
+/// Whether `[::]:port` is bound dual-stack: when no IPv4 address with its port is also
+/// listed (that one takes the IPv4 clients then, and the IPv6 socket stays IPv6-only).
+pub fn dual_stack(addr: &SocketAddr, all: &[SocketAddr]) -> bool {
+    addr.is_ipv6()
+        && addr.ip().is_unspecified()
+        && !all.iter().any(|a| a.is_ipv4() && a.port() == addr.port())
+}
+
+/// Whether binding `a` and `b` on one host collides (the second bind would fail, or both
+/// would take the same connections): the same port and the same address, or a wildcard of
+/// the family (a dual-stack `[::]` takes both families).
+fn collide(a: &SocketAddr, b: &SocketAddr, all: &[SocketAddr]) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    if a.ip() == b.ip() {
+        return true;
+    }
+    let covers = |w: &SocketAddr, other: &SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv4() == other.is_ipv4() || dual_stack(w, all))
+    };
+    covers(a, b) || covers(b, a)
+}
+
+/// Addresses listed twice, or that collide, in `listen` and `admin_listen`: the registry
+/// and the admin service must not share a port (connections would split between them).
+pub(super) fn distinct_listeners(
+    listen: &[SocketAddr],
+    admin: &[SocketAddr],
+) -> Result<(), Invalid> {
+    let named: Vec<(String, &SocketAddr)> = listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("listen[{i}]"), a))
+        .chain(
+            admin
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("admin_listen[{i}]"), a)),
+        )
+        .collect();
+    let all: Vec<SocketAddr> = named.iter().map(|(_, a)| **a).collect();
+    for (j, (key, b)) in named.iter().enumerate() {
+        for (earlier, a) in &named[..j] {
+            if !collide(a, b, &all) {
+                continue;
+            }
+            let list = |k: &str| k.split('[').next().unwrap_or(k).to_string();
+            let message = if a == b && list(earlier) == list(key) {
+                format!("{b} is listed twice (also {earlier})")
+            } else if a == b {
+                format!("{b} is also in archeio.{}", list(earlier))
+            } else {
+                format!("{b} overlaps {a} of archeio.{earlier} (the same port)")
+            };
+            return Err(Invalid::new(key.clone(), message));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn http_url(text: &str) -> Result<Url, String> {
     let url =
         Url::parse(text).map_err(|e| format!("expected an http(s) URL, got {text:?} ({e})"))?;

@@ -1,5 +1,6 @@
-//! The access-log line (`archeio::access`, level info) and the request metrics, written
-//! once per request when it ends; also for request lines refused before Pingora parsed them.
+//! The access record (`archeio::access`, level info) and the request metrics, written once
+//! per request when it ends; also for request lines refused before Pingora parsed them.
+//! A record is a `key=value` line, or a JSON object with `log_format: json`.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -7,11 +8,15 @@ use std::time::Duration;
 use log::{info, log_enabled, Level};
 use pingora_core::Error;
 use pingora_proxy::Session;
+use serde_json::{Map, Value};
 
-use super::request::peer_ip;
+use super::headers::trace_id;
+use super::request::{forwarded_for, peer_ip};
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
+use crate::logging::{self, quoted, ACCESS_TARGET};
 use crate::metrics;
+use crate::routing::client_addr::client_addr;
 use crate::routing::{Answer, Reply, Route, Target};
 
 impl metrics::Label for Route {
@@ -73,22 +78,42 @@ impl Gateway {
             Some(Answer::ProxyMirror { .. }) => "mirror_proxy",
             _ => "-",
         };
-        let detail = AccessEntry::detail(reply.map(|r| &r.answer), error);
         let upstream = match ctx.upstream.endpoint {
             Some(i) if !ctx.upstream.from_cache => Some(self.upstream.endpoints.label(i)),
             _ => None,
         };
         let req = session.req_header();
+        let peer = peer_ip(session);
+        // The address routing uses (what trusted proxies said), found again here so that the
+        // decision stays free of logging.
+        let client = client_addr(peer, &forwarded_for(req), self.routes.trusted_proxy_hops)
+            .ok()
+            .or(peer);
+        let ranges = self.ranges.load();
+        let placement = client.and_then(|ip| ranges.lookup(ip));
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
         AccessEntry {
             method: req.method.as_str().as_bytes(),
             target: req.raw_path(),
-            client: peer_ip(session),
+            client,
+            peer,
+            placement: placement.map(|p| (&*p.provider, &*p.region)),
             route: reply.map_or("error", |r| r.route.as_str()),
             how,
+            rule: ctx
+                .rule
+                .and_then(|i| self.routes.policy.rules.get(i))
+                .map(|r| &*r.name),
             status,
+            location: match reply.map(|r| &r.answer) {
+                Some(Answer::Redirect { location, .. }) => Some(location.as_str()),
+                _ => None,
+            },
             elapsed,
             upstream,
-            detail,
+            user_agent: header("user-agent"),
+            trace_id: header("traceparent").and_then(trace_id),
+            detail: AccessEntry::detail(reply.map(|r| &r.answer), error),
         }
         .write();
     }
@@ -103,76 +128,175 @@ pub(super) fn record_refused(method: &[u8], target: &[u8], client: Option<IpAddr
         method,
         target,
         client,
+        peer: client,
+        placement: None,
         route: reply.route.as_str(),
         how: "-",
+        rule: None,
         status,
+        location: None,
         elapsed: Duration::ZERO,
         upstream: None,
+        user_agent: None,
+        trace_id: None,
         detail: AccessEntry::detail(Some(&reply.answer), None),
     }
     .write();
 }
 
-/// One access-log line (`archeio::access`, level info).
+/// One access record (`archeio::access`, level info).
 struct AccessEntry<'a> {
     /// The method as sent.
     method: &'a [u8],
     /// The request target; the query is left out of the log.
     target: &'a [u8],
-    /// The socket peer.
+    /// The client address routing uses: the socket peer, or what trusted proxies said.
     client: Option<IpAddr>,
+    /// The socket peer (a load balancer, often).
+    peer: Option<IpAddr>,
+    /// The client's provider and region, when its address is in the range table.
+    placement: Option<(&'a str, &'a str)>,
     /// The rule that answered ([`Route::as_str`]), or `error`.
     route: &'a str,
     /// Where the answer came from: a redirect target kind, `proxy`, `cache`, `stale`, or `-`.
     how: &'a str,
-    /// The status sent; 0 when none was.
+    /// The policy rule that decided, by name.
+    rule: Option<&'a str>,
+    /// The status sent (the upstream's, when proxied); 0 when none was.
     status: u16,
+    /// Where a redirect sent the client.
+    location: Option<&'a str>,
     /// Time from the request to the answer.
     elapsed: Duration,
     /// The upstream endpoint's label, when one was asked.
     upstream: Option<&'a str>,
-    /// ` detail="..."` or ` error="..."`, or empty.
-    detail: String,
+    /// The client's `User-Agent`.
+    user_agent: Option<&'a [u8]>,
+    /// The W3C trace id the client sent.
+    trace_id: Option<&'a str>,
+    /// `("detail", why)` for an error the gateway decided, `("error", what failed)` when
+    /// something failed.
+    detail: Option<(&'static str, String)>,
 }
 
 impl<'a> AccessEntry<'a> {
-    /// ` detail="<why>"` for an error the gateway decided, else ` error="<what failed>"`
-    /// when something failed, else nothing.
-    fn detail(answer: Option<&Answer>, error: Option<&Error>) -> String {
+    fn detail(answer: Option<&Answer>, error: Option<&Error>) -> Option<(&'static str, String)> {
         match (answer, error) {
-            (Some(Answer::Error { message, .. }), _) => {
-                format!(" detail=\"{}\"", message.escape_default())
-            }
-            (_, Some(e)) => format!(" error=\"{}\"", e.to_string().escape_default()),
-            _ => String::new(),
+            (Some(Answer::Error { message, .. }), _) => Some(("detail", message.to_string())),
+            (_, Some(e)) => Some(("error", e.to_string())),
+            _ => None,
         }
     }
 
-    /// Writes the line.
+    /// The fields in the order the text line has them; the path without its query, a
+    /// `Location` without its query (a private mirror's is a signed URL), client addresses
+    /// only when the operator keeps them.
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        let addresses = logging::client_addresses();
+        let ip = |ip: Option<IpAddr>| match ip {
+            Some(ip) if addresses => Field::Word(ip.to_string()),
+            _ => Field::Absent,
+        };
+        let text = |t: Option<&str>| t.map_or(Field::Absent, |t| Field::Text(t.to_string()));
+        let word = |t: Option<&str>| t.map_or(Field::Absent, |t| Field::Word(t.to_string()));
+        let bytes = |b: Option<&[u8]>| {
+            b.map_or(Field::Absent, |b| {
+                Field::Text(String::from_utf8_lossy(b).into_owned())
+            })
+        };
+        let location = self.location.map(|l| &l[..l.find('?').unwrap_or(l.len())]);
+        let mut fields = vec![
+            ("client", ip(self.client)),
+            ("route", Field::Word(self.route.to_string())),
+            ("destination", Field::Word(self.how.to_string())),
+            ("status", Field::Number(f64::from(self.status))),
+            (
+                "duration_ms",
+                Field::Number(self.elapsed.as_secs_f64() * 1e3),
+            ),
+            ("peer", ip(self.peer)),
+            ("provider", word(self.placement.map(|p| p.0))),
+            (
+                "region",
+                text(self.placement.map(|p| p.1).filter(|r| !r.is_empty())),
+            ),
+            ("rule", text(self.rule)),
+            ("location", text(location)),
+            ("upstream", word(self.upstream)),
+            ("user_agent", bytes(self.user_agent)),
+            ("request_id", Field::Word(logging::request_id())),
+            ("trace_id", text(self.trace_id)),
+        ];
+        if let Some((key, why)) = &self.detail {
+            fields.push((key, Field::Text(why.clone())));
+        }
+        fields
+    }
+
+    /// Writes the record.
     fn write(&self) {
+        let method = String::from_utf8_lossy(self.method);
         let path = &self.target[..self
             .target
             .iter()
             .position(|b| *b == b'?')
             .unwrap_or(self.target.len())];
-        let client = self
-            .client
-            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
-        let upstream = self
-            .upstream
-            .map_or_else(String::new, |u| format!(" upstream={u}"));
-        info!(
-            target: "archeio::access",
-            "{} {} client={} decision={}/{} status={} duration_ms={:.3}{}{}",
-            self.method.escape_ascii(),
-            path.escape_ascii(),
-            client,
-            self.route,
-            self.how,
-            self.status,
-            self.elapsed.as_secs_f64() * 1e3,
-            upstream,
-            self.detail
-        );
+        let fields = self.fields();
+        if logging::json() {
+            let mut record = Map::new();
+            record.insert("method".into(), Value::from(method.as_ref()));
+            record.insert("path".into(), Value::from(String::from_utf8_lossy(path)));
+            for (key, field) in fields {
+                let value = match field {
+                    Field::Absent => continue,
+                    Field::Number(n) if n.fract() == 0.0 => Value::from(n as u64),
+                    Field::Number(n) => Value::from((n * 1e3).round() / 1e3),
+                    Field::Word(t) | Field::Text(t) => Value::from(t),
+                };
+                record.insert(key.into(), value);
+            }
+            info!(target: ACCESS_TARGET, "{}", Value::Object(record));
+            return;
+        }
+        // The leading fields keep the order earlier releases wrote, for existing parsers.
+        let mut line = format!("{} {}", self.method.escape_ascii(), path.escape_ascii());
+        for (key, field) in fields {
+            let value = match field {
+                Field::Absent if key == "client" => "-".to_string(),
+                Field::Absent => continue,
+                Field::Number(n) if key == "duration_ms" => format!("{n:.3}"),
+                Field::Number(n) => format!("{n}"),
+                Field::Word(t) => t,
+                Field::Text(t) => quoted(&t),
+            };
+            line.push(' ');
+            if key == "route" {
+                line.push_str("decision=");
+                line.push_str(&value);
+                continue;
+            }
+            if key == "destination" {
+                line.pop();
+                line.push('/');
+                line.push_str(&value);
+                continue;
+            }
+            line.push_str(key);
+            line.push('=');
+            line.push_str(&value);
+        }
+        info!(target: ACCESS_TARGET, "{line}");
     }
+}
+
+/// A value of the record.
+enum Field {
+    /// Not known, or left out.
+    Absent,
+    /// A number.
+    Number(f64),
+    /// A token that needs no quotes (a route, an id).
+    Word(String),
+    /// Free text: quoted in a line.
+    Text(String),
 }

@@ -1,7 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (the range table is loaded), kept off the registry port.
+//! `/readyz` (ready for traffic: see [`Lifecycle::readiness`]), kept off the registry port.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,15 +10,17 @@ use pingora_core::modules::http::compression::ResponseCompressionBuilder;
 use pingora_core::protocols::http::ServerSession;
 use pingora_prometheus::PrometheusHttpApp;
 
+use super::lifecycle::Lifecycle;
+
 /// The admin application.
 pub struct AdminApp {
-    ready: Arc<AtomicBool>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl AdminApp {
-    /// `ready` turns true once the range table is in place.
-    pub fn server(ready: Arc<AtomicBool>) -> HttpServer<AdminApp> {
-        let mut server = HttpServer::new_app(AdminApp { ready });
+    /// Answers `/readyz` from `lifecycle`.
+    pub fn server(lifecycle: Arc<Lifecycle>) -> HttpServer<AdminApp> {
+        let mut server = HttpServer::new_app(AdminApp { lifecycle });
         // Scrapes of a few hundred series compress well; Pingora only compresses when the
         // scraper asks for it.
         server.add_module(ResponseCompressionBuilder::enable(6));
@@ -41,13 +42,19 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path();
         match path {
-            "/metrics" => PrometheusHttpApp.response(session).await,
+            "/metrics" => {
+                // archeio_ready as of this scrape.
+                let _ = self.lifecycle.readiness();
+                PrometheusHttpApp.response(session).await
+            }
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cloud IP ranges not loaded\n",
-            ),
+            "/readyz" => match self.lifecycle.readiness() {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n"),
+                ),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /healthz or /readyz\n",

@@ -8,7 +8,7 @@ use pingora_http::ResponseHeader;
 /// Client request headers the upstream may see: what a pull needs to negotiate formats,
 /// ask for ranges and revalidate, and who is asking. Everything else (cookies, forwarding
 /// claims, the client's own credentials) stays here.
-pub const FORWARDED_REQUEST_HEADERS: [&str; 9] = [
+pub const FORWARDED_REQUEST_HEADERS: [&str; 10] = [
     "accept",
     "accept-encoding",
     "if-match",
@@ -17,8 +17,34 @@ pub const FORWARDED_REQUEST_HEADERS: [&str; 9] = [
     "if-range",
     "if-unmodified-since",
     "range",
+    // Only a well-formed one (see `trace_id`); others are removed.
+    "traceparent",
     "user-agent",
 ];
+
+/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`, lowercase,
+/// neither id all zeros), or `None` when it is not one: only a well-formed value is logged
+/// or sent on.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(traceparent).ok()?;
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    // Version 00 has exactly four fields; later versions may append more.
+    let ok = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2);
+    ok.then_some(trace)
+}
 
 /// Upstream response headers the client may see: the answer's own description and the
 /// registry's. Connection-level headers, cookies and anything else stay here; `Link` and
@@ -130,6 +156,31 @@ mod tests {
     use super::*;
 
     const EP: &str = "https://reg.example:5000";
+
+    #[test]
+    fn only_well_formed_traceparents_give_a_trace_id() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(format!("00-{id}-00f067aa0ba902b7-01").as_bytes()),
+            Some(id)
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ] {
+            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(
+            trace_id(format!("01-{id}-00f067aa0ba902b7-01-future").as_bytes()),
+            Some(id)
+        );
+    }
 
     #[test]
     fn upstream_uris_are_moved_into_the_gateway_path_space() {

@@ -25,10 +25,11 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use prometheus::IntCounter;
 
-use crate::config::ClientTimeouts;
+use crate::config::{ClientTimeouts, LogSettings};
 use crate::metrics;
 use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
+use crate::rate_limit::RateLimiter;
 use crate::routing::{Reply, Routes};
 use crate::upstream::auth::UpstreamAuth;
 use crate::upstream::manifest_cache::{Capture, ManifestCache};
@@ -38,15 +39,18 @@ mod access_log;
 pub mod admin;
 mod failure;
 mod headers;
+pub mod lifecycle;
 mod mirror_proxy;
 pub mod peer;
 mod request;
 mod responses;
+pub mod server_conf;
 pub mod services;
 pub mod slow_clients;
 mod upstream_request;
 mod upstream_response;
 
+use lifecycle::{InFlight, Lifecycle};
 use peer::Peers;
 
 /// The registry-facing service.
@@ -59,6 +63,19 @@ pub struct Gateway {
     client_timeouts: ClientTimeouts,
     /// Requests decided per policy rule, by the rule's index.
     rule_matches: Vec<IntCounter>,
+    /// What is around the requests.
+    ops: Operations,
+}
+
+/// What the gateway does around each request: in-flight counting for the drain, the rate
+/// limit, and how it logs.
+pub struct Operations {
+    /// Readiness and the requests in flight.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The per-client rate limit, when on.
+    pub rate_limiter: Option<RateLimiter>,
+    /// The access records' format and content.
+    pub log: LogSettings,
 }
 
 /// How the gateway reaches the upstream: endpoint choice in both modes, the rest for
@@ -85,6 +102,7 @@ impl Gateway {
         mirrors: Mirrors,
         upstream: UpstreamAccess,
         client_timeouts: ClientTimeouts,
+        ops: Operations,
     ) -> Gateway {
         let rules = routes.policy.rules.iter().map(|r| &*r.name);
         Gateway {
@@ -94,6 +112,7 @@ impl Gateway {
             mirrors,
             upstream,
             client_timeouts,
+            ops,
         }
     }
 }
@@ -101,8 +120,12 @@ impl Gateway {
 /// What one request did, for the access log and the metrics.
 pub struct RequestCtx {
     started: Instant,
+    /// Counts the request as in flight while it lives.
+    _in_flight: InFlight,
     /// The answer decided, once decided.
     reply: Option<Reply>,
+    /// The policy rule that decided it, by index.
+    rule: Option<usize>,
     /// Pass-through progress.
     upstream: UpstreamCtx,
 }
@@ -135,7 +158,9 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            _in_flight: self.ops.lifecycle.request(),
             reply: None,
+            rule: None,
             upstream: UpstreamCtx::default(),
         }
     }

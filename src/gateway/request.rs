@@ -8,10 +8,13 @@ use pingora_core::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
+use super::headers::trace_id;
 use super::responses::{write_answer, write_cached};
 use super::{Gateway, RequestCtx};
 use crate::config::ClientTimeouts;
-use crate::routing::{decide_by_rule, Answer, Decision, Request};
+use crate::metrics;
+use crate::routing::client_addr::client_addr;
+use crate::routing::{decide_by_rule, rate_limited, Answer, Decision, Request};
 use crate::upstream::manifest_cache::ManifestCache;
 
 /// Pingora waits for the next keep-alive request without limit, reads bodies with a
@@ -42,16 +45,36 @@ impl Gateway {
             upstream: self.upstream.endpoints.preferred(),
             has_body,
         };
+        if let Some(limiter) = &self.ops.rate_limiter {
+            let client = client_addr(
+                facts.peer,
+                facts.forwarded_for,
+                self.routes.trusted_proxy_hops,
+            )
+            .ok()
+            .or(facts.peer);
+            if let Some(wait) = client.and_then(|ip| limiter.check(ip).err()) {
+                metrics::RATE_LIMITED.inc();
+                let reply = ctx.reply.insert(rate_limited(facts.target, wait));
+                write_answer(session, &reply.answer, req.method == http::Method::HEAD).await?;
+                return Ok(true);
+            }
+        }
         let (decision, rule) = decide_by_rule(&facts, &self.routes, &self.ranges.load());
+        ctx.rule = rule;
         if let Some(counter) = rule.and_then(|i| self.rule_matches.get(i)) {
             counter.inc();
         }
         let reply = match decision {
             Decision::Reply(reply) => reply,
             Decision::CheckMirrors(chain) => {
+                let traceparent = req
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| trace_id(v.as_bytes()).map(|_| v.to_str().unwrap_or_default()));
                 let found = self
                     .mirrors
-                    .first_holding(&chain.candidates, &req.method)
+                    .first_holding(&chain.candidates, &req.method, traceparent)
                     .await;
                 chain.decide(found)
             }

@@ -33,6 +33,15 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             }
             Some(body)
         }
+        Answer::TooManyRequests { retry_after, oci } => {
+            resp.insert_header("Retry-After", retry_after.to_string())?;
+            let message = "too many requests from this client; retry later";
+            let (headers, body) = error_parts(status, "TOOMANYREQUESTS", message, *oci);
+            for (name, value) in headers {
+                resp.insert_header(name, value)?;
+            }
+            Some(body)
+        }
         Answer::Proxy { .. } | Answer::ProxyMirror { .. } => {
             return Error::e_explain(
                 ErrorType::InternalError,

@@ -22,7 +22,7 @@ impl BackgroundService for HealthChecks {
 }
 
 /// Range files and URLs read again on the interval and on `SIGHUP`.
-pub struct RangeRefresh(pub RangeRefresher);
+pub struct RangeRefresh(pub Arc<RangeRefresher>);
 
 #[async_trait]
 impl BackgroundService for RangeRefresh {

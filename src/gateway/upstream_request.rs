@@ -10,7 +10,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use super::failure::AUTH_FAILED;
-use super::headers::{names_not_in, FORWARDED_REQUEST_HEADERS};
+use super::headers::{names_not_in, trace_id, FORWARDED_REQUEST_HEADERS};
 use super::request::{forwarded_for, peer_ip};
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
@@ -80,6 +80,14 @@ impl Gateway {
         let host = self.upstream.endpoints.endpoint(i).host_header();
         for name in names_not_in(&upstream_request.headers, &FORWARDED_REQUEST_HEADERS) {
             upstream_request.remove_header(&name);
+        }
+        let mut values = upstream_request.headers.get_all("traceparent").iter();
+        let traced = match (values.next(), values.next()) {
+            (Some(v), None) => trace_id(v.as_bytes()).is_some(),
+            _ => false,
+        };
+        if !traced {
+            upstream_request.remove_header("traceparent");
         }
         upstream_request.insert_header("Host", host)?;
         // The client as the gateway sees it: the peer, or what trusted proxies said.

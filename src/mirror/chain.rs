@@ -46,15 +46,16 @@ impl Mirrors {
         &self,
         candidates: &[MirrorCandidate],
         method: &http::Method,
+        traceparent: Option<&str>,
     ) -> Option<(usize, String)> {
         for (i, c) in candidates.iter().enumerate() {
             let url = match self.signers.get(c.mirror).and_then(Option::as_ref) {
                 None => self
                     .check
-                    .check(&c.location)
+                    .check(&c.location, traceparent)
                     .await
                     .then(|| c.location.clone()),
-                Some(signer) => self.signed(signer, &c.location, method).await,
+                Some(signer) => self.signed(signer, &c.location, method, traceparent).await,
             };
             if let Some(url) = url {
                 return Some((i, url));
@@ -70,12 +71,15 @@ impl Mirrors {
         signer: &MirrorSigner,
         key: &str,
         method: &http::Method,
+        traceparent: Option<&str>,
     ) -> Option<String> {
         let store = signer.store();
         let name = format!("{store}/{key}");
         let held = self
             .check
-            .check_via(&name, store, || signer.url(http::Method::HEAD, key))
+            .check_via(&name, store, traceparent, || {
+                signer.url(http::Method::HEAD, key)
+            })
             .await;
         if !held {
             return None;

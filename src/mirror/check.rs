@@ -32,6 +32,17 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Outcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::CacheHit,
+        Outcome::Present,
+        Outcome::Absent,
+        Outcome::Error,
+        Outcome::Skipped,
+    ];
+}
+
 impl metrics::Label for Outcome {
     fn slot(self) -> usize {
         self as usize
@@ -107,16 +118,25 @@ impl MirrorCheck {
 
     /// Whether the public mirror holds the blob at `url`; how that was found out goes to
     /// the metrics.
-    pub async fn check(&self, url: &str) -> bool {
-        self.check_via(url, host_of(url), || async { Ok(url.to_string()) })
-            .await
+    /// `traceparent` goes with the `HEAD`, when one is sent.
+    pub async fn check(&self, url: &str, traceparent: Option<&str>) -> bool {
+        self.check_via(url, host_of(url), traceparent, || async {
+            Ok(url.to_string())
+        })
+        .await
     }
 
     /// Whether the mirror holds the blob known as `name` (its unsigned URL: the cache key,
     /// and what logs say), asking the breaker of `host` first, with a `HEAD` of the URL
     /// `head_url` makes (a presigned one for a private mirror), made only when the answer is
     /// not cached.
-    pub async fn check_via<F, U>(&self, name: &str, host: &str, head_url: F) -> bool
+    pub async fn check_via<F, U>(
+        &self,
+        name: &str,
+        host: &str,
+        traceparent: Option<&str>,
+        head_url: F,
+    ) -> bool
     where
         F: FnOnce() -> U,
         U: Future<Output = Result<String, String>>,
@@ -142,7 +162,7 @@ impl MirrorCheck {
             .or_insert_with(async {
                 let (present, o) = match head_url().await {
                     Ok(url) => {
-                        let (present, o, healthy) = self.head(&url, name).await;
+                        let (present, o, healthy) = self.head(&url, name, traceparent).await;
                         self.breakers.record(host, healthy, Instant::now());
                         (present, o)
                     }
@@ -165,9 +185,18 @@ impl MirrorCheck {
 
     /// The answer, how it was found, and whether the host answered sanely (for the breaker).
     /// Logs name the blob by `name`: a presigned `url` is a credential.
-    async fn head(&self, url: &str, name: &str) -> (bool, Outcome, bool) {
+    async fn head(
+        &self,
+        url: &str,
+        name: &str,
+        traceparent: Option<&str>,
+    ) -> (bool, Outcome, bool) {
         let started = Instant::now();
-        let result = self.client.head(url).send().await;
+        let mut request = self.client.head(url);
+        if let Some(value) = traceparent {
+            request = request.header("traceparent", value);
+        }
+        let result = request.send().await;
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
@@ -253,16 +282,16 @@ mod tests {
         let (base, server) = mirror(heads.clone()).await;
         let c = check(Duration::from_millis(300));
         let cached = format!("{base}/blob/a");
-        assert!(c.check(&cached).await, "the mirror holds it");
-        assert!(c.check(&cached).await, "now from the cache");
+        assert!(c.check(&cached, None).await, "the mirror holds it");
+        assert!(c.check(&cached, None).await, "now from the cache");
         assert_eq!(heads.load(Ordering::SeqCst), 1, "one HEAD for both");
 
         // The mirror goes away: a check of another blob fails and opens the breaker.
         server.abort();
         let _ = server.await;
-        assert!(!c.check(&format!("{base}/blob/b")).await);
+        assert!(!c.check(&format!("{base}/blob/b"), None).await);
         assert!(
-            !c.check(&cached).await,
+            !c.check(&cached, None).await,
             "an open breaker overrides the cached present answer"
         );
 
@@ -271,11 +300,14 @@ mod tests {
         // and the breaker opens again, over the cached answer too.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(
-            c.check(&cached).await,
+            c.check(&cached, None).await,
             "the probe's turn, answered from the cache"
         );
-        assert!(!c.check(&format!("{base}/blob/c")).await, "the probe fails");
-        assert!(!c.check(&cached).await, "open again");
+        assert!(
+            !c.check(&format!("{base}/blob/c"), None).await,
+            "the probe fails"
+        );
+        assert!(!c.check(&cached, None).await, "open again");
         assert_eq!(heads.load(Ordering::SeqCst), 1);
     }
 }

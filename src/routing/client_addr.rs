@@ -19,7 +19,8 @@ impl std::fmt::Display for ClientAddrError {
         match self {
             ClientAddrError::TooFewEntries { needed, found } => write!(
                 f,
-                "X-Forwarded-For has {found} entries, the trusted proxies write at least {needed}"
+                "X-Forwarded-For has {found} {}, the trusted proxies write at least {needed}",
+                if *found == 1 { "entry" } else { "entries" }
             ),
             ClientAddrError::NotAnAddress => {
                 write!(
@@ -74,6 +75,25 @@ fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_count_of_entries_reads_as_english() {
+        let one = ClientAddrError::TooFewEntries {
+            needed: 2,
+            found: 1,
+        };
+        assert_eq!(
+            one.to_string(),
+            "X-Forwarded-For has 1 entry, the trusted proxies write at least 2"
+        );
+        let none = ClientAddrError::TooFewEntries {
+            needed: 1,
+            found: 0,
+        };
+        assert!(none
+            .to_string()
+            .starts_with("X-Forwarded-For has 0 entries,"));
+    }
 
     const PEER: &str = "127.0.0.1";
 

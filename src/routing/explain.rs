@@ -124,6 +124,9 @@ fn answer(a: &Answer) -> String {
             message,
             ..
         } => format!("{status} {code}: {message}"),
+        Answer::TooManyRequests { retry_after, .. } => {
+            format!("429 TOOMANYREQUESTS: retry after {retry_after}s")
+        }
         Answer::Proxy { path, .. } => format!("proxied from the upstream: {path}"),
         Answer::ProxyMirror { url, target: t, .. } => {
             format!("proxied from {}: {url}", target(t))

@@ -97,11 +97,13 @@ pub enum Route {
     Denied,
     /// A repository outside the known repositories.
     UnknownRepository,
+    /// Over the per-client rate limit.
+    RateLimited,
 }
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub const ALL: [Route; 12] = [
+    pub const ALL: [Route; 13] = [
         Route::MethodNotAllowed,
         Route::Invalid,
         Route::Info,
@@ -114,6 +116,7 @@ impl Route {
         Route::NotFound,
         Route::Denied,
         Route::UnknownRepository,
+        Route::RateLimited,
     ];
 
     /// Stable lowercase name for labels and logs.
@@ -131,6 +134,7 @@ impl Route {
             Route::NotFound => "not_found",
             Route::Denied => "denied",
             Route::UnknownRepository => "unknown_repository",
+            Route::RateLimited => "rate_limited",
         }
     }
 }
@@ -184,6 +188,9 @@ pub enum Answer {
         path: String,
         manifest: Option<ManifestRef>,
     },
+    /// `429`: the client is over its rate limit; it may try again after `retry_after`
+    /// seconds. `oci` as for errors.
+    TooManyRequests { retry_after: u64, oci: bool },
     /// Fetch the blob from `url` at mirror `mirror` (an index in [`Policy::mirrors`]) and
     /// stream it back.
     ProxyMirror {
@@ -209,6 +216,7 @@ impl Answer {
             Answer::Redirect { .. } => Some(307),
             Answer::ApiVersion => Some(200),
             Answer::Error { status, .. } => Some(*status),
+            Answer::TooManyRequests { .. } => Some(429),
             Answer::Proxy { .. } | Answer::ProxyMirror { .. } => None,
         }
     }
@@ -282,6 +290,17 @@ pub enum Decision {
     Reply(Reply),
     /// Ask the mirrors whether they have the blob first.
     CheckMirrors(MirrorChain),
+}
+
+/// The answer to a client over its rate limit, which may send again in `wait`.
+pub fn rate_limited(target: &[u8], wait: std::time::Duration) -> Reply {
+    Reply {
+        route: Route::RateLimited,
+        answer: Answer::TooManyRequests {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            oci: target.starts_with(b"/v2"),
+        },
+    }
 }
 
 /// Decides a request. The rules, in order (see `docs/request-handling.md`):

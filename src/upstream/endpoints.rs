@@ -130,6 +130,11 @@ impl Upstreams {
         self.endpoints[i].healthy.load(Ordering::Relaxed)
     }
 
+    /// Whether any endpoint is healthy.
+    pub fn any_healthy(&self) -> bool {
+        (0..self.endpoints.len()).any(|i| self.is_healthy(i))
+    }
+
     /// The first healthy endpoint, or the first one when none is.
     pub fn preferred(&self) -> usize {
         (0..self.endpoints.len())

@@ -794,6 +794,7 @@ def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
   mirrors:
     default: '{dead}'
     blob_path: '{BLOB_PATH}'
+    replace_regions: true
     regions:
       {REGION}: '{mirror_base}'
   ranges:
@@ -828,6 +829,7 @@ def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode)
   mirrors:
     default: '{dead}'
     blob_path: '{BLOB_PATH}'
+    replace_regions: true
     regions:
       {REGION}: '{dead}'
     named:

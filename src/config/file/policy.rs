@@ -161,7 +161,7 @@ impl PolicyConfig {
         };
         let default = base_url(&mirrors.default).map_err(|m| Invalid::new("mirrors.default", m))?;
         let default_mirror = add(DEFAULT, default, &prefix, &suffix, false);
-        for (region, url) in &mirrors.regions {
+        for (region, url) in &mirrors.effective_regions() {
             let base =
                 base_url(url).map_err(|m| Invalid::new(format!("mirrors.regions.{region}"), m))?;
             // Regions sharing a bucket share its breaker and cached answers anyway (both

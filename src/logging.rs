@@ -1,0 +1,108 @@
+//! The process's log: `text` (env_logger's readable lines) or `json` (one object a line for
+//! a log pipeline), chosen by `archeio.log_format`; `RUST_LOG` filters either. Access
+//! records are written by the gateway as a message in the chosen form; here they only get
+//! the time and level that every line carries.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::config::file::LogFormat;
+use crate::config::LogSettings;
+
+/// The target of the access records.
+pub const ACCESS_TARGET: &str = "archeio::access";
+
+static SETTINGS: OnceLock<LogSettings> = OnceLock::new();
+
+/// Installs the logger (once; later calls change nothing).
+pub fn init(settings: LogSettings) {
+    let _ = SETTINGS.set(settings);
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if settings.format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let ts = buf.timestamp_millis().to_string();
+            let level = record.level().as_str().to_ascii_lowercase();
+            let message = record.args().to_string();
+            let head = serde_json::json!({"ts": ts, "level": level, "target": record.target()});
+            let head = head.to_string();
+            match message.strip_prefix('{') {
+                // An access record is an object already: its fields join the line's.
+                Some(fields) if record.target() == ACCESS_TARGET => {
+                    writeln!(buf, "{},{fields}", &head[..head.len() - 1])
+                }
+                _ => {
+                    let msg = serde_json::Value::String(message);
+                    writeln!(buf, "{},\"msg\":{msg}}}", &head[..head.len() - 1])
+                }
+            }
+        });
+    }
+    let _ = builder.try_init();
+}
+
+/// Whether records are JSON.
+pub fn json() -> bool {
+    SETTINGS.get().is_some_and(|s| s.format == LogFormat::Json)
+}
+
+/// Whether access records carry client addresses.
+pub fn client_addresses() -> bool {
+    SETTINGS.get().is_none_or(|s| s.client_address)
+}
+
+/// A request id: 16 hex digits, unique in the process and unlikely to repeat across
+/// processes (a per-process seed mixed with a counter).
+pub fn request_id() -> String {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        now ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), seed)
+    )
+}
+
+/// `text` between double quotes for a `key="value"` field: `"` and `\` escaped with a
+/// backslash, control bytes as `\xNN`, everything else (quotes `'` included) as it is.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_what_a_parser_needs_and_nothing_else() {
+        assert_eq!(quoted(r#"it's "x" \ y"#), r#""it's \"x\" \\ y""#);
+        assert_eq!(quoted("a\nb\u{1}"), r#""a\x0ab\x01""#);
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        let (a, b) = (request_id(), request_id());
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+    }
+}
