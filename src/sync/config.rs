@@ -206,6 +206,15 @@ mod tests {
         assert_eq!(cfg.blob_path, "containers/images/{digest}");
         assert_eq!(cfg.source.rate_limit, 80.0);
         assert_eq!(cfg.destinations[0].region, "us-east-1");
+        assert_eq!(cfg.destinations[0].credentials, None);
+        let cfg = parse(
+            "sync:\n  source: {registry: 'http://r:5000', repositories: [a]}\n  destinations: [{url: 's3://b', credentials: instance_metadata}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.destinations[0].credentials,
+            Some(Credentials::InstanceMetadata)
+        );
         for (yaml, key) in [
             ("threads: 1\n", "sync: section missing"),
             ("sync:\n  source: {registry: 'ftp://x', repositories: [a]}\n  destinations: [{url: 's3://b'}]\n", "sync.source.registry"),
