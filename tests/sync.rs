@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -138,10 +138,11 @@ async fn sync_copies_exactly_the_referenced_blobs_once_and_the_gateway_serves_th
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(count(&summary(&out), "blobs copied"), expected.len() as u64);
+    assert_eq!(count(&summary(&out), "blobs ("), expected.len() as u64);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
-            .matches("would copy")
+            .lines()
+            .filter(|l| l.starts_with("would copy sha256:"))
             .count(),
         expected.len()
     );
@@ -570,11 +571,31 @@ fn local_blobs(dest: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// `archeio sync` without blocking the runtime that serves a [`FakeRegistry`]; a run still
-/// going after 30 s (a loop) fails the test and is killed.
-async fn sync_bounded(config: &str) -> (Output, String) {
-    let child = tokio::process::Command::new(BINARY)
-        .args(["sync", "-c", config])
+/// The variables object_store takes AWS credentials (or the metadata service) from: removed
+/// from every bounded run, so that it sees only what its test sets.
+const AWS_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_METADATA_ENDPOINT",
+];
+
+/// `archeio sync -c config extra...` with `env` (and no other AWS variable), without blocking
+/// the runtime that serves a [`FakeRegistry`]; a run still going after 30 s (a loop, a stall)
+/// fails the test and is killed.
+async fn sync_bounded(config: &str, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let mut command = tokio::process::Command::new(BINARY);
+    command.args(["sync", "-c", config]).args(extra);
+    for var in AWS_VARIABLES {
+        command.env_remove(var);
+    }
+    let child = command
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -629,7 +650,7 @@ async fn a_next_page_link_to_another_origin_is_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["paged", "away"]);
-    let (out, stderr) = sync_bounded(&config).await;
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(elsewhere.all_hits(), 0, "followed a Link to another origin");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -653,7 +674,7 @@ async fn a_next_page_link_that_repeats_stops_the_walk() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["loop", "fine"]);
-    let (out, stderr) = sync_bounded(&config).await;
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(src.hits(second), 1);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -680,7 +701,7 @@ async fn an_index_that_refers_to_itself_is_walked_once() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["cycle"]);
-    let (_, stderr) = sync_bounded(&config).await;
+    let (_, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(src.hits(&format!("/v2/cycle/manifests/{claimed}")), 1);
     assert_eq!(src.hits(&format!("/v2/cycle/manifests/{platform}")), 1);
     assert_eq!(local_blobs(&dest), want, "{stderr}");
@@ -705,7 +726,7 @@ async fn indexes_nested_deeper_than_eight_levels_are_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["shallow", "deep"]);
-    let (out, stderr) = sync_bounded(&config).await;
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("deep:v1: indexes nested more than 8 levels deep"),
@@ -729,7 +750,7 @@ async fn a_manifest_whose_bytes_do_not_match_its_digest_is_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["forged"]);
-    let (out, stderr) = sync_bounded(&config).await;
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -762,7 +783,7 @@ async fn a_blob_longer_than_its_declared_size_is_cut_off() {
 
     let dir = tempfile::tempdir().unwrap();
     let (config, dest) = local_config(dir.path(), &src.url(), &["long"]);
-    let (out, stderr) = sync_bounded(&config).await;
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -845,4 +866,349 @@ async fn verify_reports_corrupt_objects_and_repair_copies_them_again() {
     let out = sync(&config, &["--verify"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(count(&summary(&out), "corrupt"), 0);
+}
+
+/// A configuration syncing `repo` of `registry` into the bucket `bucket` of the S3 endpoint
+/// `endpoint`, with `extra` keys for the destination.
+fn s3_config(dir: &Path, registry: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
+    let path = dir.join("sync.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "sync:
+  source: {{registry: '{registry}', repositories: [app], attempts: 1, timeout: 5s}}
+  destinations:
+    - url: s3://{bucket}
+      endpoint: {endpoint}
+{extra}"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_destination_without_credentials_fails_before_copying_naming_what_was_looked_for() {
+    let src = FakeRegistry::start().await;
+    let (m, _) = src.image("app", "a");
+    src.only_tag("app", &m);
+    // Neither the store nor an instance metadata service may be asked.
+    let (s3, imds) = (BlackHole::start().await, BlackHole::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{}", s3.addr);
+    let config = s3_config(dir.path(), &src.url(), &endpoint, "nocreds", "");
+    let metadata = format!("http://{}", imds.addr);
+    let started = Instant::now();
+    let (out, stderr) = sync_bounded(&config, &[], &[("AWS_METADATA_ENDPOINT", &metadata)]).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("no credentials").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "s3://nocreds: no credentials found; looked for an access key (AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY), a web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN) \
+             and container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, or \
+             AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); set \
+             one, or `credentials: instance_metadata` to use the EC2 instance metadata service"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        (src.all_hits(), s3.accepted(), imds.accepted()),
+        (0, 0, 0),
+        "{stderr}"
+    );
+
+    // Half a key pair, in variables the configuration names: the missing half is named, the
+    // value of the other is not shown.
+    let config = s3_config(
+        dir.path(),
+        &src.url(),
+        &endpoint,
+        "nocreds",
+        "      access_key_id_env: MIRROR_KEY_ID\n      secret_access_key_env: MIRROR_SECRET\n",
+    );
+    let (out, stderr) = sync_bounded(&config, &[], &[("MIRROR_SECRET", "do-not-print-me")]).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("s3://nocreds: MIRROR_SECRET is set but MIRROR_KEY_ID is not"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("do-not-print-me"), "{stderr}");
+    assert_eq!((src.all_hits(), s3.accepted()), (0, 0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_metadata_is_asked_once_when_chosen_and_a_dead_service_stops_the_run_once() {
+    let src = FakeRegistry::start().await;
+    let (m, want) = src.image("app", "a");
+    src.only_tag("app", &m);
+    let moto = Moto::start().await;
+    moto.bucket("imds").await;
+    // An instance metadata service (IMDSv2) handing out a role's temporary credentials.
+    let imds = FakeRegistry::start().await;
+    imds.answer("/latest/api/token", &[], Body::Bytes(b"session".to_vec()));
+    let role = "/latest/meta-data/iam/security-credentials/";
+    imds.answer(role, &[], Body::Bytes(b"sync-role".to_vec()));
+    let credentials = serde_json::json!({"AccessKeyId": "imds-key", "SecretAccessKey": "imds-secret",
+        "Token": "imds-token", "Expiration": "2100-01-01T00:00:00Z"});
+    imds.answer(
+        &format!("{role}sync-role"),
+        &[],
+        Body::Bytes(credentials.to_string().into_bytes()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let config = s3_config(
+        dir.path(),
+        &src.url(),
+        &endpoint,
+        "imds",
+        "      credentials: instance_metadata\n",
+    );
+    let (out, stderr) = sync_bounded(&config, &[], &[("AWS_METADATA_ENDPOINT", &imds.url())]).await;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let keys: BTreeSet<String> = want
+        .iter()
+        .map(|d| format!("containers/images/{d}"))
+        .collect();
+    assert_eq!(moto.keys("imds").await, keys, "{stderr}");
+    // Two blobs, two HEADs, two uploads: one credential fetch.
+    assert_eq!(imds.hits("/latest/api/token"), 1, "{stderr}");
+
+    // A metadata service that never answers: a few attempts in all, not per blob, and the
+    // run stops before the source is walked.
+    let dead = BlackHole::start().await;
+    let (walked, started) = (src.all_hits(), Instant::now());
+    let metadata = format!("http://{}", dead.addr);
+    let (out, stderr) = sync_bounded(&config, &[], &[("AWS_METADATA_ENDPOINT", &metadata)]).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    let line =
+        format!("s3://imds: no credentials from the instance metadata service at {metadata}: ");
+    assert_eq!(stderr.matches(&line).count(), 1, "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(dead.accepted() <= 3, "{} attempts", dead.accepted());
+    assert_eq!(src.all_hits(), walked, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_creates_nothing_and_says_what_it_would_copy() {
+    let src = FakeRegistry::start().await;
+    let (m, want) = src.image("app", "a");
+    src.only_tag("app", &m);
+    let manifest: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let size = manifest["config"]["size"].as_u64().unwrap()
+        + manifest["layers"][0]["size"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, dest) = local_config(dir.path(), &src.url(), &["app"]);
+
+    let (out, stderr) = sync_bounded(&config, &["--dry-run"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        summary(&out).starts_with(&format!(
+            "sync (dry run): would copy 2 blobs ({size} bytes), 0 already present, 0 failed, 0 source errors in "
+        )),
+        "{}\n{stderr}",
+        summary(&out)
+    );
+    assert!(!dest.exists(), "the dry run created {}", dest.display());
+    for digest in &want {
+        assert_eq!(src.hits(&format!("/v2/app/blobs/{digest}")), 0);
+    }
+
+    // Once copied, a dry run would copy nothing.
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (out, stderr) = sync_bounded(&config, &["--dry-run"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        summary(&out).starts_with(
+            "sync (dry run): would copy 0 blobs (0 bytes), 2 already present, 0 failed,"
+        ),
+        "{}",
+        summary(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_source_is_reported_once_with_its_cause() {
+    let hole = BlackHole::start().await;
+    // Plain HTTP: a TLS handshake with it fails.
+    let plain = Mirror::start().await;
+    for (registry, cause) in [
+        (
+            format!("http://127.0.0.1:{}", free_port()),
+            "Connection refused",
+        ),
+        (format!("http://{}", hole.addr), "timed out"),
+        (format!("https://{}", plain.addr), "corrupt message"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sync.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "sync:
+  source: {{registry: '{registry}', repositories: [a, b], attempts: 1, timeout: 1s}}
+  destinations: [{{url: 'file://{}'}}]
+",
+                dir.path().join("dest").display()
+            ),
+        )
+        .unwrap();
+        let (out, stderr) = sync_bounded(config.to_str().unwrap(), &[], &[]).await;
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let line = format!("cannot reach the source {registry}/v2/: ");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&line)).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(cause), "{stderr}");
+        // Not walked: no error per repository.
+        assert!(!stderr.contains(" a: "), "{stderr}");
+    }
+}
+
+/// Pushes `repo:v1`, an image of a config naming the repository and `layers`, through the
+/// registry's API; the digests of its blobs.
+async fn push(registry: &Registry, repo: &str, layers: &[&[u8]]) -> BTreeSet<String> {
+    let client = reqwest::Client::new();
+    let base = url::Url::parse(&registry.url(false)).unwrap();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "repository": repo})
+        .to_string()
+        .into_bytes();
+    let mut descriptors = Vec::new();
+    for blob in std::iter::once(&config[..]).chain(layers.iter().copied()) {
+        let digest = sha256(blob);
+        let resp = client
+            .post(base.join(&format!("/v2/{repo}/blobs/uploads/")).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let mut upload = base
+            .join(resp.headers()["location"].to_str().unwrap())
+            .unwrap();
+        upload.query_pairs_mut().append_pair("digest", &digest);
+        let resp = client.put(upload).body(blob.to_vec()).send().await.unwrap();
+        assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+        descriptors.push(serde_json::json!({"digest": digest, "size": blob.len(),
+            "mediaType": "application/vnd.oci.image.layer.v1.tar"}));
+    }
+    descriptors[0]["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptors[0], "layers": descriptors[1..]});
+    let resp = client
+        .put(base.join(&format!("/v2/{repo}/manifests/v1")).unwrap())
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    descriptors
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_split_the_repositories_and_together_copy_what_a_full_run_does() {
+    let storage = tempfile::tempdir().unwrap();
+    let reg = Registry::start(storage.path(), None, Auth::None);
+    // Six repositories, each with a layer of its own and one base layer they all share.
+    let base = b"a base layer every repository has ".repeat(50);
+    let mut blobs_of = BTreeMap::new();
+    for i in 0..6 {
+        let repo = format!("team/r{i}");
+        let own = format!("the layer of {repo} only ").repeat(50);
+        let blobs = push(&reg, &repo, &[&base, own.as_bytes()]).await;
+        blobs_of.insert(repo, blobs);
+    }
+    let base = sha256(&base);
+    // Each run into its own directory, the repositories found through the catalog.
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "sync:
+  source: {{registry: '{}', prefix: team/, attempts: 1, timeout: 5s}}
+  destinations: [{{url: 'file://{}'}}]
+",
+                reg.url(false),
+                dir.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let mut copied = BTreeMap::new();
+    for (name, extra) in [
+        ("full", &[][..]),
+        ("shard0", &["--shard", "0/2"][..]),
+        ("shard1", &["--shard", "1/2"][..]),
+    ] {
+        let (out, stderr) = sync_bounded(&config(name), extra, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        copied.insert(name, local_blobs(&dir.path().join(name)));
+    }
+    let every: BTreeSet<String> = blobs_of.values().flatten().cloned().collect();
+    assert_eq!(copied["full"], every);
+    let union: BTreeSet<String> = copied["shard0"].union(&copied["shard1"]).cloned().collect();
+    assert_eq!(union, copied["full"]);
+    // Each repository is in exactly one shard, which copied all of its blobs, and a shard
+    // copied nothing of the other's repositories but the shared base layer.
+    let mut owned = [BTreeSet::new(), BTreeSet::new()];
+    for (repo, blobs) in &blobs_of {
+        let own: BTreeSet<&String> = blobs.iter().filter(|d| **d != base).collect();
+        let shards: Vec<usize> = ["shard0", "shard1"]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| own.iter().all(|d| copied[**s].contains(*d)))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(shards.len(), 1, "{repo} in shards {shards:?}");
+        owned[shards[0]].extend(blobs.iter().cloned());
+    }
+    assert!(
+        owned.iter().all(|o| !o.is_empty()),
+        "one shard got every repository: the names test nothing"
+    );
+    assert_eq!(copied["shard0"], owned[0]);
+    assert_eq!(copied["shard1"], owned[1]);
+    let both: BTreeSet<String> = copied["shard0"]
+        .intersection(&copied["shard1"])
+        .cloned()
+        .collect();
+    assert_eq!(both, BTreeSet::from([base]));
+
+    // Into one destination, one shard after the other: the second finds the shared layer
+    // there and copies only its own.
+    let out = Command::new(BINARY)
+        .args(["sync", "-c", &config("shard0"), "--shard", "1/2"])
+        .output()
+        .unwrap();
+    let s = summary(&out);
+    assert_eq!(count(&s, "blobs copied"), owned[1].len() as u64 - 1, "{s}");
+    assert_eq!(count(&s, "already present"), 1, "{s}");
+    assert_eq!(local_blobs(&dir.path().join("shard0")), copied["full"]);
+}
+
+#[test]
+fn a_bad_shard_is_a_usage_error() {
+    for bad in ["2/2", "0/0", "1", "a/2", "-1/2", "0/2/3", ""] {
+        let out = Command::new(BINARY)
+            .args(["sync", "-c", "sync.yaml", "--shard", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{bad}' for '--shard <I/N>'")),
+            "{bad}: {stderr}"
+        );
+        assert!(stderr.contains("try '--help'"), "{bad}: {stderr}");
+    }
 }

@@ -75,10 +75,22 @@ pub struct DestinationConfig {
     /// File holding the secret key, instead of the environment.
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
+    /// `instance_metadata`: when no other credentials are found, ask the EC2 instance
+    /// metadata service. Unset: finding none is an error.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
     /// Canned ACL for new objects, e.g. `public-read` so that the gateway's anonymous `HEAD`
     /// and clients' `GET` work. Unset: the bucket's default.
     #[serde(default)]
     pub acl: Option<String>,
+}
+
+/// Where an S3 destination's credentials may come from beyond the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    /// The EC2 instance metadata service (IMDSv2), as a last resort.
+    InstanceMetadata,
 }
 
 fn default_blob_path() -> String {
@@ -194,6 +206,15 @@ mod tests {
         assert_eq!(cfg.blob_path, "containers/images/{digest}");
         assert_eq!(cfg.source.rate_limit, 80.0);
         assert_eq!(cfg.destinations[0].region, "us-east-1");
+        assert_eq!(cfg.destinations[0].credentials, None);
+        let cfg = parse(
+            "sync:\n  source: {registry: 'http://r:5000', repositories: [a]}\n  destinations: [{url: 's3://b', credentials: instance_metadata}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.destinations[0].credentials,
+            Some(Credentials::InstanceMetadata)
+        );
         for (yaml, key) in [
             ("threads: 1\n", "sync: section missing"),
             ("sync:\n  source: {registry: 'ftp://x', repositories: [a]}\n  destinations: [{url: 's3://b'}]\n", "sync.source.registry"),
@@ -202,6 +223,7 @@ mod tests {
             ("sync:\n  source: {registry: 'http://x', repositories: [a]}\n  destinations: [{url: 'gs://b'}]\n", "sync.destinations[0].url"),
             ("sync:\n  source: {registry: 'http://x', repositories: [a], rate_limit: 0}\n  destinations: [{url: 's3://b'}]\n", "sync.source.rate_limit"),
             ("sync:\n  source: {registry: 'http://x', repositories: [a]}\n  destinations: [{url: 's3://b', secret: x}]\n", "unknown field `secret`"),
+            ("sync:\n  source: {registry: 'http://x', repositories: [a]}\n  destinations: [{url: 's3://b', credentials: imds}]\n", "unknown variant `imds`, expected `instance_metadata`"),
         ] {
             let msg = parse(yaml).unwrap_err().to_string();
             assert!(msg.contains(key), "{yaml} -> {msg}");

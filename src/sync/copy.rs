@@ -12,21 +12,34 @@ use sha2::{Digest, Sha256};
 
 use super::config::SyncConfig;
 use super::progress::Tally;
+use super::shard::Shard;
 use super::source::{BlobRef, Source};
+use super::with_causes;
 
-/// Every blob the source's manifests refer to. A repository whose tags cannot be listed, or
-/// a manifest that cannot be read or is refused, is logged and counted, and the walk goes on.
+/// Every blob the manifests of the source's repositories (of `shard`'s, if given) refer to. A
+/// source that cannot be reached stops the walk; a repository whose tags cannot be listed, or a
+/// manifest that cannot be read or is refused, is logged and counted, and the walk goes on.
 pub(super) async fn walk(
     cfg: &SyncConfig,
     source: &Source,
+    shard: Option<Shard>,
     tally: &Tally,
 ) -> Result<BTreeMap<String, BlobRef>, String> {
+    source.reach().await?;
     let mut repositories = cfg.source.repositories.clone();
     if let Some(prefix) = &cfg.source.prefix {
         repositories.extend(source.repositories_under(prefix).await?);
     }
     repositories.sort();
     repositories.dedup();
+    if let Some(shard) = shard {
+        let all = repositories.len();
+        repositories.retain(|r| shard.contains(r));
+        info!(
+            "shard {shard}: {} of {all} repositories",
+            repositories.len()
+        );
+    }
     let mut blobs: BTreeMap<String, BlobRef> = BTreeMap::new();
     for repo in &repositories {
         let tags = match source.tags(repo).await {
@@ -67,7 +80,7 @@ pub(super) async fn copy(
     match store.head(key).await {
         Ok(_) => return Ok(Copy::Present),
         Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(format!("HEAD {key}: {e}")),
+        Err(e) => return Err(format!("HEAD {key}: {}", with_causes(&e))),
     }
     if dry_run {
         return Ok(Copy::Copied(blob.size));
@@ -93,13 +106,15 @@ pub(super) async fn upload(
     let upload = store
         .put_multipart(key)
         .await
-        .map_err(|e| format!("starting the upload: {e}"))?;
+        .map_err(|e| format!("starting the upload: {}", with_causes(&e)))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
     let mut hasher = Sha256::new();
     let mut n = 0u64;
     let streamed: Result<(), String> = async {
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("reading the blob: {e}"))?;
+            // Without the URL: the registry may have redirected to a signed one.
+            let chunk =
+                chunk.map_err(|e| format!("reading the blob: {}", with_causes(&e.without_url())))?;
             n += chunk.len() as u64;
             // The registry could send without end: stop at what the manifest promised.
             if n > blob.size {
@@ -112,7 +127,7 @@ pub(super) async fn upload(
             writer
                 .wait_for_capacity(2)
                 .await
-                .map_err(|e| format!("uploading: {e}"))?;
+                .map_err(|e| format!("uploading: {}", with_causes(&e)))?;
             writer.write(&chunk);
         }
         Ok(())
@@ -134,6 +149,6 @@ pub(super) async fn upload(
     writer
         .finish()
         .await
-        .map_err(|e| format!("completing the upload: {e}"))?;
+        .map_err(|e| format!("completing the upload: {}", with_causes(&e)))?;
     Ok(n)
 }

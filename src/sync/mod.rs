@@ -9,12 +9,15 @@
 //!
 //! `--verify` reads back every object under the blob layout and checks its bytes against the
 //! digest in its name; `--repair` copies the bad ones again.
+//!
+//! `--shard I/N` walks only the repositories of shard I, so that N runs share the work.
 
 mod cli;
 pub mod config;
 mod copy;
 mod progress;
 mod pushgateway;
+mod shard;
 pub mod source;
 mod store;
 mod verify;
@@ -28,11 +31,12 @@ use log::{error, info};
 use object_store::path::Path as ObjectPath;
 use tokio::sync::Semaphore;
 
-pub use cli::Options;
+pub use cli::{Options, ParseError};
 use config::SyncConfig;
 use copy::{copy, walk, Copy};
 use progress::{show_progress, Tally};
 use pushgateway::report_metrics;
+pub use shard::Shard;
 use source::Source;
 use store::open_stores;
 use verify::verify;
@@ -71,11 +75,20 @@ pub async fn run(opts: Options) -> i32 {
             ),
             corrupt == repaired && failed == 0 && source_errors == 0,
         )
+    } else if opts.dry_run {
+        (
+            format!(
+                "sync (dry run): would copy {} blobs ({} bytes), {} already present, {failed} failed, {source_errors} source errors in {seconds:.1} s",
+                n(&tally.copied),
+                n(&tally.bytes),
+                n(&tally.present),
+            ),
+            failed == 0 && source_errors == 0,
+        )
     } else {
         (
             format!(
-                "sync {}: {} blobs copied, {} already present, {failed} failed, {source_errors} source errors, {} bytes copied in {seconds:.1} s",
-                if opts.dry_run { "(dry run)" } else { "done" },
+                "sync done: {} blobs copied, {} already present, {failed} failed, {source_errors} source errors, {} bytes copied in {seconds:.1} s",
                 n(&tally.copied),
                 n(&tally.present),
                 n(&tally.bytes),
@@ -94,9 +107,9 @@ pub async fn run(opts: Options) -> i32 {
 /// Copies every referenced blob into each destination that lacks it.
 async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
     let source = Arc::new(Source::new(&cfg.source)?);
-    let stores = open_stores(cfg)?;
+    let stores = open_stores(cfg, !opts.dry_run).await?;
     let tally = Arc::new(Tally::default());
-    let blobs = walk(cfg, &source, &tally).await?;
+    let blobs = walk(cfg, &source, opts.shard, &tally).await?;
     let total_bytes: u64 = blobs.values().map(|b| b.size).sum::<u64>() * stores.len() as u64;
     info!(
         "{} blobs ({total_bytes} bytes over {} destinations)",
@@ -146,4 +159,37 @@ async fn sync(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
         eprintln!();
     }
     Ok(tally)
+}
+
+/// `error` and its causes (`Error::source`), `: `-separated, so that a connection error says
+/// whether it was refused, timed out or failed in TLS. A cause whose text is already in the
+/// message is left out: some errors print their source themselves.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_kept_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let wrapped = std::io::Error::other(io);
+        // `io::Error::other` prints its source as its own message: not repeated.
+        assert_eq!(with_causes(&wrapped), "connection refused");
+        let config =
+            SyncConfig::from_file(std::path::Path::new("/nonexistent/sync.yaml")).unwrap_err();
+        assert!(with_causes(&config).contains("cannot read the file"));
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use super::progress::Tally;
-use super::Options;
+use super::{with_causes, Options};
 
 /// Writes and pushes the metrics where the options ask; nothing when they ask neither.
 pub(super) async fn report_metrics(
@@ -104,23 +104,55 @@ pub(super) async fn report_metrics(
         std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(url) = &opts.push_gateway {
-        // Its own job for verify runs: a push replaces the whole group it goes to.
-        let job = if opts.verify {
-            "archeio_sync_verify"
-        } else {
-            "archeio_sync"
-        };
-        let target = format!("{}/metrics/job/{job}", url.trim_end_matches('/'));
+        let target = push_target(url, opts);
         let resp = reqwest::Client::new()
             .put(&target)
             .header("Content-Type", "text/plain; version=0.0.4")
             .body(text)
             .send()
             .await
-            .map_err(|e| format!("push to {target}: {e}"))?;
+            .map_err(|e| format!("push to {target}: {}", with_causes(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("push to {target}: answered {}", resp.status()));
         }
     }
     Ok(())
+}
+
+/// The group a run's metrics are pushed to. A push replaces the whole group it goes to: verify
+/// runs have their own job, and each shard its own `shard` label, so that the runs of an
+/// Indexed Job do not replace each other's metrics.
+fn push_target(url: &str, opts: &Options) -> String {
+    let job = if opts.verify {
+        "archeio_sync_verify"
+    } else {
+        "archeio_sync"
+    };
+    let mut target = format!("{}/metrics/job/{job}", url.trim_end_matches('/'));
+    if let Some(shard) = opts.shard {
+        target.push_str(&format!("/shard/{}", shard.index()));
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_pushes_to_its_own_group() {
+        let target = |args: &[&str]| {
+            let args = ["-c", "f"].iter().chain(args).map(|a| a.to_string());
+            push_target("http://pg:9091/", &Options::parse(args).unwrap())
+        };
+        assert_eq!(target(&[]), "http://pg:9091/metrics/job/archeio_sync");
+        assert_eq!(
+            target(&["--shard", "2/4"]),
+            "http://pg:9091/metrics/job/archeio_sync/shard/2"
+        );
+        assert_eq!(
+            target(&["--verify"]),
+            "http://pg:9091/metrics/job/archeio_sync_verify"
+        );
+    }
 }

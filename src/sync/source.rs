@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use url::{Origin, Url};
 
 use super::config::SourceConfig;
+use super::with_causes;
 
 /// Manifest types asked for: indexes and image manifests, OCI and Docker.
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -93,7 +94,7 @@ impl Source {
             .read_timeout(cfg.timeout)
             .user_agent(concat!("archeio-sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the registry client: {e}"))?;
+            .map_err(|e| format!("cannot build the registry client: {}", with_causes(&e)))?;
         let origin = Url::parse(&cfg.registry)
             .map_err(|e| format!("{}: {e}", cfg.registry))?
             .origin();
@@ -116,6 +117,19 @@ impl Source {
 
     /// `GET url`, paced and retried; the answer has status 200.
     async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
+        let resp = self
+            .send(url, accept)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("GET {url}: answered {}", resp.status()));
+        }
+        Ok(resp)
+    }
+
+    /// `GET url`, paced, and retried on connection errors, `429` and `5xx`; the first other
+    /// answer.
+    async fn send(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -125,7 +139,6 @@ impl Source {
                 req = req.header("Accept", a);
             }
             let (why, retry_after) = match req.send().await {
-                Ok(resp) if resp.status() == StatusCode::OK => return Ok(resp),
                 Ok(resp)
                     if resp.status() == StatusCode::TOO_MANY_REQUESTS
                         || resp.status().is_server_error() =>
@@ -137,11 +150,13 @@ impl Source {
                         .map(Duration::from_secs);
                     (format!("answered {}", resp.status()), after)
                 }
-                Ok(resp) => return Err(format!("GET {url}: answered {}", resp.status())),
-                Err(e) => (format!("failed: {e}"), None),
+                Ok(resp) => return Ok(resp),
+                // Without its URL (that of a redirect may be signed): the caller names the
+                // one it asked for. The causes say refused, DNS, TLS or timeout.
+                Err(e) => (with_causes(&e.without_url()), None),
             };
             if attempt >= self.attempts {
-                return Err(format!("GET {url}: {why} ({attempt} attempts)"));
+                return Err(format!("{why} ({attempt} attempts)"));
             }
             let backoff = retry_after
                 .unwrap_or(Duration::from_millis(500) * 2u32.pow(attempt - 1))
@@ -149,6 +164,17 @@ impl Source {
             warn!("GET {url}: {why}; retrying in {backoff:?}");
             tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// Asks for `/v2/` (retried as any request), so that a source that cannot be reached
+    /// stops the run with one error instead of one per repository. Any answer means it is
+    /// there: `401` included, as the listings that follow may not need it.
+    pub async fn reach(&self) -> Result<(), String> {
+        let url = self.at("/v2/");
+        self.send(&url, None)
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot reach the source {url}: {e}"))
     }
 
     /// Follows `Link: <...>; rel="next"` pages of a list endpoint from `first` (a path). A
@@ -164,11 +190,12 @@ impl Source {
                 .get("link")
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_link);
-            out.push(
-                resp.json::<T>()
-                    .await
-                    .map_err(|e| format!("GET {url}: unreadable answer: {e}"))?,
-            );
+            out.push(resp.json::<T>().await.map_err(|e| {
+                format!(
+                    "GET {url}: unreadable answer: {}",
+                    with_causes(&e.without_url())
+                )
+            })?);
             let Some(next) = next else {
                 return Ok(out);
             };
@@ -264,7 +291,7 @@ impl Source {
             .await?
             .bytes()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", with_causes(&e.without_url())))?;
         // A tag cannot hold ':'; a digest always does.
         if reference.contains(':') {
             if !reference.starts_with("sha256:") {

@@ -1,14 +1,24 @@
 //! The destinations: each configured URL opened as an object store, `file://` as a local
 //! directory, `s3://bucket/prefix` as S3 with its keys under the prefix.
+//!
+//! An S3 destination's credentials are found before anything is copied. object_store falls
+//! back to the EC2 instance metadata service when it finds none, and asks it again, with ten
+//! retries, for every request while it fails: a run without credentials stalled on each blob.
+//! Here that service is used only when the configuration asks for it (`credentials:
+//! instance_metadata`), with few quick attempts, once for the run.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider};
 use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientOptions, ObjectStore};
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
-use super::config::{DestinationConfig, SyncConfig};
+use super::config::{Credentials, DestinationConfig, SyncConfig};
+use super::with_causes;
 
 /// A destination ready to write to.
 pub(super) struct Store {
@@ -16,43 +26,46 @@ pub(super) struct Store {
     pub(super) store: Arc<dyn ObjectStore>,
 }
 
-/// Every destination, ready to write to.
-pub(super) fn open_stores(cfg: &SyncConfig) -> Result<Vec<Store>, String> {
-    cfg.destinations.iter().map(open_store).collect()
+/// Every destination, ready to write to; with `create` false (a dry run, a verify that does
+/// not repair) nothing is created: a local directory not there yet is an empty store.
+pub(super) async fn open_stores(cfg: &SyncConfig, create: bool) -> Result<Vec<Store>, String> {
+    let mut stores = Vec::with_capacity(cfg.destinations.len());
+    for d in &cfg.destinations {
+        stores.push(open_store(d, create).await?);
+    }
+    Ok(stores)
 }
 
-fn open_store(d: &DestinationConfig) -> Result<Store, String> {
+/// Where the instance metadata service is unless `AWS_METADATA_ENDPOINT` says otherwise (as
+/// object_store's `from_env` reads it).
+const METADATA_ENDPOINT: &str = "http://169.254.169.254";
+
+/// A variable's value; unset or empty: none.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+async fn open_store(d: &DestinationConfig, create: bool) -> Result<Store, String> {
     let name = d.url.clone();
     if let Some(dir) = d.url.strip_prefix("file://") {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{name}: cannot create {dir}: {e}"))?;
-        let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{name}: {e}"))?;
-        return Ok(Store {
-            name,
-            store: Arc::new(store),
-        });
+        let store: Arc<dyn ObjectStore> = if create {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("{name}: cannot create {dir}: {e}"))?;
+            Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{name}: {e}"))?)
+        } else if Path::new(dir).exists() {
+            Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{name}: {e}"))?)
+        } else {
+            // Holds no blob, as the directory would if it were created, without creating it.
+            Arc::new(InMemory::new())
+        };
+        return Ok(Store { name, store });
     }
     let location = d.url.trim_start_matches("s3://");
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-    let env =
-        |var: &Option<String>, default: &str| std::env::var(var.as_deref().unwrap_or(default)).ok();
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(&d.region);
-    if let Some(id) = env(&d.access_key_id_env, "AWS_ACCESS_KEY_ID") {
-        b = b.with_access_key_id(id);
-    }
-    let secret = match &d.secret_access_key_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("{name}: cannot read {}: {e}", path.display()))?
-                .trim_end()
-                .to_string(),
-        ),
-        None => env(&d.secret_access_key_env, "AWS_SECRET_ACCESS_KEY"),
-    };
-    if let Some(secret) = secret {
-        b = b.with_secret_access_key(secret);
-    }
+    b = with_credentials(b, d, &name, bucket).await?;
     let mut options = ClientOptions::new();
     if let Some(endpoint) = &d.endpoint {
         b = b
@@ -71,7 +84,7 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
     let store = b
         .with_client_options(options)
         .build()
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|e| format!("{name}: {}", with_causes(&e)))?;
     // Keys go under the prefix: the gateway's mirror URL for this bucket includes it.
     let prefix = prefix.trim_matches('/');
     let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
@@ -80,4 +93,111 @@ fn open_store(d: &DestinationConfig) -> Result<Store, String> {
         Arc::new(PrefixStore::new(store, prefix))
     };
     Ok(Store { name, store })
+}
+
+/// The destination's credentials on `b`: an access key (from the variables the configuration
+/// names, or the secret from a file), else a web identity, else container credentials, else,
+/// when the configuration allows it, the instance metadata service's; none is an error that
+/// says what was looked for.
+async fn with_credentials(
+    mut b: AmazonS3Builder,
+    d: &DestinationConfig,
+    name: &str,
+    bucket: &str,
+) -> Result<AmazonS3Builder, String> {
+    let key_var = d
+        .access_key_id_env
+        .as_deref()
+        .unwrap_or("AWS_ACCESS_KEY_ID");
+    let secret_var = d
+        .secret_access_key_env
+        .as_deref()
+        .unwrap_or("AWS_SECRET_ACCESS_KEY");
+    let (secret, secret_from) = match &d.secret_access_key_file {
+        Some(path) => (
+            Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("{name}: cannot read {}: {e}", path.display()))?
+                    .trim_end()
+                    .to_string(),
+            ),
+            "secret_access_key_file",
+        ),
+        None => (var(secret_var), secret_var),
+    };
+    match (var(key_var), secret) {
+        (Some(id), Some(secret)) => {
+            return Ok(b.with_access_key_id(id).with_secret_access_key(secret));
+        }
+        (Some(_), None) => {
+            return Err(format!("{name}: {key_var} is set but {secret_from} is not"))
+        }
+        (None, Some(_)) => {
+            return Err(format!("{name}: {secret_from} is set but {key_var} is not"))
+        }
+        (None, None) => {}
+    }
+    // object_store's `AmazonS3Builder::new` reads the web identity variables itself, but not
+    // those of container credentials: its `from_env` does, with every other `AWS_*` variable
+    // (`AWS_ENDPOINT` too, which would override the configuration), so they are passed on
+    // here one by one. The full URI is used only with its token file, as object_store does.
+    if var("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && var("AWS_ROLE_ARN").is_some() {
+        return Ok(b);
+    }
+    if let Some(uri) = var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        return Ok(b.with_config(AmazonS3ConfigKey::ContainerCredentialsRelativeUri, uri));
+    }
+    if let (Some(uri), Some(file)) = (
+        var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+    ) {
+        b = b
+            .with_config(AmazonS3ConfigKey::ContainerCredentialsFullUri, uri)
+            .with_config(AmazonS3ConfigKey::ContainerAuthorizationTokenFile, file);
+        return Ok(b);
+    }
+    if d.credentials == Some(Credentials::InstanceMetadata) {
+        return Ok(b.with_credentials(instance_metadata(name, bucket, &d.region).await?));
+    }
+    Err(format!(
+        "{name}: no credentials found; looked for an access key ({key_var} and {secret_from}), a \
+         web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN) and container credentials \
+         (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, or AWS_CONTAINER_CREDENTIALS_FULL_URI with \
+         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); set one, or `credentials: instance_metadata` \
+         to use the EC2 instance metadata service"
+    ))
+}
+
+/// The instance metadata service's credentials for the store, fetched now: a failure stops
+/// the run before anything is copied. The provider is built apart from the store so that its
+/// retries are those of the AWS SDKs for this service (3 attempts, 1 s each) while the
+/// store's requests keep object_store's; it keeps the credentials until shortly before they
+/// expire.
+async fn instance_metadata(
+    name: &str,
+    bucket: &str,
+    region: &str,
+) -> Result<AwsCredentialProvider, String> {
+    let endpoint = var("AWS_METADATA_ENDPOINT").unwrap_or_else(|| METADATA_ENDPOINT.into());
+    let provider = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_config(AmazonS3ConfigKey::MetadataEndpoint, &endpoint)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+        })
+        .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(1)))
+        .build()
+        .map_err(|e| format!("{name}: {}", with_causes(&e)))?
+        .credentials()
+        .clone();
+    provider.get_credential().await.map_err(|e| {
+        format!(
+            "{name}: no credentials from the instance metadata service at {endpoint}: {}",
+            with_causes(&e)
+        )
+    })?;
+    Ok(provider)
 }

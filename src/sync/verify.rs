@@ -16,14 +16,14 @@ use super::copy::{upload, walk};
 use super::progress::Tally;
 use super::source::Source;
 use super::store::open_stores;
-use super::Options;
+use super::{with_causes, Options};
 use crate::routing::grammar::is_lower_hex;
 
 /// `--verify`: reads back every object under the blob layout in each destination, reports
 /// those whose bytes do not have the digest in their name, and with `--repair` deletes each
 /// and copies it again from the source.
 pub(super) async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally>, String> {
-    let stores = open_stores(cfg)?;
+    let stores = open_stores(cfg, opts.repair).await?;
     let tally = Arc::new(Tally::default());
     let limit = Arc::new(Semaphore::new(cfg.concurrency));
     let (before, after) = cfg
@@ -39,7 +39,7 @@ pub(super) async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally
         let mut listing = store.store.list(dir.as_ref());
         while let Some(meta) = listing.next().await {
             let key = meta
-                .map_err(|e| format!("{}: listing the objects: {e}", store.name))?
+                .map_err(|e| format!("{}: listing the objects: {}", store.name, with_causes(&e)))?
                 .location;
             let Some(digest) = key
                 .as_ref()
@@ -80,7 +80,7 @@ pub(super) async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally
     }
 
     let source = Arc::new(Source::new(&cfg.source)?);
-    let blobs = walk(cfg, &source, &tally).await?;
+    let blobs = walk(cfg, &source, None, &tally).await?;
     let mut repairs = tokio::task::JoinSet::new();
     for (i, key, digest) in corrupt {
         let (store, name) = (stores[i].store.clone(), stores[i].name.clone());
@@ -95,7 +95,7 @@ pub(super) async fn verify(cfg: &SyncConfig, opts: &Options) -> Result<Arc<Tally
             // clients to the upstream rather than to bad bytes.
             let repaired = match store.delete(&key).await {
                 Ok(()) => upload(&source, &*store, &key, &digest, &blob).await,
-                Err(e) => Err(format!("deleting it: {e}")),
+                Err(e) => Err(format!("deleting it: {}", with_causes(&e))),
             };
             match repaired {
                 Ok(_) => {
@@ -125,12 +125,12 @@ async fn read_digest(store: &dyn ObjectStore, key: &ObjectPath) -> Result<(Strin
     let mut body = store
         .get(key)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| with_causes(&e))?
         .into_stream();
     let mut hasher = Sha256::new();
     let mut n = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
+        let chunk = chunk.map_err(|e| with_causes(&e))?;
         n += chunk.len() as u64;
         hasher.update(&chunk);
     }
