@@ -314,11 +314,10 @@ fn explain(refresher: &RangeRefresher, routes: &Routes, samples: &[Sample]) -> i
 
 /// `archeio sync ...`: fills the mirrors, then exits (no server).
 fn run_sync(args: &[String]) -> i32 {
-    let wants_help = args.iter().any(|a| a == "--help" || a == "-h");
     let opts = match sync::Options::parse(args.iter().cloned()) {
         Ok(o) => o,
-        Err(help) if wants_help => {
-            println!("{help}");
+        Err(e) if e.is_help() => {
+            println!("{e}");
             return 0;
         }
         Err(e) => {

@@ -56,6 +56,23 @@ async fn gateway_in_mode(
     (Gateway::start(&keys).await, mirror)
 }
 
+/// [`gateway`] for endpoints none of which will be healthy: the gateway is not ready.
+async fn unready_gateway(endpoints: &[String]) -> Gateway {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
+    Gateway::start_unready(&format!(
+        "  mode: passthrough
+  upstream:
+    endpoints: [{}]
+    path: test
+    timeouts: {{connect: 2s, read: 3s, total: 60s}}
+    health_check: {{interval: 200ms, timeout: 1s, unhealthy_after: 1, healthy_after: 1}}
+  ranges: {{embedded: false, custom: [{{cidr: 127.0.0.0/8, cloud: aws, region: local-1}}]}}
+  client_address: {{trusted_proxy_hops: 0}}",
+        list.join(", ")
+    ))
+    .await
+}
+
 fn assert_digest(r: &Resp, digest: &str) {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(sha256(&r.body), digest);
@@ -294,7 +311,7 @@ async fn tls_upstream_is_verified_with_the_configured_ca() {
     assert_digest(&r, &img.app_config);
 
     // Without the CA the certificate is not trusted: no answer from that upstream.
-    let (untrusting, _m) = gateway(&[reg.url(true)], "").await;
+    let untrusting = unready_gateway(&[reg.url(true)]).await;
     let r = untrusting
         .send("GET", "/v2/multi/manifests/v1", &[("Accept", OCI_INDEX)])
         .await;
@@ -584,7 +601,7 @@ async fn failover_to_the_next_endpoint_and_502_when_none_answers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let (gw, _m) = gateway(&[dead, format!("http://127.0.0.1:{}", free_port())], "").await;
+    let gw = unready_gateway(&[dead, format!("http://127.0.0.1:{}", free_port())]).await;
     let r = gw.send("GET", "/v2/app/manifests/v1", &accept).await;
     assert_eq!(
         (r.status, r.oci_code().as_str()),

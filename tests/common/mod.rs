@@ -48,8 +48,18 @@ impl Gateway {
         Gateway::start_with_listen(&[], archeio_keys).await
     }
 
+    /// As [`Gateway::start`], for a gateway that is expected not to be ready (no healthy
+    /// upstream endpoint in pass-through): waits for its listeners only.
+    pub async fn start_unready(archeio_keys: &str) -> Gateway {
+        Gateway::start_checked(&[], archeio_keys, false).await
+    }
+
     /// As [`Gateway::start`], with more registry listener addresses.
     pub async fn start_with_listen(extra: &[&str], archeio_keys: &str) -> Gateway {
+        Gateway::start_checked(extra, archeio_keys, true).await
+    }
+
+    async fn start_checked(extra: &[&str], archeio_keys: &str, need_ready: bool) -> Gateway {
         let extra: String = extra.iter().map(|a| format!(", '{a}'")).collect();
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
@@ -63,7 +73,7 @@ impl Gateway {
             let path = dir.path().join("archeio.yaml");
             std::fs::write(&path, conf).unwrap();
             let cmd = command(&["-c", path.to_str().unwrap()], &[], dir.path());
-            if let Some(gw) = Gateway::spawn(cmd, port, admin, dir).await {
+            if let Some(gw) = Gateway::spawn_checked(cmd, port, admin, dir, need_ready).await {
                 return gw;
             }
         }
@@ -90,11 +100,24 @@ impl Gateway {
     /// Spawns `cmd` and waits for `/readyz`; None when the process exits first (a port
     /// taken in the meantime).
     pub async fn spawn(
-        mut cmd: Command,
+        cmd: Command,
         port: u16,
         admin: u16,
         dir: tempfile::TempDir,
     ) -> Option<Gateway> {
+        Gateway::spawn_checked(cmd, port, admin, dir, true).await
+    }
+
+    /// [`Gateway::spawn`]; without `need_ready`, `/healthz` stands in for `/readyz`.
+    async fn spawn_checked(
+        mut cmd: Command,
+        port: u16,
+        admin: u16,
+        dir: tempfile::TempDir,
+        need_ready: bool,
+    ) -> Option<Gateway> {
+        let probe = if need_ready { "/readyz" } else { "/healthz" };
+        let answer: &[u8] = if need_ready { b"ready\n" } else { b"ok\n" };
         let child = cmd.spawn().expect("spawn the gateway");
         let mut gw = Gateway {
             child,
@@ -112,8 +135,8 @@ impl Gateway {
             // Both ports must be answered by this gateway: another process (a parallel test's
             // server) may have taken a port between `free_port` and the gateway's bind.
             let admin_ours = matches!(
-                request(gw.admin, "GET", "/readyz", &[]).await,
-                Ok(r) if r.status == 200 && r.body == b"ready\n"
+                request(gw.admin, "GET", probe, &[]).await,
+                Ok(r) if r.status == 200 && r.body == answer
             );
             if admin_ours {
                 match request(gw.addr, "GET", "/", &[]).await {
