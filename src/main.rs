@@ -18,7 +18,8 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
-use archeio::config::{dual_stack, Settings};
+use archeio::config::file::LogFormat;
+use archeio::config::{dual_stack, LogSettings, Settings};
 use archeio::gateway::admin::AdminApp;
 use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
@@ -42,6 +43,13 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        // The gateway's own format comes from its configuration, read below.
+        logging::init(LogSettings {
+            format: LogFormat::Text,
+            client_address: true,
+        });
+    }
     match &cli.command {
         Some(Command::Sync { args }) => exit(run_sync(args)),
         Some(Command::Health(h)) => {
@@ -88,7 +96,7 @@ fn main() {
         exit(explain(&refresher, &settings.routes, &samples));
     }
     let (v4, v6) = refresher.live().load().prefix_counts();
-    let outcomes = Outcome::ALL.map(|o| metrics::Label::as_str(o));
+    let outcomes = Outcome::ALL.map(metrics::Label::as_str);
     metrics::init(&metrics::KnownLabels {
         routes: &Route::ALL.map(Route::as_str),
         redirect_targets: &["upstream", "signature_upstream", "default_mirror", "page"],
