@@ -15,6 +15,8 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 # The end-to-end suite is a Python 3 script (stdlib only); it installs its own clients.
 command -v python3 >/dev/null || missing+=(python3)
+# The rolling-restart test (tests/ops/rolling_restart.py) balances three gateways with HAProxy.
+command -v haproxy >/dev/null || missing+=(haproxy)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
@@ -76,6 +78,9 @@ echo "== cargo build --release --locked (the end-to-end suite runs the release b
 cargo build --release --locked
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
+echo "== rolling restart: three release gateways behind HAProxy, SIGTERM one at a time under load (tests/ops/rolling_restart.py)"
+# About 12 s; the script bounds its own load and waits, `timeout` bounds the whole.
+timeout -k 10 60 python3 tests/ops/rolling_restart.py
 echo "== fuzzing, ${FUZZ_SECONDS} s per target"
 # cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
 fuzz_log=$(mktemp)
