@@ -79,7 +79,8 @@ cargo build --release --locked
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
 echo "== rolling restart: three release gateways behind HAProxy, SIGTERM one at a time under load (tests/ops/rolling_restart.py)"
-# About 12 s; the script bounds its own load and waits, `timeout` bounds the whole.
+# About 11 s; the script bounds its own load and waits, `timeout` bounds the whole. Until the
+# gateway drains on SIGTERM (docs/scaling.md, "Today") this step fails, and the script with it.
 timeout -k 10 60 python3 tests/ops/rolling_restart.py
 echo "== fuzzing, ${FUZZ_SECONDS} s per target"
 # cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
