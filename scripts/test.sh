@@ -18,6 +18,8 @@ command -v python3 >/dev/null || missing+=(python3)
 # deploy/prometheus/check.py checks the alert rules and the dashboard with promtool and a
 # real Prometheus scraping the release binary.
 command -v promtool >/dev/null || missing+=(prometheus)
+# The rolling-restart test (tests/ops/rolling_restart.py) balances three gateways with HAProxy.
+command -v haproxy >/dev/null || missing+=(haproxy)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
@@ -90,6 +92,9 @@ echo "== Prometheus rules and Grafana dashboard against the release binary (depl
 python3 deploy/prometheus/check.py
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
+echo "== rolling restart: three release gateways behind HAProxy, SIGTERM one at a time under load (tests/ops/rolling_restart.py)"
+# About 11 s; the script bounds its own load and waits, `timeout` bounds the whole.
+timeout -k 10 60 python3 tests/ops/rolling_restart.py
 echo "== fuzzing, ${FUZZ_SECONDS} s per target"
 # cargo fuzz passes a few nightly-only compiler flags; RUSTC_BOOTSTRAP lets stable take them.
 fuzz_log=$(mktemp)

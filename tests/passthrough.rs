@@ -1117,6 +1117,27 @@ async fn only_allowed_client_headers_reach_the_upstream() {
     assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_well_formed_traceparent_is_sent_on_and_a_malformed_one_is_not() {
+    use common::fake::{Canned, FakeServer};
+    let upstream = FakeServer::start(|_| Canned::new(200).body("{}")).await;
+    let gw = gateway_with("passthrough", &upstream.url(), "", "").await;
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (sent, wanted) in [
+        (good, Some(good)),
+        ("00-not-a-trace-01", None),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+    ] {
+        let r = gw
+            .send("GET", "/v2/app/manifests/v1", &[("traceparent", sent)])
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = upstream.seen_except_health();
+        let got = seen.last().unwrap();
+        assert_eq!(got.header("traceparent"), wanted, "{sent}: {got:?}");
+    }
+}
+
 /// Issue 12, item 10: with `stale_if_error`, an expired tag answer is served, marked and
 /// counted, when no upstream endpoint can be reached; without it, 502.
 #[tokio::test(flavor = "multi_thread")]
