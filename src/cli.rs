@@ -2,10 +2,11 @@
 //! additions to `-t` (`--print`, `--explain`), and the subcommands `sync` and `health`.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use archeio::gateway::lifecycle::reachable;
 use clap::{Args, Parser, Subcommand};
 use pingora_core::server::configuration::Opt;
 
@@ -129,7 +130,7 @@ pub fn health(h: &Health, admin: Option<SocketAddr>) -> i32 {
         eprintln!("archeio health: the configuration has no admin_listen address");
         return 1;
     };
-    let addr = loopback_for(admin);
+    let addr = reachable(admin);
     match probe(addr, path, Duration::from_secs(h.timeout.max(1))) {
         Ok(200) => 0,
         Ok(status) => {
@@ -141,16 +142,6 @@ pub fn health(h: &Health, admin: Option<SocketAddr>) -> i32 {
             1
         }
     }
-}
-
-/// A wildcard listener is probed on its family's loopback address.
-fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
 }
 
 /// `GET path` over HTTP/1.0: the status code.

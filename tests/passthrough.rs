@@ -1126,7 +1126,10 @@ async fn a_well_formed_traceparent_is_sent_on_and_a_malformed_one_is_not() {
     for (sent, wanted) in [
         (good, Some(good)),
         ("00-not-a-trace-01", None),
-        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+        (
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            None,
+        ),
     ] {
         let r = gw
             .send("GET", "/v2/app/manifests/v1", &[("traceparent", sent)])
