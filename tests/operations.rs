@@ -7,7 +7,7 @@ use std::net::TcpListener as StdListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{command, free_port, repo_file, request, Gateway, BINARY};
+use common::{command, free_port, repo_file, request, Gateway, Mirror, BINARY};
 
 /// Runs the binary to completion with `args` and `env` (no inherited archeio variables).
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -679,4 +679,75 @@ fn send_signal(pid: u32, signal: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn the_mirror_check_carries_the_clients_traceparent() {
+    let mirror = Mirror::start().await;
+    let gw = Gateway::start(&format!(
+        "  mirrors: {{default: '{}', replace_regions: true, regions: {{}}}}\n  ranges: {{embedded: false}}",
+        mirror.base()
+    ))
+    .await;
+    let blob = |n: u8| format!("/v2/pause/blobs/sha256:{}", format!("{n:02x}").repeat(32));
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = gw.send("GET", &blob(1), &[("traceparent", trace)]).await;
+    assert_eq!(r.status, 307);
+    let r = gw
+        .send("GET", &blob(2), &[("traceparent", "00-bogus-01")])
+        .await;
+    assert_eq!(r.status, 307);
+    assert_eq!(
+        mirror.head_traceparents(),
+        [Some(trace.to_string()), None],
+        "a malformed traceparent is not sent on"
+    );
+}
+
+#[tokio::test]
+async fn requests_in_flight_when_the_listeners_close_are_finished_before_the_exit() {
+    let mirror = Mirror::start().await;
+    // The mirror's HEAD takes 2.5 s: a blob request sent just before the grace ends is still
+    // in flight when the listeners close.
+    mirror.set_delay(Duration::from_millis(2500));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let conf = write_conf(
+        dir.path(),
+        "threads: 1\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 6",
+        &format!(
+            "  listen: ['127.0.0.1:{port}']\n  admin_listen: ['127.0.0.1:{admin}']\n  mirrors: {{default: '{}', replace_regions: true, regions: {{}}}}\n  ranges: {{embedded: false}}",
+            mirror.base()
+        ),
+    );
+    let cmd = command(&["-c", &conf], &[], dir.path());
+    let mut gw = Gateway::spawn(cmd, port, admin, dir).await.unwrap();
+    let signalled = Instant::now();
+    send_signal(gw.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move {
+        let blob = format!("/v2/pause/blobs/sha256:{}", "ab".repeat(32));
+        let r = request(addr, "GET", &blob, &[]).await;
+        (r.map(|r| r.status).ok(), signalled.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        request(gw.addr, "GET", "/v2/", &[]).await.is_err(),
+        "new connections are refused once the grace is over"
+    );
+    let (status, answered) = slow.await.unwrap();
+    assert_eq!(status, Some(307), "{}", gw.log());
+    assert!(answered > Duration::from_secs(2), "{answered:?}");
+    assert!(
+        gw.exited_within(Duration::from_secs(3)).await,
+        "{}",
+        gw.log()
+    );
+    // It exited once the request was done, well before the 6 s allowed.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
 }

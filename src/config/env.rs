@@ -6,14 +6,15 @@ use super::ConfigError;
 
 /// The environment variables [`ArcheioConfig::apply_env`] reads: the original archeio's, plus
 /// our admin port.
-pub const ENV_VARS: [&str; 6] = [
-    "PORT",
-    "UPSTREAM_REGISTRY_ENDPOINT",
-    "UPSTREAM_REGISTRY_PATH",
-    "SIGNATURE_UPSTREAM_ENDPOINT",
-    "DEFAULT_AWS_BASE_URL",
-    "ARCHEIO_ADMIN_PORT",
-];
+pub const ENV_VARS: [&str; 6] = {
+    let mut names = [""; 6];
+    let mut i = 0;
+    while i < ENV_KEYS.len() {
+        names[i] = ENV_KEYS[i].0;
+        i += 1;
+    }
+    names
+};
 
 /// Each variable and the key it sets, so that a bad value is reported by the variable.
 pub(super) const ENV_KEYS: [(&str, &str); 6] = [

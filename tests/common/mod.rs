@@ -307,6 +307,7 @@ struct MirrorState {
     present: Mutex<HashSet<String>>,
     status: Mutex<HashMap<String, u16>>,
     heads: Mutex<HashMap<String, usize>>,
+    traceparents: Mutex<Vec<Option<String>>>,
     delay: Mutex<Duration>,
     default_status: Mutex<Option<u16>>,
 }
@@ -377,6 +378,11 @@ impl Mirror {
             .unwrap_or(0)
     }
 
+    /// The `traceparent` of each HEAD received, in order.
+    pub fn head_traceparents(&self) -> Vec<Option<String>> {
+        self.state.traceparents.lock().unwrap().clone()
+    }
+
     /// HEADs received in all.
     pub fn all_heads(&self) -> usize {
         self.state.heads.lock().unwrap().values().sum()
@@ -388,6 +394,9 @@ impl MirrorState {
         let path = req.uri().path().to_string();
         if req.method() == Method::HEAD {
             *self.heads.lock().unwrap().entry(path.clone()).or_default() += 1;
+            let trace = req.headers().get("traceparent");
+            let trace = trace.and_then(|v| v.to_str().ok()).map(str::to_string);
+            self.traceparents.lock().unwrap().push(trace);
         }
         let delay = *self.delay.lock().unwrap();
         if !delay.is_zero() {
