@@ -24,6 +24,13 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// What `-t --print` prints for `conf`, which must pass.
+fn print_config(conf: &str, env: &[(&str, &str)]) -> String {
+    let out = run(&["-t", "-c", conf, "--print"], env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -200,9 +207,7 @@ fn own_regions_are_added_to_the_built_in_table_unless_replace_is_asked_for() {
         "threads: 1",
         "  mirrors:\n    regions: {lab: 'http://mirror.lab.example'}\n  ranges:\n    custom: [{cidr: 10.0.0.0/8, provider: onprem, region: lab}]",
     );
-    let out = run(&["-t", "-c", &conf, "--print"], &[]);
-    let printed = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = print_config(&conf, &[]);
     assert!(
         printed.contains("lab: http://mirror.lab.example"),
         "{printed}"
@@ -225,9 +230,7 @@ fn own_regions_are_added_to_the_built_in_table_unless_replace_is_asked_for() {
         "threads: 1",
         "  mirrors:\n    replace_regions: true\n    regions: {lab: 'http://mirror.lab.example'}",
     );
-    let out = run(&["-t", "-c", &conf, "--print"], &[]);
-    let printed = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed = print_config(&conf, &[]);
     assert!(
         printed.contains("lab: http://mirror.lab.example"),
         "{printed}"
@@ -243,15 +246,13 @@ fn the_printed_configuration_is_the_effective_one_without_secrets() {
         "threads: 3",
         "  mode: passthrough\n  upstream:\n    endpoints: ['http://127.0.0.1:5000']\n    credentials: {username: robot, password_env: REG_PASSWORD}",
     );
-    let out = run(
-        &["-t", "-c", &conf, "--print"],
+    let printed = print_config(
+        &conf,
         &[
             ("REG_PASSWORD", "hunter2-secret"),
             ("UPSTREAM_REGISTRY_PATH", "from/env"),
         ],
     );
-    let printed = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!printed.contains("hunter2-secret"), "{printed}");
     assert!(printed.contains("password_env: REG_PASSWORD"), "{printed}");
     assert!(printed.contains("path: from/env"), "{printed}");
