@@ -230,12 +230,15 @@ def one(resources, kind, name=None):
 
 
 def dockerfile_user():
-    """The runtime stage's USER and the uid its useradd gives, from the Dockerfile."""
+    """The runtime stage's USER (uid:gid) and the uid:gid its groupadd and useradd give,
+    from the Dockerfile."""
     text = read(os.path.join(REPO, "Dockerfile"))
     runtime = text.split("FROM ")[-1]
     user = re.findall(r"^USER\s+(\S+)", runtime, re.M)
     uid = re.findall(r"useradd\b.*--uid\s+(\d+)", runtime)
-    return (user[-1] if user else None), (uid[-1] if uid else None)
+    gid = re.findall(r"groupadd\b.*--gid\s+(\d+)", runtime)
+    made = f"{uid[-1]}:{gid[-1]}" if uid and gid else None
+    return (user[-1] if user else None), made
 
 
 def config_urls(archeio):
@@ -254,18 +257,19 @@ def config_urls(archeio):
 
 def check_pods(tree, resources, failures):
     """What every pod here must be: the Dockerfile's user, locked down, no inline secret."""
-    user, uid = dockerfile_user()
-    if not (user and uid and user == uid):
-        failures.append(f"Dockerfile: runtime USER {user} is not the useradd --uid {uid}")
+    user, made = dockerfile_user()
+    if not (user and made and user == made):
+        failures.append(f"Dockerfile: runtime USER {user} is not the groupadd/useradd {made}")
+    uid, gid = (made or ":").split(":")
     for r, meta, pod in pod_templates(resources):
         where = f"{tree}: {key(r)}"
         sc = pod.get("securityContext") or {}
         if sc.get("runAsNonRoot") is not True:
             failures.append(f"{where}: pod securityContext.runAsNonRoot is not true")
-        for field in ("runAsUser", "runAsGroup", "fsGroup"):
-            if str(sc.get(field)) != str(uid):
+        for field, wanted in (("runAsUser", uid), ("runAsGroup", gid), ("fsGroup", gid)):
+            if str(sc.get(field)) != wanted:
                 failures.append(f"{where}: pod securityContext.{field} is {sc.get(field)}, "
-                                f"the image's user is {uid} (Dockerfile)")
+                                f"the image's user is {uid}:{gid} (Dockerfile)")
         if (sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
             failures.append(f"{where}: pod seccompProfile is not RuntimeDefault")
         if pod.get("automountServiceAccountToken") is not False:
