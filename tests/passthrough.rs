@@ -1123,20 +1123,19 @@ async fn a_well_formed_traceparent_is_sent_on_and_a_malformed_one_is_not() {
     let upstream = FakeServer::start(|_| Canned::new(200).body("{}")).await;
     let gw = gateway_with("passthrough", &upstream.url(), "", "").await;
     let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    for (sent, wanted) in [
-        (good, Some(good)),
-        ("00-not-a-trace-01", None),
-        (
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            None,
-        ),
+    let zero_trace = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    for (tag, sent, wanted) in [
+        ("v1", good, Some(good)),
+        ("v2", "00-not-a-trace-01", None),
+        ("v3", zero_trace, None),
     ] {
-        let r = gw
-            .send("GET", "/v2/app/manifests/v1", &[("traceparent", sent)])
-            .await;
+        // A tag of its own each time: the manifest cache would answer a repeated one.
+        let target = format!("/v2/app/manifests/{tag}");
+        let r = gw.send("GET", &target, &[("traceparent", sent)]).await;
         assert_eq!(r.status, 200, "{r:?}");
         let seen = upstream.seen_except_health();
         let got = seen.last().unwrap();
+        assert!(got.target.ends_with(&target[3..]), "{got:?}");
         assert_eq!(got.header("traceparent"), wanted, "{sent}: {got:?}");
     }
 }
