@@ -35,13 +35,13 @@ impl Gateway {
     /// answered here.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let forwarded_for = forwarded_for(req);
-        let has_body = has_body(req);
+        let headers = RequestHeaders::of(req);
+        let has_body = headers.has_body;
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
             peer: peer_ip(session),
-            forwarded_for: &forwarded_for,
+            forwarded_for: &headers.forwarded_for,
             upstream: self.upstream.endpoints.preferred(),
             has_body,
         };
@@ -68,10 +68,9 @@ impl Gateway {
         let reply = match decision {
             Decision::Reply(reply) => reply,
             Decision::CheckMirrors(chain) => {
-                let traceparent = req
-                    .headers
-                    .get("traceparent")
-                    .and_then(|v| trace_id(v.as_bytes()).map(|_| v.to_str().unwrap_or_default()));
+                let traceparent = headers
+                    .traceparent
+                    .and_then(|v| trace_id(v).map(|_| std::str::from_utf8(v).unwrap_or_default()));
                 let found = self
                     .mirrors
                     .first_holding(&chain.candidates, &req.method, traceparent)
@@ -121,13 +120,38 @@ pub(super) fn forwarded_for(req: &RequestHeader) -> Vec<&[u8]> {
         .collect()
 }
 
-/// Whether the request announces a body.
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+/// The request headers the decision reads, found in one pass over them: cheaper than a
+/// lookup by name for each, with the few headers a registry client sends.
+struct RequestHeaders<'a> {
+    /// Every `X-Forwarded-For` line, in order.
+    forwarded_for: Vec<&'a [u8]>,
+    /// The request announces a body.
+    has_body: bool,
+    /// The first `traceparent`.
+    traceparent: Option<&'a [u8]>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    fn of(req: &'a RequestHeader) -> RequestHeaders<'a> {
+        let mut found = RequestHeaders {
+            forwarded_for: Vec::new(),
+            has_body: false,
+            traceparent: None,
+        };
+        for (name, value) in &req.headers {
+            let value = value.as_bytes();
+            if *name == http::header::TRANSFER_ENCODING {
+                found.has_body = true;
+            } else if *name == http::header::CONTENT_LENGTH {
+                found.has_body |= value != b"0";
+            } else if name.as_str() == "x-forwarded-for" {
+                found.forwarded_for.push(value);
+            } else if name.as_str() == "traceparent" && found.traceparent.is_none() {
+                found.traceparent = Some(value);
+            }
+        }
+        found
+    }
 }
 
 /// The socket peer's address.

@@ -3,6 +3,7 @@
 //! requests refused before Pingora parsed them.
 
 use bytes::{Bytes, BytesMut};
+use http::header::HeaderValue;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -11,7 +12,8 @@ use crate::routing::{Answer, Reply};
 use crate::upstream::manifest_cache::CachedManifest;
 
 /// Writes the answer: redirects and the version check with an empty body, errors with a JSON
-/// (registry API) or text body; HEAD gets the headers only.
+/// (registry API) or text body; HEAD gets the headers only. Constant values are given as
+/// `HeaderValue`s, neither checked nor copied again: this runs for every answer.
 pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) -> Result<()> {
     let status = answer.status().unwrap_or(500);
     let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -21,7 +23,10 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             None
         }
         Answer::ApiVersion => {
-            resp.insert_header("Docker-Distribution-Api-Version", "registry/2.0")?;
+            resp.insert_header(
+                "Docker-Distribution-Api-Version",
+                HeaderValue::from_static("registry/2.0"),
+            )?;
             None
         }
         Answer::Error {
@@ -49,8 +54,10 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             )
         }
     };
-    let len = body.as_ref().map_or(0, Bytes::len);
-    resp.insert_header("Content-Length", len.to_string())?;
+    match body.as_ref().map_or(0, Bytes::len) {
+        0 => resp.insert_header("Content-Length", HeaderValue::from_static("0"))?,
+        len => resp.insert_header("Content-Length", len)?,
+    };
     match body {
         Some(body) if !head => {
             session.write_response_header(Box::new(resp), false).await?;

@@ -305,17 +305,31 @@ impl HeadScan {
     }
 
     /// Scans header bytes; `Some(n)`: the header ended after `n` of them. `Err`: the request
-    /// line (in `self.line`) is refused with this answer.
+    /// line (in `self.line`) is refused with this answer. Line ends are found with `memchr`:
+    /// this runs on every read of every request.
     fn scan(&mut self, bytes: &[u8]) -> Result<Option<usize>, Reply> {
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            let rest = &bytes[i..];
             match self.scan {
-                Scan::Start if b == b'\r' || b == b'\n' => continue,
-                Scan::Start => {
-                    self.scan = Scan::Line;
-                    self.line.clear();
-                    self.line.push(b);
-                }
-                Scan::Line if b == b'\n' => {
+                Scan::Start => match rest.iter().position(|&b| b != b'\r' && b != b'\n') {
+                    None => return Ok(None),
+                    Some(k) => {
+                        i += k;
+                        self.scan = Scan::Line;
+                        self.line.clear();
+                    }
+                },
+                Scan::Line => {
+                    let end = memchr::memchr(b'\n', rest);
+                    let part = &rest[..end.unwrap_or(rest.len())];
+                    // One byte over the limit marks a line too long to check.
+                    let room = (MAX_LINE + 1).saturating_sub(self.line.len());
+                    self.line.extend_from_slice(&part[..part.len().min(room)]);
+                    let Some(end) = end else {
+                        return Ok(None);
+                    };
+                    i += end + 1;
                     if self.gate && self.line.len() <= MAX_LINE {
                         if let Some(reply) = refuse_request_line(&self.line) {
                             return Err(reply);
@@ -329,17 +343,18 @@ impl HeadScan {
                         0x0a
                     };
                 }
-                Scan::Line => {
-                    if self.line.len() <= MAX_LINE {
-                        self.line.push(b);
-                    }
-                }
                 Scan::Fields => {
-                    if header_ends(&mut self.tail, std::slice::from_ref(&b)) {
-                        self.scan = Scan::Start;
-                        self.line.clear();
-                        return Ok(Some(i + 1));
+                    for j in memchr::memchr_iter(b'\n', rest) {
+                        if ends_empty_line(self.tail, &rest[..j]) {
+                            self.scan = Scan::Start;
+                            self.line.clear();
+                            return Ok(Some(i + j + 1));
+                        }
                     }
+                    for &b in &rest[rest.len().saturating_sub(4)..] {
+                        self.tail = (self.tail << 8) | u32::from(b);
+                    }
+                    return Ok(None);
                 }
             }
         }
@@ -347,17 +362,17 @@ impl HeadScan {
     }
 }
 
-/// Feeds header bytes through `tail` (the last four bytes seen); true once the empty line
-/// that ends a header went by.
-fn header_ends(tail: &mut u32, bytes: &[u8]) -> bool {
-    for &b in bytes {
-        *tail = (*tail << 8) | u32::from(b);
-        // "\r\n\r\n", or "\n\n" from clients that omit the CR.
-        if *tail == 0x0d0a_0d0a || *tail & 0xffff == 0x0a0a {
-            return true;
+/// Whether a `\n` that follows `before` (this read's bytes before it, and `tail`, the last
+/// four bytes of earlier reads) ends an empty line: `\r\n\r\n`, or `\n\n` from clients that
+/// omit the CR.
+fn ends_empty_line(tail: u32, before: &[u8]) -> bool {
+    let back = |k: usize| -> u8 {
+        match before.len().checked_sub(k) {
+            Some(at) => before[at],
+            None => (tail >> (8 * (k - before.len() - 1))) as u8,
         }
-    }
-    false
+    };
+    back(1) == b'\n' || (back(1) == b'\r' && back(2) == b'\n' && back(3) == b'\r')
 }
 
 impl fmt::Debug for DeadlineStream {
@@ -393,10 +408,6 @@ impl AsyncRead for DeadlineStream {
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled().len();
             if this.in_header && filled > before {
-                if this.timer.is_none() {
-                    // The first byte of a header: from now on the whole header has its time.
-                    this.timer = Some(Box::pin(sleep(this.header)));
-                }
                 let new = &buf.filled()[before..];
                 match this.head.scan(new) {
                     Ok(Some(n)) => {
@@ -405,6 +416,11 @@ impl AsyncRead for DeadlineStream {
                         if n < new.len() {
                             this.head.gate = false;
                         }
+                    }
+                    // A header that came whole in one read, the usual case, needs no timer;
+                    // one that did not has its time from this first read on.
+                    Ok(None) if this.timer.is_none() => {
+                        this.timer = Some(Box::pin(sleep(this.header)));
                     }
                     Ok(None) => {}
                     Err(reply) => {
@@ -545,14 +561,37 @@ mod tests {
 
     #[test]
     fn the_end_of_a_header_is_found_across_reads() {
-        let mut tail = 0;
-        assert!(!header_ends(&mut tail, b"GET / HTTP/1.1\r\nHost: x\r"));
-        assert!(!header_ends(&mut tail, b"\n"));
-        assert!(header_ends(&mut tail, b"\r\n"));
-        let mut tail = 0;
-        assert!(!header_ends(&mut tail, b"GET / HTTP/1.0\n"));
-        assert!(header_ends(&mut tail, b"\n"));
-        let mut tail = 0;
-        assert!(!header_ends(&mut tail, b"GET / HTTP/1.1\r\nA: \r\r\n"));
+        let mut s = HeadScan::new();
+        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nHost: x\r"), Ok(None));
+        assert_eq!(s.scan(b"\n"), Ok(None));
+        assert_eq!(s.scan(b"\r"), Ok(None));
+        assert_eq!(s.scan(b"\nGET"), Ok(Some(1)));
+        let mut s = HeadScan::new();
+        assert_eq!(s.scan(b"GET / HTTP/1.0\n"), Ok(None));
+        assert_eq!(s.scan(b"\n"), Ok(Some(1)));
+        let mut s = HeadScan::new();
+        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: \r\r\n"), Ok(None));
+        assert_eq!(s.scan(b"B: c\n\r\n"), Ok(None));
+        assert_eq!(s.scan(b"\n"), Ok(Some(1)));
+    }
+
+    /// Split anywhere, a header ends where it ends in one piece.
+    #[test]
+    fn every_split_of_a_header_finds_the_same_end() {
+        let whole: &[u8] = b"\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\nA: \r\n\r\nGET /v2/ HTTP/1.1\r\n";
+        for a in 0..whole.len() {
+            for b in a..whole.len() {
+                let mut s = HeadScan::new();
+                let mut at = None;
+                let mut offset = 0;
+                for piece in [&whole[..a], &whole[a..b], &whole[b..]] {
+                    if at.is_none() {
+                        at = s.scan(piece).unwrap().map(|n| offset + n);
+                    }
+                    offset += piece.len();
+                }
+                assert_eq!(at, Some(37), "split at {a} and {b}");
+            }
+        }
     }
 }

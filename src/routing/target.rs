@@ -20,6 +20,14 @@ pub(crate) fn served_method(method: &[u8]) -> bool {
 /// [`decide`](super::decide) to judge.
 pub fn refuse_request_line(line: &[u8]) -> Option<Reply> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if is_plain_request_line(line) {
+        return None;
+    }
+    refusal(line)
+}
+
+/// [`refuse_request_line`]'s answer for a line without its `\r`, part by part.
+fn refusal(line: &[u8]) -> Option<Reply> {
     let mut parts = line.split(|b| *b == b' ');
     let (method, target, version) = (parts.next()?, parts.next(), parts.next());
     let api = target.is_some_and(|t| t.starts_with(b"/v2"));
@@ -51,6 +59,36 @@ pub fn refuse_request_line(line: &[u8]) -> Option<Reply> {
     }
     None
 }
+
+/// The usual request line, checked in one pass over its target: `METHOD SP /target SP
+/// HTTP/d.d` with every target byte one the parser keeps as it is. False does not mean
+/// refused: [`refuse_request_line`] then looks closer.
+fn is_plain_request_line(line: &[u8]) -> bool {
+    let Some(space) = memchr::memchr(b' ', line) else {
+        return false;
+    };
+    let rest = &line[space + 1..];
+    let Some(target_len) = rest.len().checked_sub(b" HTTP/1.1".len()) else {
+        return false;
+    };
+    let (target, version) = rest.split_at(target_len);
+    matches!(version, [b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
+        && target.first() == Some(&b'/')
+        && target.iter().all(|&b| PLAIN_TARGET_BYTE[usize::from(b)])
+}
+
+/// Bytes a request target may hold as they are: visible ASCII but `"`, `<`, `>` (which the
+/// parser percent-encodes) and `#` (a fragment, which it drops).
+static PLAIN_TARGET_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        table[b] = !matches!(b as u8, b'"' | b'<' | b'>' | b'#');
+        b += 1;
+    }
+    table
+};
 
 /// Splits and checks the raw target. Paths may hold only RFC 3986 path characters;
 /// percent-escapes must be well formed and must not hide `/`, `.`, `\` or control bytes;
@@ -165,4 +203,37 @@ fn check_chars(part: &[u8], query: bool) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass check never lets through a line the part-by-part check refuses.
+    #[test]
+    fn plain_lines_are_never_refused() {
+        let bytes = [
+            b' ', b'/', b'#', b'"', b'<', b'>', b'%', b'?', b'a', b'H', b'T', b'P', b'1', b'.',
+            b'\t', 0x7f, 0xc3, b'*',
+        ];
+        let base: &[u8] = b"GET /v2/a/manifests/x HTTP/1.1";
+        let mut plain = 0;
+        for at in 0..base.len() {
+            for b in bytes {
+                for insert in [false, true] {
+                    let mut line = base.to_vec();
+                    if insert {
+                        line.insert(at, b);
+                    } else {
+                        line[at] = b;
+                    }
+                    if is_plain_request_line(&line) {
+                        plain += 1;
+                        assert!(refusal(&line).is_none(), "{}", line.escape_ascii());
+                    }
+                }
+            }
+        }
+        assert!(plain > 100, "only {plain} lines were plain");
+    }
 }

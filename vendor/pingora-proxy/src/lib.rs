@@ -1159,9 +1159,13 @@ where
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return self
-                .handle_error(session, &mut ctx, e, "Fail to early filter request:")
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Fail to early filter request:",
+            ))
+            .await;
         }
 
         if self.inner.allow_spawning_subrequest(&session, &ctx) {
@@ -1176,14 +1180,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return self
-                .handle_error(
-                    session,
-                    &mut ctx,
-                    e,
-                    "Failed in downstream modules request filter:",
-                )
-                .await;
+            return Box::pin(self.handle_error(
+                session,
+                &mut ctx,
+                e,
+                "Failed in downstream modules request filter:",
+            ))
+            .await;
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {
@@ -1207,12 +1210,33 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return self
-                    .handle_error(session, &mut ctx, e, "Fail to filter request:")
-                    .await;
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Fail to filter request:",
+                ))
+                .await;
             }
         }
 
+        // The rest of the request's life (cache, upstream, retries, errors) is boxed on its
+        // own: its state machine is tens of KiB, and when it is part of this future every
+        // request pays for moving it, also those answered by `request_filter` above.
+        Box::pin(self.proxy_request(session, ctx)).await
+    }
+
+    /// What follows `request_filter` when it did not answer: the cache, the upstream, retries,
+    /// and the error answer.
+    async fn proxy_request(
+        self: &Arc<Self>,
+        mut session: Session,
+        mut ctx: <SV as ProxyHttp>::CTX,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
         if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
             // cache hit
             return self.finish(session, &mut ctx, reuse, err).await;
