@@ -1,6 +1,6 @@
 //! Does a mirror hold a blob? A `HEAD` of the blob's URL, where only `200` means yes, with
 //! the answers cached (bounded, separate lifetimes for yes and no) and one `HEAD` in flight
-//! per URL however many requests wait for it. The mirror host's breaker is asked first, so
+//! per URL however many requests wait for it (quick_cache's placeholder guards). The mirror host's breaker is asked first, so
 //! a failing host gets no clients even for blobs cached as present. Redirects are not
 //! followed: the client would be sent to the first URL, not to where the `HEAD` ended.
 
@@ -8,9 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use log::warn;
-use moka::future::Cache;
-use moka::policy::EvictionPolicy;
-use moka::Expiry;
+use quick_cache::sync::Cache;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::breaker::{host_of, Breakers, Permit};
@@ -59,15 +57,12 @@ impl metrics::Label for Outcome {
     }
 }
 
-struct TtlByAnswer {
-    hit: Duration,
-    miss: Duration,
-}
-
-impl Expiry<u128, bool> for TtlByAnswer {
-    fn expire_after_create(&self, _key: &u128, present: &bool, _now: Instant) -> Option<Duration> {
-        Some(if *present { self.hit } else { self.miss })
-    }
+/// A cached answer: whether the mirror holds the blob, and until when that holds.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    present: bool,
+    /// Milliseconds since the check was made ([`MirrorCheck::epoch`]).
+    expires_ms: u64,
 }
 
 /// The mirror check with its cache.
@@ -75,10 +70,15 @@ impl Expiry<u128, bool> for TtlByAnswer {
 /// The cache is keyed by a seeded 128-bit hash of the URL rather than the URL itself: an
 /// entry then costs a fraction of the memory (blob URLs are over 100 bytes), and with a
 /// per-process random seed a collision is neither likely (about 2^-100 for 100,000 entries)
-/// nor something a client can aim for.
+/// nor something a client can aim for. quick_cache keeps about 53 bytes per entry (moka,
+/// with its per-entry expiry and LRU nodes, about 300), and its eviction admits the new
+/// blobs that keep arriving; an entry's lifetime is kept in the entry and checked on reading.
 pub struct MirrorCheck {
     client: reqwest::Client,
-    cache: Cache<u128, bool>,
+    cache: Cache<u128, Answer>,
+    epoch: Instant,
+    hit_ttl_ms: u64,
+    miss_ttl_ms: u64,
     seed: u64,
     breakers: Breakers,
 }
@@ -93,20 +93,15 @@ impl MirrorCheck {
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let cache = Cache::builder()
-            .max_capacity(cfg.capacity)
-            // New digests keep arriving and each is asked for in bursts: plain LRU admits
-            // them, where TinyLFU could turn a fresh blob away while the cache is full.
-            .eviction_policy(EvictionPolicy::lru())
-            .expire_after(TtlByAnswer {
-                hit: cfg.hit_ttl,
-                miss: cfg.miss_ttl,
-            })
-            .build();
+        let capacity = usize::try_from(cfg.capacity).unwrap_or(usize::MAX).max(1);
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(MirrorCheck {
             client,
-            cache,
+            cache: Cache::new(capacity),
+            epoch: Instant::now(),
+            hit_ttl_ms: ms(cfg.hit_ttl),
+            miss_ttl_ms: ms(cfg.miss_ttl),
             seed,
             breakers: Breakers::new(
                 cfg.breaker_failures,
@@ -148,39 +143,52 @@ impl MirrorCheck {
             return false;
         }
         let key = xxh3_128_with_seed(name.as_bytes(), self.seed);
-        if let Some(present) = self.cache.get(&key).await {
-            if permit == Permit::Probe {
-                self.breakers.abandon_probe(host, Instant::now());
+        let guard = loop {
+            // An answer another request's HEAD is finding is waited for here.
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok(answer) if answer.expires_ms > self.now_ms() => {
+                    if permit == Permit::Probe {
+                        self.breakers.abandon_probe(host, Instant::now());
+                    }
+                    metrics::record_blob_check(Outcome::CacheHit);
+                    return answer.present;
+                }
+                Ok(_) => {
+                    let now = self.now_ms();
+                    self.cache.remove_if(&key, |a| a.expires_ms <= now);
+                }
+                Err(guard) => break guard,
             }
-            metrics::record_blob_check(Outcome::CacheHit);
-            return present;
-        }
-        let mut outcome = Outcome::CacheHit;
-        let entry = self
-            .cache
-            .entry(key)
-            .or_insert_with(async {
-                let (present, o) = match head_url().await {
-                    Ok(url) => {
-                        let (present, o, healthy) = self.head(&url, name, traceparent).await;
-                        self.breakers.record(host, healthy, Instant::now());
-                        (present, o)
-                    }
-                    Err(e) => {
-                        // Not the host's fault: the breaker is left alone.
-                        warn!("mirror check of {name}: cannot sign the HEAD: {e}");
-                        (false, Outcome::Error)
-                    }
-                };
-                outcome = o;
-                present
-            })
-            .await;
-        if permit == Permit::Probe && outcome == Outcome::CacheHit {
-            self.breakers.abandon_probe(host, Instant::now());
-        }
+        };
+        let (present, outcome) = match head_url().await {
+            Ok(url) => {
+                let (present, o, healthy) = self.head(&url, name, traceparent).await;
+                self.breakers.record(host, healthy, Instant::now());
+                (present, o)
+            }
+            Err(e) => {
+                // Not the host's fault: the breaker is left alone.
+                warn!("mirror check of {name}: cannot sign the HEAD: {e}");
+                (false, Outcome::Error)
+            }
+        };
+        let ttl = if present {
+            self.hit_ttl_ms
+        } else {
+            self.miss_ttl_ms
+        };
+        let expires_ms = self.now_ms().saturating_add(ttl);
+        // Err: the entry was removed meanwhile; the answer still stands for this request.
+        let _ = guard.insert(Answer {
+            present,
+            expires_ms,
+        });
         metrics::record_blob_check(outcome);
-        entry.into_value()
+        present
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The answer, how it was found, and whether the host answered sanely (for the breaker).
