@@ -88,8 +88,8 @@ pub fn parse_endpoint(rest: &str) -> Result<Endpoint<'_>, Refusal> {
             name: name_ok(name)?,
         });
     }
-    let (before, last) = path.rsplit_once('/').ok_or(Refusal::NotAnEndpoint)?;
-    let (name, kind) = before.rsplit_once('/').ok_or(Refusal::NotAnEndpoint)?;
+    let (before, last) = split_last(path).ok_or(Refusal::NotAnEndpoint)?;
+    let (name, kind) = split_last(before).ok_or(Refusal::NotAnEndpoint)?;
     match kind {
         "manifests" => {
             let name = name_ok(name)?;
@@ -112,6 +112,13 @@ pub fn parse_endpoint(rest: &str) -> Result<Endpoint<'_>, Refusal> {
         }),
         _ => Err(Refusal::NotAnEndpoint),
     }
+}
+
+/// `text` split at its last `/` (found with `memrchr`: every request's path goes through
+/// here).
+fn split_last(text: &str) -> Option<(&str, &str)> {
+    let at = memchr::memrchr(b'/', text.as_bytes())?;
+    Some((&text[..at], &text[at + 1..]))
 }
 
 fn name_ok(name: &str) -> Result<&str, Refusal> {
@@ -179,6 +186,10 @@ pub fn is_tag(tag: &str) -> bool {
 /// `[a-zA-Z0-9=_-]+`; the registered algorithms `sha256` and `sha512` need exactly 64 and 128
 /// lowercase hex digits.
 pub fn is_digest(digest: &str) -> bool {
+    // Nearly every digest is one: checked without taking the algorithm apart.
+    if let Some(encoded) = digest.strip_prefix("sha256:") {
+        return is_lower_hex(encoded, 64);
+    }
     let Some((alg, encoded)) = digest.split_once(':') else {
         return false;
     };
