@@ -1,6 +1,6 @@
 """What the benchmark scripts under benches/ share: building and locating the release binary,
 free loopback ports, the gateway's configuration file, starting, waiting for and stopping the
-gateway, a loopback blob mirror, and a process's memory figures from /proc.
+gateway, a loopback blob mirror, and a process's memory and CPU figures from /proc.
 
 Python 3 standard library only; the scripts import it from benches/<name>/run.py.
 """
@@ -33,14 +33,15 @@ def free_port():
 
 
 def write_config(d, port, admin, *, threads, mirror_default, regions=None, upstream=None, grace=None,
-                 extra=()):
+                 extra=(), named=None):
     """Writes the gateway's configuration to d/archeio.yaml and returns its path.
 
     Pingora's keys: `threads`, pid file and upgrade socket in d, and, when `grace` is
     (grace_period_seconds, graceful_shutdown_timeout_seconds), those two. Then `archeio:`:
     registry on 127.0.0.1:port, admin on 127.0.0.1:admin, `upstream` (endpoint, path) when given
     (else the built-in default), mirrors: `mirror_default` and `regions` (region -> URL; none
-    when empty), then the `extra` lines (YAML keys of the `archeio:` section, unindented)."""
+    when empty) and `named` (name -> URL, for policy chains), then the `extra` lines (YAML keys
+    of the `archeio:` section, unindented)."""
     lines = ["version: 1", f"threads: {threads}", f"pid_file: {d}/archeio.pid",
              f"upgrade_sock: {d}/upgrade.sock"]
     if grace is not None:
@@ -53,6 +54,8 @@ def write_config(d, port, admin, *, threads, mirror_default, regions=None, upstr
         lines += ["    regions:"] + [f"      {region}: '{url}'" for region, url in regions.items()]
     else:
         lines.append("    regions: {}")
+    if named:
+        lines += ["    named:"] + [f"      {name}: {{url: '{url}'}}" for name, url in named.items()]
     lines += [f"  {line}" for line in extra]
     path = os.path.join(d, "archeio.yaml")
     with open(path, "w") as f:
@@ -149,3 +152,16 @@ def status_kib(pid, field):
     except FileNotFoundError:
         return None
     return None
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process, all its threads included (fields 14 and 15 of
+    /proc/<pid>/stat), in clock ticks (os.sysconf("SC_CLK_TCK") a second); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # Field 2 (the command) is in parentheses and may hold spaces: count from after it.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 are the 12th and 13th after it

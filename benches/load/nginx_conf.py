@@ -5,6 +5,10 @@ same AWS and GCP range files, a `map` from region to mirror, the same upstream U
 
 usage: nginx_conf.py OUTDIR --port P --workers N --mirror-base URL --mirrors mirrors.yaml
        --aws aws-ip-ranges.json --gcp gcp-cloud.json
+
+run.py also imports the writers of the other references: `write_manifest_cache` (proxy_pass to
+a registry with proxy_cache), `write_blob_proxy` (proxy_pass of blob requests to a mirror) and
+`write_file_mirror` (a mirror serving files from disk with sendfile).
 """
 import argparse
 import json
@@ -40,6 +44,95 @@ def read_mirrors(path):
             region, url = line.split(":", 1)
             table[region.strip()] = url.strip()
     return table
+
+
+def _frame(d, workers, http_body, worker_connections=4096):
+    """nginx.conf in d: workers, no daemon, everything (pid, logs, temp files) inside d,
+    access log off, then `http_body` inside `http {}`."""
+    d = os.path.abspath(d)
+    os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+    conf = f"""
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp;
+    proxy_temp_path {d}/tmp;
+    fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp;
+    scgi_temp_path {d}/tmp;
+    keepalive_requests 1000000;
+    server_tokens off;
+{http_body}
+}}
+"""
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(conf)
+    return os.path.join(d, "nginx.conf")
+
+
+def write_manifest_cache(d, port, workers, upstream, path):
+    """proxy_pass of /v2/... to `upstream` (http://host:port) under /v2/`path`/, as the
+    pass-through gateway maps repositories, with proxy_cache: 200 answers kept 10 minutes,
+    keyed by the URI and the Accept header; the upstream's caching headers ignored so that
+    it caches. `X-Cache-Status` tells run.py's check whether an answer came from the cache."""
+    d = os.path.abspath(d)
+    body = f"""
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=manifests:4m max_size=64m inactive=60m
+                     use_temp_path=off;
+    upstream registry {{ server {upstream.split("://", 1)[1]}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v2/ {{ add_header Docker-Distribution-Api-Version registry/2.0 always; return 200; }}
+        location /v2/ {{
+            proxy_pass http://registry/v2/{path}/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache manifests;
+            proxy_cache_key "$request_uri $http_accept";
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary X-Accel-Expires;
+            proxy_hide_header Set-Cookie;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+    }}"""
+    return _frame(d, workers, body)
+
+
+def write_blob_proxy(d, port, workers, mirror, blob_path="/containers/images/"):
+    """proxy_pass of every blob GET to `mirror` (http://host:port) at blob_path + digest,
+    nginx's default buffering (proxy_buffering on, temporary files up to 1 GiB)."""
+    body = f"""
+    upstream mirror {{ server {mirror.split("://", 1)[1]}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /v2/ {{ add_header Docker-Distribution-Api-Version registry/2.0 always; return 200; }}
+        location ~ "^/v2/.+/blobs/(?<digest>[^/]+:[a-zA-Z0-9=_-]+)$" {{
+            proxy_pass http://mirror{blob_path}$digest;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+        location / {{ return 404; }}
+    }}"""
+    return _frame(d, workers, body)
+
+
+def write_file_mirror(d, port, root):
+    """A mirror serving the files under `root` (sendfile on, one worker)."""
+    body = f"""
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {os.path.abspath(root)};
+        location / {{ try_files $uri =404; }}
+    }}"""
+    return _frame(d, 1, body, worker_connections=1024)
 
 
 def main():

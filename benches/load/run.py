@@ -1,28 +1,45 @@
 #!/usr/bin/env python3
-"""Load benchmark of archeio against nginx doing the same routing, on loopback only.
+"""Load benchmark of archeio against nginx doing the same work, on loopback only.
 
-For 1 and then 2 worker threads, both servers are started with the same range files, mirror
-table and upstream rule (nginx_conf.py writes nginx's), their answers are compared for a sample
-of requests, and `wrk` drives each in alternation, several rounds per scenario. Medians over
-the rounds are printed (requests/s, p50, p99, peak RSS) with the gateway/nginx ratio.
-Then: start-to-ready time, and RSS with 100,000 cached mirror answers.
+For each worker-thread count (default 1), the servers a scenario needs are started (the
+gateway with `threads: N`, nginx with `worker_processes N`), their answers are compared before
+any load, and `wrk` drives gateway and nginx in alternation, several rounds per scenario.
+Around each wrk run the servers' CPU time (utime + stime from /proc/<pid>/stat, for the process
+and its children: nginx's master and workers) is read, and divided by the requests wrk
+completed. Medians over the rounds are printed: requests/s, CPU µs per request and the
+nginx/gateway CPU ratio (above 1: the gateway is cheaper), p50/p99 latency; MB/s and CPU s/GB
+for the 100 MiB blob. Then: peak RSS, start-to-ready time, RSS with 100,000 cached mirror answers.
 
-usage: benches/load/run.py [--duration 5] [--rounds 3] [--threads 1,2] [--no-build]
-                         [--markdown FILE]
+Scenarios (--scenarios, comma-separated; default all):
+  manifest, blob_unknown_client, blob_aws_client_xff, v2   redirects, gateway vs nginx_conf.py's
+  passthrough_manifest_cached    pass-through + manifest cache vs nginx proxy_cache, before a
+                                 docker-registry filled by skopeo
+  proxied_blob_100mib            `delivery: proxy` of a 100 MiB blob vs nginx proxy_pass, both
+                                 from an nginx mirror serving the file with sendfile
+  policy_50_rules                a 50-rule policy (49 miss) vs nginx_conf.py's blob redirect
+
+usage: benches/load/run.py [--binary PATH] [--no-build] [--duration 5] [--rounds 3]
+                         [--threads 1] [--scenarios a,b] [--markdown FILE] [--skip-cache-fill]
 Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`).
 """
 import argparse
+import gzip
+import hashlib
 import http.client
+import io
+import json
 import os
+import random
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
-from nginx_conf import read_mirrors
+from nginx_conf import read_mirrors, write_blob_proxy, write_file_mirror, write_manifest_cache
 
 # The shared helpers live in benches/, one level above this script's folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,12 +48,28 @@ import harness  # noqa: E402
 NGINX_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx_conf.py")
 SHA = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
 AWS_CLIENT = "15.193.6.10"  # us-east-1 in the embedded AWS ranges
-SCENARIOS = [
-    ("manifest", "/v2/pause/manifests/3.10", None),
-    ("blob_unknown_client", f"/v2/pause/blobs/{SHA}", None),
-    ("blob_aws_client_xff", f"/v2/pause/blobs/{SHA}", f"{AWS_CLIENT}, 130.211.0.1"),
-    ("v2", "/v2/", None),
-]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BIG_BLOB_BYTES = 100 * 1024 * 1024
+# Repository prefix at the upstream registry for the pass-through scenario.
+UPSTREAM_PATH = "bench"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ACCEPT = f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
+
+# name -> which gateway and which nginx answer it, the request, and how its answers are checked.
+# `gw`/`ng` name the servers started for it (see Servers); "{big}" is the 100 MiB blob's digest.
+SCENARIOS = {
+    "manifest": dict(gw="routing", ng="routing", target="/v2/pause/manifests/3.10", headers={}),
+    "blob_unknown_client": dict(gw="routing", ng="routing", target=f"/v2/pause/blobs/{SHA}", headers={}),
+    "blob_aws_client_xff": dict(gw="routing", ng="routing", target=f"/v2/pause/blobs/{SHA}",
+                                headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
+    "v2": dict(gw="routing", ng="routing", target="/v2/", headers={}),
+    "passthrough_manifest_cached": dict(gw="passthrough", ng="cache", target="/v2/pause/manifests/v1",
+                                        headers={"Accept": ACCEPT}),
+    "proxied_blob_100mib": dict(gw="proxyblob", ng="proxyblob", target="/v2/pause/blobs/{big}",
+                                headers={}, throughput=True),
+    "policy_50_rules": dict(gw="policy50", ng="routing", target=f"/v2/pause/blobs/{SHA}",
+                            headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
+}
 SAMPLES = [
     ("GET", "/", None),
     ("GET", "/privacy", None),
@@ -57,6 +90,61 @@ SAMPLES = [
     ("GET", "/nothing", None),
 ]
 
+# 49 rules that miss an AWS us-east-1 client's `pause` blob, then a blob rule to the client's
+# region's mirror: the policy of benches/decision.rs `decide/blob_50_rules`.
+POLICY_50_RULES = """
+- {match: {repository: 'team-0*/**'}, action: deny}
+- {match: {provider: azure, region: 'eu*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: [10.0.0.0/8, 192.168.0.0/16], kind: manifest}, action: upstream}
+- {match: {provider: aws, region: 'ap-*', repository: 'x/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['a', 'b', 'c*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-1*/**'}, action: deny}
+- {match: {provider: oracle}, action: mirrors, mirrors: [default]}
+- {match: {cidr: 172.16.0.0/12}, action: upstream}
+- {match: {provider: aws, region: 'sa-*', repository: 'y/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['d', 'e', 'f*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-2*/**'}, action: deny}
+- {match: {provider: azure, region: 'us*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: [100.64.0.0/10], kind: blob}, action: upstream}
+- {match: {provider: aws, region: 'me-*', repository: 'z/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['g', 'h', 'i*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-3*/**'}, action: deny}
+- {match: {provider: onprem}, action: mirrors, mirrors: [default]}
+- {match: {cidr: 198.18.0.0/15}, action: upstream}
+- {match: {provider: aws, region: 'af-*', repository: 'w/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['j', 'k', 'l*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-4*/**'}, action: deny}
+- {match: {provider: azure, region: 'asia*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: [fd00::/8], kind: blob}, action: upstream}
+- {match: {provider: aws, region: 'ca-*', repository: 'v/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['m', 'n', 'o*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-5*/**'}, action: deny}
+- {match: {provider: gcp, region: 'eu*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: 203.0.113.0/24}, action: upstream}
+- {match: {provider: aws, region: 'il-*', repository: 'u/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['p', 'q', 'r*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-6*/**'}, action: deny}
+- {match: {provider: azure, region: 'aus*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: [198.51.100.0/24], kind: blob}, action: upstream}
+- {match: {provider: aws, region: 'mx-*', repository: 't/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['s', 't', 'u*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-7*/**'}, action: deny}
+- {match: {provider: oracle, region: 'us-*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: 192.0.2.0/24}, action: upstream}
+- {match: {provider: aws, region: 'cn-*', repository: 's/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['v', 'w', 'x*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-8*/**'}, action: deny}
+- {match: {provider: azure, region: 'jp*'}, action: mirrors, mirrors: [default]}
+- {match: {cidr: [2001:db8::/32], kind: blob}, action: upstream}
+- {match: {provider: aws, region: 'eu-*', repository: 'r/*'}, action: mirrors, mirrors: [regions]}
+- {match: {repository: ['y', 'zz', 'z*'], kind: [blob, manifest]}, action: upstream}
+- {match: {repository: 'team-9*/**'}, action: deny}
+- {match: {provider: gcp}, action: upstream}
+- {match: {provider: onprem, region: 'lab*'}, action: upstream}
+- {match: {cidr: 198.51.100.0/24, repository: nothing}, action: upstream}
+- {match: {kind: blob}, action: mirrors, mirrors: [regions]}
+"""
+
 
 def ask(port, method, target, xff=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -66,6 +154,35 @@ def ask(port, method, target, xff=None):
     r.read()
     conn.close()
     return r.status, r.getheader("Location")
+
+
+def fetch(port, target, headers=None, timeout=60):
+    """GET: (status, headers as a dict with lowercase names, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def fetch_sha256(port, target, timeout=120):
+    """GET, body hashed as it arrives: (status, body length, "sha256:...")."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", target)
+        r = conn.getresponse()
+        h, n = hashlib.sha256(), 0
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+        return r.status, n, "sha256:" + h.hexdigest()
+    finally:
+        conn.close()
 
 
 def peak_rss_kib(pids):
@@ -80,35 +197,74 @@ def children(pid):
         return []
 
 
+def tree(pid):
+    """pid and all its descendants (nginx: the master, its workers and cache processes)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    return pids
+
+
+def cpu_seconds(pids):
+    return sum(harness.cpu_ticks(p) or 0 for p in pids) / CLK_TCK
+
+
 def to_ms(text):
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
     value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return {"us": value / 1000, "ms": value, "s": value * 1000, "m": value * 60_000}[unit]
 
 
-def wrk(port, target, xff, threads, duration, connections):
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if xff:
-        cmd += ["-H", f"X-Forwarded-For: {xff}"]
+UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}  # wrk's are binary
+
+
+def wrk(port, target, headers, threads, duration, connections, pid, timeout_s=2):
+    """One wrk run; the CPU time of `pid`'s process tree is read just before and after.
+    Returns a dict: rps, p50 and p99 (ms), requests, bytes (read), seconds, cpu (s), us_per_req."""
+    cmd = ["wrk", f"-t{threads}", f"-c{max(connections, threads)}", f"-d{duration}s", "--latency",
+           f"--timeout={timeout_s}s"]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
     cmd.append(f"http://127.0.0.1:{port}{target}")
+    pids = tree(pid)
+    before = cpu_seconds(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
-    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    cpu = cpu_seconds(pids) - before
     errors = re.search(r"Socket errors: (.*)", out)
     non3xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors or non3xx:
         raise SystemExit(f"wrk saw errors against port {port}:\n{out}")
-    return rps, p50, p99
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m), ([\d.]+)(B|KB|MB|GB|TB) read", out)
+    requests = int(done.group(1))
+    seconds = to_ms(done.group(2) + done.group(3)) / 1000
+    if requests == 0:
+        raise SystemExit(f"wrk completed no request against port {port}:\n{out}")
+    return dict(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p50=to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        p99=to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        requests=requests,
+        bytes=float(done.group(4)) * UNITS[done.group(5)],
+        seconds=seconds,
+        cpu=cpu,
+        us_per_req=cpu * 1e6 / requests,
+    )
 
 
-def start_gateway(d, threads, port, admin, mirror_base):
-    """The gateway with the default upstream and every region of data/mirrors.yaml on the mirror."""
+def gateway_conf(d, threads, port, admin, mirror_base, extra=(), upstream=None, named=None):
+    """The gateway with every region of data/mirrors.yaml on the mirror, `named` mirrors and
+    `extra` keys."""
     regions = {r: f"{mirror_base}/{r}"
                for r in sorted(read_mirrors(os.path.join(harness.ROOT, "data", "mirrors.yaml")))}
-    conf = harness.write_config(d, port, admin, threads=threads, mirror_default=f"{mirror_base}/default",
-                                regions=regions)
-    return harness.start_gateway(harness.BINARY, conf)
+    return harness.write_config(d, port, admin, threads=threads, mirror_default=f"{mirror_base}/default",
+                                regions=regions, upstream=upstream, extra=extra, named=named)
+
+
+def start_gateway(binary, d, threads, port, admin, mirror_base, extra=(), upstream=None, named=None):
+    conf = gateway_conf(d, threads, port, admin, mirror_base, extra, upstream, named)
+    return harness.start_gateway(binary, conf, log=os.path.join(d, "gateway.log"))
 
 
 def start_nginx(conf_dir):
@@ -117,7 +273,7 @@ def start_nginx(conf_dir):
 
 
 def mirror_nginx(d, port):
-    """The blob mirror both servers point at: 200 for every HEAD/GET."""
+    """The blob mirror the redirect scenarios point at: 200 for every HEAD/GET."""
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     with open(os.path.join(d, "nginx.conf"), "w") as f:
         f.write(f"""worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
@@ -129,10 +285,11 @@ http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
     return start_nginx(d)
 
 
-def ensure_tools():
-    missing = [t for t in ("nginx", "wrk") if not shutil.which(t)]
+def ensure_tools(names):
+    pkg = {"nginx": "nginx-light", "wrk": "wrk", "docker-registry": "docker-registry", "skopeo": "skopeo"}
+    missing = [t for t in names if not shutil.which(t)]
     if missing:
-        pkgs = ["nginx-light" if t == "nginx" else t for t in missing]
+        pkgs = [pkg[t] for t in missing]
         if os.geteuid() == 0 and shutil.which("apt-get"):
             subprocess.run(["apt-get", "install", "-y", "-qq", *pkgs], check=True)
         else:
@@ -143,22 +300,230 @@ def median(xs):
     return statistics.median(xs)
 
 
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write_oci_layout(path):
+    """A one-layer OCI image (a tiny config and a tiny gzipped tar) tagged v1 in an OCI
+    layout at `path`, as tests/e2e/run.py writes its test images. Returns the manifest bytes."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        data = b"hello from the archeio load benchmark\n"
+        info = tarfile.TarInfo("hello")
+        info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+        t.addfile(info, io.BytesIO(data))
+    layer = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    config = json.dumps({"created": "2024-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["/hello"]},
+                         "rootfs": {"type": "layers", "diff_ids": [sha256(raw.getvalue())]}},
+                        sort_keys=True).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": sha256(config), "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": sha256(layer), "size": len(layer)}]},
+                          sort_keys=True).encode()
+    os.makedirs(os.path.join(path, "blobs", "sha256"))
+    for data in (layer, config, manifest):
+        with open(os.path.join(path, "blobs", "sha256", sha256(data)[7:]), "wb") as f:
+            f.write(data)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                   "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(manifest), "size": len(manifest),
+                                  "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}, f)
+    return manifest
+
+
+class Servers:
+    """Starts what the selected scenarios need, once: shared backends (the 200 mirror, the
+    upstream registry, the file mirror) for the whole run, and per thread count the servers
+    under test. Every process goes into `procs`, stopped by the caller."""
+
+    def __init__(self, tmp, binary, procs):
+        self.tmp, self.binary, self.procs = tmp, binary, procs
+        self.shared = {}
+
+    def _dir(self, name):
+        d = os.path.join(self.tmp, name)
+        os.makedirs(d)
+        return d
+
+    def _nginx(self, d, port, path="/"):
+        p = start_nginx(d)
+        self.procs.append(p)
+        harness.wait_ready(port, path, p)
+        return p
+
+    def mirror_base(self):
+        """The 200-to-everything mirror of the redirect scenarios."""
+        if "mirror" not in self.shared:
+            port = harness.free_port()
+            d = self._dir("mirror")
+            p = mirror_nginx(d, port)
+            self.procs.append(p)
+            harness.wait_ready(port, "/", p)
+            self.shared["mirror"] = f"http://127.0.0.1:{port}"
+        return self.shared["mirror"]
+
+    def registry(self):
+        """docker-registry (filesystem storage in the temp dir) holding bench/pause:v1,
+        pushed by skopeo from an OCI layout written here. Returns (url, manifest bytes, log)."""
+        if "registry" not in self.shared:
+            d = self._dir("registry")
+            port = harness.free_port()
+            conf, log = os.path.join(d, "config.yml"), os.path.join(d, "registry.log")
+            with open(conf, "w") as f:
+                f.write("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n"
+                        f"storage:\n  filesystem:\n    rootdirectory: {d}/storage\n  delete:\n    enabled: false\n"
+                        f"http:\n  addr: 127.0.0.1:{port}\n")
+            with open(log, "wb") as out:
+                p = subprocess.Popen(["docker-registry", "serve", conf], stdout=out, stderr=out)
+            self.procs.append(p)
+            harness.wait_ready(port, "/v2/", p)
+            manifest = write_oci_layout(os.path.join(d, "layout"))
+            subprocess.run(["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+                            f"oci:{d}/layout:v1", f"docker://127.0.0.1:{port}/{UPSTREAM_PATH}/pause:v1"],
+                           check=True, timeout=120)
+            url = f"http://127.0.0.1:{port}"
+            status, _, body = fetch(port, f"/v2/{UPSTREAM_PATH}/pause/manifests/v1", {"Accept": ACCEPT})
+            if status != 200 or body != manifest:
+                raise SystemExit(f"pushed {UPSTREAM_PATH}/pause:v1 but the registry answers {status}, "
+                                 f"{sha256(body)} instead of {sha256(manifest)}")
+            self.shared["registry"] = (url, manifest, log)
+        return self.shared["registry"]
+
+    def file_mirror(self):
+        """An nginx serving a 100 MiB file (seeded noise) at /containers/images/<digest>."""
+        if "files" not in self.shared:
+            d = self._dir("files")
+            data = random.Random(20240101).randbytes(BIG_BLOB_BYTES)
+            digest = sha256(data)
+            os.makedirs(os.path.join(d, "www", "containers", "images"))
+            with open(os.path.join(d, "www", "containers", "images", digest), "wb") as f:
+                f.write(data)
+            del data
+            port = harness.free_port()
+            write_file_mirror(d, port, os.path.join(d, "www"))
+            self._nginx(d, port, f"/containers/images/{digest}")
+            self.shared["files"] = (f"http://127.0.0.1:{port}", digest)
+        return self.shared["files"]
+
+    def gateway(self, kind, threads):
+        """(process, port, admin port) of the gateway of `kind` at `threads` threads."""
+        d = self._dir(f"gw-{kind}-{threads}")
+        port, admin = harness.free_port(), harness.free_port()
+        mirror, extra, upstream, named = self.mirror_base(), [], None, None
+        if kind == "passthrough":
+            url, _, _ = self.registry()
+            upstream = (url, UPSTREAM_PATH)
+            extra = ["mode: passthrough", "manifest_cache: {max_bytes: 67108864, tag_ttl: 10m}"]
+        elif kind == "proxyblob":
+            files, _ = self.file_mirror()
+            named = {"files": files}
+            extra = ["policy:", "  rules:",
+                     "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
+        elif kind == "policy50":
+            extra = ["policy:", "  rules:"] + [f"    {line}" for line in POLICY_50_RULES.strip().splitlines()]
+        p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named)
+        self.procs.append(p)
+        harness.wait_ready(admin, "/readyz", p)
+        return p, port, admin
+
+    def nginx(self, kind, threads):
+        """(process, port) of the nginx of `kind` at `threads` workers."""
+        d = self._dir(f"nginx-{kind}-{threads}")
+        port = harness.free_port()
+        if kind == "routing":
+            mirror_base = self.mirror_base()
+            subprocess.run([sys.executable, NGINX_CONF, d,
+                            "--port", str(port), "--workers", str(threads),
+                            "--mirrors", os.path.join(harness.ROOT, "data", "mirrors.yaml"),
+                            "--mirror-base", mirror_base, "--default-mirror", f"{mirror_base}/default",
+                            "--aws", os.path.join(harness.ROOT, "data", "aws-ip-ranges.json"),
+                            "--gcp", os.path.join(harness.ROOT, "data", "gcp-cloud.json")], check=True)
+        elif kind == "cache":
+            url, _, _ = self.registry()
+            write_manifest_cache(d, port, threads, url, UPSTREAM_PATH)
+        elif kind == "proxyblob":
+            files, _ = self.file_mirror()
+            write_blob_proxy(d, port, threads, files)
+        return self._nginx(d, port, "/v2/"), port
+
+
+def check(name, sc, servers, gport, nport):
+    """The answers of both servers to the scenario's request, compared before any load."""
+    kind = sc["gw"]
+    if kind == "routing":
+        for method, target, xff in SAMPLES:
+            g, n = ask(gport, method, target, xff), ask(nport, method, target, xff)
+            if g != n:
+                raise SystemExit(f"answers differ for {method} {target} xff={xff}: gateway {g}, nginx {n}")
+    elif kind == "policy50":
+        xff = sc["headers"]["X-Forwarded-For"]
+        g, n = ask(gport, "GET", sc["target"], xff), ask(nport, "GET", sc["target"], xff)
+        if g != n or g[0] != 307:
+            raise SystemExit(f"{name}: answers differ: gateway {g}, nginx {n}")
+    elif kind == "passthrough":
+        _, manifest, _ = servers.registry()
+        for attempt in range(2):  # the second from each one's cache
+            (gs, _, gb), (ns, nh, nb) = (fetch(gport, sc["target"], sc["headers"]),
+                                         fetch(nport, sc["target"], sc["headers"]))
+            if (gs, ns) != (200, 200) or gb != nb or gb != manifest:
+                raise SystemExit(f"{name}: gateway {gs} {sha256(gb)}, nginx {ns} {sha256(nb)}, "
+                                 f"pushed {sha256(manifest)}")
+        if nh.get("x-cache-status") != "HIT":
+            raise SystemExit(f"{name}: nginx did not answer from its cache ({nh.get('x-cache-status')})")
+    elif kind == "proxyblob":
+        _, digest = servers.file_mirror()
+        for who, port in (("gateway", gport), ("nginx", nport)):
+            status, n, got = fetch_sha256(port, sc["target"])
+            if (status, n, got) != (200, BIG_BLOB_BYTES, digest):
+                raise SystemExit(f"{name}: {who} answered {status}, {n} bytes, {got}; the file is {digest}")
+
+
+def manifest_gets(log):
+    with open(log, errors="replace") as f:
+        return len(re.findall(rf'"GET /v2/{UPSTREAM_PATH}/pause/manifests/v1 HTTP', f.read()))
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=harness.BINARY, help="the gateway binary (default: the release build)")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--threads", default="1", help="comma-separated worker thread counts, e.g. 1,2")
     ap.add_argument("--connections", type=int, default=32, help="per wrk thread")
+    ap.add_argument("--blob-connections", type=int, default=4,
+                    help="wrk connections in all for proxied_blob_100mib")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated, from: {', '.join(SCENARIOS)}")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown", help="also write the tables here")
     ap.add_argument("--skip-cache-fill", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true", help="only start time and memory")
     a = ap.parse_args()
-    ensure_tools()
+    names = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+    if a.skip_throughput:
+        names = []
+    tools = ["nginx", "wrk"]
+    if "passthrough_manifest_cached" in names:
+        tools += ["docker-registry", "skopeo"]
+    ensure_tools(tools)
     if not a.no_build:
         harness.build(quiet=False)
+    if not os.access(a.binary, os.X_OK):
+        raise SystemExit(f"no gateway binary at {a.binary}")
 
     tmp = tempfile.mkdtemp(prefix="archeio-load-")
+    # nginx's workers run as another user when started by root (`nobody`): they must reach the
+    # cache, temporary and served files inside (traverse only, no listing).
+    os.chmod(tmp, 0o711)
     procs = []
     lines = []
 
@@ -167,74 +532,116 @@ def main():
         lines.append(text)
 
     try:
-        mport = harness.free_port()
-        mdir = os.path.join(tmp, "mirror")
-        os.makedirs(mdir)
-        procs.append(mirror_nginx(mdir, mport))
-        harness.wait_ready(mport, "/", procs[-1])
-        mirror_base = f"http://127.0.0.1:{mport}"
-
-        say(f"wrk {a.duration}s x {a.rounds} rounds, {a.connections} connections per wrk thread; "
-            f"medians over rounds; CPU: {os.cpu_count()} cores")
-        say()
-        say("| threads | scenario | gateway req/s | nginx req/s | ratio | gateway p50/p99 ms | nginx p50/p99 ms |")
-        say("|---|---|---|---|---|---|---|")
-        rss = {}
-        for threads in [] if a.skip_throughput else [int(t) for t in a.threads.split(",")]:
-            gdir = os.path.join(tmp, f"gw{threads}")
-            os.makedirs(gdir)
-            gport, admin, nport = harness.free_port(), harness.free_port(), harness.free_port()
-            gw = start_gateway(gdir, threads, gport, admin, mirror_base)
-            procs.append(gw)
-            harness.wait_ready(admin, "/readyz", gw)
-            ndir = os.path.join(tmp, f"nginx{threads}")
-            subprocess.run([sys.executable, NGINX_CONF, ndir,
-                            "--port", str(nport), "--workers", str(threads),
-                            "--mirrors", os.path.join(harness.ROOT, "data", "mirrors.yaml"),
-                            "--mirror-base", mirror_base, "--default-mirror", f"{mirror_base}/default",
-                            "--aws", os.path.join(harness.ROOT, "data", "aws-ip-ranges.json"),
-                            "--gcp", os.path.join(harness.ROOT, "data", "gcp-cloud.json")], check=True)
-            ng = start_nginx(ndir)
-            procs.append(ng)
-            harness.wait_ready(nport, "/v2/", ng)
-
-            for method, target, xff in SAMPLES:
-                g, n = ask(gport, method, target, xff), ask(nport, method, target, xff)
-                if g != n:
-                    raise SystemExit(f"answers differ for {method} {target} xff={xff}: gateway {g}, nginx {n}")
+        servers = Servers(tmp, a.binary, procs)
+        say(f"binary {a.binary}; wrk {a.duration}s x {a.rounds} rounds, {a.connections} connections per "
+            f"wrk thread ({a.blob_connections} in all for the 100 MiB blob); medians over rounds; "
+            f"CPU: {os.cpu_count()} cores, shared by wrk and the servers")
+        say("CPU µs/req: utime+stime of the server's processes (nginx: master + workers) over the wrk run "
+            "/ requests wrk completed; CPU ratio nginx/gateway > 1: the gateway is cheaper")
+        rows, big_rows, rss, notes = [], [], {}, []
+        for threads in [int(t) for t in a.threads.split(",")] if names else []:
+            gws, ngs = {}, {}
+            for name in names:
+                sc = SCENARIOS[name]
+                if sc["gw"] not in gws:
+                    gws[sc["gw"]] = servers.gateway(sc["gw"], threads)
+                if sc["ng"] not in ngs:
+                    ngs[sc["ng"]] = servers.nginx(sc["ng"], threads)
+            checked = set()
+            for name in names:
+                sc = SCENARIOS[name]
+                if sc.get("throughput"):
+                    sc = dict(sc, target=sc["target"].format(big=servers.file_mirror()[1]))
+                if (sc["gw"], sc["ng"], sc["target"]) not in checked:
+                    check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1])
+                    checked.add((sc["gw"], sc["ng"], sc["target"]))
             results = {}
             for r in range(a.rounds):
-                for name, target, xff in SCENARIOS:
-                    order = [("gateway", gport), ("nginx", nport)]
+                for name in names:
+                    sc = SCENARIOS[name]
+                    big = sc.get("throughput", False)
+                    target = sc["target"].format(big=servers.file_mirror()[1]) if big else sc["target"]
+                    gw, ng = gws[sc["gw"]], ngs[sc["ng"]]
+                    order = [("gateway", gw[1], gw[0].pid), ("nginx", ng[1], ng[0].pid)]
                     if r % 2:
                         order.reverse()
-                    for who, port in order:
+                    if name == "passthrough_manifest_cached":
+                        before = manifest_gets(servers.registry()[2])
+                    for who, port, pid in order:
+                        conns = a.blob_connections if big else a.connections * threads
                         results.setdefault((name, who), []).append(
-                            wrk(port, target, xff, threads, a.duration, a.connections * threads))
-            for name, _, _ in SCENARIOS:
-                g = results[(name, "gateway")]
-                n = results[(name, "nginx")]
-                grps, nrps = median([x[0] for x in g]), median([x[0] for x in n])
-                say(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
-                    f"{median([x[1] for x in g]):.3f} / {median([x[2] for x in g]):.3f} | "
-                    f"{median([x[1] for x in n]):.3f} / {median([x[2] for x in n]):.3f} |")
-            rss[threads] = (peak_rss_kib([gw.pid]), peak_rss_kib([ng.pid] + children(ng.pid)))
-            harness.stop(gw, 5)
-            harness.stop(ng, 5)
-        say()
-        say("| threads | gateway peak RSS MiB | nginx peak RSS MiB (master + workers) |")
-        say("|---|---|---|")
-        for threads, (g, n) in rss.items():
-            say(f"| {threads} | {g / 1024:.1f} | {n / 1024:.1f} |")
+                            wrk(port, target, sc["headers"], threads, a.duration, conns, pid,
+                                timeout_s=60 if big else 2))
+                    if name == "passthrough_manifest_cached":
+                        fetched = manifest_gets(servers.registry()[2]) - before
+                        if fetched > 2:
+                            raise SystemExit(f"{name}: the upstream registry answered {fetched} manifest "
+                                             "GETs during the load: a cache is not serving")
+                        if fetched:
+                            notes.append(f"{name}, round {r + 1}: {fetched} manifest GETs reached the upstream")
+            for name in names:
+                g, n = results[(name, "gateway")], results[(name, "nginx")]
+
+                def med(xs, key):
+                    return median([x[key] for x in xs])
+
+                gus, nus = med(g, "us_per_req"), med(n, "us_per_req")
+                if SCENARIOS[name].get("throughput"):
+                    gmb = median([x["bytes"] / x["seconds"] / 1e6 for x in g])
+                    nmb = median([x["bytes"] / x["seconds"] / 1e6 for x in n])
+                    gsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in g])
+                    nsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in n])
+                    big_rows.append(f"| {threads} | {name} | {gmb:,.0f} | {nmb:,.0f} | {gsg:.3f} | {nsg:.3f} | "
+                                    f"{nsg / gsg:.2f} | {med(g, 'rps'):.1f} | {med(n, 'rps'):.1f} | "
+                                    f"{gus:,.0f} | {nus:,.0f} |")
+                else:
+                    grps, nrps = med(g, "rps"), med(n, "rps")
+                    rows.append(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
+                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | "
+                                f"{med(g, 'p50'):.3f} / {med(g, 'p99'):.3f} | "
+                                f"{med(n, 'p50'):.3f} / {med(n, 'p99'):.3f} |")
+            for kind, (p, _, _) in gws.items():
+                rss.setdefault(threads, {})[f"gateway {kind}"] = peak_rss_kib([p.pid])
+            for kind, (p, _) in ngs.items():
+                rss.setdefault(threads, {})[f"nginx {kind}"] = peak_rss_kib(tree(p.pid))
+            for p, _, _ in gws.values():
+                harness.stop(p, 5)
+            for p, _ in ngs.values():
+                harness.stop(p, 5)
+        if rows:
+            say()
+            say("| threads | scenario | gateway req/s | nginx req/s | req/s ratio gateway/nginx | "
+                "gateway CPU µs/req | nginx CPU µs/req | CPU ratio nginx/gateway | "
+                "gateway p50/p99 ms | nginx p50/p99 ms |")
+            say("|---|---|---|---|---|---|---|---|---|---|")
+            for row in rows:
+                say(row)
+        if big_rows:
+            say()
+            say("| threads | scenario | gateway MB/s | nginx MB/s | gateway CPU s/GB | nginx CPU s/GB | "
+                "CPU ratio nginx/gateway | gateway req/s | nginx req/s | gateway CPU µs/req | nginx CPU µs/req |")
+            say("|---|---|---|---|---|---|---|---|---|---|---|")
+            for row in big_rows:
+                say(row)
+        for note in notes:
+            say(f"note: {note}")
+        if rss:
+            say()
+            say("| threads | server | peak RSS MiB (nginx: master + workers) |")
+            say("|---|---|---|")
+            for threads, figures in rss.items():
+                for who, kib in figures.items():
+                    say(f"| {threads} | {who} | {kib / 1024:.1f} |")
 
         # Start to ready with the embedded ranges.
+        mirror_base = servers.mirror_base()
         times = []
         for i in range(5):
             d = os.path.join(tmp, f"start{i}")
             os.makedirs(d)
             port, admin = harness.free_port(), harness.free_port()
             t0 = time.monotonic()
-            gw = start_gateway(d, 1, port, admin, mirror_base)
+            gw = start_gateway(a.binary, d, 1, port, admin, mirror_base)
             procs.append(gw)
             harness.wait_ready(admin, "/readyz", gw)
             times.append(time.monotonic() - t0)
@@ -247,7 +654,7 @@ def main():
             d = os.path.join(tmp, "fill")
             os.makedirs(d)
             port, admin = harness.free_port(), harness.free_port()
-            gw = start_gateway(d, 2, port, admin, mirror_base)
+            gw = start_gateway(a.binary, d, 2, port, admin, mirror_base)
             procs.append(gw)
             harness.wait_ready(admin, "/readyz", gw)
             script = os.path.join(d, "distinct.lua")
