@@ -3,6 +3,7 @@
 //! records are written by the gateway as a message in the chosen form; here they only get
 //! the time and level that every line carries.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -20,7 +21,20 @@ pub fn init(settings: LogSettings) {
     let _ = SETTINGS.set(settings);
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if settings.format == LogFormat::Json {
+    if settings.format == LogFormat::Text {
+        // env_logger's own layout, written directly: its default formatter passes every line
+        // through an indenting writer for multi-line messages, which ours are not.
+        builder.format(|buf, record| {
+            let ts = buf.timestamp();
+            writeln!(
+                buf,
+                "[{ts} {:<5} {}] {}",
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    } else {
         builder.format(|buf, record| {
             let ts = buf.timestamp_millis().to_string();
             let level = record.level().as_str().to_ascii_lowercase();
@@ -52,9 +66,9 @@ pub fn client_addresses() -> bool {
     SETTINGS.get().is_none_or(|s| s.client_address)
 }
 
-/// A request id: 16 hex digits, unique in the process and unlikely to repeat across
-/// processes (a per-process seed mixed with a counter).
-pub fn request_id() -> String {
+/// A request id, written as 16 hex digits: unique in the process and unlikely to repeat
+/// across processes (a per-process seed mixed with a counter).
+pub fn request_id() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -64,16 +78,13 @@ pub fn request_id() -> String {
         now ^ u64::from(std::process::id()).rotate_left(32)
     });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:016x}",
-        xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), seed)
-    )
+    xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), seed)
 }
 
-/// `text` between double quotes for a `key="value"` field: `"` and `\` escaped with a
-/// backslash, control bytes as `\xNN`, everything else (quotes `'` included) as it is.
-pub fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
+/// Appends `text` between double quotes, for a `key="value"` field: `"` and `\` escaped with
+/// a backslash, control bytes as `\xNN`, everything else (quotes `'` included) as it is.
+pub fn push_quoted(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
     out.push('"');
     for c in text.chars() {
         match c {
@@ -81,12 +92,13 @@ pub fn quoted(text: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
             c => out.push(c),
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -95,14 +107,17 @@ mod tests {
 
     #[test]
     fn quoting_escapes_what_a_parser_needs_and_nothing_else() {
+        let quoted = |text: &str| {
+            let mut out = String::new();
+            push_quoted(&mut out, text);
+            out
+        };
         assert_eq!(quoted(r#"it's "x" \ y"#), r#""it's \"x\" \\ y""#);
         assert_eq!(quoted("a\nb\u{1}"), r#""a\x0ab\x01""#);
     }
 
     #[test]
     fn request_ids_differ() {
-        let (a, b) = (request_id(), request_id());
-        assert_eq!(a.len(), 16);
-        assert_ne!(a, b);
+        assert_ne!(request_id(), request_id());
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """User-space instructions per request of archeio, counted by valgrind's callgrind.
 
-For each scenario the gateway (threads: 1, RUST_LOG=warn, loopback only) is started twice
+For each scenario the gateway (threads: 1, RUST_LOG=warn but where a scenario says, loopback only) is started twice
 under `valgrind --tool=callgrind`:
 
   run B: start, warm-up (WARMUP requests), N measured requests (taking T seconds), stop
@@ -21,6 +21,10 @@ Scenarios:
             (127.0.0.1, no X-Forwarded-For) is in no cloud; the first warm-up request HEADs
             the mirror (a local http.server answering 200) and fills the mirror-answer cache,
             so the measured requests are cache hits.
+  blob_50_rules  the same request and answer under a 50-rule policy (harness.POLICY_50_RULES:
+            49 rules miss, on repository globs, networks, providers and regions).
+  manifest_access_log  the manifest request with access records on (RUST_LOG=info; the
+            records go to a file).
 
 The gateway is stopped with SIGINT (SIGKILL after --stop-timeout seconds; a killed run
 writes no profile and fails the measurement).
@@ -47,7 +51,16 @@ SCENARIOS = {
     "manifest": ("/v2/pause/manifests/latest", 307, "{base}/v2/images/pause/manifests/latest"),
     "v2": ("/v2/", 200, None),
     "blob": (f"/v2/pause/blobs/{DIGEST}", 307, "{base}/default/containers/images/" + DIGEST),
+    "blob_50_rules": (f"/v2/pause/blobs/{DIGEST}", 307, "{base}/default/containers/images/" + DIGEST),
+    "manifest_access_log": ("/v2/pause/manifests/latest", 307, "{base}/v2/images/pause/manifests/latest"),
 }
+# Scenarios run with access records on (RUST_LOG=info, written to the run's gateway.log).
+LOGGED = {"manifest_access_log"}
+# Scenarios run with a policy: harness.POLICY_50_RULES, whose 49 first rules miss and whose last
+# sends a blob to the client's region's mirror (here the default: 127.0.0.1 is in no cloud).
+POLICIES = {"blob_50_rules": harness.policy_50_rules}
+
+
 def listening(port):
     """True once 127.0.0.1:port is in LISTEN state (read from /proc, no request to the server)."""
     want = f"0100007F:{port:04X}"
@@ -102,15 +115,16 @@ def total_ir(out_file):
     raise RuntimeError(f"no summary line in {out_file}")
 
 
-def run_once(a, workdir, base, target, status, location, measured, idle=0.0):
+def run_once(a, workdir, base, target, status, location, measured, idle=0.0, extra=(), rust_log="warn"):
     """One gateway under callgrind: warm-up, `measured` requests, `idle` s. -> (total Ir, time)"""
     d = tempfile.mkdtemp(dir=workdir)
     port, admin = harness.free_port(), harness.free_port()
     conf = harness.write_config(d, port, admin, threads=1, upstream=(base, "images"),
-                                mirror_default=f"{base}/default", grace=(0, 1))
+                                mirror_default=f"{base}/default", grace=(0, 1), extra=extra)
     out = os.path.join(d, "callgrind.out")
     proc = harness.start_gateway(a.binary, conf, log=os.path.join(d, "gateway.log"),
-                                 wrapper=[a.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"])
+                                 wrapper=[a.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"],
+                                 rust_log=rust_log)
     try:
         wait_ready(proc, port, admin, a.start_timeout)
         elapsed = drive(port, target, status, location, a.warmup, measured, idle)
@@ -150,10 +164,14 @@ def main():
         for name in names:
             target, status, location = SCENARIOS[name]
             location = location.format(base=base) if location else None
-            full_ir, elapsed = run_once(a, workdir, base, target, status, location, a.requests)
+            extra = POLICIES[name]() if name in POLICIES else ()
+            rust_log = "info" if name in LOGGED else "warn"
+            full_ir, elapsed = run_once(a, workdir, base, target, status, location, a.requests,
+                                        extra=extra, rust_log=rust_log)
             # The idle gateway still runs timers (~0.1 M Ir/s under valgrind here): the baseline
             # run stays idle, connection open, as long as the measured requests took.
-            base_ir, _ = run_once(a, workdir, base, target, status, location, 0, idle=elapsed)
+            base_ir, _ = run_once(a, workdir, base, target, status, location, 0, idle=elapsed,
+                                  extra=extra, rust_log=rust_log)
             rows.append((name, base_ir, full_ir, elapsed, (full_ir - base_ir) / a.requests))
             print(f"{name}: {rows[-1][4]:,.0f} Ir/request", file=sys.stderr, flush=True)
     finally:

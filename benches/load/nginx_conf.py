@@ -145,6 +145,7 @@ def main():
     ap.add_argument("--default-mirror", required=True)
     ap.add_argument("--aws", required=True)
     ap.add_argument("--gcp", required=True)
+    ap.add_argument("--access-log", help="write nginx's access log (format combined) here; default off")
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
 
@@ -166,7 +167,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {a.access_log or "off"};
     client_body_temp_path {d}/tmp;
     proxy_temp_path {d}/tmp;
     fastcgi_temp_path {d}/tmp;

@@ -12,6 +12,8 @@ for the 100 MiB blob. Then: peak RSS, start-to-ready time, RSS with 100,000 cach
 
 Scenarios (--scenarios, comma-separated; default all):
   manifest, blob_unknown_client, blob_aws_client_xff, v2   redirects, gateway vs nginx_conf.py's
+  manifest_access_log            the manifest redirect with access records on both sides, each
+                                 written to a file (gateway RUST_LOG=info, nginx format combined)
   passthrough_manifest_cached    pass-through + manifest cache vs nginx proxy_cache, before a
                                  docker-registry filled by skopeo
   proxied_blob_100mib            `delivery: proxy` of a 100 MiB blob vs nginx proxy_pass, both
@@ -20,7 +22,8 @@ Scenarios (--scenarios, comma-separated; default all):
 
 usage: benches/load/run.py [--binary PATH] [--no-build] [--duration 5] [--rounds 3]
                          [--threads 1] [--scenarios a,b] [--markdown FILE] [--skip-cache-fill]
-Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`).
+Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`) but in
+manifest_access_log.
 """
 import argparse
 import gzip
@@ -63,6 +66,7 @@ SCENARIOS = {
     "blob_aws_client_xff": dict(gw="routing", ng="routing", target=f"/v2/pause/blobs/{SHA}",
                                 headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
     "v2": dict(gw="routing", ng="routing", target="/v2/", headers={}),
+    "manifest_access_log": dict(gw="logged", ng="logged", target="/v2/pause/manifests/3.10", headers={}),
     "passthrough_manifest_cached": dict(gw="passthrough", ng="cache", target="/v2/pause/manifests/v1",
                                         headers={"Accept": ACCEPT}),
     "proxied_blob_100mib": dict(gw="proxyblob", ng="proxyblob", target="/v2/pause/blobs/{big}",
@@ -89,61 +93,6 @@ SAMPLES = [
     ("GET", f"/v2/pause/blobs/{SHA}", "198.51.100.1, 130.211.0.1"),  # no cloud
     ("GET", "/nothing", None),
 ]
-
-# 49 rules that miss an AWS us-east-1 client's `pause` blob, then a blob rule to the client's
-# region's mirror: the policy of benches/decision.rs `decide/blob_50_rules`.
-POLICY_50_RULES = """
-- {match: {repository: 'team-0*/**'}, action: deny}
-- {match: {provider: azure, region: 'eu*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [10.0.0.0/8, 192.168.0.0/16], kind: manifest}, action: upstream}
-- {match: {provider: aws, region: 'ap-*', repository: 'x/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['a', 'b', 'c*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-1*/**'}, action: deny}
-- {match: {provider: oracle}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 172.16.0.0/12}, action: upstream}
-- {match: {provider: aws, region: 'sa-*', repository: 'y/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['d', 'e', 'f*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-2*/**'}, action: deny}
-- {match: {provider: azure, region: 'us*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [100.64.0.0/10], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'me-*', repository: 'z/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['g', 'h', 'i*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-3*/**'}, action: deny}
-- {match: {provider: onprem}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 198.18.0.0/15}, action: upstream}
-- {match: {provider: aws, region: 'af-*', repository: 'w/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['j', 'k', 'l*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-4*/**'}, action: deny}
-- {match: {provider: azure, region: 'asia*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [fd00::/8], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'ca-*', repository: 'v/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['m', 'n', 'o*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-5*/**'}, action: deny}
-- {match: {provider: gcp, region: 'eu*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 203.0.113.0/24}, action: upstream}
-- {match: {provider: aws, region: 'il-*', repository: 'u/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['p', 'q', 'r*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-6*/**'}, action: deny}
-- {match: {provider: azure, region: 'aus*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [198.51.100.0/24], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'mx-*', repository: 't/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['s', 't', 'u*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-7*/**'}, action: deny}
-- {match: {provider: oracle, region: 'us-*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 192.0.2.0/24}, action: upstream}
-- {match: {provider: aws, region: 'cn-*', repository: 's/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['v', 'w', 'x*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-8*/**'}, action: deny}
-- {match: {provider: azure, region: 'jp*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [2001:db8::/32], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'eu-*', repository: 'r/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['y', 'zz', 'z*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-9*/**'}, action: deny}
-- {match: {provider: gcp}, action: upstream}
-- {match: {provider: onprem, region: 'lab*'}, action: upstream}
-- {match: {cidr: 198.51.100.0/24, repository: nothing}, action: upstream}
-- {match: {kind: blob}, action: mirrors, mirrors: [regions]}
-"""
 
 
 def ask(port, method, target, xff=None):
@@ -262,9 +211,10 @@ def gateway_conf(d, threads, port, admin, mirror_base, extra=(), upstream=None, 
                                 regions=regions, upstream=upstream, extra=extra, named=named)
 
 
-def start_gateway(binary, d, threads, port, admin, mirror_base, extra=(), upstream=None, named=None):
+def start_gateway(binary, d, threads, port, admin, mirror_base, extra=(), upstream=None, named=None,
+                  rust_log="warn"):
     conf = gateway_conf(d, threads, port, admin, mirror_base, extra, upstream, named)
-    return harness.start_gateway(binary, conf, log=os.path.join(d, "gateway.log"))
+    return harness.start_gateway(binary, conf, log=os.path.join(d, "gateway.log"), rust_log=rust_log)
 
 
 def start_nginx(conf_dir):
@@ -416,6 +366,7 @@ class Servers:
         d = self._dir(f"gw-{kind}-{threads}")
         port, admin = harness.free_port(), harness.free_port()
         mirror, extra, upstream, named = self.mirror_base(), [], None, None
+        rust_log = "info" if kind == "logged" else "warn"  # info: one access record a request
         if kind == "passthrough":
             url, _, _ = self.registry()
             upstream = (url, UPSTREAM_PATH)
@@ -426,8 +377,8 @@ class Servers:
             extra = ["policy:", "  rules:",
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
-            extra = ["policy:", "  rules:"] + [f"    {line}" for line in POLICY_50_RULES.strip().splitlines()]
-        p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named)
+            extra = harness.policy_50_rules()
+        p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named, rust_log)
         self.procs.append(p)
         harness.wait_ready(admin, "/readyz", p)
         return p, port, admin
@@ -436,9 +387,10 @@ class Servers:
         """(process, port) of the nginx of `kind` at `threads` workers."""
         d = self._dir(f"nginx-{kind}-{threads}")
         port = harness.free_port()
-        if kind == "routing":
+        if kind in ("routing", "logged"):
             mirror_base = self.mirror_base()
-            subprocess.run([sys.executable, NGINX_CONF, d,
+            log = ["--access-log", os.path.join(d, "access.log")] if kind == "logged" else []
+            subprocess.run([sys.executable, NGINX_CONF, d, *log,
                             "--port", str(port), "--workers", str(threads),
                             "--mirrors", os.path.join(harness.ROOT, "data", "mirrors.yaml"),
                             "--mirror-base", mirror_base, "--default-mirror", f"{mirror_base}/default",
@@ -456,7 +408,7 @@ class Servers:
 def check(name, sc, servers, gport, nport):
     """The answers of both servers to the scenario's request, compared before any load."""
     kind = sc["gw"]
-    if kind == "routing":
+    if kind in ("routing", "logged"):
         for method, target, xff in SAMPLES:
             g, n = ask(gport, method, target, xff), ask(nport, method, target, xff)
             if g != n:

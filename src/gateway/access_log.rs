@@ -2,7 +2,9 @@
 //! per request when it ends; also for request lines refused before Pingora parsed them.
 //! A record is a `key=value` line, or a JSON object with `log_format: json`.
 
-use std::net::IpAddr;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use log::{info, log_enabled, Level};
@@ -14,7 +16,7 @@ use super::headers::trace_id;
 use super::request::{forwarded_for, peer_ip};
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
-use crate::logging::{self, quoted, ACCESS_TARGET};
+use crate::logging::{self, push_quoted, ACCESS_TARGET};
 use crate::metrics;
 use crate::routing::client_addr::client_addr;
 use crate::routing::{Answer, Reply, Route, Target};
@@ -191,29 +193,25 @@ impl<'a> AccessEntry<'a> {
     /// The fields in the order the text line has them; the path without its query, a
     /// `Location` without its query (a private mirror's is a signed URL), client addresses
     /// only when the operator keeps them.
-    fn fields(&self) -> Vec<(&'static str, Field)> {
+    fn fields(&self) -> Vec<(&'static str, Field<'_>)> {
         let addresses = logging::client_addresses();
         let ip = |ip: Option<IpAddr>| match ip {
-            Some(ip) if addresses => Field::Word(ip.to_string()),
+            Some(ip) if addresses => Field::Ip(ip),
             _ => Field::Absent,
         };
-        let text = |t: Option<&str>| t.map_or(Field::Absent, |t| Field::Text(t.to_string()));
-        let word = |t: Option<&str>| t.map_or(Field::Absent, |t| Field::Word(t.to_string()));
-        let bytes = |b: Option<&[u8]>| {
-            b.map_or(Field::Absent, |b| {
-                Field::Text(String::from_utf8_lossy(b).into_owned())
-            })
+        let text = |t: Option<&'a str>| t.map_or(Field::Absent, |t| Field::Text(t.into()));
+        let word = |t: Option<&'a str>| t.map_or(Field::Absent, Field::Word);
+        let bytes = |b: Option<&'a [u8]>| {
+            b.map_or(Field::Absent, |b| Field::Text(String::from_utf8_lossy(b)))
         };
         let location = self.location.map(|l| &l[..l.find('?').unwrap_or(l.len())]);
-        let mut fields = vec![
+        let mut fields = Vec::with_capacity(15);
+        fields.extend([
             ("client", ip(self.client)),
-            ("route", Field::Word(self.route.to_string())),
-            ("destination", Field::Word(self.how.to_string())),
-            ("status", Field::Number(f64::from(self.status))),
-            (
-                "duration_ms",
-                Field::Number(self.elapsed.as_secs_f64() * 1e3),
-            ),
+            ("route", Field::Word(self.route)),
+            ("destination", Field::Word(self.how)),
+            ("status", Field::Status(self.status)),
+            ("duration_ms", Field::Millis(self.elapsed)),
             ("peer", ip(self.peer)),
             ("provider", word(self.placement.map(|p| p.0))),
             (
@@ -224,18 +222,18 @@ impl<'a> AccessEntry<'a> {
             ("location", text(location)),
             ("upstream", word(self.upstream)),
             ("user_agent", bytes(self.user_agent)),
-            ("request_id", Field::Word(logging::request_id())),
+            ("request_id", Field::Id(logging::request_id())),
             ("trace_id", text(self.trace_id)),
-        ];
+        ]);
         if let Some((key, why)) = &self.detail {
-            fields.push((key, Field::Text(why.clone())));
+            fields.push((key, Field::Text(why.as_str().into())));
         }
         fields
     }
 
-    /// Writes the record.
+    /// Writes the record. A line is built in one buffer, without a string per field: a
+    /// record is written for every request.
     fn write(&self) {
-        let method = String::from_utf8_lossy(self.method);
         let path = &self.target[..self
             .target
             .iter()
@@ -244,14 +242,27 @@ impl<'a> AccessEntry<'a> {
         let fields = self.fields();
         if logging::json() {
             let mut record = Map::new();
-            record.insert("method".into(), Value::from(method.as_ref()));
+            record.insert(
+                "method".into(),
+                Value::from(String::from_utf8_lossy(self.method)),
+            );
             record.insert("path".into(), Value::from(String::from_utf8_lossy(path)));
             for (key, field) in fields {
                 let value = match field {
                     Field::Absent => continue,
-                    Field::Number(n) if n.fract() == 0.0 => Value::from(n as u64),
-                    Field::Number(n) => Value::from((n * 1e3).round() / 1e3),
-                    Field::Word(t) | Field::Text(t) => Value::from(t),
+                    Field::Ip(ip) => Value::from(ip.to_string()),
+                    Field::Status(n) => Value::from(n),
+                    Field::Millis(d) => {
+                        let ms = d.as_secs_f64() * 1e3;
+                        if ms.fract() == 0.0 {
+                            Value::from(ms as u64)
+                        } else {
+                            Value::from((ms * 1e3).round() / 1e3)
+                        }
+                    }
+                    Field::Id(id) => Value::from(format!("{id:016x}")),
+                    Field::Word(t) => Value::from(t),
+                    Field::Text(t) => Value::from(t),
                 };
                 record.insert(key.into(), value);
             }
@@ -259,44 +270,99 @@ impl<'a> AccessEntry<'a> {
             return;
         }
         // The leading fields keep the order earlier releases wrote, for existing parsers.
-        let mut line = format!("{} {}", self.method.escape_ascii(), path.escape_ascii());
+        let mut line = String::with_capacity(256);
+        push_escaped(&mut line, self.method);
+        line.push(' ');
+        push_escaped(&mut line, path);
         for (key, field) in fields {
-            let value = match field {
-                Field::Absent if key == "client" => "-".to_string(),
-                Field::Absent => continue,
-                Field::Number(n) if key == "duration_ms" => format!("{n:.3}"),
-                Field::Number(n) => format!("{n}"),
-                Field::Word(t) => t,
-                Field::Text(t) => quoted(&t),
+            match (key, &field) {
+                ("client", Field::Absent) => {}
+                (_, Field::Absent) => continue,
+                _ => {}
+            }
+            match key {
+                "route" => line.push_str(" decision="),
+                // The destination joins the route: `decision=route/destination`.
+                "destination" => line.push('/'),
+                _ => {
+                    line.push(' ');
+                    line.push_str(key);
+                    line.push('=');
+                }
+            }
+            // Writing to a String cannot fail.
+            let _ = match field {
+                Field::Absent => {
+                    line.push('-');
+                    Ok(())
+                }
+                Field::Ip(IpAddr::V4(ip)) => {
+                    push_ipv4(&mut line, ip);
+                    Ok(())
+                }
+                Field::Ip(ip) => write!(line, "{ip}"),
+                Field::Status(n) => write!(line, "{n}"),
+                Field::Millis(d) => {
+                    let micros = (d.as_nanos() + 500) / 1000;
+                    write!(line, "{}.{:03}", micros / 1000, micros % 1000)
+                }
+                Field::Id(id) => write!(line, "{id:016x}"),
+                Field::Word(t) => {
+                    line.push_str(t);
+                    Ok(())
+                }
+                Field::Text(t) => {
+                    push_quoted(&mut line, &t);
+                    Ok(())
+                }
             };
-            line.push(' ');
-            if key == "route" {
-                line.push_str("decision=");
-                line.push_str(&value);
-                continue;
-            }
-            if key == "destination" {
-                line.pop();
-                line.push('/');
-                line.push_str(&value);
-                continue;
-            }
-            line.push_str(key);
-            line.push('=');
-            line.push_str(&value);
         }
         info!(target: ACCESS_TARGET, "{line}");
     }
 }
 
-/// A value of the record.
-enum Field {
+/// `bytes` as `escape_ascii` writes them; as they are when nothing needs escaping, the usual
+/// case.
+fn push_escaped(line: &mut String, bytes: &[u8]) {
+    let plain = |b: &u8| (0x20..0x7f).contains(b) && !matches!(b, b'\\' | b'\'' | b'"');
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.iter().all(plain) => line.push_str(text),
+        _ => {
+            let _ = write!(line, "{}", bytes.escape_ascii());
+        }
+    }
+}
+
+/// An IPv4 address in dotted decimal, without the formatting machinery.
+fn push_ipv4(line: &mut String, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            line.push('.');
+        }
+        if octet >= 100 {
+            line.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            line.push(char::from(b'0' + octet / 10 % 10));
+        }
+        line.push(char::from(b'0' + octet % 10));
+    }
+}
+
+/// A value of the record, borrowed from the request where it can be.
+enum Field<'a> {
     /// Not known, or left out.
     Absent,
-    /// A number.
-    Number(f64),
-    /// A token that needs no quotes (a route, an id).
-    Word(String),
+    /// An address.
+    Ip(IpAddr),
+    /// An HTTP status.
+    Status(u16),
+    /// A duration, in milliseconds with three decimals.
+    Millis(Duration),
+    /// An id, as 16 hex digits.
+    Id(u64),
+    /// A token that needs no quotes (a route, a provider).
+    Word(&'a str),
     /// Free text: quoted in a line.
-    Text(String),
+    Text(Cow<'a, str>),
 }
