@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use globset::{GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -132,24 +132,38 @@ impl Rule {
         !self.providers.is_empty() || self.regions.is_some() || !self.cidrs.is_empty()
     }
 
-    /// Whether the request's own facts (kind and repository) match.
-    fn matches_request(&self, kind: Kind, repository: &str) -> bool {
+    /// Whether the request's own facts (kind and repository) match. `repository` is made a
+    /// glob candidate once, by the first rule with repository globs, for all later ones.
+    fn matches_request<'r>(
+        &self,
+        kind: Kind,
+        repository: &'r str,
+        candidate: &mut Option<Candidate<'r>>,
+    ) -> bool {
         self.kinds.contains(kind)
-            && self
-                .repositories
-                .as_ref()
-                .is_none_or(|g| g.is_match(repository))
+            && self.repositories.as_ref().is_none_or(|g| {
+                g.is_match_candidate(candidate.get_or_insert_with(|| Candidate::new(repository)))
+            })
     }
 
-    /// Whether the client matches; `client` is its address and placement.
-    fn matches_client(&self, ip: IpAddr, placement: Option<&Placement>) -> bool {
+    /// Whether the client matches; `client` is its address and placement. Its region is
+    /// made a glob candidate once, as the repository is.
+    fn matches_client<'p>(
+        &self,
+        ip: IpAddr,
+        placement: Option<&'p Placement>,
+        region: &mut Option<Candidate<'p>>,
+    ) -> bool {
         if !self.providers.is_empty()
             && !placement.is_some_and(|p| self.providers.iter().any(|n| **n == *p.provider))
         {
             return false;
         }
         if let Some(regions) = &self.regions {
-            if !placement.is_some_and(|p| regions.is_match(&*p.region)) {
+            let matched = placement.is_some_and(|p| {
+                regions.is_match_candidate(region.get_or_insert_with(|| Candidate::new(&*p.region)))
+            });
+            if !matched {
                 return false;
             }
         }
@@ -253,14 +267,15 @@ pub(super) fn first_match<'t>(
     client: &mut Option<Client<'t>>,
     find_client: impl Fn() -> Client<'t>,
 ) -> Result<Option<usize>, String> {
+    let (mut candidate, mut region) = (None, None);
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.matches_request(kind, repository) {
+        if !rule.matches_request(kind, repository, &mut candidate) {
             continue;
         }
         if rule.needs_client() {
             let c = client.get_or_insert_with(&find_client);
             let ip = c.address.clone()?;
-            if !rule.matches_client(ip, c.placement) {
+            if !rule.matches_client(ip, c.placement, &mut region) {
                 continue;
             }
         }
