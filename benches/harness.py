@@ -168,62 +168,8 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 are the 12th and 13th after it
 
 
-# 49 rules that miss an AWS us-east-1 client's `pause` blob, then a blob rule to the client's
-# region's mirror: the policy of benches/decision.rs `decide/blob_50_rules`.
-POLICY_50_RULES = """
-- {match: {repository: 'team-0*/**'}, action: deny}
-- {match: {provider: azure, region: 'eu*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [10.0.0.0/8, 192.168.0.0/16], kind: manifest}, action: upstream}
-- {match: {provider: aws, region: 'ap-*', repository: 'x/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['a', 'b', 'c*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-1*/**'}, action: deny}
-- {match: {provider: oracle}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 172.16.0.0/12}, action: upstream}
-- {match: {provider: aws, region: 'sa-*', repository: 'y/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['d', 'e', 'f*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-2*/**'}, action: deny}
-- {match: {provider: azure, region: 'us*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [100.64.0.0/10], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'me-*', repository: 'z/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['g', 'h', 'i*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-3*/**'}, action: deny}
-- {match: {provider: onprem}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 198.18.0.0/15}, action: upstream}
-- {match: {provider: aws, region: 'af-*', repository: 'w/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['j', 'k', 'l*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-4*/**'}, action: deny}
-- {match: {provider: azure, region: 'asia*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [fd00::/8], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'ca-*', repository: 'v/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['m', 'n', 'o*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-5*/**'}, action: deny}
-- {match: {provider: gcp, region: 'eu*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 203.0.113.0/24}, action: upstream}
-- {match: {provider: aws, region: 'il-*', repository: 'u/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['p', 'q', 'r*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-6*/**'}, action: deny}
-- {match: {provider: azure, region: 'aus*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [198.51.100.0/24], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'mx-*', repository: 't/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['s', 't', 'u*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-7*/**'}, action: deny}
-- {match: {provider: oracle, region: 'us-*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: 192.0.2.0/24}, action: upstream}
-- {match: {provider: aws, region: 'cn-*', repository: 's/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['v', 'w', 'x*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-8*/**'}, action: deny}
-- {match: {provider: azure, region: 'jp*'}, action: mirrors, mirrors: [default]}
-- {match: {cidr: [2001:db8::/32], kind: blob}, action: upstream}
-- {match: {provider: aws, region: 'eu-*', repository: 'r/*'}, action: mirrors, mirrors: [regions]}
-- {match: {repository: ['y', 'zz', 'z*'], kind: [blob, manifest]}, action: upstream}
-- {match: {repository: 'team-9*/**'}, action: deny}
-- {match: {provider: gcp}, action: upstream}
-- {match: {provider: onprem, region: 'lab*'}, action: upstream}
-- {match: {cidr: 198.51.100.0/24, repository: nothing}, action: upstream}
-- {match: {kind: blob}, action: mirrors, mirrors: [regions]}
-"""
-
-
 def policy_50_rules():
-    """POLICY_50_RULES as `extra` lines for write_config."""
-    return ["policy:", "  rules:"] + [f"    {line}" for line in POLICY_50_RULES.strip().splitlines()]
+    """benches/policy_50_rules.yaml as `extra` lines for write_config (under `policy:`)."""
+    with open(os.path.join(ROOT, "benches", "policy_50_rules.yaml")) as f:
+        lines = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
+    return ["policy:"] + [f"  {line}" for line in lines]

@@ -46,9 +46,9 @@ def read_mirrors(path):
     return table
 
 
-def _frame(d, workers, http_body, worker_connections=4096):
+def _frame(d, workers, http_body, worker_connections=4096, access_log="off"):
     """nginx.conf in d: workers, no daemon, everything (pid, logs, temp files) inside d,
-    access log off, then `http_body` inside `http {}`."""
+    the access log (`off`, or a file), then `http_body` inside `http {}`."""
     d = os.path.abspath(d)
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     conf = f"""
@@ -59,7 +59,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections {worker_connections}; }}
 http {{
-    access_log off;
+    access_log {access_log};
     client_body_temp_path {d}/tmp;
     proxy_temp_path {d}/tmp;
     fastcgi_temp_path {d}/tmp;
@@ -159,23 +159,7 @@ def main():
         f'        "aws:{region}" {a.mirror_base}/{region};\n' for region in sorted(mirrors)
     )
     d = os.path.abspath(a.outdir)
-    conf = f"""
-worker_processes {a.workers};
-daemon off;
-master_process on;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {a.access_log or "off"};
-    client_body_temp_path {d}/tmp;
-    proxy_temp_path {d}/tmp;
-    fastcgi_temp_path {d}/tmp;
-    uwsgi_temp_path {d}/tmp;
-    scgi_temp_path {d}/tmp;
-    keepalive_requests 1000000;
-    server_tokens off;
-
+    body = f"""
     # The client: second-to-last X-Forwarded-For entry (one trusted hop), else the peer.
     map $http_x_forwarded_for $client_ip {{
         "~(?<c>[^, ]+)[, ]+[^, ]+[, ]*$" $c;
@@ -207,11 +191,8 @@ http {{
         location /privacy {{ return 307 {PRIVACY}; }}
         location / {{ return 404; }}
     }}
-}}
 """
-    os.makedirs(os.path.join(a.outdir, "tmp"), exist_ok=True)
-    with open(os.path.join(a.outdir, "nginx.conf"), "w") as f:
-        f.write(conf)
+    _frame(a.outdir, a.workers, body, access_log=a.access_log or "off")
 
 
 if __name__ == "__main__":
