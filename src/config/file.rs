@@ -873,7 +873,8 @@ pub struct BlobCheckConfig {
     /// How long an "absent" answer (or a failed check) is cached.
     #[serde(with = "humantime_serde")]
     pub miss_ttl: Duration,
-    /// Most answers kept; least recently used ones go first.
+    /// Most answers kept (100,000 take about 10 MiB); when full, answers asked for only once
+    /// go first; a new blob's answer is always stored.
     pub capacity: u64,
     /// When a mirror host is considered down and skipped.
     pub breaker: BreakerConfig,
