@@ -13,12 +13,11 @@ use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
 use super::headers::trace_id;
-use super::request::{forwarded_for, peer_ip};
+use super::request::{peer_ip, session_client};
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::logging::{self, push_quoted, ACCESS_TARGET};
 use crate::metrics;
-use crate::routing::client_addr::client_addr;
 use crate::routing::{Answer, Reply, Route, Target};
 
 impl metrics::Label for Route {
@@ -86,11 +85,8 @@ impl Gateway {
         };
         let req = session.req_header();
         let peer = peer_ip(session);
-        // The address routing uses (what trusted proxies said), found again here so that the
-        // decision stays free of logging.
-        let client = client_addr(peer, &forwarded_for(req), self.routes.trusted_proxy_hops)
-            .ok()
-            .or(peer);
+        // Found again here so that the decision stays free of logging.
+        let client = session_client(session, self.routes.trusted_proxy_hops);
         let ranges = self.ranges.load();
         let placement = client.and_then(|ip| ranges.lookup(ip));
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
@@ -275,10 +271,9 @@ impl<'a> AccessEntry<'a> {
         line.push(' ');
         push_escaped(&mut line, path);
         for (key, field) in fields {
-            match (key, &field) {
-                ("client", Field::Absent) => {}
-                (_, Field::Absent) => continue,
-                _ => {}
+            // An unknown client is written as `-`; other absent fields are left out.
+            if matches!(field, Field::Absent) && key != "client" {
+                continue;
             }
             match key {
                 "route" => line.push_str(" decision="),
@@ -290,34 +285,32 @@ impl<'a> AccessEntry<'a> {
                     line.push('=');
                 }
             }
-            // Writing to a String cannot fail.
-            let _ = match field {
-                Field::Absent => {
-                    line.push('-');
-                    Ok(())
-                }
-                Field::Ip(IpAddr::V4(ip)) => {
-                    push_ipv4(&mut line, ip);
-                    Ok(())
-                }
-                Field::Ip(ip) => write!(line, "{ip}"),
-                Field::Status(n) => write!(line, "{n}"),
-                Field::Millis(d) => {
-                    let micros = (d.as_nanos() + 500) / 1000;
-                    write!(line, "{}.{:03}", micros / 1000, micros % 1000)
-                }
-                Field::Id(id) => write!(line, "{id:016x}"),
-                Field::Word(t) => {
-                    line.push_str(t);
-                    Ok(())
-                }
-                Field::Text(t) => {
-                    push_quoted(&mut line, &t);
-                    Ok(())
-                }
-            };
+            push_value(&mut line, field);
         }
         info!(target: ACCESS_TARGET, "{line}");
+    }
+}
+
+/// A field's value in a text line. Writing to a `String` cannot fail.
+fn push_value(line: &mut String, field: Field<'_>) {
+    match field {
+        Field::Absent => line.push('-'),
+        Field::Ip(IpAddr::V4(ip)) => push_ipv4(line, ip),
+        Field::Ip(ip) => {
+            let _ = write!(line, "{ip}");
+        }
+        Field::Status(n) => {
+            let _ = write!(line, "{n}");
+        }
+        Field::Millis(d) => {
+            let micros = (d.as_nanos() + 500) / 1000;
+            let _ = write!(line, "{}.{:03}", micros / 1000, micros % 1000);
+        }
+        Field::Id(id) => {
+            let _ = write!(line, "{id:016x}");
+        }
+        Field::Word(t) => line.push_str(t),
+        Field::Text(t) => push_quoted(line, &t),
     }
 }
 

@@ -36,23 +36,20 @@ impl Gateway {
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let headers = RequestHeaders::of(req);
-        let has_body = headers.has_body;
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
             peer: peer_ip(session),
             forwarded_for: &headers.forwarded_for,
             upstream: self.upstream.endpoints.preferred(),
-            has_body,
+            has_body: headers.has_body,
         };
         if let Some(limiter) = &self.ops.rate_limiter {
-            let client = client_addr(
+            let client = client_or_peer(
                 facts.peer,
                 facts.forwarded_for,
                 self.routes.trusted_proxy_hops,
-            )
-            .ok()
-            .or(facts.peer);
+            );
             if let Some(wait) = client.and_then(|ip| limiter.check(ip).err()) {
                 metrics::RATE_LIMITED.inc();
                 let reply = ctx.reply.insert(rate_limited(facts.target, wait));
@@ -102,7 +99,7 @@ impl Gateway {
         ) {
             return Ok(false);
         }
-        if has_body {
+        if headers.has_body {
             // Refused without reading it: the connection cannot carry another request.
             session.set_keepalive(None);
         }
@@ -111,13 +108,19 @@ impl Gateway {
     }
 }
 
-/// Every `X-Forwarded-For` header line, in order.
-pub(super) fn forwarded_for(req: &RequestHeader) -> Vec<&[u8]> {
-    req.headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect()
+/// The client address routing uses (what trusted proxies said), else the socket peer.
+pub(super) fn client_or_peer(
+    peer: Option<IpAddr>,
+    forwarded_for: &[&[u8]],
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    client_addr(peer, forwarded_for, trusted_hops).ok().or(peer)
+}
+
+/// [`client_or_peer`] of the session's request.
+pub(super) fn session_client(session: &Session, trusted_hops: usize) -> Option<IpAddr> {
+    let headers = RequestHeaders::of(session.req_header());
+    client_or_peer(peer_ip(session), &headers.forwarded_for, trusted_hops)
 }
 
 /// The request headers the decision reads, found in one pass over them: cheaper than a

@@ -11,11 +11,10 @@ use pingora_proxy::Session;
 
 use super::failure::AUTH_FAILED;
 use super::headers::{names_not_in, trace_id, FORWARDED_REQUEST_HEADERS};
-use super::request::{forwarded_for, peer_ip};
+use super::request::session_client;
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::metrics;
-use crate::routing::client_addr::client_addr;
 use crate::routing::Answer;
 use crate::upstream::auth::repository;
 
@@ -91,12 +90,7 @@ impl Gateway {
         }
         upstream_request.insert_header("Host", host)?;
         // The client as the gateway sees it: the peer, or what trusted proxies said.
-        let peer = peer_ip(session);
-        let forwarded = forwarded_for(session.req_header());
-        let client = client_addr(peer, &forwarded, self.routes.trusted_proxy_hops)
-            .ok()
-            .or(peer);
-        if let Some(ip) = client {
+        if let Some(ip) = session_client(session, self.routes.trusted_proxy_hops) {
             upstream_request.insert_header("X-Forwarded-For", ip.to_string())?;
         }
         match self.upstream.auth.authorization(i, repository(path)).await {
