@@ -25,7 +25,9 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{HealthChecks, RangeRefresh};
+use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::slow_clients::HeaderDeadline;
+use archeio::routing::client_addr::ClientAddrError;
 use archeio::gateway::{Gateway, Operations, UpstreamAccess};
 use archeio::logging;
 use archeio::metrics;
@@ -87,6 +89,11 @@ fn main() {
         exit(0);
     }
     logging::init(settings.log);
+    if cli.test {
+        if let Some(warning) = unread_forwarding(&settings) {
+            eprintln!("archeio: warning: {source}: {warning}");
+        }
+    }
 
     let refresher = Arc::new(
         RangeRefresher::start_up(&settings.ranges)
@@ -101,6 +108,7 @@ fn main() {
         routes: &Route::ALL.map(Route::as_str),
         redirect_targets: &["upstream", "signature_upstream", "default_mirror", "page"],
         blob_check_outcomes: &outcomes,
+        client_address_refusals: &client_address_refusals(),
     });
     metrics::set_prefix_counts(v4, v6);
     let mirror_check = MirrorCheck::new(&settings.blob_check)
@@ -138,7 +146,12 @@ fn main() {
     let drain = server_settings.drain;
     let upgrade_sock = server_settings.conf.upgrade_sock.clone();
     let mut server = Server::new_with_opt_and_conf(cli.pingora(), server_settings.into_pingora());
+    let proxy_protocol = ProxyProtocol::new(
+        settings.proxy_protocol.clone(),
+        settings.client_address.clone(),
+    );
     let gateway = Gateway::new(
+        settings.client_address,
         settings.routes,
         refresher.live(),
         mirrors,
@@ -161,7 +174,7 @@ fn main() {
     let t = &settings.client_timeouts;
     let mut registry = Service::new(
         "archeio registry".to_string(),
-        HeaderDeadline::new(proxy, t.idle, t.header, t.write),
+        HeaderDeadline::new(proxy, t.idle, t.header, t.write).with_proxy_protocol(proxy_protocol),
     );
     for addr in &settings.listen {
         listen(&mut registry, addr, dual_stack(addr, &all));
@@ -355,6 +368,30 @@ fn listen<A>(service: &mut Service<A>, addr: &SocketAddr, dual_stack: bool) {
     } else {
         service.add_tcp(&addr.to_string());
     }
+}
+
+/// A warning when rules look at the client but no forwarding header is believed: behind a
+/// load balancer they would all see the balancer's address.
+fn unread_forwarding(settings: &Settings) -> Option<String> {
+    let rules = &settings.routes.policy.rules;
+    let looking = rules.iter().filter(|r| r.needs_client()).count();
+    if settings.client_address.reads_header() || looking == 0 {
+        return None;
+    }
+    Some(format!(
+        "client_address.trusted_proxies is empty, so forwarding headers (X-Forwarded-For, \
+         Forwarded) are ignored and each connection's peer is the client; {looking} policy \
+         {} on provider, region or cidr. If the gateway runs behind a load balancer or \
+         ingress, list its addresses in client_address.trusted_proxies, or every client \
+         will look like the balancer (the README's \"your load balancer\" table)",
+        if looking == 1 { "rule looks" } else { "rules look" }
+    ))
+}
+
+/// Every `reason` of `archeio_client_address_refusals_total`.
+fn client_address_refusals() -> Vec<&'static str> {
+    let proxy = Refusal::ALL.map(Refusal::reason);
+    ClientAddrError::REASONS.iter().chain(&proxy).copied().collect()
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ! {

@@ -233,6 +233,16 @@ pub static RATE_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Clients the gateway refused because it could not tell who they are, by reason.
+pub static CLIENT_ADDRESS_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_client_address_refusals_total",
+        "Requests (400) and connections (closed) refused because the client could not be told: an unusable forwarding header entry, or a PROXY protocol header missing, invalid or from an untrusted peer.",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
 /// Build information, value 1.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -384,6 +394,8 @@ pub struct KnownLabels<'a> {
     pub redirect_targets: &'a [&'a str],
     /// Every mirror check outcome.
     pub blob_check_outcomes: &'a [&'a str],
+    /// Every reason a client is refused for its address.
+    pub client_address_refusals: &'a [&'a str],
 }
 
 /// Registers every metric so that a scrape lists them before the first request, the
@@ -401,6 +413,9 @@ pub fn init(known: &KnownLabels<'_>) {
     }
     for outcome in known.blob_check_outcomes {
         BLOB_CHECKS.with_label_values(&[outcome]);
+    }
+    for reason in known.client_address_refusals {
+        CLIENT_ADDRESS_REFUSALS.with_label_values(&[reason]);
     }
     for result in ["ok", "error"] {
         TOKEN_FETCHES.with_label_values(&[result]);

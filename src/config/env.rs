@@ -40,7 +40,7 @@ impl ArcheioConfig {
             }
         };
         if let Some(v) = get("PORT") {
-            self.listen = vec![port("PORT", v)?];
+            self.listen = vec![port("PORT", v)?.as_str().into()];
         }
         if let Some(v) = get("ARCHEIO_ADMIN_PORT") {
             self.admin_listen = vec![port("ARCHEIO_ADMIN_PORT", v)?];
@@ -77,7 +77,7 @@ mod tests {
             _ => None,
         };
         c.apply_env(env).unwrap();
-        assert_eq!(c.listen, ["0.0.0.0:5001"]);
+        assert_eq!(c.listen, ["0.0.0.0:5001".into()]);
         assert_eq!(c.admin_listen, ["0.0.0.0:9090"]);
         assert_eq!(c.upstream.endpoints, ["http://up.example"]);
         assert_eq!(c.upstream.path, "a/b");

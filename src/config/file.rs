@@ -22,6 +22,9 @@ use super::{
     BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
     ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
 };
+use crate::routing::client_addr::{
+    canonical_net, ClientAddressRules, ForwardingHeader,
+};
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::Routes;
 
@@ -45,9 +48,12 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArcheioConfig {
-    /// Addresses the registry listener binds (IPv4 `0.0.0.0:8080`, IPv6 `[::]:8080`).
+    /// Addresses the registry listener binds (IPv4 `0.0.0.0:8080`, IPv6 `[::]:8080`), each
+    /// an address or `{address, proxy_protocol: true}` for a listener behind an L4 load
+    /// balancer that sends PROXY protocol v1 or v2 headers (accepted from
+    /// `client_address.trusted_proxies` only; every connection must start with one).
     /// The environment variable `PORT` replaces this list with `0.0.0.0:$PORT`.
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenConfig>,
     /// Addresses of the admin listener: `/metrics`, `/healthz`, `/readyz`.
     /// The environment variable `ARCHEIO_ADMIN_PORT` replaces this list with `0.0.0.0:$PORT`.
     pub admin_listen: Vec<String>,
@@ -92,7 +98,7 @@ pub struct ArcheioConfig {
 impl Default for ArcheioConfig {
     fn default() -> Self {
         ArcheioConfig {
-            listen: vec!["0.0.0.0:8080".into()],
+            listen: vec![ListenConfig::Address("0.0.0.0:8080".into())],
             admin_listen: vec!["0.0.0.0:9090".into()],
             info_url: "https://github.com/kubernetes/registry.k8s.io".into(),
             privacy_url: "https://www.linuxfoundation.org/privacy-policy/".into(),
@@ -128,7 +134,26 @@ impl ArcheioConfig {
     }
 
     fn checked(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, Invalid> {
-        let listen = socket_addrs(&self.listen, "listen")?;
+        let listen_addresses: Vec<String> =
+            self.listen.iter().map(|l| l.address().to_string()).collect();
+        let listen = socket_addrs(&listen_addresses, "listen")?;
+        let proxy_protocol = listen
+            .iter()
+            .zip(&self.listen)
+            .filter(|(_, l)| l.proxy_protocol())
+            .map(|(a, _)| *a)
+            .collect::<Vec<_>>();
+        let client_address = self
+            .client_address
+            .check()
+            .map_err(|e| e.under("client_address"))?;
+        if !proxy_protocol.is_empty() && client_address.trusted_proxies.is_empty() {
+            return Err(Invalid::new(
+                "listen",
+                "a listener with proxy_protocol: true needs client_address.trusted_proxies \
+                 (the load balancers whose PROXY headers are believed)",
+            ));
+        }
         let admin_listen = socket_addrs(&self.admin_listen, "admin_listen")?;
         if listen.is_empty() {
             return Err(Invalid::new("listen", "needs at least one address"));
@@ -172,8 +197,9 @@ impl ArcheioConfig {
                 passthrough: self.mode == Mode::Passthrough,
                 signature_upstream,
                 policy,
-                trusted_proxy_hops: self.client_address.trusted_proxy_hops,
             },
+            client_address,
+            proxy_protocol,
             ranges,
             blob_check,
             upstream,
@@ -715,7 +741,7 @@ impl RangesConfig {
                 ));
             }
             custom.push(CustomRange {
-                cidr: rule.cidr,
+                cidr: canonical_net(rule.cidr),
                 provider: rule.provider.clone(),
                 region: rule.region.clone(),
             });
@@ -842,21 +868,137 @@ pub struct CustomRangeConfig {
     pub region: String,
 }
 
-/// Finding the client's address.
+/// A registry listener: an address, or an address with options.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ListenConfig {
+    /// `0.0.0.0:8080`: plain HTTP, clients (or proxies sending forwarding headers) connect.
+    Address(String),
+    /// `{address: 0.0.0.0:8081, proxy_protocol: true}`.
+    Detailed(ListenerDetail),
+}
+
+/// A registry listener with its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerDetail {
+    /// IP:port, as in the short form.
+    pub address: String,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header naming the client,
+    /// sent by an L4 load balancer listed in `client_address.trusted_proxies` (AWS NLB,
+    /// HAProxy `send-proxy-v2`); connections from elsewhere, or without one, are closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl ListenConfig {
+    /// The address as written.
+    pub fn address(&self) -> &str {
+        match self {
+            ListenConfig::Address(a) => a,
+            ListenConfig::Detailed(d) => &d.address,
+        }
+    }
+
+    /// Whether connections start with a PROXY protocol header.
+    pub fn proxy_protocol(&self) -> bool {
+        matches!(self, ListenConfig::Detailed(d) if d.proxy_protocol)
+    }
+}
+
+impl From<&str> for ListenConfig {
+    fn from(address: &str) -> ListenConfig {
+        ListenConfig::Address(address.to_string())
+    }
+}
+
+// By hand rather than `untagged`, so that a bad mapping gets serde's message naming the key.
+impl<'de> Deserialize<'de> for ListenConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListenConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address such as 0.0.0.0:8080, or {address, proxy_protocol}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenConfig, E> {
+                Ok(ListenConfig::Address(v.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, m: M) -> Result<ListenConfig, M::Error> {
+                let detail =
+                    ListenerDetail::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(ListenConfig::Detailed(detail))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Who the client is: the socket peer, unless it is a proxy listed here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientAddressConfig {
-    /// Number of `X-Forwarded-For` entries, counted from the right, added by proxies we trust
-    /// after the client's own entry. 1 fits Google's load balancer, which appends
-    /// `<client>,<lb>`. 0 ignores the header and uses the socket peer.
+    /// Networks of the load balancers and proxies in front of the gateway (CIDRs, or single
+    /// addresses). Only a connection from one of them may name another client, by its
+    /// forwarding header or (on `proxy_protocol` listeners) a PROXY protocol header; the
+    /// client is then the rightmost header entry not itself in this list. Empty: the socket
+    /// peer is the client and forwarding headers are ignored.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header the trusted proxies name clients in: `x-forwarded-for` (nginx, ALB,
+    /// Envoy, HAProxy, Traefik) or `forwarded` (RFC 7239).
+    pub header: ForwardingHeaderName,
+    /// Only for a load balancer whose own addresses cannot be listed and that writes
+    /// `client, lb` (Google's external HTTP(S) load balancer, Cloud Run), where no client
+    /// can reach the gateway directly: this many entries at the right end of the header are
+    /// believed from any peer, and the client is the one before them. 0 (the default) with
+    /// `trusted_proxies`.
     pub trusted_proxy_hops: usize,
 }
 
 impl Default for ClientAddressConfig {
     fn default() -> Self {
         ClientAddressConfig {
-            trusted_proxy_hops: 1,
+            trusted_proxies: Vec::new(),
+            header: ForwardingHeaderName::XForwardedFor,
+            trusted_proxy_hops: 0,
         }
+    }
+}
+
+/// The forwarding header's name, as the file spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardingHeaderName {
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
+}
+
+impl ClientAddressConfig {
+    fn check(&self) -> Result<ClientAddressRules, Invalid> {
+        if self.trusted_proxy_hops > 0 && !self.trusted_proxies.is_empty() {
+            return Err(Invalid::new(
+                "trusted_proxy_hops",
+                "counts entries for load balancers whose addresses cannot be listed; with \
+                 trusted_proxies set, leave it at 0 (list the load balancers instead)",
+            ));
+        }
+        if self.trusted_proxy_hops > 16 {
+            return Err(Invalid::new("trusted_proxy_hops", "expected 0 to 16"));
+        }
+        Ok(ClientAddressRules {
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .map(|n| canonical_net(n.trunc()))
+                .collect(),
+            header: match self.header {
+                ForwardingHeaderName::XForwardedFor => ForwardingHeader::XForwardedFor,
+                ForwardingHeaderName::Forwarded => ForwardingHeader::Forwarded,
+            },
+            trusted_hops: self.trusted_proxy_hops,
+        })
     }
 }
 

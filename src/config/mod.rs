@@ -21,6 +21,7 @@ pub use env::ENV_VARS;
 pub(crate) use values::{at_least_one, Invalid};
 pub use values::{dual_stack, url_host};
 
+use crate::routing::client_addr::ClientAddressRules;
 use crate::routing::ranges::RangeSources;
 use crate::routing::Routes;
 
@@ -31,6 +32,10 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// Admin listener addresses (`/metrics`, `/healthz`, `/readyz`).
     pub admin_listen: Vec<SocketAddr>,
+    /// Registry listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: Vec<SocketAddr>,
+    /// Whom the gateway believes about the client.
+    pub client_address: ClientAddressRules,
     /// What the routing decision needs, the mode included.
     pub routes: Routes,
     /// Where the range table comes from and how it is kept fresh.
@@ -344,7 +349,9 @@ mod tests {
         assert_eq!(&*default.base, "https://d1be1w964nk82h.cloudfront.net");
         assert_eq!(&*default.blob_prefix, "/containers/images/");
         assert_eq!(&*default.blob_suffix, "");
-        assert_eq!(s.routes.trusted_proxy_hops, 1);
+        // Nobody is trusted to name another client.
+        assert_eq!(s.client_address, Default::default());
+        assert!(s.proxy_protocol.is_empty());
         assert_eq!(s.listen, ["0.0.0.0:8080".parse().unwrap()]);
         assert_eq!(s.admin_listen, ["0.0.0.0:9090".parse().unwrap()]);
         assert!(s.routes.signature_upstream.is_none());

@@ -13,7 +13,7 @@ use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
 use super::headers::trace_id;
-use super::request::{peer_ip, session_client};
+use super::request::peer_ip;
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::logging::{self, push_quoted, ACCESS_TARGET};
@@ -60,6 +60,11 @@ impl Gateway {
             .unwrap_or(0);
         if let Some(reply) = reply {
             metrics::record_request(reply.route, status, elapsed.as_secs_f64());
+            if let (Route::ClientAddress, Some(e)) = (reply.route, ctx.client_error) {
+                metrics::CLIENT_ADDRESS_REFUSALS
+                    .with_label_values(&[e.reason()])
+                    .inc();
+            }
             if let Answer::Redirect { target, .. } = &reply.answer {
                 let region = match target {
                     Target::Mirror(region) => Some(&**region),
@@ -85,8 +90,7 @@ impl Gateway {
         };
         let req = session.req_header();
         let peer = peer_ip(session);
-        // Found again here so that the decision stays free of logging.
-        let client = session_client(session, self.routes.trusted_proxy_hops);
+        let client = ctx.client.or(peer);
         let ranges = self.ranges.load();
         let placement = client.and_then(|ip| ranges.lookup(ip));
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());

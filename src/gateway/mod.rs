@@ -10,9 +10,11 @@
 //! - `access_log`: the access-log line and the request metrics.
 //!
 //! Beside it: `responses` writes answers, `headers` filters and rewrites headers,
-//! [`peer`] builds upstream peers, [`slow_clients`] guards the listener's connections,
+//! [`peer`] builds upstream peers, [`slow_clients`] guards the listener's connections (and
+//! reads PROXY protocol headers there, [`proxy_protocol`]),
 //! [`admin`] serves `/metrics` and the probes, [`services`] runs background work.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use crate::metrics;
 use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
 use crate::rate_limit::RateLimiter;
+use crate::routing::client_addr::{ClientAddrError, ClientAddressRules};
 use crate::routing::{Reply, Routes};
 use crate::upstream::auth::UpstreamAuth;
 use crate::upstream::manifest_cache::{Capture, ManifestCache};
@@ -42,6 +45,7 @@ mod headers;
 pub mod lifecycle;
 mod mirror_proxy;
 pub mod peer;
+pub mod proxy_protocol;
 mod request;
 mod responses;
 pub mod server_conf;
@@ -55,6 +59,8 @@ use peer::Peers;
 
 /// The registry-facing service.
 pub struct Gateway {
+    /// Whom the gateway believes about the client.
+    client_address: ClientAddressRules,
     routes: Routes,
     ranges: LiveRanges,
     mirrors: Mirrors,
@@ -97,6 +103,7 @@ impl Gateway {
     /// A gateway answering by `routes` over `ranges`, asking `mirrors` for blobs,
     /// reaching the upstream through `upstream`.
     pub fn new(
+        client_address: ClientAddressRules,
         routes: Routes,
         ranges: LiveRanges,
         mirrors: Mirrors,
@@ -107,6 +114,7 @@ impl Gateway {
         let rules = routes.policy.rules.iter().map(|r| &*r.name);
         Gateway {
             rule_matches: metrics::policy_rule_counters(rules),
+            client_address,
             routes,
             ranges,
             mirrors,
@@ -122,6 +130,10 @@ pub struct RequestCtx {
     started: Instant,
     /// Counts the request as in flight while it lives.
     _in_flight: InFlight,
+    /// The client routing uses (the peer when it could not be told), once found.
+    client: Option<IpAddr>,
+    /// Why the client could not be told.
+    client_error: Option<ClientAddrError>,
     /// The answer decided, once decided.
     reply: Option<Reply>,
     /// The policy rule that decided it, by index.
@@ -159,6 +171,8 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: Instant::now(),
             _in_flight: self.ops.lifecycle.request(),
+            client: None,
+            client_error: None,
             reply: None,
             rule: None,
             upstream: UpstreamCtx::default(),
@@ -206,13 +220,13 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         match mirror_proxy::mirror_fetch(ctx) {
             Some((url, _)) => self.rewrite_mirror_request(url, upstream_request),
-            None => self.rewrite_request(session, upstream_request, ctx).await,
+            None => self.rewrite_request(upstream_request, ctx).await,
         }
     }
 

@@ -10,10 +10,11 @@ use pingora_proxy::Session;
 
 use super::headers::trace_id;
 use super::responses::{write_answer, write_cached};
+use super::slow_clients::proxied_source;
 use super::{Gateway, RequestCtx};
 use crate::config::ClientTimeouts;
 use crate::metrics;
-use crate::routing::client_addr::client_addr;
+use crate::routing::client_addr::{canonical, find_client, Connection};
 use crate::routing::{decide_by_rule, rate_limited, Answer, Decision, Request};
 use crate::upstream::manifest_cache::ManifestCache;
 
@@ -35,22 +36,23 @@ impl Gateway {
     /// answered here.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let headers = RequestHeaders::of(req);
+        let headers = RequestHeaders::of(req, self.client_address.header.name());
+        let connection = Connection {
+            peer: peer_ip(session),
+            proxied: proxied_source(session),
+        };
+        let client = find_client(&self.client_address, connection, &headers.forwarded);
+        ctx.client = client.ok().or(connection.peer.map(canonical));
+        ctx.client_error = client.err();
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
-            peer: peer_ip(session),
-            forwarded_for: &headers.forwarded_for,
+            client,
             upstream: self.upstream.endpoints.preferred(),
             has_body: headers.has_body,
         };
         if let Some(limiter) = &self.ops.rate_limiter {
-            let client = client_or_peer(
-                facts.peer,
-                facts.forwarded_for,
-                self.routes.trusted_proxy_hops,
-            );
-            if let Some(wait) = client.and_then(|ip| limiter.check(ip).err()) {
+            if let Some(wait) = ctx.client.and_then(|ip| limiter.check(ip).err()) {
                 metrics::RATE_LIMITED.inc();
                 let reply = ctx.reply.insert(rate_limited(facts.target, wait));
                 write_answer(session, &reply.answer, req.method == http::Method::HEAD).await?;
@@ -108,26 +110,11 @@ impl Gateway {
     }
 }
 
-/// The client address routing uses (what trusted proxies said), else the socket peer.
-pub(super) fn client_or_peer(
-    peer: Option<IpAddr>,
-    forwarded_for: &[&[u8]],
-    trusted_hops: usize,
-) -> Option<IpAddr> {
-    client_addr(peer, forwarded_for, trusted_hops).ok().or(peer)
-}
-
-/// [`client_or_peer`] of the session's request.
-pub(super) fn session_client(session: &Session, trusted_hops: usize) -> Option<IpAddr> {
-    let headers = RequestHeaders::of(session.req_header());
-    client_or_peer(peer_ip(session), &headers.forwarded_for, trusted_hops)
-}
-
 /// The request headers the decision reads, found in one pass over them: cheaper than a
 /// lookup by name for each, with the few headers a registry client sends.
 struct RequestHeaders<'a> {
-    /// Every `X-Forwarded-For` line, in order.
-    forwarded_for: Vec<&'a [u8]>,
+    /// Every line of the forwarding header the trusted proxies write, in order.
+    forwarded: Vec<&'a [u8]>,
     /// The request announces a body.
     has_body: bool,
     /// The first `traceparent`.
@@ -135,9 +122,10 @@ struct RequestHeaders<'a> {
 }
 
 impl<'a> RequestHeaders<'a> {
-    fn of(req: &'a RequestHeader) -> RequestHeaders<'a> {
+    /// The headers of `req`; `forwarding` names the forwarding header (lowercase).
+    fn of(req: &'a RequestHeader, forwarding: &str) -> RequestHeaders<'a> {
         let mut found = RequestHeaders {
-            forwarded_for: Vec::new(),
+            forwarded: Vec::new(),
             has_body: false,
             traceparent: None,
         };
@@ -147,8 +135,8 @@ impl<'a> RequestHeaders<'a> {
                 found.has_body = true;
             } else if *name == http::header::CONTENT_LENGTH {
                 found.has_body |= value != b"0";
-            } else if name.as_str() == "x-forwarded-for" {
-                found.forwarded_for.push(value);
+            } else if name.as_str() == forwarding {
+                found.forwarded.push(value);
             } else if name.as_str() == "traceparent" && found.traceparent.is_none() {
                 found.traceparent = Some(value);
             }
@@ -157,10 +145,10 @@ impl<'a> RequestHeaders<'a> {
     }
 }
 
-/// The socket peer's address.
+/// The socket peer's address, IPv4-mapped ones as IPv4.
 pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| canonical(a.ip()))
 }

@@ -10,12 +10,15 @@
 //! - a deadline for a new connection's first byte, waited for before Pingora sees the
 //!   connection (`first_bytes`), which also keeps a graceful upgrade from dropping a request
 //!   that arrives as the old process stops;
+//! - on the listeners that expect one, the PROXY protocol header of a trusted load balancer,
+//!   read after the first bytes and before Pingora (`super::proxy_protocol`);
 //! - an idle timeout between keep-alive requests and a limit on request-body reads (set on
 //!   each session by the proxy glue, see `gateway::request`).
 
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -35,7 +38,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Sleep};
 
 use super::access_log::record_refused;
+use super::proxy_protocol::ProxyProtocol;
 use super::responses::error_response_bytes;
+use crate::routing::client_addr::canonical;
 use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
 /// Runs `inner` on connections wrapped in a [`DeadlineStream`].
@@ -44,6 +49,8 @@ pub struct HeaderDeadline<A> {
     first_byte: Duration,
     header: Duration,
     write: Duration,
+    /// The listeners whose connections start with a PROXY protocol header.
+    proxy_protocol: ProxyProtocol,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -61,7 +68,14 @@ impl<A> HeaderDeadline<A> {
             first_byte,
             header,
             write,
+            proxy_protocol: ProxyProtocol::default(),
         }
+    }
+
+    /// Reads a PROXY protocol header first on the listeners `proxy_protocol` names.
+    pub fn with_proxy_protocol(mut self, proxy_protocol: ProxyProtocol) -> HeaderDeadline<A> {
+        self.proxy_protocol = proxy_protocol;
+        self
     }
 }
 
@@ -77,7 +91,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             if !first_bytes(&mut stream, self.first_byte, shutdown).await {
                 return None;
             }
-            stream = Box::new(DeadlineStream::new(stream, self.header, self.write));
+            let digest = stream.get_socket_digest();
+            let local = digest.as_ref().and_then(|d| d.local_addr()?.as_inet().copied());
+            let mut wrapped = DeadlineStream::new(stream, self.header, self.write);
+            if self.proxy_protocol.expects(local) {
+                let peer = digest.and_then(|d| d.peer_addr()?.as_inet().map(|a| a.ip()));
+                // A refused connection is counted and logged there, and closed unanswered.
+                let proxied = self
+                    .proxy_protocol
+                    .read(&mut wrapped.inner, peer, self.header)
+                    .await
+                    .ok()?;
+                wrapped.proxied = proxied.source;
+                wrapped.pending = proxied.rest;
+            }
+            stream = Box::new(wrapped);
         }
         self.inner.process_new(stream, shutdown).await
     }
@@ -136,6 +164,10 @@ pub struct DeadlineStream {
     request_deadline: Mutex<Option<Instant>>,
     /// Running while a request deadline applies.
     request_timer: Option<Pin<Box<Sleep>>>,
+    /// The client a PROXY protocol header named.
+    proxied: Option<IpAddr>,
+    /// Bytes read with the PROXY header that belong to the first request.
+    pending: Bytes,
 }
 
 /// Follows request headers byte by byte: skips the empty lines before a request line, checks
@@ -185,6 +217,8 @@ impl DeadlineStream {
             refusal: None,
             request_deadline: Mutex::new(None),
             request_timer: None,
+            proxied: None,
+            pending: Bytes::new(),
         }
     }
 
@@ -223,10 +257,10 @@ impl DeadlineStream {
     /// Logs the refusal of the request line `line` and queues its answer.
     fn refuse(&mut self, line: &[u8], reply: &Reply) {
         let head = line.starts_with(b"HEAD ");
-        let peer = self
-            .inner
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let peer = self.proxied.or_else(|| {
+            let digest = self.inner.get_socket_digest()?;
+            Some(canonical(digest.peer_addr()?.as_inet()?.ip()))
+        });
         let mut parts = line.split(|b| *b == b' ');
         let method = parts.next().unwrap_or_default();
         let target = parts.next().unwrap_or_default();
@@ -404,7 +438,13 @@ impl AsyncRead for DeadlineStream {
             return this.poll_refusal(cx).map(Ok);
         }
         let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = if this.pending.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled().len();
             if this.in_header && filled > before {
@@ -527,8 +567,21 @@ impl GetSocketDigest for DeadlineStream {
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.pending.is_empty() {
+            // What comes next is held here, not in the socket.
+            return Ok(false);
+        }
         self.inner.try_peek(buf).await
     }
+}
+
+/// The client a PROXY protocol header named for the session's connection.
+pub fn proxied_source(session: &Session) -> Option<IpAddr> {
+    session
+        .as_downstream()
+        .stream()
+        .and_then(|s| s.as_any().downcast_ref::<DeadlineStream>())
+        .and_then(|s| s.proxied)
 }
 
 /// Sets (or clears) the deadline of the request on the client's connection.

@@ -11,7 +11,6 @@ use pingora_proxy::Session;
 
 use super::failure::AUTH_FAILED;
 use super::headers::{names_not_in, trace_id, FORWARDED_REQUEST_HEADERS};
-use super::request::session_client;
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::metrics;
@@ -63,7 +62,6 @@ impl Gateway {
     /// Turns the client's request into the upstream's.
     pub(super) async fn rewrite_request(
         &self,
-        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -90,7 +88,7 @@ impl Gateway {
         }
         upstream_request.insert_header("Host", host)?;
         // The client as the gateway sees it: the peer, or what trusted proxies said.
-        if let Some(ip) = session_client(session, self.routes.trusted_proxy_hops) {
+        if let Some(ip) = ctx.client {
             upstream_request.insert_header("X-Forwarded-For", ip.to_string())?;
         }
         match self.upstream.auth.authorization(i, repository(path)).await {

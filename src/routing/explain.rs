@@ -5,6 +5,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use super::client_addr::canonical;
 use super::ranges::RangeTable;
 use super::{decide_by_rule, Answer, Decision, Request, Routes, Target};
 
@@ -40,22 +41,18 @@ impl Sample {
 
 /// The explanation of `sample`: the client's placement, the rule that matched, the answer.
 pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String {
-    // The sample names the client itself: no proxies in front.
-    let routes = Routes {
-        trusted_proxy_hops: 0,
-        ..routes.clone()
-    };
+    // The sample names the client itself, in the form the gateway would see it in.
+    let client = canonical(sample.client);
     let req = Request {
         method: "GET",
         target: sample.target.as_bytes(),
-        peer: Some(sample.client),
-        forwarded_for: &[],
+        client: Ok(client),
         upstream: 0,
         has_body: false,
     };
-    let (decision, rule) = decide_by_rule(&req, &routes, ranges);
-    let mut out = format!("{} GET {}\n", sample.client, sample.target);
-    let placement = match ranges.lookup(sample.client) {
+    let (decision, rule) = decide_by_rule(&req, routes, ranges);
+    let mut out = format!("{client} GET {}\n", sample.target);
+    let placement = match ranges.lookup(client) {
         Some(p) => format!("{} {}", p.provider, p.region),
         None => "none (in no range)".into(),
     };

@@ -4,7 +4,8 @@
 //!
 //! - [`target`]: the request line and target checks;
 //! - [`grammar`]: the distribution API's endpoints, names, tags and digests;
-//! - [`client_addr`](mod@client_addr): the client's address from the peer and `X-Forwarded-For`;
+//! - [`client_addr`](mod@client_addr): the client's address from the connection and the
+//!   headers of the proxies the operator trusts (the glue finds it once per request);
 //! - [`ranges`]: which provider and region an address belongs to;
 //! - [`policy`]: the ordered rules and the mirrors they name;
 //! - [`explain`]: the decision for a sample request, in words, for `archeio -t --explain`.
@@ -19,7 +20,7 @@ pub mod policy;
 pub mod ranges;
 pub mod target;
 
-use client_addr::client_addr;
+use client_addr::ClientAddrError;
 use grammar::{parse_endpoint, Endpoint, Reference};
 use policy::{first_match, Action, Client, Delivery, Kind, Link, Policy};
 use ranges::RangeTable;
@@ -49,8 +50,6 @@ pub struct Routes {
     pub signature_upstream: Option<String>,
     /// The policy rules and the mirrors they send blobs to.
     pub policy: Policy,
-    /// Trusted `X-Forwarded-For` entries at the right end of the header.
-    pub trusted_proxy_hops: usize,
 }
 
 /// The facts of one request.
@@ -60,10 +59,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The raw request target: path and query, as received.
     pub target: &'a [u8],
-    /// The socket peer address.
-    pub peer: Option<IpAddr>,
-    /// Values of every `X-Forwarded-For` header line, in order.
-    pub forwarded_for: &'a [&'a [u8]],
+    /// The client, as [`client_addr::find_client`] found it.
+    pub client: Result<IpAddr, ClientAddrError>,
     /// Index in [`Routes::upstreams`] of the endpoint to redirect to: the first healthy one.
     pub upstream: usize,
     /// The request has a body (`Content-Length` other than 0, or `Transfer-Encoding`).
@@ -75,7 +72,7 @@ pub struct Request<'a> {
 pub enum Route {
     /// Not GET or HEAD.
     MethodNotAllowed,
-    /// Refused before routing: malformed target or client address.
+    /// Refused before routing: a malformed target.
     Invalid,
     /// `/`: the info URL.
     Info,
@@ -99,11 +96,13 @@ pub enum Route {
     UnknownRepository,
     /// Over the per-client rate limit.
     RateLimited,
+    /// The client could not be told: a trusted proxy's header entry is unusable.
+    ClientAddress,
 }
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::MethodNotAllowed,
         Route::Invalid,
         Route::Info,
@@ -117,6 +116,7 @@ impl Route {
         Route::Denied,
         Route::UnknownRepository,
         Route::RateLimited,
+        Route::ClientAddress,
     ];
 
     /// Stable lowercase name for labels and logs.
@@ -135,6 +135,7 @@ impl Route {
             Route::Denied => "denied",
             Route::UnknownRepository => "unknown_repository",
             Route::RateLimited => "rate_limited",
+            Route::ClientAddress => "client_address",
         }
     }
 }
@@ -460,8 +461,7 @@ fn decide_api(
         Endpoint::Referrers { .. } => (Kind::Referrers, None),
     };
     let find_client = || {
-        let address = client_addr(req.peer, req.forwarded_for, routes.trusted_proxy_hops)
-            .map_err(|e| e.to_string());
+        let address = req.client.map_err(|e| e.to_string());
         let placement = address.as_ref().ok().and_then(|ip| ranges.lookup(*ip));
         Client { address, placement }
     };
@@ -470,14 +470,14 @@ fn decide_api(
         let c = client.insert(find_client());
         if let Err(e) = &c.address {
             return (
-                error(Route::Invalid, 400, "UNSUPPORTED", e.clone(), true),
+                error(Route::ClientAddress, 400, "UNSUPPORTED", e.clone(), true),
                 None,
             );
         }
     }
     let matched = match first_match(&policy.rules, kind, repository, &mut client, find_client) {
         Ok(matched) => matched,
-        Err(e) => return (error(Route::Invalid, 400, "UNSUPPORTED", e, true), None),
+        Err(e) => return (error(Route::ClientAddress, 400, "UNSUPPORTED", e, true), None),
     };
     let rule = matched.map(|i| &policy.rules[i]);
     let delivery = rule.and_then(|r| r.delivery);

@@ -61,12 +61,10 @@ fn decide_over(
     peer: &str,
     xff: &[&str],
 ) -> (Decision, Option<usize>) {
-    let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
     let req = Request {
         method: "GET",
         target: target.as_bytes(),
-        peer: Some(peer.parse().unwrap()),
-        forwarded_for: &lines,
+        client: super::tests::lb_client(peer, xff),
         upstream: 0,
         has_body: false,
     };
@@ -267,7 +265,7 @@ fn a_rule_on_the_client_needs_its_address_for_manifests_too() {
         &["garbage, 10.9.9.9"],
     );
     let reply = reply(d);
-    assert_eq!(reply.route, Route::Invalid);
+    assert_eq!(reply.route, Route::ClientAddress);
     assert_eq!(reply.answer.status(), Some(400));
     // The default policy never looks at a manifest's client (unchanged behaviour).
     let plain = routes("  mode: redirect\n");

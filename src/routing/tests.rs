@@ -1,6 +1,7 @@
 use std::sync::OnceLock;
 
 use super::*;
+use client_addr::{find_client, ClientAddressRules, Connection};
 use crate::config::file::{ArcheioConfig, Mode};
 use policy::Delivery;
 use ranges::{CustomRange, RangeSources};
@@ -52,13 +53,26 @@ fn ranges() -> &'static RangeTable {
     })
 }
 
-fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Routes) -> Decision {
+/// The client behind Google's load balancer (`client, lb`: one trusted hop), as these
+/// tests were written for; `client_addr` tests the other ways of finding it.
+pub(super) fn lb_client(peer: &str, xff: &[&str]) -> Result<IpAddr, ClientAddrError> {
     let lines: Vec<&[u8]> = xff.iter().map(|s| s.as_bytes()).collect();
+    let rules = ClientAddressRules {
+        trusted_hops: 1,
+        ..ClientAddressRules::default()
+    };
+    let conn = Connection {
+        peer: Some(peer.parse().unwrap()),
+        proxied: None,
+    };
+    find_client(&rules, conn, &lines)
+}
+
+fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Routes) -> Decision {
     let req = Request {
         method,
         target: target.as_bytes(),
-        peer: Some(peer.parse().unwrap()),
-        forwarded_for: &lines,
+        client: lb_client(peer, xff),
         upstream: 0,
         has_body: false,
     };
@@ -434,7 +448,7 @@ fn blob_client_comes_from_x_forwarded_for() {
     assert_eq!(c.target, Target::Mirror("us-east-1".into()));
     for bad in ["198.51.100.20", "garbage, 130.211.0.5", ""] {
         let d = decide_with("GET", &path, "10.0.0.1", &[bad], &routes(false));
-        assert_eq!(status(d), (Route::Invalid, 400, true), "{bad:?}");
+        assert_eq!(status(d), (Route::ClientAddress, 400, true), "{bad:?}");
     }
     // Only blob requests need the client: a malformed header elsewhere is ignored.
     let d = decide_with(
@@ -448,11 +462,19 @@ fn blob_client_comes_from_x_forwarded_for() {
 }
 
 #[test]
-fn trusted_hops_zero_uses_the_peer() {
-    let mut r = routes(false);
-    r.trusted_proxy_hops = 0;
-    let path = format!("/v2/pause/blobs/{SHA}");
-    let c = candidate(decide_with("GET", &path, "198.51.100.1", &["garbage"], &r));
+fn without_trusted_proxies_the_peer_decides() {
+    let conn = Connection {
+        peer: Some("198.51.100.1".parse().unwrap()),
+        proxied: None,
+    };
+    let req = Request {
+        method: "GET",
+        target: format!("/v2/pause/blobs/{SHA}").leak().as_bytes(),
+        client: find_client(&ClientAddressRules::default(), conn, &[b"garbage"]),
+        upstream: 0,
+        has_body: false,
+    };
+    let c = candidate(decide(&req, &routes(false), ranges()));
     assert_eq!(c.target, Target::Mirror("us-east-1".into()));
 }
 
@@ -598,13 +620,11 @@ fn redirects_go_to_the_endpoint_the_health_checks_chose() {
     let mut cfg = ArcheioConfig::default();
     cfg.upstream.endpoints = vec!["https://a.example".into(), "https://b.example".into()];
     let routes = cfg.check("test", |_| None).unwrap().routes;
-    let lines: Vec<&[u8]> = Vec::new();
     for (choice, host) in [(0, "a.example"), (1, "b.example"), (7, "a.example")] {
         let req = Request {
             method: "GET",
             target: b"/v2/pause/manifests/3.9?x=1",
-            peer: Some("10.0.0.1".parse().unwrap()),
-            forwarded_for: &lines,
+            client: Ok("10.0.0.1".parse().unwrap()),
             upstream: choice,
             has_body: false,
         };
@@ -702,13 +722,11 @@ fn paged_requests_that_carry_the_upstream_prefix_are_not_prefixed_again() {
 /// Issue 12, item 4: a GET or HEAD with a body is refused before anything else is read.
 #[test]
 fn requests_with_a_body_are_400() {
-    let lines: Vec<&[u8]> = Vec::new();
     for method in ["GET", "HEAD"] {
         let req = Request {
             method,
             target: b"/v2/pause/manifests/latest",
-            peer: Some("10.0.0.1".parse().unwrap()),
-            forwarded_for: &lines,
+            client: Ok("10.0.0.1".parse().unwrap()),
             upstream: 0,
             has_body: true,
         };

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 pub mod fake;
+pub mod front;
 pub mod moto;
 pub mod registry;
 
@@ -60,7 +61,14 @@ impl Gateway {
     }
 
     async fn start_checked(extra: &[&str], archeio_keys: &str, need_ready: bool) -> Gateway {
-        let extra: String = extra.iter().map(|a| format!(", '{a}'")).collect();
+        // A listener given as a mapping (`{address: ..., proxy_protocol: true}`) goes as it is.
+        let extra: String = extra
+            .iter()
+            .map(|a| match a.starts_with('{') {
+                true => format!(", {a}"),
+                false => format!(", '{a}'"),
+            })
+            .collect();
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let (port, admin) = (free_port(), free_port());
@@ -262,8 +270,20 @@ pub async fn request(
     target: impl AsRef<str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Resp> {
+    request_from(None, addr, method, target, headers).await
+}
+
+/// [`request`] from the source address `from` (any 127.x address on Linux), so that one test
+/// can play several clients.
+pub async fn request_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    target: impl AsRef<str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
     let target = target.as_ref();
-    let mut stream = TcpStream::connect(addr).await?;
+    let mut stream = connect_from(from, addr).await?;
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -279,7 +299,25 @@ pub async fn request(
     })
 }
 
-fn parse_response(raw: &[u8]) -> Option<Resp> {
+/// A connection to `addr` from the source address `from`, else the system's choice.
+pub async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// Reads one response from `raw` bytes of a closed connection.
+pub fn parse_response(raw: &[u8]) -> Option<Resp> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");

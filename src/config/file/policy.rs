@@ -11,6 +11,7 @@ use super::super::signing::SigningConfig;
 use super::super::values::{base_url, blob_path, Invalid};
 use super::super::SignedMirror;
 use super::MirrorsConfig;
+use crate::routing::client_addr::canonical_net;
 use crate::routing::policy::{glob_set, Action, Delivery, Kind, Kinds, Link, Mirror, Policy, Rule};
 
 /// How requests are routed: rules over the client's placement, its address, the repository
@@ -302,7 +303,12 @@ impl RuleConfig {
                 .map(|p| p.as_str().into())
                 .collect(),
             regions: globs("region", m.region.as_slice())?,
-            cidrs: m.cidr.as_slice().iter().map(|n| n.trunc()).collect(),
+            cidrs: m
+                .cidr
+                .as_slice()
+                .iter()
+                .map(|n| canonical_net(n.trunc()))
+                .collect(),
             repositories: globs("repository", m.repository.as_slice())?,
             action,
             delivery: self.delivery,
