@@ -10,7 +10,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use archeio::config::file::ArcheioConfig;
 use archeio::config::{BlobCheck, Settings};
 use archeio::mirror::{MirrorCheck, Mirrors};
-use archeio::routing::client_addr::client_addr;
+use archeio::routing::client_addr::{
+    find_client, ClientAddrError, ClientAddressRules, Connection,
+};
 use archeio::routing::ranges::{RangeSources, RangeTable};
 use archeio::routing::{decide, Decision, Request};
 
@@ -92,18 +94,15 @@ fn decision(c: &mut Criterion) {
         ("blob_gcp_client", &blob, &xff_gcp),
         ("invalid_dotdot", "/v2/a/../b/manifests/x", &[]),
     ];
+    // Each case finds its client as the request phase does, behind a trusted proxy.
+    let proxy = trusted_lb();
     let mut g = c.benchmark_group("decide");
     for (name, target, xff) in cases {
-        let req = Request {
-            method: "GET",
-            target: target.as_bytes(),
-            peer: Some("10.1.2.3".parse().unwrap()),
-            forwarded_for: xff,
-            upstream: 0,
-            has_body: false,
-        };
         g.bench_function(name, |b| {
-            b.iter(|| decide(black_box(&req), &routes, &table))
+            b.iter(|| {
+                let req = request(target, client(&proxy, black_box(xff)));
+                decide(&req, &routes, &table)
+            })
         });
     }
     g.finish();
@@ -123,14 +122,7 @@ fn decision(c: &mut Criterion) {
         &settings.signed_mirrors,
     )
     .unwrap();
-    let req = Request {
-        method: "GET",
-        target: blob.as_bytes(),
-        peer: Some("10.1.2.3".parse().unwrap()),
-        forwarded_for: &xff_aws,
-        upstream: 0,
-        has_body: false,
-    };
+    let req = request(&blob, client(&proxy, &xff_aws));
     let get = http::Method::GET;
     let Decision::CheckMirrors(warm) = decide(&req, &routes, &table) else {
         panic!("an AWS client's blob needs a mirror check");
@@ -138,7 +130,8 @@ fn decision(c: &mut Criterion) {
     rt.block_on(mirrors.first_holding(&warm.candidates, &get, None));
     c.bench_function("blob_decision_with_cached_mirror_answer", |b| {
         b.to_async(&rt).iter(|| async {
-            match decide(black_box(&req), &routes, &table) {
+            let req = request(&blob, client(&proxy, black_box(&xff_aws)));
+            match decide(&req, &routes, &table) {
                 Decision::CheckMirrors(chain) => {
                     let found = mirrors.first_holding(&chain.candidates, &get, None).await;
                     chain.decide(found)
@@ -155,17 +148,44 @@ fn decision(c: &mut Criterion) {
         ..ArcheioConfig::default()
     };
     let long = long.check("bench", |_| None).unwrap().routes;
-    let req = Request {
-        forwarded_for: &xff_aws,
-        ..req
-    };
     assert!(matches!(
         decide(&req, &long, &table),
         Decision::CheckMirrors(_)
     ));
     c.bench_function("decide/blob_50_rules", |b| {
-        b.iter(|| decide(black_box(&req), &long, &table))
+        b.iter(|| {
+            let req = request(&blob, client(&proxy, black_box(&xff_aws)));
+            decide(&req, &long, &table)
+        })
     });
+}
+
+/// The proxies in front: the one the connections come from (10.0.0.0/8) and Google's load
+/// balancer before it (130.211.0.0/22), which wrote `client, lb`.
+fn trusted_lb() -> ClientAddressRules {
+    ClientAddressRules {
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "130.211.0.0/22".parse().unwrap()],
+        ..ClientAddressRules::default()
+    }
+}
+
+/// The client of a request from the proxy at 10.1.2.3 carrying `xff`.
+fn client(rules: &ClientAddressRules, xff: &[&[u8]]) -> Result<IpAddr, ClientAddrError> {
+    let conn = Connection {
+        peer: Some("10.1.2.3".parse().unwrap()),
+        proxied: None,
+    };
+    find_client(rules, conn, xff)
+}
+
+fn request(target: &str, client: Result<IpAddr, ClientAddrError>) -> Request<'_> {
+    Request {
+        method: "GET",
+        target: target.as_bytes(),
+        client,
+        upstream: 0,
+        has_body: false,
+    }
 }
 
 /// 49 rules that miss an AWS us-east-1 client's `pause` blob, then archeio's own.
@@ -173,15 +193,40 @@ const LONG_POLICY: &str = include_str!("policy_50_rules.yaml");
 
 fn forwarded_for(c: &mut Criterion) {
     let mut g = c.benchmark_group("x_forwarded_for");
-    let peer = Some("10.0.0.1".parse().unwrap());
+    let conn = Connection {
+        peer: Some("10.0.0.1".parse().unwrap()),
+        proxied: None,
+    };
     let lb: [&[u8]; 1] = [b"203.0.113.7, 130.211.0.1"];
     let long: [&[u8]; 1] =
         [b"1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4, 5.5.5.5, 2001:db8::7, 130.211.0.1"];
+    // Google's load balancer: one counted hop (the measurements before issue 23 are of this).
+    let hops = ClientAddressRules {
+        trusted_hops: 1,
+        ..ClientAddressRules::default()
+    };
     g.bench_function("lb_pair", |b| {
-        b.iter(|| client_addr(peer, black_box(&lb), 1))
+        b.iter(|| find_client(&hops, conn, black_box(&lb)))
     });
     g.bench_function("long_chain_v6", |b| {
-        b.iter(|| client_addr(peer, black_box(&long), 1))
+        b.iter(|| find_client(&hops, conn, black_box(&long)))
+    });
+    // Trusted proxies by address: nginx's one entry, and a chain through two of ours.
+    let listed = ClientAddressRules {
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "130.211.0.0/22".parse().unwrap()],
+        ..ClientAddressRules::default()
+    };
+    let nginx: [&[u8]; 1] = [b"203.0.113.7"];
+    let chain: [&[u8]; 1] = [b"1.1.1.1, 2001:db8::7, 10.0.0.9, 130.211.0.1"];
+    g.bench_function("trusted_proxies_nginx", |b| {
+        b.iter(|| find_client(&listed, conn, black_box(&nginx)))
+    });
+    g.bench_function("trusted_proxies_chain_v6", |b| {
+        b.iter(|| find_client(&listed, conn, black_box(&chain)))
+    });
+    // A client connecting directly: the header is not read.
+    g.bench_function("direct_client_ignored_header", |b| {
+        b.iter(|| find_client(&ClientAddressRules::default(), conn, black_box(&long)))
     });
     g.finish();
 }

@@ -549,7 +549,7 @@ async fn counters_exist_from_the_first_scrape_with_process_metrics() {
 async fn json_access_records_carry_what_a_pipeline_needs() {
     // The region's mirror is a closed loopback port: the check fails, the blob goes upstream.
     let gw = Gateway::start(
-        "  log_format: json\n  mirrors: {default: 'http://127.0.0.1:9', replace_regions: true, regions: {us-east-1: 'http://127.0.0.1:9'}}",
+        "  log_format: json\n  mirrors: {default: 'http://127.0.0.1:9', replace_regions: true, regions: {us-east-1: 'http://127.0.0.1:9'}}\n  client_address: {trusted_proxies: ['127.0.0.1/32', '10.0.0.0/8']}",
     )
     .await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";

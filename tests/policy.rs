@@ -31,8 +31,10 @@ async fn setup() -> (Gateway, Mirror, Mirror, Moto, Vec<u8>) {
         moto.put("blobs", &format!("containers/images/{}", digest(n)), &bytes)
             .await;
     }
+    // The test's clients are named by a proxy on 127.0.0.1 (`client, 127.0.0.1`).
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  client_address: {{trusted_proxies: ['127.0.0.1/32']}}
   mirrors:
     named:
       empty: {{url: '{empty}'}}
@@ -269,8 +271,10 @@ async fn clients_of_each_provider_get_the_mirror_their_rule_names() {
             format!("      {name}: {{url: '{}'}}\n", m.base())
         })
         .collect();
+    // The test's clients are named by a proxy on 127.0.0.1 (`client, 127.0.0.1`).
     let keys = format!(
         "  upstream: {{endpoints: ['http://upstream.test'], path: prefix/images}}
+  client_address: {{trusted_proxies: ['127.0.0.1/32']}}
   mirrors:
     named:
 {named}  ranges:

@@ -643,6 +643,7 @@ async fn gateway_with_private_mirror(signing: &str, env: &[(&str, &str)]) -> com
              archeio:\n  listen: ['127.0.0.1:{port}']\n  admin_listen: ['127.0.0.1:{admin}']\n\
              \x20 upstream: {{endpoints: ['http://upstream.test'], path: images}}\n\
              \x20 ranges: {{embedded: false}}\n\
+             \x20 client_address: {{trusted_proxies: ['127.0.0.1/32']}}\n\
              \x20 mirrors:\n    named:\n      private: {{signing: {signing}}}\n\
              \x20 policy:\n    rules:\n\
              \x20     - {{match: {{cidr: 10.0.0.0/8}}, action: mirrors, mirrors: [private], delivery: proxy}}\n\

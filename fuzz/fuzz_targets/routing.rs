@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use archeio::config::file::{ArcheioConfig, Mode};
+use archeio::routing::client_addr::{find_client, ClientAddressRules, Connection};
 use archeio::routing::ranges::{CustomRange, RangeSources, RangeTable};
 use archeio::routing::{decide, Answer, Decision, Request, Routes};
 use libfuzzer_sys::fuzz_target;
@@ -87,12 +88,17 @@ fuzz_target!(|data: &[u8]| {
         1 => Some("2001:db8::1".parse().unwrap()),
         _ => None,
     };
+    // Behind Google's load balancer (`client, lb`): the header's entries are read.
+    let rules = ClientAddressRules {
+        trusted_hops: 1,
+        ..ClientAddressRules::default()
+    };
+    let client = find_client(&rules, Connection { peer, proxied: None }, &lines);
     for routes in [&f.redirect, &f.passthrough] {
         let req = Request {
             method,
             target,
-            peer,
-            forwarded_for: &lines,
+            client,
             upstream: (control / 3) as usize % 3,
             has_body: control & 2 != 0,
         };

@@ -250,8 +250,9 @@ pub struct RateLimitConfig {
     pub ipv4_prefix: u8,
     /// IPv6 addresses grouped by this prefix length (64: one customer's network).
     pub ipv6_prefix: u8,
-    /// Most clients tracked at once; the least recently seen are forgotten first, so a
-    /// flood of distinct addresses costs bounded memory.
+    /// Most clients tracked at once; the least recently seen is forgotten first (a client
+    /// that keeps sending keeps its bucket), so a flood of distinct addresses costs bounded
+    /// memory.
     pub max_clients: u64,
 }
 
