@@ -10,9 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use archeio::config::file::ArcheioConfig;
 use archeio::config::{BlobCheck, Settings};
 use archeio::mirror::{MirrorCheck, Mirrors};
-use archeio::routing::client_addr::{
-    find_client, ClientAddrError, ClientAddressRules, Connection,
-};
+use archeio::routing::client_addr::{find_client, ClientAddrError, ClientAddressRules, Connection};
 use archeio::routing::ranges::{RangeSources, RangeTable};
 use archeio::routing::{decide, Decision, Request};
 
@@ -164,7 +162,10 @@ fn decision(c: &mut Criterion) {
 /// balancer before it (130.211.0.0/22), which wrote `client, lb`.
 fn trusted_lb() -> ClientAddressRules {
     ClientAddressRules {
-        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "130.211.0.0/22".parse().unwrap()],
+        trusted_proxies: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "130.211.0.0/22".parse().unwrap(),
+        ],
         ..ClientAddressRules::default()
     }
 }
@@ -213,7 +214,10 @@ fn forwarded_for(c: &mut Criterion) {
     });
     // Trusted proxies by address: nginx's one entry, and a chain through two of ours.
     let listed = ClientAddressRules {
-        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "130.211.0.0/22".parse().unwrap()],
+        trusted_proxies: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "130.211.0.0/22".parse().unwrap(),
+        ],
         ..ClientAddressRules::default()
     };
     let nginx: [&[u8]; 1] = [b"203.0.113.7"];

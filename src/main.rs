@@ -23,11 +23,10 @@ use archeio::config::{dual_stack, LogSettings, Settings};
 use archeio::gateway::admin::AdminApp;
 use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
+use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{HealthChecks, RangeRefresh};
-use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::slow_clients::HeaderDeadline;
-use archeio::routing::client_addr::ClientAddrError;
 use archeio::gateway::{Gateway, Operations, UpstreamAccess};
 use archeio::logging;
 use archeio::metrics;
@@ -35,6 +34,7 @@ use archeio::mirror::check::Outcome;
 use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::range_refresh::RangeRefresher;
 use archeio::rate_limit::RateLimiter;
+use archeio::routing::client_addr::ClientAddrError;
 use archeio::routing::explain::Sample;
 use archeio::routing::{Route, Routes};
 use archeio::sync;
@@ -384,14 +384,22 @@ fn unread_forwarding(settings: &Settings) -> Option<String> {
          {} on provider, region or cidr. If the gateway runs behind a load balancer or \
          ingress, list its addresses in client_address.trusted_proxies, or every client \
          will look like the balancer (the README's \"your load balancer\" table)",
-        if looking == 1 { "rule looks" } else { "rules look" }
+        if looking == 1 {
+            "rule looks"
+        } else {
+            "rules look"
+        }
     ))
 }
 
 /// Every `reason` of `archeio_client_address_refusals_total`.
 fn client_address_refusals() -> Vec<&'static str> {
     let proxy = Refusal::ALL.map(Refusal::reason);
-    ClientAddrError::REASONS.iter().chain(&proxy).copied().collect()
+    ClientAddrError::REASONS
+        .iter()
+        .chain(&proxy)
+        .copied()
+        .collect()
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ! {

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::front::{have, Front, HaproxyMode};
+use common::registry::{Auth, Registry};
 use common::{connect_from, free_port, parse_response, request_from, Gateway, Mirror, Resp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -63,7 +64,12 @@ async fn get_from(from: &str, addr: SocketAddr, target: &str, headers: &[(&str, 
 
 /// Through `front`, [`PLACED`] gets the us-east-1 mirror whatever it claims, [`UNPLACED`]
 /// the default one; the access record names the client and the proxy as the peer.
-async fn assert_placed_through(front: SocketAddr, gw: &Gateway, regional: &Mirror, fallback: &Mirror) {
+async fn assert_placed_through(
+    front: SocketAddr,
+    gw: &Gateway,
+    regional: &Mirror,
+    fallback: &Mirror,
+) {
     let target = blob(1).0;
     let forged = [("X-Forwarded-For", "3.3.3.3"), ("Forwarded", "for=3.3.3.3")];
     let r = get_from(PLACED, front, &target, &forged).await;
@@ -79,7 +85,10 @@ async fn assert_placed_through(front: SocketAddr, gw: &Gateway, regional: &Mirro
         .find(|l| l.contains("archeio::access") && l.contains(&format!("client={PLACED}")))
         .unwrap_or_else(|| panic!("no access record for {PLACED}:\n{log}"));
     assert!(line.contains(&format!("peer={PROXY}")), "{line}");
-    assert!(line.contains(r#"provider=aws region="us-east-1""#), "{line}");
+    assert!(
+        line.contains(r#"provider=aws region="us-east-1""#),
+        "{line}"
+    );
 }
 
 /// Issue 23, defect 1: with the shipped defaults a client connecting directly named its own
@@ -134,7 +143,14 @@ async fn behind_nginx_the_client_is_the_address_nginx_received_from() {
         assert!(r.location().starts_with(&fallback.base()), "{from}: {r:?}");
     }
     let m = gw.metrics().await;
-    assert_eq!(common::sample(&m, "archeio_requests_total{route=\"invalid\",status=\"400\"}"), 0.0, "{m}");
+    assert_eq!(
+        common::sample(
+            &m,
+            "archeio_requests_total{route=\"invalid\",status=\"400\"}"
+        ),
+        0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -188,11 +204,15 @@ async fn proxy_protocol_headers_count_only_from_trusted_proxies() {
     let v1 = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 40000 8080\r\n{request}");
 
     // The trusted proxy, by hand: v1, then v2.
-    let r = raw_exchange(PROXY, pp, v1(PLACED).as_bytes()).await.expect("an answer");
+    let r = raw_exchange(PROXY, pp, v1(PLACED).as_bytes())
+        .await
+        .expect("an answer");
     assert_eq!(r.status, 307, "{r:?}");
     assert!(r.location().starts_with(&regional.base()), "{r:?}");
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 127, 0, 0, 5, 127, 0, 0, 1, 0x9c, 0x40, 0x1f, 0x90]);
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 127, 0, 0, 5, 127, 0, 0, 1, 0x9c, 0x40, 0x1f, 0x90,
+    ]);
     v2.extend_from_slice(request.as_bytes());
     let r = raw_exchange(PROXY, pp, &v2).await.expect("an answer");
     assert!(r.location().starts_with(&regional.base()), "{r:?}");
@@ -204,7 +224,9 @@ async fn proxy_protocol_headers_count_only_from_trusted_proxies() {
     assert!(r.location().starts_with(&fallback.base()), "{r:?}");
 
     // A client connecting directly with a forged header: closed, nothing answered.
-    assert!(raw_exchange("127.0.0.1", pp, v1(PLACED).as_bytes()).await.is_none());
+    assert!(raw_exchange("127.0.0.1", pp, v1(PLACED).as_bytes())
+        .await
+        .is_none());
     assert!(raw_exchange(UNPLACED, pp, &v2).await.is_none());
     // The trusted proxy without a header, or with a broken one: closed.
     assert!(raw_exchange(PROXY, pp, request.as_bytes()).await.is_none());
@@ -226,7 +248,9 @@ async fn proxy_protocol_headers_count_only_from_trusted_proxies() {
     assert_eq!(refused("proxy_protocol_invalid"), 1.0, "{m}");
     let log = gw.log();
     assert!(
-        log.contains("connection from 127.0.0.1, which client_address.trusted_proxies does not list"),
+        log.contains(
+            "connection from 127.0.0.1, which client_address.trusted_proxies does not list"
+        ),
         "{log}"
     );
 }
@@ -254,16 +278,33 @@ async fn ipv4_clients_in_ipv6_form_meet_cidr_rules() {
         let r = get_from(PROXY, v4_on_dual, target, &[("X-Forwarded-For", entry)]).await;
         assert_eq!(r.status, 404, "{entry}: {r:?}");
     }
-    let r = get_from(PROXY, v4_on_dual, target, &[("X-Forwarded-For", "::ffff:192.0.2.1")]).await;
+    let r = get_from(
+        PROXY,
+        v4_on_dual,
+        target,
+        &[("X-Forwarded-For", "::ffff:192.0.2.1")],
+    )
+    .await;
     assert_eq!(r.status, 307, "a client outside 127.0.0.0/8: {r:?}");
 
     let conf = gw.dir.path().join("archeio.yaml");
     let out = std::process::Command::new(common::BINARY)
-        .args(["-t", "-c", conf.to_str().unwrap(), "--explain", "::ffff:127.0.0.1", target])
+        .args([
+            "-t",
+            "-c",
+            conf.to_str().unwrap(),
+            "--explain",
+            "::ffff:127.0.0.1",
+            target,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("127.0.0.1 GET"), "{text}");
     assert!(text.contains("404"), "{text}");
 }
@@ -272,10 +313,8 @@ async fn ipv4_clients_in_ipv6_form_meet_cidr_rules() {
 /// request (moka's admission policy) and never limited it.
 #[tokio::test]
 async fn the_rate_limit_holds_an_active_client_when_its_table_is_full() {
-    let gw = Gateway::start(
-        "  rate_limit: {requests_per_second: 1, burst: 5, max_clients: 20}",
-    )
-    .await;
+    let gw =
+        Gateway::start("  rate_limit: {requests_per_second: 1, burst: 5, max_clients: 20}").await;
     let target = "/v2/pause/manifests/3.10";
     // A table full of clients seen often (an admission policy by frequency keeps them).
     for _ in 0..16 {
@@ -294,7 +333,10 @@ async fn the_rate_limit_holds_an_active_client_when_its_table_is_full() {
         assert_eq!(r.status, 307);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(limited >= 25, "only {limited} of 40 over-limit requests refused");
+    assert!(
+        limited >= 25,
+        "only {limited} of 40 over-limit requests refused"
+    );
 }
 
 /// `-t` says when forwarding headers will be ignored although rules look at the client.
@@ -325,4 +367,73 @@ fn the_config_test_warns_when_rules_look_at_clients_and_no_proxy_is_trusted() {
     );
     let quiet = run("  client_address: {trusted_proxies: [10.9.0.0/16]}\n");
     assert!(!quiet.contains("warning"), "{quiet}");
+}
+
+/// A real client through nginx: skopeo pulls an image, and every blob goes to the mirror of
+/// the region its address (as nginx received it) is placed in, not to the one of nginx's.
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_through_nginx_gets_blobs_from_the_mirror_of_its_address() {
+    if !have("nginx") || !have("skopeo") || !have("docker-registry") {
+        return;
+    }
+    let img = common::registry::images();
+    let reg = Registry::start(&img.storage, None, Auth::None);
+    let up = reg.url(false);
+    // The default mirror holds nothing; the regional one is the registry's own blob store.
+    let empty = Mirror::start().await;
+    let gw = Gateway::start(&format!(
+        "  upstream: {{endpoints: ['{up}'], path: test}}
+  mirrors:
+    default: '{empty}'
+    replace_regions: true
+    regions: {{}}
+    named:
+      regional: {{url: '{up}', blob_path: '/v2/test/app/blobs/{{digest}}'}}
+  ranges: {{embedded: false, custom: [{{cidr: 127.0.0.1/32, provider: aws, region: us-east-1}}]}}
+  client_address: {{trusted_proxies: ['{PROXY}/32']}}
+  policy:
+    rules:
+      - {{match: {{provider: aws, region: us-east-1, kind: blob}}, action: mirrors, mirrors: [regional]}}
+      - {{match: {{kind: blob}}, action: mirrors, mirrors: [default]}}",
+        empty = empty.base()
+    ))
+    .await;
+    let nginx = Front::nginx(gw.addr, ip(PROXY));
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{}/app:v1", nginx.addr),
+            &format!("oci:{}:v1", out_dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log(),
+        nginx.log()
+    );
+    for digest in [&img.app_layer, &img.app_config] {
+        let hex = digest.trim_start_matches("sha256:");
+        assert!(out_dir.path().join("blobs/sha256").join(hex).exists(), "{digest}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log();
+    let blobs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("archeio::access") && l.contains("/blobs/"))
+        .collect();
+    assert!(blobs.len() >= 2, "{log}");
+    for line in blobs {
+        assert!(line.contains("client=127.0.0.1 "), "{line}");
+        assert!(line.contains(&format!("peer={PROXY}")), "{line}");
+        assert!(line.contains("decision=blob/mirror"), "{line}");
+        assert!(line.contains(r#"region="us-east-1""#), "{line}");
+        assert!(line.contains(&format!(r#"location="{up}/v2/test/app/blobs/"#)), "{line}");
+    }
+    assert_eq!(empty.all_heads(), 0, "the default mirror was asked");
 }

@@ -160,12 +160,14 @@ def main():
     )
     d = os.path.abspath(a.outdir)
     body = f"""
-    # The client: second-to-last X-Forwarded-For entry (one trusted hop), else the peer.
-    map $http_x_forwarded_for $client_ip {{
-        "~(?<c>[^, ]+)[, ]+[^, ]+[, ]*$" $c;
-        default $remote_addr;
-    }}
-    geo $client_ip $placement {{
+    # The client: the rightmost X-Forwarded-For entry that is not a trusted proxy (the
+    # gateway's client_address.trusted_proxies: the load generator and Google's LB), else
+    # the peer.
+    set_real_ip_from 127.0.0.1;
+    set_real_ip_from 130.211.0.0/22;
+    real_ip_header X-Forwarded-For;
+    real_ip_recursive on;
+    geo $remote_addr $placement {{
         default "";
         include {d}/geo.conf;
     }}

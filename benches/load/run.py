@@ -58,6 +58,10 @@ UPSTREAM_PATH = "bench"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT = f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
 
+# The proxies the routing servers trust to name the client: the load generator's address and
+# Google's load balancer in the `X-Forwarded-For` of the scenarios (nginx_conf.py's realip).
+TRUSTED_PROXIES = ["127.0.0.1/32", "130.211.0.0/22"]
+
 # name -> which gateway and which nginx answer it, the request, and how its answers are checked.
 # `gw`/`ng` name the servers started for it (see Servers); "{big}" is the 100 MiB blob's digest.
 SCENARIOS = {
@@ -378,6 +382,10 @@ class Servers:
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
             extra = harness.policy_50_rules()
+        if kind in ("routing", "logged", "policy50"):
+            # wrk on 127.0.0.1 plays the proxy in front, which appended the client's entry
+            # after Google's load balancer (130.211.0.0/22); both trusted, as nginx's realip.
+            extra = [*extra, f"client_address: {{trusted_proxies: {TRUSTED_PROXIES}}}"]
         p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named, rust_log)
         self.procs.append(p)
         harness.wait_ready(admin, "/readyz", p)

@@ -22,9 +22,7 @@ use super::{
     BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
     ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
 };
-use crate::routing::client_addr::{
-    canonical_net, ClientAddressRules, ForwardingHeader,
-};
+use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::Routes;
 
@@ -134,8 +132,11 @@ impl ArcheioConfig {
     }
 
     fn checked(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, Invalid> {
-        let listen_addresses: Vec<String> =
-            self.listen.iter().map(|l| l.address().to_string()).collect();
+        let listen_addresses: Vec<String> = self
+            .listen
+            .iter()
+            .map(|l| l.address().to_string())
+            .collect();
         let listen = socket_addrs(&listen_addresses, "listen")?;
         let proxy_protocol = listen
             .iter()
@@ -925,7 +926,10 @@ impl<'de> Deserialize<'de> for ListenConfig {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenConfig, E> {
                 Ok(ListenConfig::Address(v.to_string()))
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, m: M) -> Result<ListenConfig, M::Error> {
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                m: M,
+            ) -> Result<ListenConfig, M::Error> {
                 let detail =
                     ListenerDetail::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
                 Ok(ListenConfig::Detailed(detail))

@@ -122,7 +122,11 @@ async fn read_header(stream: &mut Stream) -> Result<Proxied, (Refusal, String)> 
             .await
             .map_err(|e| (Refusal::Invalid, format!("read failed: {e}")))?;
         if n == 0 {
-            let refusal = if buf.is_empty() { Refusal::Missing } else { Refusal::Invalid };
+            let refusal = if buf.is_empty() {
+                Refusal::Missing
+            } else {
+                Refusal::Invalid
+            };
             return Err((refusal, "the connection ended before a whole header".into()));
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -130,7 +134,10 @@ async fn read_header(stream: &mut Stream) -> Result<Proxied, (Refusal, String)> 
             return Ok(parsed);
         }
         if buf.len() > MAX_HEADER {
-            return Err((Refusal::Invalid, format!("no header within {MAX_HEADER} bytes")));
+            return Err((
+                Refusal::Invalid,
+                format!("no header within {MAX_HEADER} bytes"),
+            ));
         }
     }
 }
@@ -142,7 +149,10 @@ fn parse(buf: &[u8]) -> Result<Option<Proxied>, (Refusal, String)> {
         buf[..n] == prefix[..n]
     };
     if !starts(V2_SIGNATURE) && !starts(V1_PREFIX) {
-        return Err((Refusal::Missing, "the connection does not start with a PROXY header".into()));
+        return Err((
+            Refusal::Missing,
+            "the connection does not start with a PROXY header".into(),
+        ));
     }
     let header = HeaderResult::parse(buf);
     if header.is_incomplete() {
@@ -166,8 +176,12 @@ fn parse(buf: &[u8]) -> Result<Option<Proxied>, (Refusal, String)> {
             };
             (h.len(), source)
         }
-        HeaderResult::V1(Err(e)) => return Err((Refusal::Invalid, format!("invalid v1 header: {e}"))),
-        HeaderResult::V2(Err(e)) => return Err((Refusal::Invalid, format!("invalid v2 header: {e}"))),
+        HeaderResult::V1(Err(e)) => {
+            return Err((Refusal::Invalid, format!("invalid v1 header: {e}")))
+        }
+        HeaderResult::V2(Err(e)) => {
+            return Err((Refusal::Invalid, format!("invalid v2 header: {e}")))
+        }
     };
     Ok(Some(Proxied {
         source: source.map(canonical),
@@ -232,7 +246,9 @@ mod tests {
         assert_eq!(source(b"PROXY UNKNOWN\r\nGET").0, None);
 
         let mut v2 = V2_SIGNATURE.to_vec();
-        v2.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 7, 10, 0, 0, 1, 0x9c, 0x40, 0, 80]);
+        v2.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 203, 0, 113, 7, 10, 0, 0, 1, 0x9c, 0x40, 0, 80,
+        ]);
         v2.extend_from_slice(b"GET /");
         let (ip, rest) = source(&v2);
         assert_eq!(ip, Some("203.0.113.7".parse().unwrap()));
@@ -247,9 +263,14 @@ mod tests {
         assert!(parse(b"PROX").unwrap().is_none());
         assert!(parse(b"PROXY TCP4 203.0.113.7").unwrap().is_none());
         assert!(parse(&V2_SIGNATURE[..7]).unwrap().is_none());
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n").unwrap_err().0, Refusal::Missing);
         assert_eq!(
-            parse(b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\n").unwrap_err().0,
+            parse(b"GET / HTTP/1.1\r\n").unwrap_err().0,
+            Refusal::Missing
+        );
+        assert_eq!(
+            parse(b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\n")
+                .unwrap_err()
+                .0,
             Refusal::Invalid
         );
         let mut bad = V2_SIGNATURE.to_vec();
@@ -260,10 +281,19 @@ mod tests {
     #[test]
     fn listeners_are_matched_by_port_and_address() {
         let pp = ProxyProtocol::new(
-            vec!["127.0.0.1:8081".parse().unwrap(), "[::]:8082".parse().unwrap(), "0.0.0.0:8083".parse().unwrap()],
+            vec![
+                "127.0.0.1:8081".parse().unwrap(),
+                "[::]:8082".parse().unwrap(),
+                "0.0.0.0:8083".parse().unwrap(),
+            ],
             ClientAddressRules::default(),
         );
-        let yes = ["127.0.0.1:8081", "[::ffff:127.0.0.1]:8082", "[::1]:8082", "10.1.1.1:8083"];
+        let yes = [
+            "127.0.0.1:8081",
+            "[::ffff:127.0.0.1]:8082",
+            "[::1]:8082",
+            "10.1.1.1:8083",
+        ];
         let no = ["127.0.0.2:8081", "127.0.0.1:8080", "[::1]:8083"];
         for a in yes {
             assert!(pp.expects(Some(a.parse().unwrap())), "{a}");

@@ -92,7 +92,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                 return None;
             }
             let digest = stream.get_socket_digest();
-            let local = digest.as_ref().and_then(|d| d.local_addr()?.as_inet().copied());
+            let local = digest
+                .as_ref()
+                .and_then(|d| d.local_addr()?.as_inet().copied());
             let mut wrapped = DeadlineStream::new(stream, self.header, self.write);
             if self.proxy_protocol.expects(local) {
                 let peer = digest.and_then(|d| d.peer_addr()?.as_inet().map(|a| a.ip()));

@@ -199,13 +199,11 @@ fn by_hops(
         ForwardingHeader::XForwardedFor => {
             let mut entries = xff_entries_from_right(lines);
             let found = entries.by_ref().take(hops).count();
-            entries
-                .next()
-                .ok_or(ClientAddrError::TooFewEntries {
-                    header,
-                    needed,
-                    found,
-                })?
+            entries.next().ok_or(ClientAddrError::TooFewEntries {
+                header,
+                needed,
+                found,
+            })?
         }
         ForwardingHeader::Forwarded => {
             let entries = forwarded_entries(lines);
@@ -229,10 +227,7 @@ fn xff_entries_from_right<'a>(lines: &'a [&'a [u8]]) -> impl Iterator<Item = &'a
     lines
         .iter()
         .rev()
-        .flat_map(|line| {
-            line.split(|b| matches!(b, b',' | b' ' | b'\t'))
-                .rev()
-        })
+        .flat_map(|line| line.split(|b| matches!(b, b',' | b' ' | b'\t')).rev())
         .filter(|e| !e.is_empty())
 }
 
@@ -313,7 +308,10 @@ mod tests {
 
     fn rules(trusted: &[&str], header: ForwardingHeader) -> ClientAddressRules {
         ClientAddressRules {
-            trusted_proxies: trusted.iter().map(|n| canonical_net(n.parse().unwrap())).collect(),
+            trusted_proxies: trusted
+                .iter()
+                .map(|n| canonical_net(n.parse().unwrap()))
+                .collect(),
             header,
             trusted_hops: 0,
         }
@@ -326,7 +324,11 @@ mod tests {
         }
     }
 
-    fn from(rules: &ClientAddressRules, peer: &str, lines: &[&str]) -> Result<IpAddr, ClientAddrError> {
+    fn from(
+        rules: &ClientAddressRules,
+        peer: &str,
+        lines: &[&str],
+    ) -> Result<IpAddr, ClientAddrError> {
         let lines: Vec<&[u8]> = lines.iter().map(|s| s.as_bytes()).collect();
         let conn = Connection {
             peer: Some(ip(peer)),
@@ -363,7 +365,10 @@ mod tests {
     fn the_rightmost_untrusted_entry_is_the_client() {
         let r = rules(&["10.0.0.0/8", "fd00::/8"], XFF);
         // nginx appends what it received from: one entry.
-        assert_eq!(from(&r, "10.0.0.1", &["203.0.113.7"]), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            from(&r, "10.0.0.1", &["203.0.113.7"]),
+            Ok(ip("203.0.113.7"))
+        );
         // A client's own claims stand further left and are never reached.
         assert_eq!(
             from(&r, "10.0.0.1", &["6.6.6.6, 203.0.113.7"]),
@@ -371,13 +376,20 @@ mod tests {
         );
         // Two proxies of ours: the inner one's entry is skipped.
         assert_eq!(
-            from(&r, "10.0.0.1", &["6.6.6.6, 203.0.113.7, 10.0.0.2", "fd00::5"]),
+            from(
+                &r,
+                "10.0.0.1",
+                &["6.6.6.6, 203.0.113.7, 10.0.0.2", "fd00::5"]
+            ),
             Ok(ip("203.0.113.7"))
         );
         // A trusted peer without the header (a health check) is itself the client.
         assert_eq!(from(&r, "10.0.0.1", &[]), Ok(ip("10.0.0.1")));
         // Every entry trusted: the leftmost.
-        assert_eq!(from(&r, "10.0.0.1", &["10.9.9.9, 10.0.0.3"]), Ok(ip("10.9.9.9")));
+        assert_eq!(
+            from(&r, "10.0.0.1", &["10.9.9.9, 10.0.0.3"]),
+            Ok(ip("10.9.9.9"))
+        );
     }
 
     #[test]
@@ -392,7 +404,10 @@ mod tests {
             Err(ClientAddrError::NotAnAddress { header: XFF })
         );
         // Garbage left of the client is never read.
-        assert_eq!(from(&r, "10.0.0.1", &["<script>, 203.0.113.7"]), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            from(&r, "10.0.0.1", &["<script>, 203.0.113.7"]),
+            Ok(ip("203.0.113.7"))
+        );
         let invalid_utf8: &[u8] = b"\xff\xfe";
         let conn = Connection {
             peer: Some(ip("10.0.0.1")),
@@ -408,11 +423,26 @@ mod tests {
     fn every_address_comes_out_in_one_form() {
         let r = rules(&["::ffff:10.0.0.0/104"], XFF);
         assert_eq!(r.trusted_proxies, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
-        for entry in ["::ffff:203.0.113.7", "[::ffff:203.0.113.7]", "[::ffff:cb00:7107]:80", "203.0.113.7:4711"] {
-            assert_eq!(from(&r, "::ffff:10.0.0.1", &[entry]), Ok(ip("203.0.113.7")), "{entry}");
+        for entry in [
+            "::ffff:203.0.113.7",
+            "[::ffff:203.0.113.7]",
+            "[::ffff:cb00:7107]:80",
+            "203.0.113.7:4711",
+        ] {
+            assert_eq!(
+                from(&r, "::ffff:10.0.0.1", &[entry]),
+                Ok(ip("203.0.113.7")),
+                "{entry}"
+            );
         }
-        assert_eq!(from(&r, "10.0.0.1", &["[2001:db8::5]:443"]), Ok(ip("2001:db8::5")));
-        assert_eq!(canonical_net("::ffff:0:0/90".parse().unwrap()), "::ffff:0:0/90".parse::<IpNet>().unwrap());
+        assert_eq!(
+            from(&r, "10.0.0.1", &["[2001:db8::5]:443"]),
+            Ok(ip("2001:db8::5"))
+        );
+        assert_eq!(
+            canonical_net("::ffff:0:0/90".parse().unwrap()),
+            "::ffff:0:0/90".parse::<IpNet>().unwrap()
+        );
     }
 
     #[test]
@@ -423,26 +453,47 @@ mod tests {
             proxied: Some(ip(proxied)),
         };
         let xff: [&[u8]; 1] = [b"6.6.6.6"];
-        assert_eq!(find_client(&r, conn("203.0.113.7"), &xff), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            find_client(&r, conn("203.0.113.7"), &xff),
+            Ok(ip("203.0.113.7"))
+        );
         // The source is itself a trusted proxy (an L7 one behind the L4 balancer).
         assert_eq!(find_client(&r, conn("10.0.0.2"), &xff), Ok(ip("6.6.6.6")));
-        assert_eq!(find_client(&r, conn("::ffff:203.0.113.7"), &[]), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            find_client(&r, conn("::ffff:203.0.113.7"), &[]),
+            Ok(ip("203.0.113.7"))
+        );
     }
 
     #[test]
     fn forwarded_elements_give_their_for_values() {
         let r = rules(&["10.0.0.0/8"], FWD);
         assert_eq!(
-            from(&r, "10.0.0.1", &[r#"for=192.0.2.60;proto=http;by=203.0.113.43"#]),
+            from(
+                &r,
+                "10.0.0.1",
+                &[r#"for=192.0.2.60;proto=http;by=203.0.113.43"#]
+            ),
             Ok(ip("192.0.2.60"))
         );
         assert_eq!(
-            from(&r, "10.0.0.1", &[r#"for=6.6.6.6, For="[2001:db8:cafe::17]:4711""#, "for=10.0.0.2"]),
+            from(
+                &r,
+                "10.0.0.1",
+                &[
+                    r#"for=6.6.6.6, For="[2001:db8:cafe::17]:4711""#,
+                    "for=10.0.0.2"
+                ]
+            ),
             Ok(ip("2001:db8:cafe::17"))
         );
         // Quoted commas and semicolons do not split.
         assert_eq!(
-            from(&r, "10.0.0.1", &[r#"for=6.6.6.6, by="a,b;c";for="198.51.100.2:80""#]),
+            from(
+                &r,
+                "10.0.0.1",
+                &[r#"for=6.6.6.6, by="a,b;c";for="198.51.100.2:80""#]
+            ),
             Ok(ip("198.51.100.2"))
         );
         for hidden in ["for=unknown", "for=_hidden", "proto=https"] {
@@ -458,7 +509,10 @@ mod tests {
 
     #[test]
     fn hops_take_the_entry_before_the_last_n_from_any_peer() {
-        assert_eq!(from(&hops(1), PEER, &["203.0.113.7,130.211.0.1"]), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            from(&hops(1), PEER, &["203.0.113.7,130.211.0.1"]),
+            Ok(ip("203.0.113.7"))
+        );
         assert_eq!(
             from(&hops(1), PEER, &["9.9.9.9, 203.0.113.7", "130.211.0.1"]),
             Ok(ip("203.0.113.7"))
@@ -488,7 +542,10 @@ mod tests {
             header: FWD,
             ..hops(1)
         };
-        assert_eq!(from(&fwd, PEER, &["for=203.0.113.7, for=130.211.0.1"]), Ok(ip("203.0.113.7")));
+        assert_eq!(
+            from(&fwd, PEER, &["for=203.0.113.7, for=130.211.0.1"]),
+            Ok(ip("203.0.113.7"))
+        );
         assert_eq!(
             from(&fwd, PEER, &["for=203.0.113.7"]),
             Err(ClientAddrError::TooFewEntries {

@@ -477,7 +477,12 @@ fn decide_api(
     }
     let matched = match first_match(&policy.rules, kind, repository, &mut client, find_client) {
         Ok(matched) => matched,
-        Err(e) => return (error(Route::ClientAddress, 400, "UNSUPPORTED", e, true), None),
+        Err(e) => {
+            return (
+                error(Route::ClientAddress, 400, "UNSUPPORTED", e, true),
+                None,
+            )
+        }
     };
     let rule = matched.map(|i| &policy.rules[i]);
     let delivery = rule.and_then(|r| r.delivery);

@@ -1,8 +1,8 @@
 use std::sync::OnceLock;
 
 use super::*;
-use client_addr::{find_client, ClientAddressRules, Connection};
 use crate::config::file::{ArcheioConfig, Mode};
+use client_addr::{find_client, ClientAddressRules, Connection};
 use policy::Delivery;
 use ranges::{CustomRange, RangeSources};
 

@@ -141,8 +141,11 @@ impl Front {
 
     /// What the proxy wrote to stderr (and nginx to its error log).
     pub fn log(&self) -> String {
-        let mut log = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
-        log.push_str(&std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default());
+        let mut log =
+            std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        log.push_str(
+            &std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default(),
+        );
         log
     }
 }
