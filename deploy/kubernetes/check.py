@@ -11,15 +11,20 @@
    Kubernetes these manifests need and the newest bundled. The ServiceMonitor (a CRD, not
    in those schemas) gets a strict schema of the fields used here, written from the
    Prometheus Operator's CRD, not the CRD itself.
-3. Checks that the manifests agree with the gateway: the ConfigMap is conf/archeio.yaml;
-   ports, probes, the shutdown timing, writable paths and egress ports follow from it; the
-   pods run as the Dockerfile's user, locked down; the sync jobs are set up as documented.
+3. Checks that the manifests agree with the gateway: the ConfigMap is conf/archeio.yaml
+   (with components/ingress-nginx: its archeio.yaml, which is conf/archeio.yaml but for
+   client_address.trusted_proxies); ports, probes, the shutdown timing, writable paths and
+   egress ports follow from it; the registry port admits only named peers once proxies are
+   trusted; an Ingress reaches the registry port with the annotations it needs; the pods run
+   as the Dockerfile's user, locked down; the sync jobs are set up as documented.
 4. Breaks the rendered manifests in memory in the ways listed in BREAKAGES and fails unless
    each breakage is caught, so a check cannot quietly stop checking.
 """
 
 import copy
+import difflib
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -48,6 +53,13 @@ COPIES = {
     os.path.join(HERE, "base", "archeio.yaml"): GATEWAY_CONFIG,
     os.path.join(HERE, "components", "sync", "sync.yaml"): SYNC_CONFIG,
 }
+# The ingress-nginx component's gateway config: conf/archeio.yaml but for the lines of
+# client_address.trusted_proxies (the pod CIDR). A tree that lists the component in its
+# kustomization's components renders this file; any other tree, conf/archeio.yaml.
+INGRESS_NGINX = os.path.join(HERE, "components", "ingress-nginx")
+INGRESS_NGINX_CONFIG = os.path.join(INGRESS_NGINX, "archeio.yaml")
+# ingress-nginx annotations the component's Ingress must carry (see its comments).
+NGINX_ANNOTATIONS = "nginx.ingress.kubernetes.io/"
 # terminationGracePeriodSeconds must be at least grace + timeout + this.
 SHUTDOWN_MARGIN_SECONDS = 5
 SECRET_LIKE_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY")
@@ -56,6 +68,17 @@ SECRET_LIKE_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|(^|_)KEY($|_)|AC
 def read(path):
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def rel(path):
+    return os.path.relpath(path, REPO)
+
+
+def tree_config(tree):
+    """The gateway config file that `tree`'s ConfigMap must hold."""
+    k = yaml.safe_load(read(os.path.join(HERE, tree, "kustomization.yaml"))) or {}
+    components = {os.path.normpath(os.path.join(HERE, tree, c)) for c in k.get("components") or []}
+    return INGRESS_NGINX_CONFIG if INGRESS_NGINX in components else GATEWAY_CONFIG
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -192,7 +215,75 @@ def _validate(resource_json, version):
 
 
 def port_of(address):
+    """A listener's port: "0.0.0.0:8080", or {address: ..., proxy_protocol: true}."""
+    if isinstance(address, dict):
+        address = address.get("address", "")
     return int(address.rsplit(":", 1)[1])
+
+
+def seconds(duration):
+    """The config's durations ("30s", "10m", "1h", "500ms") in seconds, or None."""
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", str(duration))
+    return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]] if m else None
+
+
+def trusted_proxies_lines(lines):
+    """(start, end) of the one `trusted_proxies:` key: its line and the lines below it that
+    belong to its value (more indented, or `- ` items at its indentation), else None."""
+    starts = [i for i, line in enumerate(lines) if re.match(r"\s*trusted_proxies:", line)]
+    if len(starts) != 1:
+        return None
+    start = end = starts[0]
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    for line in lines[start + 1:]:
+        deeper = len(line) - len(line.lstrip())
+        if not line.strip() or deeper < indent or (deeper == indent
+                                                    and not line.lstrip().startswith("- ")):
+            break
+        end += 1
+    return start, end + 1
+
+
+def config_variant_failures(text, where):
+    """Failures unless `text` is conf/archeio.yaml with only client_address.trusted_proxies
+    changed, to a non-empty list of networks, as the ingress-nginx component ships it."""
+    conf = read(GATEWAY_CONFIG)
+    ours, theirs = text.splitlines(keepends=True), conf.splitlines(keepends=True)
+    a, b = trusted_proxies_lines(ours), trusted_proxies_lines(theirs)
+    if a is None or b is None:
+        return [f"{where}: not exactly one trusted_proxies key (in it and in conf/archeio.yaml)"]
+    outside = (ours[:a[0]], ours[a[1]:]), (theirs[:b[0]], theirs[b[1]:])
+    if outside[0] != outside[1]:
+        first = next(line for line in difflib.unified_diff(
+            outside[1][0] + ["(trusted_proxies)\n"] + outside[1][1],
+            outside[0][0] + ["(trusted_proxies)\n"] + outside[0][1], n=0)
+            if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+        return [f"{where} differs from conf/archeio.yaml beyond client_address.trusted_proxies "
+                f"(first: {first.strip()!r}); copy conf/archeio.yaml and set trusted_proxies again"]
+    try:
+        config, shipped = yaml.safe_load(text), yaml.safe_load(conf)
+        client = config["archeio"]["client_address"]
+        proxies = client["trusted_proxies"]
+        client["trusted_proxies"] = shipped["archeio"]["client_address"]["trusted_proxies"]
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        return [f"{where}: no archeio.client_address.trusted_proxies ({type(e).__name__}: {e})"]
+    failures = []
+    if config != shipped:
+        failures.append(f"{where} differs from conf/archeio.yaml beyond "
+                        "client_address.trusted_proxies (its trusted_proxies lines hold more)")
+    if not isinstance(proxies, list) or not proxies:
+        failures.append(f"{where}: client_address.trusted_proxies is {proxies!r}, "
+                        "not a list of the proxies' networks")
+    for net in proxies if isinstance(proxies, list) else []:
+        try:
+            if "/" not in str(net):
+                raise ValueError("no prefix length")
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError as e:
+            failures.append(f"{where}: trusted_proxies entry {net!r} is not a CIDR ({e})")
+    if client.get("trusted_proxy_hops", 0) != 0:
+        failures.append(f"{where}: trusted_proxy_hops must be 0 with trusted_proxies")
+    return failures
 
 
 def pod_templates(resources):
@@ -343,10 +434,13 @@ def check_gateway(tree, resources, failures):
     if cm is None:
         return
     text = (cm.get("data") or {}).get("archeio.yaml")
-    if text != read(GATEWAY_CONFIG):
-        failures.append(f"{tree}: {key(cm)}: archeio.yaml is not conf/archeio.yaml")
+    expected = tree_config(tree)
+    if text != read(expected):
+        failures.append(f"{tree}: {key(cm)}: archeio.yaml is not {rel(expected)}")
         if text is None:
             return
+    if expected != GATEWAY_CONFIG:
+        failures += config_variant_failures(text, f"{tree}: {key(cm)}: archeio.yaml")
     config = yaml.safe_load(text)
     archeio = config.get("archeio") or {}
     listen = {port_of(a) for a in archeio.get("listen") or []}
@@ -415,6 +509,7 @@ def check_gateway(tree, resources, failures):
     check_service(tree, resources, pod_labels, c, listen, admin, failures)
     check_scaling(tree, resources, deployment, pod_labels, failures)
     check_network_policy(tree, resources, pod_labels, c, listen, admin, archeio, failures)
+    check_ingress(tree, resources, archeio, failures)
     check_service_monitor(tree, resources, failures)
 
 
@@ -473,8 +568,39 @@ def check_network_policy(tree, resources, pod_labels, container, listen, admin, 
                 for p in rule.get("ports") or []}
 
     ingress = spec.get("ingress") or []
-    if not any((listen, "TCP") in ports(r) and not r.get("from") for r in ingress):
-        failures.append(f"{where}: no ingress to the registry port {listen} from anywhere")
+    trusted = ((archeio.get("client_address") or {}).get("trusted_proxies")) or []
+    if not trusted:
+        # The socket peer is the client: any peer may connect, none can name another.
+        if not any((listen, "TCP") in ports(r) and not r.get("from") for r in ingress):
+            failures.append(f"{where}: no ingress to the registry port {listen} from anywhere")
+    else:
+        # A peer in trusted_proxies names the client: only the proxies may reach the port.
+        # trusted_proxies is usually wider than the proxies (ingress-nginx: the pod CIDR), so
+        # the peers must be a named namespace, or addresses inside trusted_proxies.
+        networks = [ipaddress.ip_network(str(n), strict=False) for n in trusted]
+        rules = [r for r in ingress if (listen, "TCP") in ports(r) or not r.get("ports")]
+        if not rules:
+            failures.append(f"{where}: no ingress to the registry port {listen} from the proxies")
+        for r in rules:
+            if not r.get("from"):
+                failures.append(f"{where}: admits the registry port {listen} from anywhere while "
+                                "client_address.trusted_proxies is set: a pod or host in "
+                                f"{', '.join(map(str, trusted))} could forge its client address")
+            for peer in r.get("from") or []:
+                named = (set(peer) <= {"namespaceSelector", "podSelector"}
+                         and (peer.get("namespaceSelector") or {}).get("matchLabels"))
+                block = peer.get("ipBlock") or {}
+                try:
+                    inside = set(peer) == {"ipBlock"} and any(
+                        ipaddress.ip_network(block.get("cidr", ""), strict=False).subnet_of(n)
+                        for n in networks if n.version == ipaddress.ip_network(
+                            block.get("cidr", ""), strict=False).version)
+                except ValueError:
+                    inside = False
+                if not (named or inside):
+                    failures.append(f"{where}: admits the registry port {listen} from {peer}, "
+                                    "not only a namespace named by its labels or addresses "
+                                    "inside client_address.trusted_proxies")
     for r in ingress:
         if (admin, "TCP") in ports(r) or not r.get("ports"):
             peers = r.get("from") or []
@@ -496,6 +622,41 @@ def check_network_policy(tree, resources, pod_labels, container, listen, admin, 
         if (port, "TCP") not in egress:
             failures.append(f"{where}: no egress to TCP port {port}, which the config's {urls[0]} "
                             f"needs ({len(urls)} URLs in all)")
+
+
+def check_ingress(tree, resources, archeio, failures):
+    """An Ingress reaches the Service's registry port; on ingress-nginx, with the annotations
+    a registry needs; and the gateway then trusts the proxy's X-Forwarded-For."""
+    svc = one(resources, "Service", "archeio") or {"metadata": {}, "spec": {}}
+    registry = {p.get("port") for p in svc["spec"].get("ports") or [] if p.get("name") == "registry"}
+    read_timeout = seconds(((archeio.get("upstream") or {}).get("timeouts") or {}).get("read"))
+    for ing in (r for r in resources if r.get("kind") == "Ingress"):
+        where = f"{tree}: {key(ing)}"
+        spec = ing.get("spec") or {}
+        backends = [spec["defaultBackend"]] if spec.get("defaultBackend") else []
+        backends += [p.get("backend") or {} for rule in spec.get("rules") or []
+                     for p in (rule.get("http") or {}).get("paths") or []]
+        if not backends:
+            failures.append(f"{where}: no backend")
+        for b in backends:
+            service, port = b.get("service") or {}, (b.get("service") or {}).get("port") or {}
+            if service.get("name") != svc["metadata"].get("name") or not (
+                    port.get("name") == "registry" or port.get("number") in registry):
+                failures.append(f"{where}: backend {service.get('name')}:{port.get('name') or port.get('number')} "
+                                "is not Service archeio port registry")
+        if not (archeio.get("client_address") or {}).get("trusted_proxies"):
+            failures.append(f"{where}: a proxy in front, but client_address.trusted_proxies is "
+                            "empty: every client would be the proxy")
+        if spec.get("ingressClassName") != "nginx":
+            continue
+        notes = (ing["metadata"].get("annotations") or {})
+        if notes.get(NGINX_ANNOTATIONS + "proxy-buffering") != "off":
+            failures.append(f"{where}: {NGINX_ANNOTATIONS}proxy-buffering is not \"off\" "
+                            "(pass-through blobs would be buffered and spooled by nginx)")
+        timeout = notes.get(NGINX_ANNOTATIONS + "proxy-read-timeout", "60")
+        if not str(timeout).isdigit() or (read_timeout and int(timeout) <= read_timeout):
+            failures.append(f"{where}: {NGINX_ANNOTATIONS}proxy-read-timeout {timeout!r} is not "
+                            f"seconds beyond the gateway's upstream read timeout ({read_timeout} s)")
 
 
 def check_service_monitor(tree, resources, failures):
@@ -584,10 +745,10 @@ def check_copies():
     failures = []
     for copy_path, original in COPIES.items():
         if read(copy_path) != read(original):
-            rel = os.path.relpath(copy_path, REPO)
-            failures.append(f"{rel} differs from {os.path.relpath(original, REPO)}: "
-                            f"cp {os.path.relpath(original, REPO)} {rel}")
-    return failures
+            failures.append(f"{rel(copy_path)} differs from {rel(original)}: "
+                            f"cp {rel(original)} {rel(copy_path)}")
+    # The component's file is checked here too, not only as rendered: a tree may not use it.
+    return failures + config_variant_failures(read(INGRESS_NGINX_CONFIG), rel(INGRESS_NGINX_CONFIG))
 
 
 # ---------------------------------------------------------------------------- self-test
@@ -603,6 +764,17 @@ def _container(rs):
 
 def _job(rs):
     return one(rs, "Job", "archeio-sync-sharded")["spec"]
+
+
+def _edit_config(rs, old, new):
+    data = one(rs, "ConfigMap", _gateway(rs)["volumes"][0]["configMap"]["name"])["data"]
+    if old not in data["archeio.yaml"]:
+        raise KeyError(old)
+    data["archeio.yaml"] = data["archeio.yaml"].replace(old, new)
+
+
+def _ingress(rs):
+    return one(rs, "Ingress", "archeio")
 
 
 # (tree, what is broken, how, a failure that must then be reported).
@@ -629,9 +801,30 @@ BREAKAGES = [
     ("overlays/example", "runAsUser 0",
      lambda rs: _gateway(rs)["securityContext"].__setitem__("runAsUser", 0),
      "runAsUser is 0"),
-    ("overlays/example", "ConfigMap content edited",
+    ("base", "ConfigMap content edited",
      lambda rs: next(r for r in rs if r["kind"] == "ConfigMap")["data"].__setitem__(
          "archeio.yaml", "version: 1\n"), "archeio.yaml is not conf/archeio.yaml"),
+    ("overlays/example", "ConfigMap content edited",
+     lambda rs: next(r for r in rs if r["kind"] == "ConfigMap")["data"].__setitem__(
+         "archeio.yaml", "version: 1\n"),
+     "archeio.yaml is not deploy/kubernetes/components/ingress-nginx/archeio.yaml"),
+    ("overlays/example", "ingress-nginx config changed beyond trusted_proxies",
+     lambda rs: _edit_config(rs, "mode: redirect", "mode: passthrough"),
+     "differs from conf/archeio.yaml beyond client_address.trusted_proxies"),
+    ("overlays/example", "a trusted proxy that is not a CIDR",
+     lambda rs: _edit_config(rs, "- 10.244.0.0/16", "- 10.244.0.0"), "is not a CIDR"),
+    ("overlays/example", "registry port open to all with trusted proxies",
+     lambda rs: one(rs, "NetworkPolicy")["spec"]["ingress"][0].pop("from"),
+     "admits the registry port 8080 from anywhere while client_address.trusted_proxies"),
+    ("overlays/example", "registry port open to every namespace",
+     lambda rs: one(rs, "NetworkPolicy")["spec"]["ingress"][0]["from"][0].__setitem__(
+         "namespaceSelector", {}), "not only a namespace named by its labels"),
+    ("overlays/example", "Ingress to the admin port",
+     lambda rs: _ingress(rs)["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"][
+         "port"].__setitem__("name", "admin"), "is not Service archeio port registry"),
+    ("overlays/example", "Ingress buffering blobs",
+     lambda rs: _ingress(rs)["metadata"]["annotations"].pop(NGINX_ANNOTATIONS + "proxy-buffering"),
+     "proxy-buffering is not \"off\""),
     ("overlays/example", "no /tmp volume",
      lambda rs: _container(rs).__setitem__("volumeMounts", _container(rs)["volumeMounts"][:1]),
      "pid_file /tmp/archeio.pid is on no writable volume"),

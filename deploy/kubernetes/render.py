@@ -8,10 +8,12 @@ with both and fails if they differ, so this file is itself checked against real 
 there. It is not a kustomize: anything outside the list below is refused, not guessed.
 
 Supported: `resources` (files, and directories holding a kustomization.yaml),
-`components` (kind: Component), `configMapGenerator` (name + files, default options:
-the content-hash suffix, computed as kustomize does), `namespace`, `images` (name, newName,
-newTag, digest), `replicas`; generated ConfigMaps' names are substituted in pod volumes,
-env and envFrom references.
+`components` (kind: Component), `configMapGenerator` (name + files + behavior create,
+replace or merge, default options: the content-hash suffix, computed as kustomize does),
+`patches` (a file of JSON 6902 operations add, remove, replace and test, aimed by a target
+of kind and name, which must match exactly one resource), `namespace`, `images` (name,
+newName, newTag, digest), `replicas`; generated ConfigMaps' names are substituted in pod
+volumes, env and envFrom references.
 
     python3 deploy/kubernetes/render.py deploy/kubernetes/overlays/example
 """
@@ -30,6 +32,7 @@ KUSTOMIZATION_KEYS = {
     "resources",
     "components",
     "configMapGenerator",
+    "patches",
     "namespace",
     "images",
     "replicas",
@@ -113,6 +116,7 @@ class _Level:
     def __init__(self):
         self.resources = []
         self.generated = {}  # ConfigMap name before the suffix -> after
+        self.superseded = {}  # a suffixed name replaced by a later generator -> name before
 
     def add(self, resources, generated=None):
         for r in resources:
@@ -127,17 +131,38 @@ class _Level:
 def _apply(directory, k, level):
     """Adds a kustomization's (or component's) generators, then runs its transformers."""
     for gen in k.get("configMapGenerator") or []:
-        if set(gen) - {"name", "files"}:
-            raise RenderError(f"{directory}: configMapGenerator {gen.get('name')}: only name and files")
+        if set(gen) - {"name", "files", "behavior"}:
+            raise RenderError(f"{directory}: configMapGenerator {gen.get('name')}: "
+                              "only name, files and behavior")
+        behavior = gen.get("behavior", "create")
+        if behavior not in ("create", "replace", "merge"):
+            raise RenderError(f"{directory}: configMapGenerator {gen['name']}: behavior {behavior!r}")
         data = {}
         for entry in gen.get("files") or []:
             key, _, source = entry.partition("=") if "=" in entry else (os.path.basename(entry), "", entry)
             with open(_inside(directory, os.path.join(directory, source)), encoding="utf-8") as f:
                 data[key] = f.read()
-        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data}
-        hashed = f"{gen['name']}-{configmap_hash(data)}"
+        if behavior == "create":
+            cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data}
+            hashed = f"{gen['name']}-{configmap_hash(data)}"
+            cm["metadata"]["name"] = hashed
+            level.add([cm], {gen["name"]: hashed})
+            continue
+        # replace / merge: the ConfigMap generated under this name earlier (a base's, another
+        # component's) gets the new data, and with it a new suffix that references follow.
+        old = level.generated.get(gen["name"])
+        cm = next((r for r in level.resources if r["kind"] == "ConfigMap"
+                   and r["metadata"]["name"] == old), None) if old else None
+        if cm is None:
+            raise RenderError(f"{directory}: configMapGenerator {gen['name']}: behavior "
+                              f"{behavior}, but no ConfigMap {gen['name']} was generated before")
+        cm["data"] = data if behavior == "replace" else {**(cm.get("data") or {}), **data}
+        hashed = f"{gen['name']}-{configmap_hash(cm['data'])}"
         cm["metadata"]["name"] = hashed
-        level.add([cm], {gen["name"]: hashed})
+        level.superseded[old] = gen["name"]
+        level.generated[gen["name"]] = hashed
+    for patch in k.get("patches") or []:
+        _patch(directory, patch, level)
     if "namespace" in k:
         for r in level.resources:
             if r["kind"] not in CLUSTER_SCOPED:
@@ -154,6 +179,69 @@ def _apply(directory, k, level):
             if r["kind"] in WORKLOADS_WITH_REPLICAS and r["metadata"]["name"] == rep["name"]:
                 r["spec"]["replicas"] = rep["count"]
     _substitute_names(level)
+
+
+def _patch(directory, patch, level):
+    """A `patches` entry: a file of JSON 6902 operations applied to the one resource that its
+    target's kind and name select."""
+    if set(patch) - {"path", "target"} or set(patch.get("target") or {}) != {"kind", "name"}:
+        raise RenderError(f"{directory}: patches entry {patch}: only path and a target of "
+                          "kind and name are supported")
+    target = patch["target"]
+    with open(_inside(directory, os.path.join(directory, patch["path"])), encoding="utf-8") as f:
+        ops = yaml.safe_load(f)
+    if not isinstance(ops, list):
+        raise RenderError(f"{directory}: {patch['path']}: not a list of JSON 6902 operations "
+                          "(strategic merge patches are not supported)")
+    matched = [r for r in level.resources
+               if r["kind"] == target["kind"] and r["metadata"]["name"] == target["name"]]
+    if len(matched) != 1:
+        raise RenderError(f"{directory}: {patch['path']}: target {target} matches "
+                          f"{len(matched)} resources, not one")
+    for op in ops:
+        _json_patch(matched[0], op, f"{directory}: {patch['path']}")
+
+
+def _json_patch(doc, op, where):
+    """One RFC 6902 operation (add, remove, replace, test) on `doc`, in place."""
+    if op.get("op") not in ("add", "remove", "replace", "test") or "path" not in op:
+        raise RenderError(f"{where}: unsupported operation {op}")
+    if (op["op"] == "remove") == ("value" in op):
+        raise RenderError(f"{where}: {op}: a value is required for add, replace and test only")
+    tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+    if not op["path"].startswith("/") or not tokens:
+        raise RenderError(f"{where}: {op}: the path must name a member below the root")
+    parent = doc
+    try:
+        for t in tokens[:-1]:
+            parent = parent[int(t)] if isinstance(parent, list) else parent[t]
+        last = tokens[-1]
+        if isinstance(parent, list):
+            index = len(parent) if last == "-" and op["op"] == "add" else int(last)
+            if not 0 <= index <= len(parent) - (op["op"] != "add"):
+                raise IndexError(index)
+            if op["op"] == "add":
+                parent.insert(index, copy.deepcopy(op["value"]))
+            elif op["op"] == "remove":
+                del parent[index]
+            elif op["op"] == "replace":
+                parent[index] = copy.deepcopy(op["value"])
+            elif parent[index] != op["value"]:
+                raise RenderError(f"{where}: test failed: {op['path']} is {parent[index]!r}")
+        elif not isinstance(parent, dict):
+            raise KeyError(last)
+        elif op["op"] == "add":
+            parent[last] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            del parent[last]
+        elif op["op"] == "replace":
+            if last not in parent:  # replace, unlike add, needs the member to exist
+                raise KeyError(last)
+            parent[last] = copy.deepcopy(op["value"])
+        elif parent[last] != op["value"]:
+            raise RenderError(f"{where}: test failed: {op['path']} is {parent[last]!r}")
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        raise RenderError(f"{where}: {op['op']} {op['path']}: no such member ({e})") from None
 
 
 def _set_image(container, image):
@@ -176,8 +264,10 @@ def _set_image(container, image):
 
 def _substitute_names(level):
     def fix(ref):
-        if ref and ref.get("name") in level.generated:
-            ref["name"] = level.generated[ref["name"]]
+        name = ref.get("name") if ref else None
+        name = name if name in level.generated else level.superseded.get(name)
+        if name:
+            ref["name"] = level.generated[name]
 
     for r in level.resources:
         for pod in _pod_specs(r):
