@@ -387,8 +387,46 @@ mod tests {
     }
 
     #[test]
+    fn listeners_take_proxy_protocol_and_trusted_proxies_one_form() {
+        let s = settings(
+            "archeio:\n  listen: ['0.0.0.0:8080', {address: '0.0.0.0:8081', proxy_protocol: true}]\n\
+             \x20 client_address: {trusted_proxies: ['::ffff:10.0.0.0/104', 10.9.0.1/32], header: forwarded}\n",
+        )
+        .unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.proxy_protocol, ["0.0.0.0:8081".parse().unwrap()]);
+        let nets: Vec<String> = s
+            .client_address
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "10.9.0.1/32"]);
+        assert_eq!(
+            s.client_address.header,
+            crate::routing::client_addr::ForwardingHeader::Forwarded
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_file() {
         let cases = [
+            (
+                "archeio:\n  listen: [{address: '0.0.0.0:8081', proxy_protocol: true}]\n",
+                "archeio.listen: a listener with proxy_protocol: true needs client_address.trusted_proxies",
+            ),
+            (
+                "archeio:\n  listen: [{address: '0.0.0.0:8081', proxy: true}]\n",
+                "unknown field `proxy`",
+            ),
+            (
+                "archeio:\n  client_address: {trusted_proxies: [10.0.0.0/8], trusted_proxy_hops: 1}\n",
+                "archeio.client_address.trusted_proxy_hops",
+            ),
+            (
+                "archeio:\n  client_address: {header: x-real-ip}\n",
+                "unknown variant `x-real-ip`",
+            ),
             ("archeio:\n  listen: ['8080']\n", "archeio.listen[0]"),
             ("archeio:\n  listen: []\n", "archeio.listen"),
             ("archeio:\n  info_url: 'ftp://x'\n", "archeio.info_url"),
