@@ -20,6 +20,9 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v promtool >/dev/null || missing+=(prometheus)
 # The rolling-restart test (tests/ops/rolling_restart.py) balances three gateways with HAProxy.
 command -v haproxy >/dev/null || missing+=(haproxy)
+# tests/client_identity.rs puts nginx and HAProxy in front of the gateway (forwarding headers,
+# PROXY protocol v1/v2).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
