@@ -419,7 +419,10 @@ async fn skopeo_through_nginx_gets_blobs_from_the_mirror_of_its_address() {
     );
     for digest in [&img.app_layer, &img.app_config] {
         let hex = digest.trim_start_matches("sha256:");
-        assert!(out_dir.path().join("blobs/sha256").join(hex).exists(), "{digest}");
+        assert!(
+            out_dir.path().join("blobs/sha256").join(hex).exists(),
+            "{digest}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = gw.log();
@@ -433,7 +436,10 @@ async fn skopeo_through_nginx_gets_blobs_from_the_mirror_of_its_address() {
         assert!(line.contains(&format!("peer={PROXY}")), "{line}");
         assert!(line.contains("decision=blob/mirror"), "{line}");
         assert!(line.contains(r#"region="us-east-1""#), "{line}");
-        assert!(line.contains(&format!(r#"location="{up}/v2/test/app/blobs/"#)), "{line}");
+        assert!(
+            line.contains(&format!(r#"location="{up}/v2/test/app/blobs/"#)),
+            "{line}"
+        );
     }
     assert_eq!(empty.all_heads(), 0, "the default mirror was asked");
 }
