@@ -77,7 +77,9 @@ impl ProxyProtocol {
 
     /// Whether a connection accepted on `local` came through a PROXY protocol listener.
     /// Listener addresses are distinct (checked with the configuration), so the port and
-    /// the address (or a wildcard of its family) tell which one.
+    /// the address (or a wildcard of its family) tell which one. An IPv6 socket reports the
+    /// local address of its IPv4 clients as IPv4-mapped IPv6, so the family of `local` is
+    /// the family of the socket that accepted.
     pub fn expects(&self, local: Option<SocketAddr>) -> bool {
         let Some(local) = local else {
             return false;
@@ -85,7 +87,7 @@ impl ProxyProtocol {
         self.listeners.iter().any(|l| {
             l.port() == local.port()
                 && (l.ip() == local.ip()
-                    || (l.ip().is_unspecified() && (l.is_ipv6() || local.is_ipv4())))
+                    || (l.ip().is_unspecified() && l.is_ipv6() == local.is_ipv6()))
         })
     }
 
@@ -294,7 +296,13 @@ mod tests {
             "[::1]:8082",
             "10.1.1.1:8083",
         ];
-        let no = ["127.0.0.2:8081", "127.0.0.1:8080", "[::1]:8083"];
+        // Beside `[::]:8082`, a plain `0.0.0.0:8082` would take the IPv4 clients itself.
+        let no = [
+            "127.0.0.2:8081",
+            "127.0.0.1:8080",
+            "[::1]:8083",
+            "10.1.1.1:8082",
+        ];
         for a in yes {
             assert!(pp.expects(Some(a.parse().unwrap())), "{a}");
         }
