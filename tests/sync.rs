@@ -347,6 +347,8 @@ enum Body {
     Bytes(Vec<u8>),
     /// This many zero bytes with no `Content-Length`: the body ends when the connection does.
     Unframed(usize),
+    /// `302 Found` to this location.
+    Redirect(String),
 }
 
 type Routes = HashMap<String, (Vec<(String, String)>, Body)>;
@@ -414,6 +416,13 @@ impl FakeRegistry {
                 .await;
             return;
         };
+        if let Body::Redirect(location) = &body {
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            return;
+        }
         let mut answer = String::from("HTTP/1.1 200 OK\r\nConnection: close\r\n");
         for (k, v) in &headers {
             answer.push_str(&format!("{k}: {v}\r\n"));
@@ -425,6 +434,7 @@ impl FakeRegistry {
                 all.extend_from_slice(&bytes);
                 let _ = stream.write_all(&all).await;
             }
+            Body::Redirect(_) => unreachable!("answered above"),
             Body::Unframed(len) => {
                 answer.push_str("\r\n");
                 if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -658,6 +668,67 @@ async fn a_next_page_link_to_another_origin_is_refused() {
         "{stderr}"
     );
     assert_eq!(local_blobs(&dest), want, "{stderr}");
+}
+
+/// Issue 24, defect 7: the catalog, tag lists and manifests come from the source's own origin
+/// only; a redirect elsewhere (a metadata service, say) is refused, not followed. Blobs may be
+/// redirected to storage on another host (their bytes are checked against the digest).
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_and_manifests_are_not_read_through_a_redirect_to_another_origin() {
+    let src = FakeRegistry::start().await;
+    let elsewhere = FakeRegistry::start().await;
+    let metadata = format!("http://{}/latest/meta-data/", elsewhere.addr);
+    src.answer(
+        "/v2/tags/tags/list?n=1000",
+        &[],
+        Body::Redirect(metadata.clone()),
+    );
+    elsewhere.tags_page("tags", "/latest/meta-data/", &["v1"], None);
+    let (m, _) = src.image("manifest", "x");
+    src.tags_page("manifest", "/v2/manifest/tags/list?n=1000", &["v1"], None);
+    src.answer(
+        "/v2/manifest/manifests/v1",
+        &[],
+        Body::Redirect(format!("http://{}/m", elsewhere.addr)),
+    );
+    elsewhere.answer(
+        "/m",
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        Body::Bytes(m),
+    );
+    // A blob in storage elsewhere: followed.
+    let (m, blobs) = src.image("storage", "y");
+    src.only_tag("storage", &m);
+    // The layer `image` made, now at the other server.
+    let bytes = "layer y ".repeat(100).into_bytes();
+    let layer_digest = sha256(&bytes);
+    assert!(blobs.contains(&layer_digest));
+    elsewhere.answer(&format!("/bucket/{layer_digest}"), &[], Body::Bytes(bytes));
+    src.answer(
+        &format!("/v2/storage/blobs/{layer_digest}"),
+        &[],
+        Body::Redirect(format!("http://{}/bucket/{layer_digest}", elsewhere.addr)),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, dest) = local_config(dir.path(), &src.url(), &["tags", "manifest", "storage"]);
+    let (out, stderr) = sync_bounded(&config, &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(elsewhere.hits("/latest/meta-data/"), 0, "{stderr}");
+    assert_eq!(elsewhere.hits("/m"), 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "GET {}/v2/tags/tags/list?n=1000: redirected to another origin",
+            src.url()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        elsewhere.hits(&format!("/bucket/{layer_digest}")),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(local_blobs(&dest), blobs, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

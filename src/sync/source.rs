@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use log::warn;
+use reqwest::redirect::Policy;
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -82,26 +83,50 @@ struct Descriptor {
 pub struct Source {
     base: String,
     origin: Origin,
+    /// For the catalog, tag lists and manifests: redirects followed on the source's origin
+    /// only (the registry is not trusted to send the run, and its credentials, elsewhere).
     client: reqwest::Client,
+    /// For blobs, which registries redirect to storage on other hosts: any http(s) host but
+    /// a link-local one (a cloud's metadata service). The bytes are checked by digest.
+    blob_client: reqwest::Client,
     pacer: Pacer,
     attempts: u32,
 }
 
 impl Source {
     pub fn new(cfg: &SourceConfig) -> Result<Source, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(cfg.timeout)
-            .read_timeout(cfg.timeout)
-            .user_agent(concat!("archeio-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the registry client: {}", with_causes(&e)))?;
         let origin = Url::parse(&cfg.registry)
             .map_err(|e| format!("{}: {e}", cfg.registry))?
             .origin();
+        let build = |policy: Policy| {
+            reqwest::Client::builder()
+                .connect_timeout(cfg.timeout)
+                .read_timeout(cfg.timeout)
+                .user_agent(concat!("archeio-sync/", env!("CARGO_PKG_VERSION")))
+                .redirect(policy)
+                .build()
+                .map_err(|e| format!("cannot build the registry client: {}", with_causes(&e)))
+        };
+        let same_origin = origin.clone();
+        let client = build(Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS || attempt.url().origin() != same_origin {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))?;
+        let blob_client = build(Policy::custom(|attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS || link_local(attempt.url()) {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))?;
         Ok(Source {
             base: cfg.registry.trim_end_matches('/').to_string(),
             origin,
             client,
+            blob_client,
             pacer: Pacer {
                 interval: Duration::from_secs_f64(1.0 / cfg.rate_limit),
                 next: Mutex::new(Instant::now()),
@@ -115,12 +140,40 @@ impl Source {
         format!("{}{path}", self.base)
     }
 
-    /// `GET url`, paced and retried; the answer has status 200.
+    /// `GET url` (not a blob), paced and retried; the answer has status 200.
     async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
+        self.get_with(&self.client, url, accept).await
+    }
+
+    /// `GET url` with `client`; the answer has status 200. A redirect the client's policy
+    /// did not follow is an error naming where it pointed (its origin: a storage URL's
+    /// query may be signed).
+    async fn get_with(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<Response, String> {
         let resp = self
-            .send(url, accept)
+            .send(client, url, accept)
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
+        if resp.status().is_redirection() {
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|l| resp.url().join(l.to_str().ok()?).ok());
+            let to = to.map_or_else(
+                || "nowhere usable".into(),
+                |u| u.origin().ascii_serialization(),
+            );
+            let why = if std::ptr::eq(client, &self.client) {
+                "another origin (lists and manifests are read from the source's origin only)"
+            } else {
+                "a link-local address, or past the redirect limit"
+            };
+            return Err(format!("GET {url}: redirected to {why}: {to}: refused"));
+        }
         if resp.status() != StatusCode::OK {
             return Err(format!("GET {url}: answered {}", resp.status()));
         }
@@ -129,12 +182,17 @@ impl Source {
 
     /// `GET url`, paced, and retried on connection errors, `429` and `5xx`; the first other
     /// answer.
-    async fn send(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<Response, String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.pacer.wait().await;
-            let mut req = self.client.get(url);
+            let mut req = client.get(url);
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -171,7 +229,7 @@ impl Source {
     /// there: `401` included, as the listings that follow may not need it.
     pub async fn reach(&self) -> Result<(), String> {
         let url = self.at("/v2/");
-        self.send(&url, None)
+        self.send(&self.client, &url, None)
             .await
             .map(drop)
             .map_err(|e| format!("cannot reach the source {url}: {e}"))
@@ -311,8 +369,24 @@ impl Source {
 
     /// The blob's bytes as they arrive.
     pub async fn blob(&self, repo: &str, digest: &str) -> Result<Response, String> {
-        self.get(&self.at(&format!("/v2/{repo}/blobs/{digest}")), None)
-            .await
+        let url = self.at(&format!("/v2/{repo}/blobs/{digest}"));
+        self.get_with(&self.blob_client, &url, None).await
+    }
+}
+
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 10;
+
+/// Whether `url`'s host is where clouds answer instance metadata: a link-local address
+/// (`169.254.169.254`, `fe80::/10`), or AWS's IPv6 one (`fd00:ec2::254`).
+fn link_local(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_unicast_link_local()
+                || ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+        _ => false,
     }
 }
 
@@ -333,6 +407,24 @@ fn next_link(value: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_addresses_are_not_followed_for_blobs() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/x",
+            "http://[fd00:ec2::254]/latest",
+        ] {
+            assert!(link_local(&Url::parse(url).unwrap()), "{url}");
+        }
+        for url in [
+            "https://bucket.s3.amazonaws.com/x",
+            "http://10.0.0.1/x",
+            "http://[2001:db8::1]/",
+        ] {
+            assert!(!link_local(&Url::parse(url).unwrap()), "{url}");
+        }
+    }
 
     #[test]
     fn next_page_links() {
