@@ -749,3 +749,71 @@ async fn the_gateway_sends_clients_to_azure_sas_urls() {
     );
     pull_through_gateway(&gw, &base, "sig=", AZURE_KEY).await;
 }
+
+/// Issue 24, defect 6: two private mirrors whose buckets share a name on different endpoints
+/// (two sites' S3-compatible servers) are two stores: a blob found at site A is not taken as
+/// present at site B, where B's clients would get a 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn buckets_of_one_name_on_two_endpoints_are_two_stores() {
+    let (site_a, site_b) = (common::Mirror::start().await, common::Mirror::start().await);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    // Path-style, the digest's `:` escaped as object_store signs it.
+    site_a.put(&format!(
+        "/registry/containers/images/{}",
+        digest.replace(':', "%3A")
+    ));
+    let secrets = tempfile::tempdir().unwrap();
+    let (id, secret) = (secrets.path().join("id"), secrets.path().join("secret"));
+    std::fs::write(&id, "AKIDEXAMPLE").unwrap();
+    std::fs::write(&secret, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
+    let store = |endpoint: String| {
+        format!(
+            "{{signing: {{s3: {{bucket: registry, region: us-east-1, endpoint: '{endpoint}', \
+             access_key_id_file: '{}', secret_access_key_file: '{}'}}}}}}",
+            id.display(),
+            secret.display()
+        )
+    };
+    let gw = common::Gateway::start(&format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: images}}
+  ranges: {{embedded: false}}
+  mirrors:
+    named:
+      site-a: {}
+      site-b: {}
+  policy:
+    rules:
+      - {{match: {{cidr: 127.0.0.1/32, kind: blob}}, action: mirrors, mirrors: [site-a]}}
+      - {{match: {{kind: blob}}, action: mirrors, mirrors: [site-b]}}",
+        store(site_a.base()),
+        store(site_b.base())
+    ))
+    .await;
+    let target = format!("/v2/app/blobs/{digest}");
+    let a = common::request_from(
+        Some("127.0.0.1".parse().unwrap()),
+        gw.addr,
+        "GET",
+        &target,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(a.location().starts_with(&site_a.base()), "{a:?}");
+    let b = common::request_from(
+        Some("127.0.0.3".parse().unwrap()),
+        gw.addr,
+        "GET",
+        &target,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(site_b.all_heads(), 1, "site B was never asked");
+    assert!(
+        b.location()
+            .starts_with("http://upstream.test/v2/images/app/blobs/"),
+        "site B's client sent to {}",
+        b.location()
+    );
+}

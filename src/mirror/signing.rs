@@ -24,7 +24,9 @@ use crate::config::signing::{SignedStore, Signing};
 pub struct MirrorSigner {
     store: Box<dyn Signer>,
     lifetime: Duration,
-    /// `s3://bucket`, `gs://bucket`, `azure://account/container`: for `Debug` and errors.
+    /// `s3://bucket`, `gs://bucket`, `azure://account/container`, or with an endpoint
+    /// `{endpoint}/{bucket}` (`{endpoint}/{container}`): for `Debug`, errors, cache keys and
+    /// the breaker. Endpoints carry no credentials (the configuration refuses them).
     name: String,
     /// Sign `HEAD` as `GET`: Azure, where a SAS grants permissions rather than signing the
     /// method, and object_store grants a `HEAD` none (only `GET` gets read, `r`).
@@ -62,7 +64,11 @@ impl MirrorSigner {
                         .with_virtual_hosted_style_request(false)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
-                let name = format!("s3://{}", s3.bucket);
+                // A bucket's name is unique on AWS only: elsewhere the server is part of it.
+                let name = match &s3.endpoint {
+                    Some(endpoint) => format!("{endpoint}/{}", s3.bucket),
+                    None => format!("s3://{}", s3.bucket),
+                };
                 let store = builder.build().map_err(|e| failed(&name, e))?;
                 (Box::new(store), name)
             }
@@ -85,7 +91,10 @@ impl MirrorSigner {
                         .with_endpoint(endpoint.clone())
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
-                let name = format!("azure://{}/{}", az.account, az.container);
+                let name = match &az.endpoint {
+                    Some(endpoint) => format!("{endpoint}/{}", az.container),
+                    None => format!("azure://{}/{}", az.account, az.container),
+                };
                 let store = builder.build().map_err(|e| failed(&name, e))?;
                 (Box::new(store), name)
             }
@@ -117,8 +126,10 @@ impl MirrorSigner {
             .map_err(|e| format!("{}: cannot sign a URL for {key:?}: {e}", self.name))
     }
 
-    /// The store, `s3://bucket`, `gs://bucket` or `azure://account/container`: its name in
-    /// logs, cache keys and the breaker's `host` label.
+    /// The store, `s3://bucket`, `gs://bucket`, `azure://account/container`, or for an
+    /// S3-compatible server or an Azure endpoint its path-style base
+    /// (`http://minio.internal:9000/bucket`): its name in logs, cache keys and the breaker's
+    /// `host` label, so two sites' buckets of one name are two stores.
     pub fn store(&self) -> &str {
         &self.name
     }
