@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::moto::Moto;
 use common::registry::{images, sha256, Auth, Registry};
+use common::token::TokenServer;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1282,4 +1283,108 @@ fn a_bad_shard_is_a_usage_error() {
         );
         assert!(stderr.contains("try '--help'"), "{bad}: {stderr}");
     }
+}
+
+/// Issue 24, defect 4: a source behind Basic auth (Distribution with htpasswd) is read with
+/// `source.credentials`, the catalog included; wrong or missing credentials fail the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authenticated_source_is_read_with_its_credentials() {
+    let img = images();
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Basic {
+            user: "puller".into(),
+            password: "s3cret-pass".into(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |password: Option<&str>, name: &str| {
+        let dest = dir.path().join(name);
+        let credentials = match password {
+            Some(p) => {
+                let file = dir.path().join(format!("{name}.password"));
+                std::fs::write(&file, format!("{p}\n")).unwrap();
+                format!(
+                    ", credentials: {{username: puller, password_file: '{}'}}",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "sync:
+  source: {{registry: '{}', prefix: test/app, attempts: 1, timeout: 5s{credentials}}}
+  destinations: [{{url: 'file://{}'}}]
+",
+                reg.url(false),
+                dest.display()
+            ),
+        )
+        .unwrap();
+        (config.display().to_string(), dest)
+    };
+    let (config, dest) = run(Some("s3cret-pass"), "right");
+    let out = sync(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let copied = local_blobs(&dest);
+    assert!(copied.contains(&img.app_layer), "{copied:?}\n{stderr}");
+    assert!(copied.contains(&img.app_config), "{copied:?}");
+    assert!(!stderr.contains("s3cret-pass"), "{stderr}");
+
+    for (password, name) in [(Some("wrong"), "wrong"), (None, "none")] {
+        let (config, dest) = run(password, name);
+        let out = sync(&config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("401"), "{name}: {stderr}");
+        assert!(local_blobs(&dest).is_empty(), "{name}");
+    }
+}
+
+/// The same behind token auth: the credentials go to the registry's token service, and each
+/// repository's requests carry a token for its scope.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_auth_source_is_read_with_tokens_from_its_realm() {
+    let img = images();
+    let tokens = TokenServer::start("puller", "t0ken-pass").await;
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Token {
+            realm: format!("http://{}/token", tokens.addr),
+            service: "test-registry".into(),
+            issuer: "test-issuer".into(),
+            cert_pem: tokens.cert_pem.clone(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "t0ken-pass").unwrap();
+    let dest = dir.path().join("dest");
+    let config = dir.path().join("sync.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sync:
+  source: {{registry: '{}', repositories: [test/app], attempts: 1, timeout: 5s,
+           credentials: {{username: puller, password_file: '{}'}}}}
+  destinations: [{{url: 'file://{}'}}]
+",
+            reg.url(false),
+            password.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let out = sync(config.to_str().unwrap(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let copied = local_blobs(&dest);
+    assert!(copied.contains(&img.app_layer), "{copied:?}\n{stderr}");
+    assert!(tokens.count("repository:test/app:pull") >= 1, "{stderr}");
 }

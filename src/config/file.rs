@@ -405,7 +405,10 @@ pub struct CredentialsConfig {
 
 impl CredentialsConfig {
     /// Reads the password from exactly one of the environment variable or the file.
-    fn check(&self, env: impl Fn(&str) -> Option<String>) -> Result<Credentials, Invalid> {
+    pub(crate) fn check(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Credentials, Invalid> {
         if self.username.is_empty() || self.username.contains(':') {
             return Err(Invalid::new(
                 "username",

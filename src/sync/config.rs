@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::file::CredentialsConfig;
 use crate::config::{at_least_one, ConfigError, Invalid};
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,15 @@ pub struct SourceConfig {
     /// Connecting, and waiting for each response or piece of a blob.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// `{username, password_env | password_file}` for a registry that asks for them: sent
+    /// as Basic auth, or to the registry's token service for Bearer tokens, as the gateway's
+    /// `upstream.credentials` are. Unset: anonymous.
+    #[serde(default)]
+    pub credentials: Option<CredentialsConfig>,
+    /// Hosts besides the registry's own whose token service may be asked (with the
+    /// credentials), e.g. `[auth.docker.io]`.
+    #[serde(default)]
+    pub auth_realm_hosts: Vec<String>,
 }
 
 /// One object store.
@@ -170,7 +180,17 @@ impl SourceConfig {
         if self.rate_limit.is_nan() || self.rate_limit <= 0.0 {
             return Err(Invalid::new("rate_limit", "must be above 0"));
         }
+        self.credentials()?;
         at_least_one("attempts", self.attempts.into())
+    }
+
+    /// The credentials, their password read from the environment or the file.
+    pub(crate) fn credentials(&self) -> Result<Option<crate::config::Credentials>, Invalid> {
+        self.credentials
+            .as_ref()
+            .map(|c| c.check(|k| std::env::var(k).ok()))
+            .transpose()
+            .map_err(|e| e.under("credentials"))
     }
 }
 

@@ -18,6 +18,8 @@ use url::{Origin, Url};
 
 use super::config::SourceConfig;
 use super::with_causes;
+use crate::config::url_host;
+use crate::upstream::auth::{parse_challenge, repository, RealmPolicy, UpstreamAuth};
 
 /// Manifest types asked for: indexes and image manifests, OCI and Docker.
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -89,6 +91,10 @@ pub struct Source {
     /// For blobs, which registries redirect to storage on other hosts: any http(s) host but
     /// a link-local one (a cloud's metadata service). The bytes are checked by digest.
     blob_client: reqwest::Client,
+    /// Basic credentials or Bearer tokens, learnt from the registry's `401`s (the gateway's
+    /// pass-through authentication, for one endpoint). Storage redirects get none: reqwest
+    /// drops `Authorization` when a redirect leaves the host.
+    auth: UpstreamAuth,
     pacer: Pacer,
     attempts: u32,
 }
@@ -122,11 +128,28 @@ impl Source {
                 attempt.follow()
             }
         }))?;
+        let registry = Url::parse(&cfg.registry).map_err(|e| format!("{}: {e}", cfg.registry))?;
+        let credentials = cfg
+            .credentials()
+            .map_err(|e| format!("sync.source.{}: {}", e.key, e.message))?;
+        let auth = UpstreamAuth::new(
+            vec![RealmPolicy {
+                host: url_host(&registry),
+                tls: registry.scheme() == "https",
+            }],
+            cfg.auth_realm_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            credentials,
+            client.clone(),
+        );
         Ok(Source {
             base: cfg.registry.trim_end_matches('/').to_string(),
             origin,
             client,
             blob_client,
+            auth,
             pacer: Pacer {
                 interval: Duration::from_secs_f64(1.0 / cfg.rate_limit),
                 next: Mutex::new(Instant::now()),
@@ -188,7 +211,12 @@ impl Source {
         url: &str,
         accept: Option<&str>,
     ) -> Result<Response, String> {
+        let repo = Url::parse(url)
+            .ok()
+            .and_then(|u| repository(u.path()).map(str::to_string));
+        let repo = repo.as_deref();
         let mut attempt = 0;
+        let mut authenticated_again = false;
         loop {
             attempt += 1;
             self.pacer.wait().await;
@@ -196,7 +224,26 @@ impl Source {
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
+            if let Some(value) = self.auth.authorization(0, repo).await.map_err(|e| e.0)? {
+                req = req.header("Authorization", &*value);
+            }
             let (why, retry_after) = match req.send().await {
+                // Once per request: what the registry asks for is learnt, and asked again.
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated_again => {
+                    let challenge = resp
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| parse_challenge(v.to_str().ok()?));
+                    let Some(challenge) = challenge else {
+                        return Ok(resp);
+                    };
+                    if !self.auth.learn(0, challenge, repo).await.map_err(|e| e.0)? {
+                        return Ok(resp);
+                    }
+                    authenticated_again = true;
+                    attempt -= 1;
+                    continue;
+                }
                 Ok(resp)
                     if resp.status() == StatusCode::TOO_MANY_REQUESTS
                         || resp.status().is_server_error() =>

@@ -5,6 +5,7 @@ pub mod fake;
 pub mod front;
 pub mod moto;
 pub mod registry;
+pub mod token;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
