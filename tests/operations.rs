@@ -244,7 +244,7 @@ fn the_printed_configuration_is_the_effective_one_without_secrets() {
     let conf = write_conf(
         dir.path(),
         "threads: 3",
-        "  mode: passthrough\n  upstream:\n    endpoints: ['http://127.0.0.1:5000']\n    credentials: {username: robot, password_env: REG_PASSWORD}",
+        "  mode: passthrough\n  upstream:\n    endpoints: ['http://127.0.0.1:5000']\n    credentials: {username: robot, password_env: REG_PASSWORD}\n  client_auth: {mode: anonymous}",
     );
     let printed = print_config(
         &conf,
@@ -750,5 +750,62 @@ async fn requests_in_flight_when_the_listeners_close_are_finished_before_the_exi
         signalled.elapsed() < Duration::from_secs(5),
         "{:?}",
         signalled.elapsed()
+    );
+}
+
+/// Issue 24, defect 1: with upstream credentials, pass-through served the private registry
+/// to anyone who reached the gateway, with the gateway's robot account, and nothing said so.
+/// The gateway now refuses to start (and `-t` fails) until `client_auth` says how clients
+/// are to be treated; `mode: anonymous` is that choice made on purpose.
+#[test]
+fn upstream_credentials_need_a_client_auth_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = "  mode: passthrough\n  upstream:\n    endpoints: ['http://127.0.0.1:5000']\n    credentials: {username: robot, password_env: REG_PASSWORD}";
+    let env = [("REG_PASSWORD", "hunter2-secret")];
+    let conf = write_conf(dir.path(), "", keys);
+    let out = run(&["-t", "-c", &conf], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("archeio.client_auth: "), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+    // Started for real, it does not serve either (on loopback ports, killed if it runs).
+    let (port, admin) = (free_port(), free_port());
+    let loopback = format!(
+        "{keys}
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']"
+    );
+    let started = write_conf(dir.path(), "", &loopback);
+    let mut child = command(&["-c", &started], &env, dir.path())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "the gateway started"
+    );
+
+    let conf = write_conf(
+        dir.path(),
+        "",
+        &format!("{keys}\n  client_auth: {{mode: anonymous}}"),
+    );
+    let out = run(&["-t", "-c", &conf], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -336,7 +336,7 @@ async fn basic_auth_upstream_gets_the_configured_credentials() {
     let pw = dir.path().join("password");
     std::fs::write(&pw, "pa55word\n").unwrap();
     let creds = format!(
-        "    credentials: {{username: puller, password_file: {}}}",
+        "    credentials: {{username: puller, password_file: {}}}\n  client_auth: {{mode: anonymous}}",
         pw.display()
     );
     let (gw, _m) = gateway(&[reg.url(false)], &creds).await;
@@ -388,7 +388,7 @@ async fn a_client_pulls_a_multi_arch_image_from_a_token_auth_upstream_it_cannot_
     let pw = dir.path().join("password");
     std::fs::write(&pw, "t0ken-pass").unwrap();
     let creds = format!(
-        "    credentials: {{username: puller, password_file: {}}}",
+        "    credentials: {{username: puller, password_file: {}}}\n  client_auth: {{mode: anonymous}}",
         pw.display()
     );
     let (gw, _m) = gateway(&[reg.url(false)], &creds).await;
@@ -936,8 +936,10 @@ async fn credentials_go_only_to_allowed_token_realms() {
         "    credentials: {{username: puller, password_file: {}}}",
         pw.display()
     );
+    let anonymous =
+        |upstream_keys: &str| format!("{upstream_keys}\n  client_auth: {{mode: anonymous}}");
 
-    let gw = gateway_with("passthrough", &upstream.url(), &creds, "").await;
+    let gw = gateway_with("passthrough", &upstream.url(), &anonymous(&creds), "").await;
     let r = gw.get("/v2/app/manifests/v1").await;
     assert_eq!(
         (r.status, r.oci_code().as_str()),
@@ -954,7 +956,7 @@ async fn credentials_go_only_to_allowed_token_realms() {
     assert!(!log.contains("s3cret-pw"));
 
     let allowed = format!("{creds}\n    auth_realm_hosts: ['127.0.0.2']");
-    let gw = gateway_with("passthrough", &upstream.url(), &allowed, "").await;
+    let gw = gateway_with("passthrough", &upstream.url(), &anonymous(&allowed), "").await;
     let r = gw.get("/v2/app/manifests/v1").await;
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
     let asked = realm.seen();

@@ -77,6 +77,10 @@ pub struct ArcheioConfig {
     pub ranges: RangesConfig,
     /// How the client address is found.
     pub client_address: ClientAddressConfig,
+    /// How the gateway treats its clients' credentials. Must be set when
+    /// `upstream.credentials` is: the gateway then reads the upstream with its own account
+    /// for whoever reaches it. Unset otherwise: anonymous.
+    pub client_auth: Option<ClientAuthConfig>,
     /// The check that a mirror holds a blob before a client is sent there.
     pub blob_check: BlobCheckConfig,
     /// Manifests kept in memory in pass-through mode.
@@ -107,6 +111,7 @@ impl Default for ArcheioConfig {
             policy: PolicyConfig::default(),
             ranges: RangesConfig::default(),
             client_address: ClientAddressConfig::default(),
+            client_auth: None,
             blob_check: BlobCheckConfig::default(),
             manifest_cache: ManifestCacheConfig::default(),
             client_timeouts: ClientTimeoutsConfig::default(),
@@ -164,6 +169,16 @@ impl ArcheioConfig {
         let privacy_url =
             redirect_url(&self.privacy_url).map_err(|m| Invalid::new("privacy_url", m))?;
         let (upstream, prefix) = self.upstream.check(&env).map_err(|e| e.under("upstream"))?;
+        if upstream.credentials.is_some() && self.client_auth.is_none() {
+            return Err(Invalid::new(
+                "client_auth",
+                "upstream.credentials are set, so whoever reaches the gateway reads the \
+                 upstream (proxied requests) with the gateway's account, and clients are not \
+                 asked for credentials of their own. Set client_auth: {mode: anonymous} to \
+                 serve it so on purpose (only to clients that may read everything, e.g. \
+                 behind a NetworkPolicy)",
+            ));
+        }
         let signature_upstream = match &self.signature_upstream {
             Some(e) => {
                 let base = base_url(e).map_err(|m| Invalid::new("signature_upstream", m))?;
@@ -871,6 +886,24 @@ pub struct CustomRangeConfig {
     pub provider: String,
     /// Region name, looked up in `mirrors.regions`.
     pub region: String,
+}
+
+/// How the gateway treats its clients' credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// `anonymous`: clients are not asked for credentials (`/v2/` answers `200`); what the
+    /// gateway proxies it reads with `upstream.credentials`, for anyone.
+    pub mode: ClientAuthMode,
+}
+
+/// Whether clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// Nobody is asked: archeio's behaviour.
+    #[default]
+    Anonymous,
 }
 
 /// A registry listener: an address, or an address with options.

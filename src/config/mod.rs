@@ -574,7 +574,7 @@ mod tests {
     #[test]
     fn passthrough_credentials_come_from_the_environment_and_are_never_printed() {
         let s = settings(
-            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: bot, password_env: REG_PASSWORD}\n",
+            "archeio:\n  mode: passthrough\n  upstream:\n    credentials: {username: bot, password_env: REG_PASSWORD}\n  client_auth: {mode: anonymous}\n",
         )
         .unwrap();
         assert!(s.routes.passthrough);
@@ -589,7 +589,7 @@ mod tests {
         let file = dir.path().join("pw");
         std::fs::write(&file, "from-file\n").unwrap();
         let s = settings(&format!(
-            "archeio:\n  upstream:\n    credentials: {{username: bot, password_file: {}}}\n",
+            "archeio:\n  upstream:\n    credentials: {{username: bot, password_file: {}}}\n  client_auth: {{}}\n",
             file.display()
         ))
         .unwrap();
