@@ -69,16 +69,12 @@ impl RateLimiter {
     }
 
     /// Clients tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
-    }
-
-    /// Whether no client is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The address with its host bits cleared: one bucket per `/32` or `/64` by default.

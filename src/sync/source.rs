@@ -114,20 +114,8 @@ impl Source {
                 .map_err(|e| format!("cannot build the registry client: {}", with_causes(&e)))
         };
         let same_origin = origin.clone();
-        let client = build(Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS || attempt.url().origin() != same_origin {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }))?;
-        let blob_client = build(Policy::custom(|attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS || link_local(attempt.url()) {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }))?;
+        let client = build(redirects(move |to| to.origin() == same_origin))?;
+        let blob_client = build(redirects(|to| !link_local(to)))?;
         let registry = Url::parse(&cfg.registry).map_err(|e| format!("{}: {e}", cfg.registry))?;
         let credentials = cfg
             .credentials()
@@ -165,18 +153,22 @@ impl Source {
 
     /// `GET url` (not a blob), paced and retried; the answer has status 200.
     async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
-        self.get_with(&self.client, url, accept).await
+        self.get_with(Reading::Listing, url, accept).await
     }
 
-    /// `GET url` with `client`; the answer has status 200. A redirect the client's policy
+    /// `GET url` for `reading`; the answer has status 200. A redirect that reading's policy
     /// did not follow is an error naming where it pointed (its origin: a storage URL's
     /// query may be signed).
     async fn get_with(
         &self,
-        client: &reqwest::Client,
+        reading: Reading,
         url: &str,
         accept: Option<&str>,
     ) -> Result<Response, String> {
+        let client = match reading {
+            Reading::Listing => &self.client,
+            Reading::Blob => &self.blob_client,
+        };
         let resp = self
             .send(client, url, accept)
             .await
@@ -190,10 +182,12 @@ impl Source {
                 || "nowhere usable".into(),
                 |u| u.origin().ascii_serialization(),
             );
-            let why = if std::ptr::eq(client, &self.client) {
-                "another origin (lists and manifests are read from the source's origin only)"
-            } else {
-                "a link-local address, or past the redirect limit"
+            let why = match reading {
+                Reading::Listing => {
+                    "another origin or past the redirect limit (lists and manifests are read \
+                     from the source's origin only)"
+                }
+                Reading::Blob => "a metadata address or past the redirect limit",
             };
             return Err(format!("GET {url}: redirected to {why}: {to}: refused"));
         }
@@ -417,8 +411,29 @@ impl Source {
     /// The blob's bytes as they arrive.
     pub async fn blob(&self, repo: &str, digest: &str) -> Result<Response, String> {
         let url = self.at(&format!("/v2/{repo}/blobs/{digest}"));
-        self.get_with(&self.blob_client, &url, None).await
+        self.get_with(Reading::Blob, &url, None).await
     }
+}
+
+/// What a request reads, which decides where its redirects may go.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// The catalog, tag lists, manifests: the source's origin only.
+    Listing,
+    /// A blob: storage on other hosts too.
+    Blob,
+}
+
+/// Follows at most [`MAX_REDIRECTS`] redirects, each to a URL `allowed`; stops (the
+/// redirect becomes the answer) at the first other.
+fn redirects(allowed: impl Fn(&Url) -> bool + Send + Sync + 'static) -> Policy {
+    Policy::custom(move |attempt| {
+        if attempt.previous().len() < MAX_REDIRECTS && allowed(attempt.url()) {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// Redirects followed at most.
