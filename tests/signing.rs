@@ -790,25 +790,17 @@ async fn buckets_of_one_name_on_two_endpoints_are_two_stores() {
     ))
     .await;
     let target = format!("/v2/app/blobs/{digest}");
-    let a = common::request_from(
-        Some("127.0.0.1".parse().unwrap()),
-        gw.addr,
-        "GET",
-        &target,
-        &[],
-    )
-    .await
-    .unwrap();
+    let from = |client: &'static str| {
+        let target = target.clone();
+        async move {
+            common::request_from(Some(client.parse().unwrap()), gw.addr, "GET", &target, &[])
+                .await
+                .unwrap()
+        }
+    };
+    let a = from("127.0.0.1").await;
     assert!(a.location().starts_with(&site_a.base()), "{a:?}");
-    let b = common::request_from(
-        Some("127.0.0.3".parse().unwrap()),
-        gw.addr,
-        "GET",
-        &target,
-        &[],
-    )
-    .await
-    .unwrap();
+    let b = from("127.0.0.3").await;
     assert_eq!(site_b.all_heads(), 1, "site B was never asked");
     assert!(
         b.location()

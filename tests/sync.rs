@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::moto::Moto;
 use common::registry::{images, sha256, Auth, Registry};
 use common::token::TokenServer;
@@ -348,8 +349,19 @@ enum Body {
     Bytes(Vec<u8>),
     /// This many zero bytes with no `Content-Length`: the body ends when the connection does.
     Unframed(usize),
-    /// `302 Found` to this location.
-    Redirect(String),
+    /// An empty answer with this status (the route's headers say the rest: `Location`,
+    /// `WWW-Authenticate`).
+    Status(u16),
+}
+
+/// Who must authenticate to a [`FakeRegistry`], and who did.
+#[derive(Default)]
+struct Credentials {
+    /// The `Authorization` value every request must carry, else `401` with a Basic
+    /// challenge; `None`: nobody is asked.
+    required: Option<String>,
+    /// Requests that carried an `Authorization`, per target.
+    carried: HashMap<String, usize>,
 }
 
 type Routes = HashMap<String, (Vec<(String, String)>, Body)>;
@@ -361,6 +373,7 @@ struct FakeRegistry {
     addr: SocketAddr,
     routes: Arc<Mutex<Routes>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    credentials: Arc<Mutex<Credentials>>,
     unframed_sent: Arc<AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -372,27 +385,38 @@ impl FakeRegistry {
         let routes = Arc::new(Mutex::new(Routes::new()));
         let hits = Arc::new(Mutex::new(HashMap::new()));
         let unframed_sent = Arc::new(AtomicUsize::new(0));
-        let (r, h, u) = (routes.clone(), hits.clone(), unframed_sent.clone());
+        let credentials = Arc::new(Mutex::new(Credentials::default()));
+        let state = (
+            routes.clone(),
+            hits.clone(),
+            credentials.clone(),
+            unframed_sent.clone(),
+        );
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(FakeRegistry::serve(stream, r.clone(), h.clone(), u.clone()));
+                tokio::spawn(FakeRegistry::serve(stream, state.clone()));
             }
         });
         FakeRegistry {
             addr,
             routes,
             hits,
+            credentials,
             unframed_sent,
             server,
         }
     }
 
     /// One request per connection (`Connection: close`).
+    #[allow(clippy::type_complexity)]
     async fn serve(
         mut stream: TcpStream,
-        routes: Arc<Mutex<Routes>>,
-        hits: Arc<Mutex<HashMap<String, usize>>>,
-        unframed_sent: Arc<AtomicUsize>,
+        (routes, hits, credentials, unframed_sent): (
+            Arc<Mutex<Routes>>,
+            Arc<Mutex<HashMap<String, usize>>>,
+            Arc<Mutex<Credentials>>,
+            Arc<AtomicUsize>,
+        ),
     ) {
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
@@ -408,6 +432,28 @@ impl FakeRegistry {
             .unwrap_or_default()
             .to_string();
         *hits.lock().unwrap().entry(target.clone()).or_default() += 1;
+        let text = String::from_utf8_lossy(&head);
+        let authorization = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        });
+        let refused = {
+            let mut c = credentials.lock().unwrap();
+            if authorization.is_some() {
+                *c.carried.entry(target.clone()).or_default() += 1;
+            }
+            c.required.is_some() && c.required != authorization
+        };
+        if refused {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"fake\"\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            return;
+        }
         let route = routes.lock().unwrap().get(&target).cloned();
         let Some((headers, body)) = route else {
             let _ = stream
@@ -417,14 +463,11 @@ impl FakeRegistry {
                 .await;
             return;
         };
-        if let Body::Redirect(location) = &body {
-            let answer = format!(
-                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
-            return;
-        }
-        let mut answer = String::from("HTTP/1.1 200 OK\r\nConnection: close\r\n");
+        let status = match body {
+            Body::Status(status) => status,
+            _ => 200,
+        };
+        let mut answer = format!("HTTP/1.1 {status} Canned\r\nConnection: close\r\n");
         for (k, v) in &headers {
             answer.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -435,7 +478,10 @@ impl FakeRegistry {
                 all.extend_from_slice(&bytes);
                 let _ = stream.write_all(&all).await;
             }
-            Body::Redirect(_) => unreachable!("answered above"),
+            Body::Status(_) => {
+                answer.push_str("Content-Length: 0\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
             Body::Unframed(len) => {
                 answer.push_str("\r\n");
                 if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -469,6 +515,17 @@ impl FakeRegistry {
             .lock()
             .unwrap()
             .insert(target.to_string(), (headers, body));
+    }
+
+    /// Every request must carry `Authorization: <value>`.
+    fn require(&self, value: &str) {
+        self.credentials.lock().unwrap().required = Some(value.to_string());
+    }
+
+    /// Requests to `target` that carried an `Authorization`.
+    fn carried_credentials(&self, target: &str) -> usize {
+        let c = self.credentials.lock().unwrap();
+        c.carried.get(target).copied().unwrap_or(0)
     }
 
     fn hits(&self, target: &str) -> usize {
@@ -681,16 +738,16 @@ async fn lists_and_manifests_are_not_read_through_a_redirect_to_another_origin()
     let metadata = format!("http://{}/latest/meta-data/", elsewhere.addr);
     src.answer(
         "/v2/tags/tags/list?n=1000",
-        &[],
-        Body::Redirect(metadata.clone()),
+        &[("Location", &metadata)],
+        Body::Status(302),
     );
     elsewhere.tags_page("tags", "/latest/meta-data/", &["v1"], None);
     let (m, _) = src.image("manifest", "x");
     src.tags_page("manifest", "/v2/manifest/tags/list?n=1000", &["v1"], None);
     src.answer(
         "/v2/manifest/manifests/v1",
-        &[],
-        Body::Redirect(format!("http://{}/m", elsewhere.addr)),
+        &[("Location", &format!("http://{}/m", elsewhere.addr))],
+        Body::Status(302),
     );
     elsewhere.answer(
         "/m",
@@ -707,8 +764,11 @@ async fn lists_and_manifests_are_not_read_through_a_redirect_to_another_origin()
     elsewhere.answer(&format!("/bucket/{layer_digest}"), &[], Body::Bytes(bytes));
     src.answer(
         &format!("/v2/storage/blobs/{layer_digest}"),
-        &[],
-        Body::Redirect(format!("http://{}/bucket/{layer_digest}", elsewhere.addr)),
+        &[(
+            "Location",
+            &format!("http://{}/bucket/{layer_digest}", elsewhere.addr),
+        )],
+        Body::Status(302),
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -1387,4 +1447,83 @@ async fn a_token_auth_source_is_read_with_tokens_from_its_realm() {
     let copied = local_blobs(&dest);
     assert!(copied.contains(&img.app_layer), "{copied:?}\n{stderr}");
     assert!(tokens.count("repository:test/app:pull") >= 1, "{stderr}");
+}
+
+/// The source's credentials go to the source only: not with a blob redirected to storage on
+/// another host, and not to a token realm on a host nobody allowed (the source named it, and
+/// the source is not trusted).
+#[tokio::test(flavor = "multi_thread")]
+async fn source_credentials_reach_no_other_host() {
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("puller:s3cret-pass")
+    );
+    let src = FakeRegistry::start().await;
+    let storage = FakeRegistry::start().await;
+    src.require(&basic);
+    let (m, blobs) = src.image("app", "z");
+    src.only_tag("app", &m);
+    let bytes = "layer z ".repeat(100).into_bytes();
+    let layer = sha256(&bytes);
+    assert!(blobs.contains(&layer));
+    let stored = format!("/bucket/{layer}");
+    storage.answer(&stored, &[], Body::Bytes(bytes));
+    src.answer(
+        &format!("/v2/app/blobs/{layer}"),
+        &[("Location", &format!("http://{}{stored}", storage.addr))],
+        Body::Status(302),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-pass").unwrap();
+    let config = |registry: &str, dest: &str| {
+        let path = dir.path().join(format!("{dest}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "sync:
+  source: {{registry: '{registry}', repositories: [app], attempts: 1, timeout: 5s,
+           credentials: {{username: puller, password_file: '{}'}}}}
+  destinations: [{{url: 'file://{}'}}]
+",
+                password.display(),
+                dir.path().join(dest).display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (out, stderr) = sync_bounded(&config(&src.url(), "copied"), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(local_blobs(&dir.path().join("copied")), blobs, "{stderr}");
+    assert!(src.carried_credentials(&format!("/v2/app/blobs/{layer}")) >= 1);
+    assert_eq!(storage.hits(&stored), 1, "{stderr}");
+    assert_eq!(
+        storage.carried_credentials(&stored),
+        0,
+        "credentials went to storage"
+    );
+
+    // A source whose Bearer challenge names a realm on another host.
+    let lure = FakeRegistry::start().await;
+    let realm = FakeRegistry::start().await;
+    let challenge = format!(
+        "Bearer realm=\"http://localhost:{}/token\",service=\"lure\"",
+        realm.addr.port()
+    );
+    lure.answer(
+        "/v2/app/tags/list?n=1000",
+        &[("WWW-Authenticate", &challenge)],
+        Body::Status(401),
+    );
+    let (out, stderr) = sync_bounded(&config(&lure.url(), "lured"), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        realm.all_hits(),
+        0,
+        "the credentials went to the named realm"
+    );
+    assert!(stderr.contains("token realm host localhost"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pass"), "{stderr}");
 }
