@@ -425,6 +425,12 @@ mod tests {
             proxied: Some(ip("203.0.113.7")),
         };
         assert_eq!(find_client(&r, conn, &[]), Ok(ip("192.0.2.9")));
+        // Nor in RFC 7239's header.
+        let forwarded = rules(&["10.0.0.0/8"], FWD);
+        assert_eq!(
+            from(&forwarded, "192.0.2.9", &["for=203.0.113.7"]),
+            Ok(ip("192.0.2.9"))
+        );
     }
 
     #[test]
