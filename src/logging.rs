@@ -101,6 +101,18 @@ pub fn push_quoted(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// reqwest's top-level message ("error sending request") hides the cause; say all of it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

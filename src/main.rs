@@ -39,6 +39,7 @@ use archeio::routing::explain::Sample;
 use archeio::routing::{Route, Routes};
 use archeio::sync;
 use archeio::upstream::auth::UpstreamAuth;
+use archeio::upstream::blob_access::BlobAccess;
 use archeio::upstream::manifest_cache::ManifestCache;
 use archeio::upstream::Upstreams;
 use cli::{Cli, Command};
@@ -125,6 +126,12 @@ fn main() {
             .unwrap_or_else(|e| fail(&e)),
     );
     let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
+    let blobs = BlobAccess::new(
+        &settings.blob_check,
+        upstreams
+            .blob_client(settings.blob_check.timeout)
+            .unwrap_or_else(|e| fail(&e)),
+    );
     let passthrough = settings.passthrough();
     // With one endpoint, redirect mode has nothing to choose: no checks to send.
     let health_checks = (passthrough || upstreams.len() > 1)
@@ -159,6 +166,7 @@ fn main() {
             endpoints: upstreams,
             peers: Peers::new(&settings.upstream),
             auth,
+            blobs,
             manifests: ManifestCache::new(&settings.manifest_cache),
             total_timeout: settings.upstream.timeouts.total,
         },

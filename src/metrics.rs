@@ -138,6 +138,16 @@ pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// Bearer token requests to upstream token services.
+pub static REPOSITORY_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_repository_checks_total",
+        "Upstream answers to whether a repository holds a blob, asked before a mirror serves it \
+         when the policy restricts repositories, by outcome (cache_hit, held, not_held, error).",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static TOKEN_FETCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_upstream_token_fetches_total",
@@ -420,6 +430,9 @@ pub fn init(known: &KnownLabels<'_>) {
     for result in ["ok", "error"] {
         TOKEN_FETCHES.with_label_values(&[result]);
     }
+    for outcome in ["cache_hit", "held", "not_held", "error"] {
+        REPOSITORY_CHECKS.with_label_values(&[outcome]);
+    }
     for result in ["hit", "miss"] {
         MANIFEST_CACHE_LOOKUPS.with_label_values(&[result]);
     }
@@ -441,6 +454,7 @@ pub fn init(known: &KnownLabels<'_>) {
     LazyLock::force(&UPSTREAM_SECONDS);
     LazyLock::force(&UPSTREAM_HEALTHY);
     LazyLock::force(&TOKEN_FETCHES);
+    LazyLock::force(&REPOSITORY_CHECKS);
     LazyLock::force(&MANIFEST_CACHE_LOOKUPS);
     LazyLock::force(&MANIFEST_CACHE_BYTES);
     LazyLock::force(&MANIFEST_CACHE_STALE_SERVED);

@@ -212,6 +212,7 @@ impl ArcheioConfig {
                 },
                 passthrough: self.mode == Mode::Passthrough,
                 signature_upstream,
+                confirm_blob_repository: policy.restricts_repositories(),
                 policy,
             },
             client_address,
@@ -1061,6 +1062,11 @@ pub struct BlobCheckConfig {
     pub capacity: u64,
     /// When a mirror host is considered down and skipped.
     pub breaker: BreakerConfig,
+    /// How long the upstream's word that a repository holds a blob is cached (asked before
+    /// a mirror serves it whenever the policy restricts repositories); a refusal is cached
+    /// for `miss_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub repository_ttl: Duration,
 }
 
 /// The circuit breaker per mirror host: after `failures` failed checks in a row (timeout,
@@ -1093,6 +1099,7 @@ impl Default for BlobCheckConfig {
             miss_ttl: Duration::from_secs(60),
             capacity: 100_000,
             breaker: BreakerConfig::default(),
+            repository_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -1110,6 +1117,7 @@ impl BlobCheckConfig {
             capacity: self.capacity,
             breaker_failures: self.breaker.failures,
             breaker_cool_down: self.breaker.cool_down,
+            repository_ttl: self.repository_ttl,
         })
     }
 }

@@ -116,6 +116,8 @@ pub struct BlobCheck {
     pub breaker_failures: u32,
     /// How long an open breaker skips the host; more than zero.
     pub breaker_cool_down: Duration,
+    /// Lifetime of the upstream's cached "this repository holds this blob".
+    pub repository_ttl: Duration,
 }
 
 /// The upstream registry, checked.

@@ -35,6 +35,7 @@ use crate::rate_limit::RateLimiter;
 use crate::routing::client_addr::{ClientAddrError, ClientAddressRules};
 use crate::routing::{Reply, Routes};
 use crate::upstream::auth::UpstreamAuth;
+use crate::upstream::blob_access::BlobAccess;
 use crate::upstream::manifest_cache::{Capture, ManifestCache};
 use crate::upstream::Upstreams;
 
@@ -93,6 +94,8 @@ pub struct UpstreamAccess {
     pub peers: Peers,
     /// The gateway's credentials.
     pub auth: UpstreamAuth,
+    /// Which repository holds which blob, by the upstream's word.
+    pub blobs: BlobAccess,
     /// Manifests already fetched.
     pub manifests: ManifestCache,
     /// Limit on a whole upstream response.

@@ -70,10 +70,23 @@ impl Gateway {
                 let traceparent = headers
                     .traceparent
                     .and_then(|v| trace_id(v).map(|_| std::str::from_utf8(v).unwrap_or_default()));
-                let found = self
-                    .mirrors
-                    .first_holding(&chain.candidates, &req.method, traceparent)
-                    .await;
+                let up = &self.upstream;
+                let confirmed = match &chain.confirm {
+                    Some(path) => {
+                        up.blobs
+                            .held(&up.endpoints, &up.auth, path, traceparent)
+                            .await
+                    }
+                    None => true,
+                };
+                let found = match confirmed {
+                    true => {
+                        self.mirrors
+                            .first_holding(&chain.candidates, &req.method, traceparent)
+                            .await
+                    }
+                    false => None,
+                };
                 chain.decide(found)
             }
         };

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::breaker::{host_of, Breakers, Permit};
 use crate::config::BlobCheck;
+use crate::logging::error_chain;
 use crate::metrics;
 
 /// How a check was answered; a metrics label.
@@ -231,18 +232,6 @@ impl MirrorCheck {
     }
 }
 
-/// reqwest's top-level message ("error sending request") hides the cause; say all of it.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -280,6 +269,7 @@ mod tests {
             capacity: 100,
             breaker_failures: 1,
             breaker_cool_down: cool_down,
+            repository_ttl: Duration::from_secs(600),
         })
         .unwrap()
     }

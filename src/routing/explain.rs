@@ -76,6 +76,13 @@ pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String 
                 super::policy::Delivery::Redirect => "307 to",
                 super::policy::Delivery::Proxy => "proxied from",
             };
+            if let Some(path) = &chain.confirm {
+                let _ = writeln!(
+                    out,
+                    "  only if the upstream's HEAD {path} says this repository holds the blob \
+                     (the policy restricts repositories):"
+                );
+            }
             for (n, c) in chain.candidates.iter().enumerate() {
                 let mirror = &routes.policy.mirrors[c.mirror];
                 let at = if mirror.signed {

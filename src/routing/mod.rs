@@ -48,6 +48,11 @@ pub struct Routes {
     pub passthrough: bool,
     /// The same for the signature upstream, when configured.
     pub signature_upstream: Option<String>,
+    /// A blob goes to a mirror only once the upstream says the named repository holds it:
+    /// mirrors hold blobs by digest alone, so without this a client could read a hidden
+    /// repository's blob under a name it may read. Set when the policy restricts
+    /// repositories ([`Policy::restricts_repositories`]).
+    pub confirm_blob_repository: bool,
     /// The policy rules and the mirrors they send blobs to.
     pub policy: Policy,
 }
@@ -253,6 +258,10 @@ pub struct MirrorChain {
     pub fallback: Answer,
     /// How a mirror's blob reaches the client.
     pub delivery: Delivery,
+    /// Before any mirror: the upstream request path of the blob in the named repository
+    /// (`/v2/<prefix>/<name>/blobs/<digest>`), whose `HEAD` must say the repository holds
+    /// it; the fallback answers otherwise. `None`: the digest alone decides.
+    pub confirm: Option<String>,
 }
 
 impl MirrorChain {
@@ -379,6 +388,8 @@ pub fn decide_by_rule(
 ///    at the client needs its address: `400` if unusable) decides:
 ///    - `deny`: `404` `NAME_UNKNOWN`;
 ///    - `mirrors`: the first mirror of the chain that holds the blob, else the upstream;
+///      when the policy restricts repositories, only after the upstream says the named
+///      repository holds the blob (else the upstream);
 ///    - `upstream`: a cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a
 ///      signature upstream is redirected there; anything else goes upstream;
 /// 9. no rule matches: upstream.
@@ -527,6 +538,9 @@ fn decide_api(
                 candidates,
                 fallback: upstream(rest, query, req, routes, None, delivery),
                 delivery: delivery.unwrap_or(Delivery::Redirect),
+                confirm: routes
+                    .confirm_blob_repository
+                    .then(|| join(&routes.upstream_prefix, rest, None)),
             })
         }
         _ => {

@@ -241,6 +241,13 @@ impl Policy {
             .is_none_or(|g| g.is_match(repository))
     }
 
+    /// Some repositories are not served (a `deny` rule or a list of known ones): a blob,
+    /// which mirrors hold by digest alone, then needs the upstream's word that the named
+    /// repository holds it.
+    pub fn restricts_repositories(&self) -> bool {
+        self.known_repositories.is_some() || self.rules.iter().any(|r| r.action == Action::Deny)
+    }
+
     /// The mirror a regional link stands for, for a client placed in `region`.
     pub fn regional(&self, region: Option<&str>) -> usize {
         region

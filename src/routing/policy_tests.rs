@@ -160,6 +160,33 @@ fn a_chain_lists_its_mirrors_in_order_with_their_own_blob_paths() {
     assert_eq!(c.decide(None).answer.status(), Some(307));
 }
 
+/// Issue 24, defect 3: mirrors hold blobs by digest alone, so with hidden repositories the
+/// upstream must say the named repository holds the blob first.
+#[test]
+fn a_policy_that_hides_repositories_confirms_each_blob_with_the_upstream() {
+    let blob = format!("/v2/app/blobs/{SHA}");
+    let upstream_path = format!("/v2/k8s-artifacts-prod/images/app/blobs/{SHA}");
+    // CHAIN has a deny rule.
+    let (d, _) = decide_for(&routes(CHAIN), &blob, "198.51.100.7", &[]);
+    assert_eq!(chain(d).confirm.as_deref(), Some(upstream_path.as_str()));
+    let known = "
+  policy:
+    known_repositories: ['app']
+    rules:
+      - {match: {kind: blob}, action: mirrors, mirrors: [default]}
+";
+    let (d, _) = decide_for(&routes(known), &blob, "198.51.100.7", &[]);
+    assert_eq!(chain(d).confirm.as_deref(), Some(upstream_path.as_str()));
+    // Nothing hidden: the digest alone decides, as in archeio.
+    let open = "
+  policy:
+    rules:
+      - {match: {kind: blob}, action: mirrors, mirrors: [default]}
+";
+    let (d, _) = decide_for(&routes(open), &blob, "198.51.100.7", &[]);
+    assert_eq!(chain(d).confirm, None);
+}
+
 #[test]
 fn rules_that_do_not_match_fall_through_to_the_upstream() {
     let r = routes(CHAIN);

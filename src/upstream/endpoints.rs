@@ -38,6 +38,9 @@ pub struct Upstreams {
     client: reqwest::Client,
     /// For token services; trusts the same CA.
     token_client: reqwest::Client,
+    /// The configured CA, for clients made later.
+    roots: Option<Vec<reqwest::Certificate>>,
+    connect_timeout: Duration,
     on_health: OnHealth,
 }
 
@@ -45,7 +48,7 @@ impl Upstreams {
     /// The endpoints of `settings`, each assumed healthy until checked. Host names are
     /// resolved on first use and again before each health check.
     pub fn new(settings: &UpstreamSettings, on_health: OnHealth) -> Result<Upstreams, String> {
-        // Parsed once for both clients.
+        // Parsed once for every client.
         let roots = match &settings.ca_certs {
             Some(certs) => Some(
                 certs
@@ -96,8 +99,29 @@ impl Upstreams {
             health: settings.health_check,
             client,
             token_client,
+            roots,
+            connect_timeout: settings.timeouts.connect,
             on_health,
         })
+    }
+
+    /// An HTTP client for `HEAD`s of blobs (whether a repository holds one): `timeout` for
+    /// each, redirects not followed, trusting the configured CA.
+    pub fn blob_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(self.connect_timeout.min(timeout))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")));
+        if let Some(roots) = &self.roots {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in roots {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client for the upstream: {e}"))
     }
 
     /// An HTTP client for the upstream's token service, trusting the configured CA.

@@ -24,6 +24,8 @@ pub struct Images {
     pub multi_index: String,
     /// The amd64 and arm64 manifests in it.
     pub multi_platforms: Vec<String>,
+    /// Their layers, in the same order.
+    pub multi_layers: Vec<String>,
     /// `test/docker:v1`: the single-arch image in Docker v2 schema 2.
     pub docker_manifest: String,
 }
@@ -358,11 +360,18 @@ fn push_images() -> Images {
     let app_layer = app["layers"][0]["digest"].as_str().unwrap().to_string();
     let app_config = app["config"]["digest"].as_str().unwrap().to_string();
     let (multi_index, index) = raw("test/multi:v1");
-    let multi_platforms = index["manifests"]
+    let multi_platforms: Vec<String> = index["manifests"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    let multi_layers = multi_platforms
+        .iter()
+        .map(|d| {
+            let (_, m) = raw(&format!("test/multi@{d}"));
+            m["layers"][0]["digest"].as_str().unwrap().to_string()
+        })
         .collect();
     let (docker_manifest, _) = raw("test/docker:v1");
     drop(seed);
@@ -373,6 +382,7 @@ fn push_images() -> Images {
         app_config,
         multi_index,
         multi_platforms,
+        multi_layers,
         docker_manifest,
     }
 }

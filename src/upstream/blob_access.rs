@@ -1,0 +1,195 @@
+//! Does the upstream say a repository holds a blob? Mirrors keep blobs by digest alone, so
+//! before one serves a blob for a repository the upstream is asked: a `HEAD` of
+//! `/v2/<repository>/blobs/<digest>` at the preferred endpoint, authenticated as the
+//! gateway's proxied requests are. Answers are cached (bounded, "held" and "not held" with
+//! their own lifetimes) and concurrent requests for one answer share one `HEAD`.
+
+use std::time::{Duration, Instant};
+
+use log::warn;
+use quick_cache::sync::Cache;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
+
+use super::auth::{parse_challenge, repository, UpstreamAuth};
+use super::Upstreams;
+use crate::config::BlobCheck;
+use crate::logging::error_chain;
+use crate::metrics;
+
+/// How a question was answered; a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    CacheHit,
+    Held,
+    NotHeld,
+    Error,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::CacheHit => "cache_hit",
+            Outcome::Held => "held",
+            Outcome::NotHeld => "not_held",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    held: bool,
+    /// Milliseconds since [`BlobAccess::epoch`].
+    expires_ms: u64,
+}
+
+/// The upstream's answers about which repository holds which blob.
+pub struct BlobAccess {
+    client: reqwest::Client,
+    /// Keyed by a seeded hash of the request path, as the mirror check's cache is.
+    cache: Cache<u128, Answer>,
+    epoch: Instant,
+    held_ttl_ms: u64,
+    not_held_ttl_ms: u64,
+    seed: u64,
+}
+
+impl BlobAccess {
+    /// Answers asked with `client` (see [`Upstreams::blob_client`]), cached as `cfg` says.
+    pub fn new(cfg: &BlobCheck, client: reqwest::Client) -> BlobAccess {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        BlobAccess {
+            client,
+            cache: Cache::new(usize::try_from(cfg.capacity).unwrap_or(usize::MAX).max(1)),
+            epoch: Instant::now(),
+            held_ttl_ms: ms(cfg.repository_ttl),
+            not_held_ttl_ms: ms(cfg.miss_ttl),
+            seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 1u8),
+        }
+    }
+
+    /// Whether the upstream says the repository `path` names holds its blob. `path` is the
+    /// upstream request path, `/v2/<prefix>/<name>/blobs/<digest>`. Only a clear "held" is
+    /// true: a refusal, an error or no answer keeps the blob away from the mirrors.
+    pub async fn held(
+        &self,
+        endpoints: &Upstreams,
+        auth: &UpstreamAuth,
+        path: &str,
+        traceparent: Option<&str>,
+    ) -> bool {
+        let key = xxh3_128_with_seed(path.as_bytes(), self.seed);
+        let guard = loop {
+            match self.cache.get_value_or_guard_async(&key).await {
+                Ok(answer) if answer.expires_ms > self.now_ms() => {
+                    record(Outcome::CacheHit);
+                    return answer.held;
+                }
+                Ok(_) => {
+                    let now = self.now_ms();
+                    self.cache.remove_if(&key, |a| a.expires_ms <= now);
+                }
+                Err(guard) => break guard,
+            }
+        };
+        let outcome = self.ask(endpoints, auth, path, traceparent).await;
+        record(outcome);
+        let held = outcome == Outcome::Held;
+        let ttl = match outcome {
+            Outcome::Held => self.held_ttl_ms,
+            Outcome::NotHeld => self.not_held_ttl_ms,
+            // Not the repository's answer: the next request asks again.
+            Outcome::Error | Outcome::CacheHit => return false,
+        };
+        let _ = guard.insert(Answer {
+            held,
+            expires_ms: self.now_ms().saturating_add(ttl),
+        });
+        held
+    }
+
+    /// One `HEAD` at the preferred endpoint, and one more when it asked for credentials the
+    /// gateway has (or a fresh token).
+    async fn ask(
+        &self,
+        endpoints: &Upstreams,
+        auth: &UpstreamAuth,
+        path: &str,
+        traceparent: Option<&str>,
+    ) -> Outcome {
+        let i = endpoints.preferred();
+        let url = format!("{}{path}", endpoints.endpoint(i).url);
+        let repo = repository(path);
+        let mut retried = false;
+        loop {
+            let authorization = match auth.authorization(i, repo).await {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("upstream HEAD {path}: authentication failed: {e}");
+                    return Outcome::Error;
+                }
+            };
+            let mut request = self.client.head(&url);
+            if let Some(value) = authorization {
+                request = request.header(http::header::AUTHORIZATION, &*value);
+            }
+            if let Some(value) = traceparent {
+                request = request.header("traceparent", value);
+            }
+            let resp = match request.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    warn!(
+                        "upstream HEAD {path} at {} failed: {}",
+                        endpoints.label(i),
+                        error_chain(&e.without_url())
+                    );
+                    return Outcome::Error;
+                }
+            };
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !retried {
+                let challenge = resp
+                    .headers()
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_challenge);
+                if let Some(challenge) = challenge {
+                    match auth.learn(i, challenge, repo).await {
+                        Ok(true) => {
+                            retried = true;
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!("upstream HEAD {path}: {e}");
+                            return Outcome::Error;
+                        }
+                    }
+                }
+            }
+            return if status.is_success() || status.is_redirection() {
+                // A registry may send the blob's bytes from its storage: it holds it.
+                Outcome::Held
+            } else if status.is_server_error() {
+                warn!(
+                    "upstream HEAD {path} at {} answered {status}",
+                    endpoints.label(i)
+                );
+                Outcome::Error
+            } else {
+                Outcome::NotHeld
+            };
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn record(outcome: Outcome) {
+    metrics::REPOSITORY_CHECKS
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+}
