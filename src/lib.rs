@@ -14,11 +14,14 @@
 //! - [`mirror`], [`upstream`], [`range_refresh`], [`rate_limit`]: the I/O and state the
 //!   decision relies on (mirror checks and breakers, upstream endpoints, health, credentials
 //!   and manifest cache, live range files, per-client token buckets); no Pingora;
+//! - [`auth`]: client authentication (`client_auth`): the token relay and credential
+//!   digests, over [`upstream`]; no Pingora;
 //! - [`gateway`]: everything that touches Pingora: the `ProxyHttp` service split by phase,
 //!   answers, the access log, slow clients, the admin listener, background services;
 //! - [`sync`]: `archeio sync`, which fills the mirrors (beside the gateway, sharing only
 //!   config errors and the blob path layout).
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod logging;

@@ -18,8 +18,10 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
+use archeio::auth::relay::TokenRelay;
+use archeio::auth::ClientAuthority;
 use archeio::config::file::LogFormat;
-use archeio::config::{dual_stack, LogSettings, Settings};
+use archeio::config::{dual_stack, ClientAuth, LogSettings, Settings};
 use archeio::gateway::admin::AdminApp;
 use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
@@ -27,7 +29,7 @@ use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{HealthChecks, RangeRefresh};
 use archeio::gateway::slow_clients::HeaderDeadline;
-use archeio::gateway::{Gateway, Operations, UpstreamAccess};
+use archeio::gateway::{Clients, Gateway, Operations, UpstreamAccess};
 use archeio::logging;
 use archeio::metrics;
 use archeio::mirror::check::Outcome;
@@ -126,10 +128,31 @@ fn main() {
             .unwrap_or_else(|e| fail(&e)),
     );
     let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
+    let (client_authority, held_ttl) = match &settings.client_auth {
+        ClientAuth::Anonymous => (
+            ClientAuthority::Anonymous,
+            settings.blob_check.repository_ttl,
+        ),
+        ClientAuth::Relay {
+            public_url,
+            authorization_ttl,
+        } => {
+            let client = upstreams
+                .no_redirect_client(settings.upstream.timeouts.read)
+                .unwrap_or_else(|e| fail(&e));
+            let tokens = TokenRelay::new(client, &settings.routes.upstream_name_prefix);
+            let token_url = format!("{public_url}/token");
+            (
+                ClientAuthority::Relay { tokens, token_url },
+                *authorization_ttl,
+            )
+        }
+    };
     let blobs = BlobAccess::new(
         &settings.blob_check,
+        held_ttl,
         upstreams
-            .blob_client(settings.blob_check.timeout)
+            .no_redirect_client(settings.blob_check.timeout)
             .unwrap_or_else(|e| fail(&e)),
     );
     let passthrough = settings.passthrough();
@@ -158,7 +181,11 @@ fn main() {
         settings.client_address.clone(),
     );
     let gateway = Gateway::new(
-        settings.client_address,
+        Clients {
+            address: settings.client_address,
+            timeouts: settings.client_timeouts,
+            auth: client_authority,
+        },
         settings.routes,
         refresher.live(),
         mirrors,
@@ -170,7 +197,6 @@ fn main() {
             manifests: ManifestCache::new(&settings.manifest_cache),
             total_timeout: settings.upstream.timeouts.total,
         },
-        settings.client_timeouts,
         Operations {
             lifecycle: lifecycle.clone(),
             rate_limiter: settings.rate_limit.as_ref().map(RateLimiter::new),

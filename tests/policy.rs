@@ -35,7 +35,14 @@ fn up(upstream: &common::fake::FakeServer) -> String {
 /// A gateway with three mirrors in a chain: `empty` holds nothing, `broken` answers 500,
 /// `s3` is a moto bucket holding `digest(1)` and `digest(2)`. Clients in 10.20.0.0/16 get
 /// the chain by proxy, everyone else by redirect.
-async fn setup() -> (Gateway, Mirror, Mirror, Moto, Vec<u8>, common::fake::FakeServer) {
+async fn setup() -> (
+    Gateway,
+    Mirror,
+    Mirror,
+    Moto,
+    Vec<u8>,
+    common::fake::FakeServer,
+) {
     let upstream = generous_upstream().await;
     let (empty, broken) = (Mirror::start().await, Mirror::start().await);
     broken.set_default_status(500);

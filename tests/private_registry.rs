@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::registry::{images, Auth, Registry};
+use common::fake::{Canned, FakeServer};
+use common::registry::{images, sha256, Auth, Registry};
+use common::token::TokenServer;
 use common::*;
 
 /// A gateway in redirect mode in front of `upstream` (path prefix `test`), whose default
@@ -52,7 +54,10 @@ async fn a_blob_goes_to_a_mirror_only_under_a_repository_that_holds_it() {
         let own = format!("/v2/app/blobs/{}", img.app_layer);
         for _ in 0..2 {
             let r = gw.get(&own).await;
-            assert_eq!((r.status, r.location()), (307, at_mirror(&img.app_layer).as_str()));
+            assert_eq!(
+                (r.status, r.location()),
+                (307, at_mirror(&img.app_layer).as_str())
+            );
         }
         assert_eq!(asked() - before, 1, "the upstream's answer is cached");
 
@@ -80,7 +85,10 @@ async fn a_blob_goes_to_a_mirror_only_under_a_repository_that_holds_it() {
             1.0
         );
         assert_eq!(
-            sample(&m, r#"archeio_repository_checks_total{outcome="cache_hit"}"#),
+            sample(
+                &m,
+                r#"archeio_repository_checks_total{outcome="cache_hit"}"#
+            ),
             1.0
         );
     }
@@ -99,4 +107,298 @@ async fn a_blob_goes_to_a_mirror_only_under_a_repository_that_holds_it() {
         reg.served("HEAD", &format!("/v2/test/app/blobs/{secret}")),
         before
     );
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let raw = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+/// `skopeo copy` of `image` through the gateway into a fresh OCI layout, with `creds`
+/// (`user:password`) or none: whether it succeeded, and its error output.
+fn skopeo_pull(gw: &Gateway, image: &str, creds: Option<&str>) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "copy".to_string(),
+        "--quiet".into(),
+        "--retry-times=0".into(),
+        "--src-tls-verify=false".into(),
+    ];
+    if let Some(c) = creds {
+        args.push(format!("--src-creds={c}"));
+    } else {
+        args.push("--src-no-creds".into());
+    }
+    args.push(format!("docker://{}/{image}", gw.addr));
+    args.push(format!("oci:{}:x", dir.path().display()));
+    let out = std::process::Command::new("skopeo")
+        .args(&args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A mirror holding the blobs `digests` with their real bytes (from the test registry's
+/// storage), as `archeio sync` would have filled it; `404` for any other.
+async fn filled_mirror(digests: &[&String]) -> FakeServer {
+    let storage = images().storage.join("docker/registry/v2/blobs/sha256");
+    let held: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+    FakeServer::start(move |seen| {
+        let digest = seen
+            .target
+            .strip_prefix("/containers/images/")
+            .unwrap_or("");
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if !held.iter().any(|d| d == digest) || hex.len() < 2 {
+            return Canned::new(404);
+        }
+        let bytes = std::fs::read(storage.join(&hex[..2]).join(hex).join("data")).unwrap();
+        Canned::new(200).body(bytes)
+    })
+    .await
+}
+
+/// A redirect-mode gateway with `client_auth: relay` in front of `upstream` (path prefix
+/// `test`), blobs to the mirror at `mirror`.
+async fn relay_gateway(upstream: &str, mirror: &str) -> Gateway {
+    Gateway::start(&format!(
+        "  upstream: {{endpoints: ['{upstream}'], path: test}}
+  client_auth: {{mode: relay, public_url: 'http://{{gateway}}'}}
+  mirrors: {{default: '{mirror}', replace_regions: true, regions: {{local-1: '{mirror}'}}}}
+  ranges: {{embedded: false}}
+  policy:
+    rules:
+      - {{name: blobs, match: {{kind: blob}}, action: mirrors, mirrors: [default]}}",
+    ))
+    .await
+}
+
+/// Issue 24, defect 2: a registry behind htpasswd. Each client authenticates with its own
+/// credentials, relayed to the upstream; a blob goes to the mirror only after the upstream
+/// let that client read it.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_sends_each_client_s_own_credentials_to_a_basic_auth_upstream() {
+    let img = images();
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Basic {
+            user: "robot".into(),
+            password: "s3cret".into(),
+        },
+    );
+    let mirror = filled_mirror(&[&img.app_layer, &img.app_config]).await;
+    let gw = relay_gateway(&reg.url(false), &mirror.url()).await;
+    let good = basic("robot", "s3cret");
+    let wrong = basic("robot", "guess");
+
+    // No credentials: the upstream's challenge, so clients authenticate.
+    let r = gw.get("/v2/").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+    let manifest = "/v2/app/manifests/v1";
+    let blob = format!("/v2/app/blobs/{}", img.app_layer);
+    for target in [manifest, blob.as_str()] {
+        for auth in [None, Some(wrong.as_str())] {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+            let r = gw.send("GET", target, &headers).await;
+            assert_eq!(r.status, 401, "{target} with {auth:?}: {r:?}");
+            assert!(r.header("location").is_none());
+        }
+    }
+
+    // The right credentials: the manifest from the upstream, the blob from the mirror.
+    let r = gw.send("GET", "/v2/", &[("Authorization", &good)]).await;
+    assert_eq!(r.status, 200);
+    let r = gw
+        .send(
+            "GET",
+            manifest,
+            &[("Authorization", &good), ("Accept", OCI_MANIFEST)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), img.app_manifest);
+    let r = gw.send("GET", &blob, &[("Authorization", &good)]).await;
+    let at_mirror = format!("{}/containers/images/{}", mirror.url(), img.app_layer);
+    assert_eq!((r.status, r.location()), (307, at_mirror.as_str()));
+
+    // Real clients: with credentials they pull, without or with wrong ones they do not.
+    let (ok, err) = skopeo_pull(&gw, "app:v1", Some("robot:s3cret"));
+    assert!(ok, "{err}\n{}", gw.log());
+    let layer_get = |m: &FakeServer| {
+        let path = format!("/containers/images/{}", img.app_layer);
+        m.seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.target == path)
+            .count()
+    };
+    assert_eq!(
+        layer_get(&mirror),
+        1,
+        "skopeo got the layer from the mirror"
+    );
+    for creds in [None, Some("robot:guess")] {
+        let (ok, err) = skopeo_pull(&gw, "app:v1", creds);
+        assert!(!ok, "{creds:?} pulled");
+        assert!(err.contains("401") || err.contains("unauthorized"), "{err}");
+    }
+    // The client's password never reaches the log.
+    assert!(!gw.log().contains("s3cret"));
+}
+
+/// Issue 24, defects 1 and 2 with a token-auth upstream whose token service grants per
+/// repository: alice may read `test/app` only. The gateway's `/token` relays her token
+/// requests (scopes in the upstream's path space); her token reads `app`, never `multi`,
+/// not even `multi`'s blob asked for under `app`.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_lets_each_user_read_only_the_repositories_the_token_service_grants() {
+    let img = images();
+    let tokens = TokenServer::with_grants(&[
+        ("alice", "alice-pw", &["test/app"]),
+        ("bob", "bob-pw", &[""]),
+    ])
+    .await;
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Token {
+            realm: format!("http://{}/token", tokens.addr),
+            service: "test-registry".into(),
+            issuer: "test-issuer".into(),
+            cert_pem: tokens.cert_pem.clone(),
+        },
+    );
+    let secret = &img.multi_layers[0];
+    let mirror = filled_mirror(&[&img.app_layer, &img.app_config, secret]).await;
+    let gw = relay_gateway(&reg.url(false), &mirror.url()).await;
+
+    // The challenge names the gateway's token endpoint, not the unreachable realm.
+    let r = gw.get("/v2/").await;
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"http://{}/token\"", gw.addr)),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("service=\"test-registry\""),
+        "{challenge}"
+    );
+
+    // A token for `app`, asked in the client's name space, fetched in the upstream's.
+    let token = |user: &str, pw: &str, repo: &str| {
+        let gw_addr = gw.addr;
+        let auth = basic(user, pw);
+        let repo = repo.to_string();
+        async move {
+            let r = request(
+                gw_addr,
+                "GET",
+                &format!("/token?service=test-registry&scope=repository:{repo}:pull"),
+                &[("Authorization", &auth)],
+            )
+            .await
+            .unwrap();
+            (r.status, r.body)
+        }
+    };
+    let (status, body) = token("alice", "wrong", "app").await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = token("alice", "alice-pw", "app").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Both requests went to the token service in its own names.
+    assert_eq!(tokens.count("repository:test/app:pull"), 2);
+    assert_eq!(tokens.count("repository:app:pull"), 0);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let bearer = format!("Bearer {}", json["token"].as_str().unwrap());
+
+    let at_mirror = |d: &str| format!("{}/containers/images/{d}", mirror.url());
+    let r = gw
+        .send(
+            "GET",
+            "/v2/app/manifests/v1",
+            &[("Authorization", &bearer), ("Accept", OCI_MANIFEST)],
+        )
+        .await;
+    assert_eq!(sha256(&r.body), img.app_manifest, "{r:?}");
+    let r = gw
+        .send(
+            "GET",
+            &format!("/v2/app/blobs/{}", img.app_layer),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (307, at_mirror(&img.app_layer).as_str())
+    );
+
+    // The attacker's side: her token on the other repository, and the other repository's
+    // layer under the name she may read. Neither reaches the mirror's copy.
+    for target in [
+        format!("/v2/multi/blobs/{secret}"),
+        format!("/v2/app/blobs/{secret}"),
+        "/v2/multi/manifests/v1".to_string(),
+    ] {
+        let r = gw.send("GET", &target, &[("Authorization", &bearer)]).await;
+        assert!(matches!(r.status, 401 | 403 | 404), "{target}: {r:?}");
+        assert!(r.header("location").is_none(), "{target}: {r:?}");
+        assert!(r.body.is_empty() || r.body.len() < 1000, "{target}");
+    }
+    // A 401 for a repository names the client's scope, not the upstream's.
+    let r = gw.get("/v2/multi/manifests/v1").await;
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains("scope=\"repository:multi:pull\""),
+        "{challenge}"
+    );
+
+    // Real clients through the token endpoint: alice pulls app, not multi; bob pulls multi.
+    let (ok, err) = skopeo_pull(&gw, "app:v1", Some("alice:alice-pw"));
+    assert!(ok, "{err}\n{}", gw.log());
+    let path = format!("/containers/images/{}", img.app_layer);
+    assert!(mirror
+        .seen()
+        .iter()
+        .any(|s| s.method == "GET" && s.target == path));
+    let (ok, _) = skopeo_pull(&gw, "multi:v1", Some("alice:alice-pw"));
+    assert!(!ok, "alice pulled multi");
+    let (ok, err) = skopeo_pull(&gw, "app:v1", None);
+    assert!(
+        !ok && (err.contains("401") || err.contains("unauthorized")),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--src-tls-verify=false",
+            "--src-creds=bob:bob-pw",
+            &format!("docker://{}/multi:v1", gw.addr),
+            &format!("oci:{}:x", dir.path().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let m = gw.metrics().await;
+    assert!(sample(&m, r#"archeio_repository_checks_total{outcome="not_held"}"#) >= 2.0);
+    let log = gw.log();
+    assert!(!log.contains("alice-pw") && !log.contains(&bearer[7..]));
 }

@@ -19,12 +19,12 @@ use super::values::{
     positive_duration, provider_name, realm_host, redirect_url, socket_addrs, Invalid,
 };
 use super::{
-    BlobCheck, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
+    BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
     ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
-use crate::routing::Routes;
+use crate::routing::{AuthMode, Routes};
 
 mod policy;
 
@@ -179,6 +179,11 @@ impl ArcheioConfig {
                  behind a NetworkPolicy)",
             ));
         }
+        let client_auth = self
+            .client_auth
+            .as_ref()
+            .map_or(Ok(ClientAuth::Anonymous), |c| c.check(&upstream))
+            .map_err(|e| e.under("client_auth"))?;
         let signature_upstream = match &self.signature_upstream {
             Some(e) => {
                 let base = base_url(e).map_err(|m| Invalid::new("signature_upstream", m))?;
@@ -212,7 +217,9 @@ impl ArcheioConfig {
                 },
                 passthrough: self.mode == Mode::Passthrough,
                 signature_upstream,
-                confirm_blob_repository: policy.restricts_repositories(),
+                confirm_blob_repository: policy.restricts_repositories()
+                    || client_auth.mode() != AuthMode::Anonymous,
+                auth: client_auth.mode(),
                 policy,
             },
             client_address,
@@ -221,6 +228,7 @@ impl ArcheioConfig {
             blob_check,
             upstream,
             signed_mirrors,
+            client_auth,
             manifest_cache: self.manifest_cache.check(),
             client_timeouts,
             rate_limit,
@@ -890,21 +898,76 @@ pub struct CustomRangeConfig {
 }
 
 /// How the gateway treats its clients' credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientAuthConfig {
     /// `anonymous`: clients are not asked for credentials (`/v2/` answers `200`); what the
     /// gateway proxies it reads with `upstream.credentials`, for anyone.
+    /// `relay`: each client authenticates to the upstream with its own credentials, through
+    /// the gateway: the upstream's challenge is relayed at `/v2/` (a Bearer realm through
+    /// the gateway's `/token`), manifests, tags and referrers are proxied with the client's
+    /// `Authorization`, and a blob goes to a mirror only after the upstream let this client
+    /// read it from the named repository.
     pub mode: ClientAuthMode,
+    /// The gateway's own address as clients reach it, e.g. `https://registry.example.com`:
+    /// challenges name `<public_url>/token` as the token realm. Required by `relay`.
+    pub public_url: Option<String>,
+    /// `relay`: how long the upstream's "this client may read this blob from this
+    /// repository" is kept, per credential (by a keyed digest, never the credential),
+    /// repository and blob. A revoked credential reads mirrored blobs at most this long.
+    #[serde(with = "humantime_serde")]
+    pub authorization_ttl: Duration,
 }
 
-/// Whether clients authenticate.
+impl Default for ClientAuthConfig {
+    fn default() -> Self {
+        ClientAuthConfig {
+            mode: ClientAuthMode::Anonymous,
+            public_url: None,
+            authorization_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether and how clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuthMode {
     /// Nobody is asked: archeio's behaviour.
     #[default]
     Anonymous,
+    /// Clients authenticate to the upstream with their own credentials, through the gateway.
+    Relay,
+}
+
+impl ClientAuthConfig {
+    fn check(&self, upstream: &UpstreamSettings) -> Result<ClientAuth, Invalid> {
+        match self.mode {
+            ClientAuthMode::Anonymous => Ok(ClientAuth::Anonymous),
+            ClientAuthMode::Relay => {
+                if upstream.credentials.is_some() {
+                    return Err(Invalid::new(
+                        "mode",
+                        "relay sends each client's own credentials upstream; \
+                         upstream.credentials would not be used: remove them",
+                    ));
+                }
+                let public_url = self.public_url.as_deref().ok_or_else(|| {
+                    Invalid::new(
+                        "public_url",
+                        "relay needs the gateway's address as clients reach it \
+                         (e.g. https://registry.example.com) for the token realm",
+                    )
+                })?;
+                let public_url = base_url(public_url).map_err(|m| Invalid::new("public_url", m))?;
+                positive_duration("authorization_ttl", self.authorization_ttl)?;
+                Ok(ClientAuth::Relay {
+                    public_url,
+                    authorization_ttl: self.authorization_ttl,
+                })
+            }
+        }
+    }
 }
 
 /// A registry listener: an address, or an address with options.

@@ -23,7 +23,7 @@ pub use values::{dual_stack, url_host};
 
 use crate::routing::client_addr::ClientAddressRules;
 use crate::routing::ranges::RangeSources;
-use crate::routing::Routes;
+use crate::routing::{AuthMode, Routes};
 
 /// Everything the gateway needs, checked.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ pub struct Settings {
     pub signed_mirrors: Vec<SignedMirror>,
     /// The upstream endpoints and how to reach them.
     pub upstream: UpstreamSettings,
+    /// How clients authenticate.
+    pub client_auth: ClientAuth,
     /// The pass-through manifest cache.
     pub manifest_cache: ManifestCacheSettings,
     /// Limits on slow and idle clients.
@@ -54,6 +56,30 @@ pub struct Settings {
     pub rate_limit: Option<RateLimit>,
     /// How log lines are written.
     pub log: LogSettings,
+}
+
+/// How clients authenticate, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Nobody is asked.
+    Anonymous,
+    /// Each client's credentials go to the upstream.
+    Relay {
+        /// The gateway's base URL as clients reach it, without a trailing slash.
+        public_url: String,
+        /// Lifetime of a cached "this client may read this blob".
+        authorization_ttl: Duration,
+    },
+}
+
+impl ClientAuth {
+    /// The mode, as the routing decision sees it.
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            ClientAuth::Anonymous => AuthMode::Anonymous,
+            ClientAuth::Relay { .. } => AuthMode::Relay,
+        }
+    }
 }
 
 /// The per-client token bucket.
@@ -315,9 +341,10 @@ impl Settings {
         Ok((cfg, settings))
     }
 
-    /// Whether upstream-bound requests are proxied rather than redirected.
+    /// Whether upstream-bound requests are proxied rather than redirected (pass-through
+    /// mode, or clients' credentials relayed).
     pub fn passthrough(&self) -> bool {
-        self.routes.passthrough
+        self.routes.passthrough || self.client_auth != ClientAuth::Anonymous
     }
 }
 
@@ -564,6 +591,26 @@ mod tests {
             (
                 "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/33, cloud: aws, region: x}]}\n",
                 "archeio.ranges.custom[0].cidr",
+            ),
+            (
+                "archeio:\n  client_auth: {mode: relay}\n",
+                "archeio.client_auth.public_url: relay needs",
+            ),
+            (
+                "archeio:\n  client_auth: {mode: relay, public_url: 'registry.example'}\n",
+                "archeio.client_auth.public_url",
+            ),
+            (
+                "archeio:\n  client_auth: {mode: relay, public_url: 'https://gw', authorization_ttl: 0s}\n",
+                "archeio.client_auth.authorization_ttl",
+            ),
+            (
+                "archeio:\n  upstream: {credentials: {username: u, password_env: REG_PASSWORD}}\n  client_auth: {mode: relay, public_url: 'https://gw'}\n",
+                "archeio.client_auth.mode: relay sends each client's own credentials",
+            ),
+            (
+                "archeio:\n  client_auth: {mode: Relay}\n",
+                "archeio.client_auth",
             ),
         ];
         for (yaml, key) in cases {

@@ -27,6 +27,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use prometheus::IntCounter;
 
+use crate::auth::ClientAuthority;
 use crate::config::{ClientTimeouts, LogSettings};
 use crate::metrics;
 use crate::mirror::Mirrors;
@@ -60,18 +61,26 @@ use peer::Peers;
 
 /// The registry-facing service.
 pub struct Gateway {
-    /// Whom the gateway believes about the client.
-    client_address: ClientAddressRules,
+    /// Who the clients are, how long they may take, how they authenticate.
+    clients: Clients,
     routes: Routes,
     ranges: LiveRanges,
     mirrors: Mirrors,
     upstream: UpstreamAccess,
-    /// Limits on slow and idle clients.
-    client_timeouts: ClientTimeouts,
     /// Requests decided per policy rule, by the rule's index.
     rule_matches: Vec<IntCounter>,
     /// What is around the requests.
     ops: Operations,
+}
+
+/// What the gateway knows and asks of its clients.
+pub struct Clients {
+    /// Whom the gateway believes about the client.
+    pub address: ClientAddressRules,
+    /// Limits on slow and idle clients.
+    pub timeouts: ClientTimeouts,
+    /// How clients authenticate.
+    pub auth: ClientAuthority,
 }
 
 /// What the gateway does around each request: in-flight counting for the drain, the rate
@@ -106,23 +115,21 @@ impl Gateway {
     /// A gateway answering by `routes` over `ranges`, asking `mirrors` for blobs,
     /// reaching the upstream through `upstream`.
     pub fn new(
-        client_address: ClientAddressRules,
+        clients: Clients,
         routes: Routes,
         ranges: LiveRanges,
         mirrors: Mirrors,
         upstream: UpstreamAccess,
-        client_timeouts: ClientTimeouts,
         ops: Operations,
     ) -> Gateway {
         let rules = routes.policy.rules.iter().map(|r| &*r.name);
         Gateway {
             rule_matches: metrics::policy_rule_counters(rules),
-            client_address,
+            clients,
             routes,
             ranges,
             mirrors,
             upstream,
-            client_timeouts,
             ops,
         }
     }
@@ -183,7 +190,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
-        request::apply_client_limits(session, &self.client_timeouts);
+        request::apply_client_limits(session, &self.clients.timeouts);
         Ok(())
     }
 

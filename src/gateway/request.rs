@@ -9,13 +9,15 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use super::headers::trace_id;
-use super::responses::{write_answer, write_cached};
+use super::responses::{write_answer, write_cached, write_token};
 use super::slow_clients::proxied_source;
 use super::{Gateway, RequestCtx};
+use crate::auth::ClientAuthority;
 use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::routing::client_addr::{canonical, find_client, Connection};
-use crate::routing::{decide_by_rule, rate_limited, Answer, Decision, Request};
+use crate::routing::{decide_by_rule, rate_limited, Answer, AuthMode, Decision, Request};
+use crate::upstream::blob_access::Asker;
 use crate::upstream::manifest_cache::ManifestCache;
 
 /// Pingora waits for the next keep-alive request without limit, reads bodies with a
@@ -36,12 +38,12 @@ impl Gateway {
     /// answered here.
     pub(super) async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let headers = RequestHeaders::of(req, self.client_address.header.name());
+        let headers = RequestHeaders::of(req, self.clients.address.header.name());
         let connection = Connection {
             peer: peer_ip(session),
             proxied: proxied_source(session),
         };
-        let client = find_client(&self.client_address, connection, &headers.forwarded);
+        let client = find_client(&self.clients.address, connection, &headers.forwarded);
         ctx.client = client.ok().or(connection.peer);
         ctx.client_error = client.err();
         let facts = Request {
@@ -71,10 +73,14 @@ impl Gateway {
                     .traceparent
                     .and_then(|v| trace_id(v).map(|_| std::str::from_utf8(v).unwrap_or_default()));
                 let up = &self.upstream;
+                let asker = match self.routes.auth {
+                    AuthMode::Anonymous => Asker::Gateway,
+                    AuthMode::Relay => Asker::Client(headers.authorization),
+                };
                 let confirmed = match &chain.confirm {
                     Some(path) => {
                         up.blobs
-                            .held(&up.endpoints, &up.auth, path, traceparent)
+                            .held(&up.endpoints, &up.auth, path, asker, traceparent)
                             .await
                     }
                     None => true,
@@ -91,6 +97,22 @@ impl Gateway {
             }
         };
         let head = req.method == http::Method::HEAD;
+        if let (Answer::Token { query }, ClientAuthority::Relay { tokens, .. }) =
+            (&reply.answer, &self.clients.auth)
+        {
+            let up = &self.upstream;
+            let answer = tokens
+                .token(
+                    &up.endpoints,
+                    &up.auth,
+                    query.as_deref(),
+                    headers.authorization,
+                )
+                .await;
+            ctx.reply = Some(reply);
+            write_token(session, &answer, head).await?;
+            return Ok(true);
+        }
         let reply = ctx.reply.insert(reply);
         if let Answer::Proxy {
             path,
@@ -132,6 +154,8 @@ struct RequestHeaders<'a> {
     has_body: bool,
     /// The first `traceparent`.
     traceparent: Option<&'a [u8]>,
+    /// The first `Authorization`: the client's credentials, relayed or checked.
+    authorization: Option<&'a [u8]>,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -141,6 +165,7 @@ impl<'a> RequestHeaders<'a> {
             forwarded: Vec::new(),
             has_body: false,
             traceparent: None,
+            authorization: None,
         };
         for (name, value) in &req.headers {
             let value = value.as_bytes();
@@ -152,6 +177,8 @@ impl<'a> RequestHeaders<'a> {
                 found.forwarded.push(value);
             } else if name.as_str() == "traceparent" && found.traceparent.is_none() {
                 found.traceparent = Some(value);
+            } else if *name == http::header::AUTHORIZATION && found.authorization.is_none() {
+                found.authorization = Some(value);
             }
         }
         found

@@ -8,6 +8,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::auth::relay::TokenAnswer;
 use crate::routing::{Answer, Reply};
 use crate::upstream::manifest_cache::CachedManifest;
 
@@ -47,7 +48,7 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             }
             Some(body)
         }
-        Answer::Proxy { .. } | Answer::ProxyMirror { .. } => {
+        Answer::Proxy { .. } | Answer::ProxyMirror { .. } | Answer::Token { .. } => {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "a proxied answer is not written here",
@@ -145,6 +146,24 @@ pub async fn write_cached(
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(cached.body.clone()), true)
+        .await
+}
+
+/// Writes a token service's answer as relayed: status, `Content-Type`, body, and
+/// `Cache-Control: no-store` (a token is a credential).
+pub async fn write_token(session: &mut Session, answer: &TokenAnswer, head: bool) -> Result<()> {
+    let mut resp = ResponseHeader::build(answer.status, Some(3))?;
+    if let Some(content_type) = &answer.content_type {
+        resp.insert_header("Content-Type", content_type.as_str())?;
+    }
+    resp.insert_header("Cache-Control", HeaderValue::from_static("no-store"))?;
+    resp.insert_header("Content-Length", answer.body.len())?;
+    if head || answer.body.is_empty() {
+        return session.write_response_header(Box::new(resp), true).await;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(answer.body.clone()), true)
         .await
 }
 

@@ -1,6 +1,7 @@
 //! Pass-through's request phases: which endpoint (the first healthy untried one), what
 //! happens when connecting to it fails, and the request it gets: the upstream path, only the
-//! allowed client headers, `Host`, `X-Forwarded-For` and the gateway's credentials.
+//! allowed client headers, `Host`, `X-Forwarded-For` and the gateway's credentials (or,
+//! with `client_auth: relay`, the client's own).
 
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use super::headers::{names_not_in, trace_id, FORWARDED_REQUEST_HEADERS};
 use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::metrics;
-use crate::routing::Answer;
+use crate::routing::{Answer, AuthMode};
 use crate::upstream::auth::repository;
 
 impl Gateway {
@@ -75,6 +76,16 @@ impl Gateway {
             .or_err(ErrorType::InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
         let host = self.upstream.endpoints.endpoint(i).host_header();
+        // Relayed: the client's own credentials, and never the gateway's.
+        let relayed = match self.routes.auth {
+            AuthMode::Relay => Some(
+                upstream_request
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .cloned(),
+            ),
+            AuthMode::Anonymous => None,
+        };
         for name in names_not_in(&upstream_request.headers, &FORWARDED_REQUEST_HEADERS) {
             upstream_request.remove_header(&name);
         }
@@ -90,6 +101,12 @@ impl Gateway {
         // The client as the gateway sees it: the peer, or what trusted proxies said.
         if let Some(ip) = ctx.client {
             upstream_request.insert_header("X-Forwarded-For", ip.to_string())?;
+        }
+        if let Some(client) = relayed {
+            if let Some(value) = client {
+                upstream_request.insert_header(http::header::AUTHORIZATION, value)?;
+            }
+            return Ok(());
         }
         match self.upstream.auth.authorization(i, repository(path)).await {
             Ok(Some(value)) => upstream_request.insert_header("Authorization", &*value)?,

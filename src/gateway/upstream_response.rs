@@ -1,7 +1,8 @@
 //! Pass-through's response phases: the upstream's answer is counted, a `401` is answered
-//! once with the gateway's credentials (Pingora retries the request), the allowed headers
-//! are passed on with `Link` and `Location` rewritten, and a manifest's body is collected
-//! for the cache as it streams to the client.
+//! once with the gateway's credentials (Pingora retries the request; with relayed client
+//! credentials it goes to the client, its challenge naming the gateway's `/token`), the
+//! allowed headers are passed on with `Link` and `Location` rewritten, and a manifest's body
+//! is collected for the cache as it streams to the client.
 
 use bytes::Bytes;
 use log::warn;
@@ -12,6 +13,8 @@ use pingora_proxy::Session;
 use super::failure::{AUTH_RETRY, REALM_REFUSED};
 use super::headers::forward_response_headers;
 use super::{Gateway, RequestCtx};
+use crate::auth::scope::client_challenge;
+use crate::auth::ClientAuthority;
 use crate::metrics;
 use crate::routing::{Answer, Reply};
 use crate::upstream::auth::{parse_challenge, repository};
@@ -41,7 +44,11 @@ impl Gateway {
             Some(Answer::Proxy { path, .. }) => path.as_str(),
             _ => "",
         };
-        if resp.status.as_u16() == 401 && !up.auth_retried {
+        let relay = match &self.clients.auth {
+            ClientAuthority::Relay { token_url, .. } => Some(token_url.as_str()),
+            ClientAuthority::Anonymous => None,
+        };
+        if resp.status.as_u16() == 401 && !up.auth_retried && relay.is_none() {
             let challenge = resp
                 .headers
                 .get("www-authenticate")
@@ -79,6 +86,9 @@ impl Gateway {
             &self.routes.upstream_prefix,
             &endpoints.endpoint(i).url,
         );
+        if let Some(token_url) = relay {
+            relay_challenges(resp, token_url, &self.routes.upstream_name_prefix)?;
+        }
         if up.cache_key.is_some() {
             let head = session.req_header().method == http::Method::HEAD;
             up.capture = Capture::begin(resp.status.as_u16(), &resp.headers, head);
@@ -131,4 +141,22 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// The upstream's challenges as a relaying gateway's clients must see them: a Bearer realm
+/// is the gateway's `/token`, scopes are in the client's names. One that cannot be read is
+/// dropped (the client still gets the `401`), so no upstream realm reaches clients.
+fn relay_challenges(resp: &mut ResponseHeader, token_url: &str, name_prefix: &str) -> Result<()> {
+    let challenges: Vec<String> = resp
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| client_challenge(v, token_url, name_prefix))
+        .collect();
+    resp.remove_header("www-authenticate");
+    for c in challenges {
+        resp.append_header("WWW-Authenticate", c)?;
+    }
+    Ok(())
 }

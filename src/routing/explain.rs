@@ -135,6 +135,7 @@ fn answer(a: &Answer) -> String {
         Answer::ProxyMirror { url, target: t, .. } => {
             format!("proxied from {}: {url}", target(t))
         }
+        Answer::Token { .. } => "relayed to the upstream's token service".into(),
     }
 }
 

@@ -53,8 +53,22 @@ pub struct Routes {
     /// repository's blob under a name it may read. Set when the policy restricts
     /// repositories ([`Policy::restricts_repositories`]).
     pub confirm_blob_repository: bool,
+    /// Whether and how clients authenticate.
+    pub auth: AuthMode,
     /// The policy rules and the mirrors they send blobs to.
     pub policy: Policy,
+}
+
+/// How clients authenticate, as far as the decision is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Nobody is asked: archeio's behaviour.
+    Anonymous,
+    /// Each client's credentials go to the upstream: everything bound there is proxied with
+    /// them (never redirected, since clients drop credentials on a redirect to another
+    /// host; never cached across clients), `/v2/` is the upstream's answer, and `/token`
+    /// relays token requests.
+    Relay,
 }
 
 /// The facts of one request.
@@ -103,11 +117,13 @@ pub enum Route {
     RateLimited,
     /// The client could not be told: a trusted proxy's header entry is unusable.
     ClientAddress,
+    /// `/token`: a token request, relayed to the upstream's token service.
+    Token,
 }
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::MethodNotAllowed,
         Route::Invalid,
         Route::Info,
@@ -122,6 +138,7 @@ impl Route {
         Route::UnknownRepository,
         Route::RateLimited,
         Route::ClientAddress,
+        Route::Token,
     ];
 
     /// Stable lowercase name for labels and logs.
@@ -141,6 +158,7 @@ impl Route {
             Route::UnknownRepository => "unknown_repository",
             Route::RateLimited => "rate_limited",
             Route::ClientAddress => "client_address",
+            Route::Token => "token",
         }
     }
 }
@@ -197,6 +215,9 @@ pub enum Answer {
     /// `429`: the client is over its rate limit; it may try again after `retry_after`
     /// seconds. `oci` as for errors.
     TooManyRequests { retry_after: u64, oci: bool },
+    /// A token request (`/token` with this query, as received): relayed to the upstream's
+    /// token service with the scopes moved into its path space.
+    Token { query: Option<String> },
     /// Fetch the blob from `url` at mirror `mirror` (an index in [`Policy::mirrors`]) and
     /// stream it back.
     ProxyMirror {
@@ -223,7 +244,7 @@ impl Answer {
             Answer::ApiVersion => Some(200),
             Answer::Error { status, .. } => Some(*status),
             Answer::TooManyRequests { .. } => Some(429),
-            Answer::Proxy { .. } | Answer::ProxyMirror { .. } => None,
+            Answer::Proxy { .. } | Answer::ProxyMirror { .. } | Answer::Token { .. } => None,
         }
     }
 }
@@ -321,7 +342,8 @@ pub fn rate_limited(target: &[u8], wait: std::time::Duration) -> Reply {
 /// 4. path starting with `/v2`: the registry API (`decide_api`);
 /// 5. `/`: `307` to the info URL;
 /// 6. path starting with `/privacy`: `307` to the privacy URL;
-/// 7. anything else: `404`.
+/// 7. `/token` when clients authenticate (`client_auth` not anonymous): the token request;
+/// 8. anything else: `404`.
 pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decision {
     decide_by_rule(req, routes, ranges).0
 }
@@ -367,6 +389,15 @@ pub fn decide_by_rule(
             None,
         );
     }
+    if path == "/token" && routes.auth != AuthMode::Anonymous {
+        let reply = Reply {
+            route: Route::Token,
+            answer: Answer::Token {
+                query: query.map(str::to_string),
+            },
+        };
+        return (Decision::Reply(reply), None);
+    }
     (
         error(Route::NotFound, 404, "NOT_FOUND", "not found", false),
         None,
@@ -374,7 +405,8 @@ pub fn decide_by_rule(
 }
 
 /// The registry API, in order:
-/// 1. `/v2` or `/v2/`: `200` with the API version header;
+/// 1. `/v2` or `/v2/`: `200` with the API version header (`client_auth: relay`: the
+///    upstream's answer to `/v2/`, proxied with the client's credentials);
 /// 2. `/v2` followed by anything but `/` (`/v2foo`): `404` (the original sent these upstream);
 /// 3. `/v2/_catalog`: `404`;
 /// 4. not a pull endpoint of the distribution grammar ([`grammar::parse_endpoint`]): `404`
@@ -395,7 +427,8 @@ pub fn decide_by_rule(
 /// 9. no rule matches: upstream.
 ///
 /// "Upstream" is a `307` to the first healthy endpoint in redirect mode, and proxying there
-/// in pass-through mode, unless the rule names a delivery. Both keep the query string.
+/// in pass-through mode, unless the rule names a delivery; with `client_auth: relay` always
+/// proxying, never cached. Both keep the query string.
 fn decide_api(
     path: &str,
     query: Option<&str>,
@@ -405,9 +438,16 @@ fn decide_api(
 ) -> (Decision, Option<usize>) {
     let rest = &path[3..];
     if rest.is_empty() || rest == "/" {
+        let answer = match routes.auth {
+            AuthMode::Anonymous => Answer::ApiVersion,
+            AuthMode::Relay => Answer::Proxy {
+                path: "/v2/".into(),
+                manifest: None,
+            },
+        };
         let reply = Reply {
             route: Route::ApiVersion,
-            answer: Answer::ApiVersion,
+            answer,
         };
         return (Decision::Reply(reply), None);
     }
@@ -577,7 +617,8 @@ fn unknown_repository(route: Route) -> Decision {
 }
 
 /// Sends `rest` to the upstream: a redirect to the chosen endpoint, or a proxied request,
-/// as `delivery` says, else as the mode says.
+/// as `delivery` says, else as the mode says. Relayed credentials are always proxied, and
+/// an answer to one client's credentials is never cached for another.
 fn upstream(
     rest: &str,
     query: Option<&str>,
@@ -586,14 +627,16 @@ fn upstream(
     manifest: Option<ManifestRef>,
     delivery: Option<Delivery>,
 ) -> Answer {
+    let relay = routes.auth == AuthMode::Relay;
     let proxy = match delivery {
+        _ if relay => true,
         Some(d) => d == Delivery::Proxy,
         None => routes.passthrough,
     };
     if proxy {
         return Answer::Proxy {
             path: join(&routes.upstream_prefix, rest, query),
-            manifest,
+            manifest: manifest.filter(|_| !relay),
         };
     }
     let base = routes

@@ -212,7 +212,7 @@ impl UpstreamAuth {
     }
 
     /// A realm on endpoint `i`'s host or an allowed one, `https` unless the endpoint is not.
-    fn realm_allowed(&self, i: usize, realm: &str) -> Result<(), AuthError> {
+    pub fn realm_allowed(&self, i: usize, realm: &str) -> Result<(), AuthError> {
         let endpoint = &self.realms[i];
         let url =
             url::Url::parse(realm).map_err(|_| AuthError("the token realm is not a URL".into()))?;

@@ -1,8 +1,10 @@
-//! Does the upstream say a repository holds a blob? Mirrors keep blobs by digest alone, so
-//! before one serves a blob for a repository the upstream is asked: a `HEAD` of
-//! `/v2/<repository>/blobs/<digest>` at the preferred endpoint, authenticated as the
-//! gateway's proxied requests are. Answers are cached (bounded, "held" and "not held" with
-//! their own lifetimes) and concurrent requests for one answer share one `HEAD`.
+//! Does the upstream say a repository holds a blob, for this client? Mirrors keep blobs by
+//! digest alone, so before one serves a blob for a repository the upstream is asked: a
+//! `HEAD` of `/v2/<repository>/blobs/<digest>` at the preferred endpoint, authenticated as
+//! the gateway's proxied requests are, or with the client's own `Authorization` when
+//! clients' credentials are relayed. Answers are cached (bounded, "held" and "not held"
+//! with their own lifetimes; a client's under a keyed digest of its credential and the
+//! path, never the credential) and concurrent requests for one answer share one `HEAD`.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::auth::{parse_challenge, repository, UpstreamAuth};
 use super::Upstreams;
+use crate::auth::CredentialKey;
 use crate::config::BlobCheck;
 use crate::logging::error_chain;
 use crate::metrics;
@@ -43,11 +46,22 @@ struct Answer {
     expires_ms: u64,
 }
 
+/// Who asks the upstream.
+#[derive(Debug, Clone, Copy)]
+pub enum Asker<'a> {
+    /// The gateway, with `upstream.credentials` if any.
+    Gateway,
+    /// A client, with its own `Authorization` value (or none): its answer is its own.
+    Client(Option<&'a [u8]>),
+}
+
 /// The upstream's answers about which repository holds which blob.
 pub struct BlobAccess {
     client: reqwest::Client,
-    /// Keyed by a seeded hash of the request path, as the mirror check's cache is.
+    /// The gateway's answers keyed by a seeded hash of the request path, as the mirror
+    /// check's cache is; a client's by a keyed digest of its credential and the path.
     cache: Cache<u128, Answer>,
+    credentials: CredentialKey,
     epoch: Instant,
     held_ttl_ms: u64,
     not_held_ttl_ms: u64,
@@ -55,30 +69,40 @@ pub struct BlobAccess {
 }
 
 impl BlobAccess {
-    /// Answers asked with `client` (see [`Upstreams::blob_client`]), cached as `cfg` says.
-    pub fn new(cfg: &BlobCheck, client: reqwest::Client) -> BlobAccess {
+    /// Answers asked with `client` (see [`Upstreams::no_redirect_client`]), as many kept as
+    /// the mirror check keeps, "held" for `held_ttl`, "not held" for the mirror check's
+    /// miss lifetime.
+    pub fn new(cfg: &BlobCheck, held_ttl: Duration, client: reqwest::Client) -> BlobAccess {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         BlobAccess {
             client,
             cache: Cache::new(usize::try_from(cfg.capacity).unwrap_or(usize::MAX).max(1)),
+            credentials: CredentialKey::generate(),
             epoch: Instant::now(),
-            held_ttl_ms: ms(cfg.repository_ttl),
+            held_ttl_ms: ms(held_ttl),
             not_held_ttl_ms: ms(cfg.miss_ttl),
             seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 1u8),
         }
     }
 
-    /// Whether the upstream says the repository `path` names holds its blob. `path` is the
-    /// upstream request path, `/v2/<prefix>/<name>/blobs/<digest>`. Only a clear "held" is
-    /// true: a refusal, an error or no answer keeps the blob away from the mirrors.
+    /// Whether the upstream says the repository `path` names holds its blob, to `asker`.
+    /// `path` is the upstream request path, `/v2/<prefix>/<name>/blobs/<digest>`. Only a
+    /// clear "held" is true: a refusal, an error or no answer keeps the blob away from the
+    /// mirrors.
     pub async fn held(
         &self,
         endpoints: &Upstreams,
         auth: &UpstreamAuth,
         path: &str,
+        asker: Asker<'_>,
         traceparent: Option<&str>,
     ) -> bool {
-        let key = xxh3_128_with_seed(path.as_bytes(), self.seed);
+        let key = match asker {
+            Asker::Gateway => xxh3_128_with_seed(path.as_bytes(), self.seed),
+            Asker::Client(authorization) => self
+                .credentials
+                .digest(&[authorization.unwrap_or_default(), path.as_bytes()]),
+        };
         let guard = loop {
             match self.cache.get_value_or_guard_async(&key).await {
                 Ok(answer) if answer.expires_ms > self.now_ms() => {
@@ -92,7 +116,7 @@ impl BlobAccess {
                 Err(guard) => break guard,
             }
         };
-        let outcome = self.ask(endpoints, auth, path, traceparent).await;
+        let outcome = self.ask(endpoints, auth, path, asker, traceparent).await;
         record(outcome);
         let held = outcome == Outcome::Held;
         let ttl = match outcome {
@@ -108,30 +132,38 @@ impl BlobAccess {
         held
     }
 
-    /// One `HEAD` at the preferred endpoint, and one more when it asked for credentials the
-    /// gateway has (or a fresh token).
+    /// One `HEAD` at the preferred endpoint; for the gateway, one more when it asked for
+    /// credentials the gateway has (or a fresh token). A client's answer is its own: no
+    /// second try.
     async fn ask(
         &self,
         endpoints: &Upstreams,
         auth: &UpstreamAuth,
         path: &str,
+        asker: Asker<'_>,
         traceparent: Option<&str>,
     ) -> Outcome {
         let i = endpoints.preferred();
         let url = format!("{}{path}", endpoints.endpoint(i).url);
         let repo = repository(path);
-        let mut retried = false;
+        let mut retried = matches!(asker, Asker::Client(_));
         loop {
-            let authorization = match auth.authorization(i, repo).await {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!("upstream HEAD {path}: authentication failed: {e}");
-                    return Outcome::Error;
-                }
-            };
             let mut request = self.client.head(&url);
-            if let Some(value) = authorization {
-                request = request.header(http::header::AUTHORIZATION, &*value);
+            match asker {
+                Asker::Client(Some(value)) => {
+                    request = request.header(http::header::AUTHORIZATION, value);
+                }
+                Asker::Client(None) => {}
+                Asker::Gateway => match auth.authorization(i, repo).await {
+                    Ok(Some(value)) => {
+                        request = request.header(http::header::AUTHORIZATION, &*value);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!("upstream HEAD {path}: authentication failed: {e}");
+                        return Outcome::Error;
+                    }
+                },
             }
             if let Some(value) = traceparent {
                 request = request.header("traceparent", value);

@@ -105,9 +105,9 @@ impl Upstreams {
         })
     }
 
-    /// An HTTP client for `HEAD`s of blobs (whether a repository holds one): `timeout` for
+    /// An HTTP client for blob `HEAD`s and relayed token requests: `timeout` for
     /// each, redirects not followed, trusting the configured CA.
-    pub fn blob_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+    pub fn no_redirect_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(self.connect_timeout.min(timeout))

@@ -73,6 +73,8 @@ impl Gateway {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let (port, admin) = (free_port(), free_port());
+            // `{gateway}` in the keys: the registry listener's address (for URLs of itself).
+            let archeio_keys = archeio_keys.replace("{gateway}", &format!("127.0.0.1:{port}"));
             let conf = format!(
                 "version: 1\nthreads: 2\npid_file: {d}/archeio.pid\nupgrade_sock: {d}/upgrade.sock\n\
                  grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1\n\

@@ -24,7 +24,17 @@ pub struct TokenServer {
 }
 
 impl TokenServer {
+    /// One user who may pull every repository.
     pub async fn start(user: &'static str, password: &'static str) -> TokenServer {
+        TokenServer::with_grants(&[(user, password, &[""])]).await
+    }
+
+    /// Users `(name, password, repository prefixes they may pull)`: a token grants `pull` on
+    /// the requested repository only when it starts with one of the user's prefixes (`""`:
+    /// all), and no access otherwise, as a registry's token service decides per repository.
+    pub async fn with_grants(
+        users: &[(&'static str, &'static str, &[&'static str])],
+    ) -> TokenServer {
         use rcgen::{CertificateParams, KeyPair};
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec!["token-signer".to_string()])
@@ -39,9 +49,18 @@ impl TokenServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counts = requests.clone();
-        let expected = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        let expected: Arc<Vec<(String, Vec<&'static str>)>> = Arc::new(
+            users
+                .iter()
+                .map(|(user, password, grants)| {
+                    let basic = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD
+                            .encode(format!("{user}:{password}"))
+                    );
+                    (basic, grants.to_vec())
+                })
+                .collect(),
         );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -59,12 +78,19 @@ impl TokenServer {
                                 .collect();
                         let scope = query.get("scope").cloned().unwrap_or_default();
                         *counts.lock().unwrap().entry(scope.clone()).or_default() += 1;
-                        let authorized = req
-                            .headers()
-                            .get("authorization")
-                            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-                        let body = if authorized {
+                        let grants = req.headers().get("authorization").and_then(|v| {
+                            expected
+                                .iter()
+                                .find(|(basic, _)| v.as_bytes() == basic.as_bytes())
+                                .map(|(_, grants)| grants.clone())
+                        });
+                        let body = if let Some(grants) = grants {
                             let name = scope.split(':').nth(1).unwrap_or("");
+                            let actions: Vec<&str> =
+                                match grants.iter().any(|g| name.starts_with(g)) {
+                                    true => vec!["pull"],
+                                    false => vec![],
+                                };
                             let now = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .unwrap()
@@ -73,7 +99,7 @@ impl TokenServer {
                                 "iss": "test-issuer", "sub": "archeio", "aud": "test-registry",
                                 "exp": now + 300, "nbf": now - 10, "iat": now,
                                 "jti": format!("{now}-{name}"),
-                                "access": [{"type": "repository", "name": name, "actions": ["pull"]}]
+                                "access": [{"type": "repository", "name": name, "actions": actions}]
                             });
                             let mut header =
                                 jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
