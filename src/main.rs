@@ -27,12 +27,11 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
 use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
-use archeio::gateway::services::{HealthChecks, RangeRefresh};
+use archeio::gateway::services::{HealthChecks, MirrorSecrets, RangeRefresh};
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::{Clients, Gateway, Operations, UpstreamAccess};
 use archeio::logging;
 use archeio::metrics;
-use archeio::mirror::check::Outcome;
 use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::range_refresh::RangeRefresher;
 use archeio::rate_limit::RateLimiter;
@@ -106,23 +105,23 @@ fn main() {
         exit(explain(&refresher, &settings.routes, &samples));
     }
     let (v4, v6) = refresher.live().load().prefix_counts();
-    let outcomes = Outcome::ALL.map(metrics::Label::as_str);
     metrics::init(&metrics::KnownLabels {
         routes: &Route::ALL.map(Route::as_str),
         redirect_targets: &["upstream", "signature_upstream", "default_mirror", "page"],
-        blob_check_outcomes: &outcomes,
         client_address_refusals: &client_address_refusals(),
     });
     metrics::set_prefix_counts(v4, v6);
     let mirror_check = MirrorCheck::new(&settings.blob_check)
         .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
 
-    let mirrors = Mirrors::new(
-        mirror_check,
-        &settings.routes.policy,
-        &settings.signed_mirrors,
-    )
-    .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}")));
+    let mirrors = Arc::new(
+        Mirrors::new(
+            mirror_check,
+            &settings.routes.policy,
+            &settings.signed_mirrors,
+        )
+        .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}"))),
+    );
     let upstreams = Arc::new(
         Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
             .unwrap_or_else(|e| fail(&e)),
@@ -188,7 +187,7 @@ fn main() {
         },
         settings.routes,
         refresher.live(),
-        mirrors,
+        mirrors.clone(),
         UpstreamAccess {
             endpoints: upstreams,
             peers: Peers::new(&settings.upstream),
@@ -234,6 +233,7 @@ fn main() {
     }
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
+    server.add_service(background_service("mirror secrets", MirrorSecrets(mirrors)));
     server.add_service(background_service(
         "listen check",
         ListenCheck {

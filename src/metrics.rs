@@ -76,12 +76,25 @@ pub static MIRROR_PROXIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Mirror checks, by outcome.
+/// Mirror checks, by mirror and outcome.
 pub static BLOB_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_blob_checks_total",
-        "Mirror blob checks, by outcome (cache_hit, present, absent, error, skipped: breaker open).",
-        &["outcome"]
+        "Mirror blob checks, by mirror (its name in the policy) and outcome (cache_hit, present, \
+         absent, error, refused: a private mirror refused the gateway's signed request, \
+         skipped: breaker open).",
+        &["mirror", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Private mirrors' secret files read again after they changed.
+pub static MIRROR_SECRET_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_mirror_secret_reloads_total",
+        "Private mirrors' credentials read again because their files changed (or on SIGHUP), \
+         by mirror and result (ok; error: the old credentials stay).",
+        &["mirror", "result"]
     )
     .expect("metric registers once")
 });
@@ -301,8 +314,6 @@ static DURATION_SERIES: [OnceLock<Histogram>; ROUTE_SLOTS] =
     [const { OnceLock::new() }; ROUTE_SLOTS];
 static FIXED_REDIRECT_SERIES: [OnceLock<IntCounter>; SMALL_SLOTS] =
     [const { OnceLock::new() }; SMALL_SLOTS];
-static BLOB_CHECK_SERIES: [OnceLock<IntCounter>; SMALL_SLOTS] =
-    [const { OnceLock::new() }; SMALL_SLOTS];
 
 /// Applies `update` to the pre-resolved series of `slot`, or to a fresh lookup past the table.
 fn with_series<T>(
@@ -356,14 +367,21 @@ pub fn record_redirect(kind: impl Label, region: Option<&str>) {
     }
 }
 
-/// Counts a mirror check by its outcome.
-pub fn record_blob_check(outcome: impl Label) {
-    with_series(
-        &BLOB_CHECK_SERIES,
-        outcome.slot(),
-        || BLOB_CHECKS.with_label_values(&[outcome.as_str()]),
-        IntCounter::inc,
-    );
+/// The check counters of `mirror`, one per outcome in the order given, resolved once (and
+/// listed from the first scrape at 0) so that the request path hashes no label values.
+pub fn blob_check_counters(mirror: &str, outcomes: &[&str]) -> Vec<IntCounter> {
+    outcomes
+        .iter()
+        .map(|outcome| BLOB_CHECKS.with_label_values(&[mirror, outcome]))
+        .collect()
+}
+
+/// Counts a reload of `mirror`'s secret files.
+pub fn record_secret_reload(mirror: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    MIRROR_SECRET_RELOADS
+        .with_label_values(&[mirror, result])
+        .inc();
 }
 
 /// Records whether a mirror host's breaker is open; counts each opening.
@@ -402,8 +420,6 @@ pub struct KnownLabels<'a> {
     pub routes: &'a [&'a str],
     /// Redirect targets without a region.
     pub redirect_targets: &'a [&'a str],
-    /// Every mirror check outcome.
-    pub blob_check_outcomes: &'a [&'a str],
     /// Every reason a client is refused for its address.
     pub client_address_refusals: &'a [&'a str],
 }
@@ -420,9 +436,6 @@ pub fn init(known: &KnownLabels<'_>) {
     }
     for target in known.redirect_targets {
         REDIRECTS.with_label_values(&[target, ""]);
-    }
-    for outcome in known.blob_check_outcomes {
-        BLOB_CHECKS.with_label_values(&[outcome]);
     }
     for reason in known.client_address_refusals {
         CLIENT_ADDRESS_REFUSALS.with_label_values(&[reason]);
@@ -446,6 +459,7 @@ pub fn init(known: &KnownLabels<'_>) {
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REDIRECTS);
     LazyLock::force(&BLOB_CHECKS);
+    LazyLock::force(&MIRROR_SECRET_RELOADS);
     LazyLock::force(&MIRROR_PROXIED);
     LazyLock::force(&POLICY_RULES);
     LazyLock::force(&MIRROR_HEAD_SECONDS);

@@ -317,14 +317,8 @@ async fn a_thousand_concurrent_requests_for_a_cold_blob_share_one_head() {
     }
     assert_eq!(local.heads(&path), 1);
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="present"}"#),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="cache_hit"}"#),
-        999.0
-    );
+    assert_eq!(blob_checks(&m, "present"), 1.0);
+    assert_eq!(blob_checks(&m, "cache_hit"), 999.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,10 +368,7 @@ async fn an_unreachable_mirror_counts_as_absent() {
         (307, format!("{UP}/pause/blobs/{d}").as_str())
     );
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
-        1.0
-    );
+    assert_eq!(blob_checks(&m, "error"), 1.0);
     assert!(
         gw.log().contains("mirror check HEAD"),
         "the failure is logged"
@@ -425,10 +416,7 @@ async fn a_failing_mirror_is_skipped_until_one_probe_finds_it_back() {
     }
     assert_eq!(local.all_heads(), 3);
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="skipped"}"#),
-        20.0
-    );
+    assert_eq!(blob_checks(&m, "skipped"), 20.0);
     assert!(
         gw.log().contains(&format!("mirror {host} is failing")),
         "{}",
@@ -478,14 +466,8 @@ async fn a_black_holed_mirror_stops_costing_a_timeout_per_blob() {
     }
     // Two timed-out checks opened the breaker; the other 38 blobs were not checked.
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
-        2.0
-    );
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="skipped"}"#),
-        38.0
-    );
+    assert_eq!(blob_checks(&m, "error"), 2.0);
+    assert_eq!(blob_checks(&m, "skipped"), 38.0);
     assert!(hole.accepted() <= 2, "{} connections", hole.accepted());
 }
 
@@ -530,11 +512,11 @@ async fn metrics_health_and_readiness() {
         2.0
     );
     assert_eq!(
-        delta(r#"archeio_blob_checks_total{outcome="present"}"#),
+        delta(r#"archeio_blob_checks_total{mirror="local-1",outcome="present"}"#),
         1.0
     );
     assert_eq!(
-        delta(r#"archeio_blob_checks_total{outcome="cache_hit"}"#),
+        delta(r#"archeio_blob_checks_total{mirror="local-1",outcome="cache_hit"}"#),
         1.0
     );
     assert_eq!(delta("archeio_mirror_head_duration_seconds_count"), 1.0);
@@ -864,10 +846,7 @@ async fn a_redirect_to_the_mirror_check_counts_as_absent() {
     }
     assert_eq!(other.heads(&path), 0, "the check followed the redirect");
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="absent"}"#),
-        1.0
-    );
+    assert_eq!(blob_checks(&m, "absent"), 1.0);
     let log = gw.log();
     assert_eq!(log.matches("redirect").count(), 1, "{log}");
 }
@@ -881,12 +860,6 @@ async fn a_mirror_5xx_counts_as_an_error() {
     let r = gw.get(&format!("/v2/pause/blobs/{}", digest(60))).await;
     assert!(r.location().starts_with(UP), "{r:?}");
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="error"}"#),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, r#"archeio_blob_checks_total{outcome="absent"}"#),
-        0.0
-    );
+    assert_eq!(blob_checks(&m, "error"), 1.0);
+    assert_eq!(blob_checks(&m, "absent"), 0.0);
 }

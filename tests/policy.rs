@@ -135,7 +135,7 @@ async fn a_chain_skips_a_mirror_without_the_blob_and_one_whose_breaker_is_open()
     );
 
     let m = gw.metrics().await;
-    assert!(sample(&m, "archeio_blob_checks_total{outcome=\"skipped\"}") >= 2.0);
+    assert!(blob_checks(&m, "skipped") >= 2.0);
     let broken_host = broken.addr.to_string();
     assert_eq!(
         sample(

@@ -809,3 +809,79 @@ async fn buckets_of_one_name_on_two_endpoints_are_two_stores() {
         b.location()
     );
 }
+
+/// Issue 24, defect 5: a private mirror whose signed `HEAD` is refused (a wrong or revoked
+/// key) is an error, not "absent": logged once with the cause, counted under the mirror's
+/// name, the mirror skipped like an open breaker; the right key written to the secret file
+/// (as Kubernetes rewrites a mounted Secret) is used without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_key_is_an_error_until_the_secret_file_holds_the_right_one() {
+    let Some(server) = s3_server().await else {
+        return;
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let (id, secret) = (secrets.path().join("id"), secrets.path().join("secret"));
+    std::fs::write(&id, S3_ACCESS_KEY).unwrap();
+    std::fs::write(&secret, "a-rotated-out-key\n").unwrap();
+    let signing = format!(
+        "{{s3: {{bucket: private, region: us-east-1, endpoint: '{}', \
+         access_key_id_file: '{}', secret_access_key_file: '{}', lifetime: 10m}}}}",
+        server.base(),
+        id.display(),
+        secret.display()
+    );
+    let gw = gateway_with_private_mirror(&signing, &[]).await;
+    let path = |bytes: &[u8]| format!("/v2/app/blobs/sha256:{:x}", Sha256::digest(bytes));
+    let upstream = "http://upstream.test/v2/images/app/blobs/";
+
+    for blob in [BLOB, OTHER] {
+        let r = gw.get(&path(blob)).await;
+        assert_eq!(r.status, 307);
+        assert!(r.location().starts_with(upstream), "{}", r.location());
+    }
+    let m = gw.metrics().await;
+    let series = |outcome: &str| {
+        common::sample(
+            &m,
+            &format!("archeio_blob_checks_total{{mirror=\"private\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(series("refused"), 1.0, "{m}");
+    assert_eq!(series("skipped"), 1.0, "the mirror is out at once");
+    assert_eq!(series("absent"), 0.0);
+    let log = gw.log();
+    assert_eq!(
+        log.matches("refused the gateway's signed request").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("403"), "{log}");
+
+    // The right key lands in the file: new requests are signed with it.
+    std::fs::write(&secret, format!("{S3_SECRET_KEY}\n")).unwrap();
+    let store_base = format!("{}/private/containers/images/sha256%3A", server.base());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = gw.get(&path(BLOB)).await;
+        if r.location().starts_with(&store_base) {
+            assert_eq!(fetch(Method::GET, r.location()).await, (200, BLOB.to_vec()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new key was not used:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        common::sample(
+            &m,
+            "archeio_mirror_secret_reloads_total{mirror=\"private\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    let log = gw.log();
+    assert!(!log.contains(S3_SECRET_KEY) && !log.contains("a-rotated-out-key"));
+}

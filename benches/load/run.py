@@ -630,7 +630,8 @@ def main():
                 conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
                 conn.request("GET", "/metrics")
                 text = conn.getresponse().read().decode()
-                filled = int(float(re.search(r'archeio_blob_checks_total\{outcome="present"\} (\S+)', text).group(1)))
+                filled = int(sum(float(v) for v in re.findall(
+                    r'archeio_blob_checks_total\{mirror="[^"]*",outcome="present"\} (\S+)', text)))
             say(f"peak RSS after {filled:,} distinct mirror answers cached (capacity 100,000): "
                 f"{peak_rss_kib([gw.pid]) / 1024:.1f} MiB")
             harness.stop(gw, 5)

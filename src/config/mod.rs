@@ -107,12 +107,14 @@ pub struct LogSettings {
 }
 
 /// A private mirror's signing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SignedMirror {
     /// The mirror's index in the policy's mirrors.
     pub mirror: usize,
     /// Its store, credentials and URL lifetime.
     pub signing: signing::Signing,
+    /// What `signing` was read from, to read its secret files again when they change.
+    pub source: signing::SigningConfig,
 }
 
 /// The range sources and their refresh.

@@ -65,7 +65,7 @@ pub struct Gateway {
     clients: Clients,
     routes: Routes,
     ranges: LiveRanges,
-    mirrors: Mirrors,
+    mirrors: Arc<Mirrors>,
     upstream: UpstreamAccess,
     /// Requests decided per policy rule, by the rule's index.
     rule_matches: Vec<IntCounter>,
@@ -118,7 +118,7 @@ impl Gateway {
         clients: Clients,
         routes: Routes,
         ranges: LiveRanges,
-        mirrors: Mirrors,
+        mirrors: Arc<Mirrors>,
         upstream: UpstreamAccess,
         ops: Operations,
     ) -> Gateway {

@@ -1,5 +1,5 @@
 //! The background work that runs beside the listeners, as Pingora services: upstream health
-//! checks and range refreshes. The work itself lives in its own module; this only hands it
+//! checks, range refreshes and private mirrors' secrets. The work itself lives in its own module; this only hands it
 //! Pingora's shutdown signal.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use crate::mirror::Mirrors;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
 
@@ -18,6 +19,16 @@ pub struct HealthChecks(pub Arc<Upstreams>);
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.0.run_checks(shutdown).await;
+    }
+}
+
+/// Private mirrors' secret files read again on the interval and on `SIGHUP`.
+pub struct MirrorSecrets(pub Arc<Mirrors>);
+
+#[async_trait]
+impl BackgroundService for MirrorSecrets {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.watch_secrets(shutdown).await;
     }
 }
 

@@ -107,6 +107,34 @@ impl Breakers {
     }
 }
 
+impl Breakers {
+    /// Opens `host`'s breaker at once, whatever its count: a failure that every check would
+    /// repeat (credentials refused).
+    pub fn trip(&self, host: &str, now: Instant) {
+        let mut hosts = self.hosts.lock().expect("lock is never poisoned");
+        let was_open = matches!(hosts.get(host), Some(State::Open { .. }));
+        hosts.insert(
+            host.to_string(),
+            State::Open {
+                until: now + self.cool_down,
+            },
+        );
+        if !was_open {
+            (self.on_change)(host, true);
+        }
+    }
+
+    /// Closes `host`'s breaker: what made it fail changed.
+    pub fn reset(&self, host: &str) {
+        let mut hosts = self.hosts.lock().expect("lock is never poisoned");
+        if let Some(state) = hosts.insert(host.to_string(), State::Closed { failures: 0 }) {
+            if !matches!(state, State::Closed { .. }) {
+                (self.on_change)(host, false);
+            }
+        }
+    }
+}
+
 /// The `host[:port]` of an absolute URL, without parsing the rest.
 pub fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -167,6 +195,28 @@ mod tests {
         assert_eq!(b.permit("h", later), Permit::Probe);
         b.abandon_probe("h", later);
         assert_eq!(b.permit("h", later), Permit::Probe);
+    }
+
+    #[test]
+    fn a_trip_opens_at_once_and_a_reset_closes() {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let b = Breakers::new(
+            5,
+            Duration::from_secs(10),
+            Box::new(move |host, open| seen.lock().unwrap().push((host.to_string(), open))),
+        );
+        let t0 = Instant::now();
+        b.trip("h", t0);
+        b.trip("h", t0);
+        assert_eq!(b.permit("h", t0), Permit::Skip);
+        b.reset("h");
+        assert_eq!(b.permit("h", t0), Permit::Check);
+        b.reset("other");
+        assert_eq!(
+            *changes.lock().unwrap(),
+            [("h".to_string(), true), ("h".to_string(), false)]
+        );
     }
 
     #[test]

@@ -1,20 +1,47 @@
 //! Which mirror of a rule's chain serves a blob: the first whose breaker is closed and which
 //! holds it, by the cached check; a private mirror's `HEAD` and the URL the client gets are
-//! presigned.
+//! presigned, with credentials read again when their files change.
 
-use log::warn;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use log::{info, warn};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::check::{Access, Counters};
 use super::signing::MirrorSigner;
 use super::MirrorCheck;
+use crate::config::signing::{Signing, SigningConfig};
 use crate::config::SignedMirror;
+use crate::metrics;
 use crate::routing::policy::Policy;
 use crate::routing::MirrorCandidate;
+
+/// How often the private mirrors' secret files are read again: a rotated Kubernetes Secret
+/// (a symlink swap in the mounted volume) is in use within this long. A few small files.
+pub const SECRET_POLL: Duration = Duration::from_secs(2);
+
+/// A private mirror's signer, swapped whole when its credentials change.
+struct SignerSlot {
+    /// `mirrors.named.<name>`, for logs.
+    name: Box<str>,
+    /// What the credentials are read from.
+    source: SigningConfig,
+    /// The signing in use and its signer.
+    current: ArcSwap<(Signing, MirrorSigner)>,
+    /// Why the last reading failed, while it keeps failing: logged and counted once.
+    failing: Mutex<Option<String>>,
+}
 
 /// The mirrors of the policy, by their index in it, and the check that asks them.
 pub struct Mirrors {
     check: MirrorCheck,
     /// Per mirror of the policy: its signer, for a private one.
-    signers: Vec<Option<MirrorSigner>>,
+    signers: Vec<Option<SignerSlot>>,
+    /// Per mirror of the policy: its check counters.
+    counters: Vec<Counters>,
 }
 
 impl Mirrors {
@@ -25,19 +52,30 @@ impl Mirrors {
         policy: &Policy,
         signed: &[SignedMirror],
     ) -> Result<Mirrors, String> {
-        let mut signers: Vec<Option<MirrorSigner>> = std::iter::repeat_with(|| None)
+        let mut signers: Vec<Option<SignerSlot>> = std::iter::repeat_with(|| None)
             .take(policy.mirrors.len())
             .collect();
         for s in signed {
-            let signer = MirrorSigner::new(&s.signing).map_err(|e| {
-                format!(
-                    "mirrors.named.{}.signing: {e}",
-                    policy.mirrors[s.mirror].name
-                )
-            })?;
-            signers[s.mirror] = Some(signer);
+            let name = &policy.mirrors[s.mirror].name;
+            let signer = MirrorSigner::new(&s.signing)
+                .map_err(|e| format!("mirrors.named.{name}.signing: {e}"))?;
+            signers[s.mirror] = Some(SignerSlot {
+                name: name.clone(),
+                source: s.source.clone(),
+                current: ArcSwap::from_pointee((s.signing.clone(), signer)),
+                failing: Mutex::new(None),
+            });
         }
-        Ok(Mirrors { check, signers })
+        let counters = policy
+            .mirrors
+            .iter()
+            .map(|m| Counters::for_mirror(&m.name))
+            .collect();
+        Ok(Mirrors {
+            check,
+            signers,
+            counters,
+        })
     }
 
     /// The index in `candidates` of the first mirror that holds the blob and the URL for
@@ -49,13 +87,19 @@ impl Mirrors {
         traceparent: Option<&str>,
     ) -> Option<(usize, String)> {
         for (i, c) in candidates.iter().enumerate() {
+            let counters = &self.counters[c.mirror];
             let url = match self.signers.get(c.mirror).and_then(Option::as_ref) {
                 None => self
                     .check
-                    .check(&c.location, traceparent)
+                    .check(&c.location, counters, traceparent)
                     .await
                     .then(|| c.location.clone()),
-                Some(signer) => self.signed(signer, &c.location, method, traceparent).await,
+                Some(slot) => {
+                    let current = slot.current.load();
+                    let signer = &current.1;
+                    self.signed(signer, &c.location, method, counters, traceparent)
+                        .await
+                }
             };
             if let Some(url) = url {
                 return Some((i, url));
@@ -71,13 +115,14 @@ impl Mirrors {
         signer: &MirrorSigner,
         key: &str,
         method: &http::Method,
+        counters: &Counters,
         traceparent: Option<&str>,
     ) -> Option<String> {
         let store = signer.store();
         let name = format!("{store}/{key}");
         let held = self
             .check
-            .check_via(&name, store, traceparent, || {
+            .check_via(&name, store, Access::Signed, counters, traceparent, || {
                 signer.url(http::Method::HEAD, key)
             })
             .await;
@@ -90,6 +135,77 @@ impl Mirrors {
                 warn!("mirror {name}: cannot sign the client's URL: {e}");
                 None
             }
+        }
+    }
+
+    /// Reads the private mirrors' credentials again (from their files; environment
+    /// variables do not change in a running process). A mirror whose credentials changed
+    /// gets a new signer and a closed breaker; one whose files cannot be read or are
+    /// unusable keeps its old credentials, logged and counted.
+    pub fn reload_secrets(&self) {
+        for slot in self.signers.iter().flatten() {
+            let current = slot.current.load();
+            let key = format!("mirrors.named.{}.signing", slot.name);
+            let reread = slot
+                .source
+                .check(|k| std::env::var(k).ok())
+                .map_err(|e| format!("{key}.{}: {}", e.key, e.message))
+                .and_then(|signing| match signing == current.0 {
+                    true => Ok(None),
+                    false => MirrorSigner::new(&signing)
+                        .map(|signer| Some((signing, signer)))
+                        .map_err(|e| format!("{key}: {e}")),
+                });
+            let mut failing = slot.failing.lock().expect("lock is never poisoned");
+            match reread {
+                Ok(None) => *failing = None,
+                Ok(Some(next)) => {
+                    *failing = None;
+                    let store = next.1.store().to_string();
+                    slot.current.store(Arc::new(next));
+                    self.check.reset(&store);
+                    metrics::record_secret_reload(&slot.name, true);
+                    info!("mirror {}: credentials changed, now in use", slot.name);
+                }
+                Err(why) if failing.as_deref() != Some(why.as_str()) => {
+                    metrics::record_secret_reload(&slot.name, false);
+                    warn!("mirror {}: keeping its credentials: {why}", slot.name);
+                    *failing = Some(why);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads the credentials again every [`SECRET_POLL`] and on `SIGHUP`, until `shutdown`
+    /// changes; returns at once without private mirrors.
+    pub async fn watch_secrets(&self, mut shutdown: watch::Receiver<bool>) {
+        if self.signers.iter().all(Option::is_none) {
+            return;
+        }
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(
+                    "cannot listen for SIGHUP, mirror secrets are read on the interval only: {e}"
+                );
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(SECRET_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => info!("SIGHUP: reading the private mirrors' credentials again"),
+            }
+            self.reload_secrets();
         }
     }
 }

@@ -7,7 +7,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use log::warn;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use log::{error, warn};
+use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
@@ -27,35 +31,62 @@ pub enum Outcome {
     Absent,
     /// `HEAD` failed (timeout, connection, TLS) or answered a 5xx.
     Error,
+    /// A private mirror answered its signed `HEAD` with `401` or `403`: the gateway's
+    /// credentials are wrong, expired or revoked (not a missing blob, which a private bucket
+    /// answers `404`).
+    Refused,
     /// Not checked: the mirror host's breaker is open.
     Skipped,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::CacheHit,
         Outcome::Present,
         Outcome::Absent,
         Outcome::Error,
+        Outcome::Refused,
         Outcome::Skipped,
     ];
-}
 
-impl metrics::Label for Outcome {
-    fn slot(self) -> usize {
-        self as usize
-    }
-
-    fn as_str(self) -> &'static str {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::CacheHit => "cache_hit",
             Outcome::Present => "present",
             Outcome::Absent => "absent",
             Outcome::Error => "error",
+            Outcome::Refused => "refused",
             Outcome::Skipped => "skipped",
         }
     }
+}
+
+/// One mirror's check counters, by outcome.
+pub struct Counters(Vec<IntCounter>);
+
+impl Counters {
+    /// The series of the mirror named `mirror`, each at 0 until counted.
+    pub fn for_mirror(mirror: &str) -> Counters {
+        Counters(metrics::blob_check_counters(
+            mirror,
+            &Outcome::ALL.map(Outcome::as_str),
+        ))
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].inc();
+    }
+}
+
+/// Whether a mirror's requests are signed: only then is a `401`/`403` about the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone may read it; a `403` is a missing object in a bucket that hides its listing.
+    Public,
+    /// Presigned with the gateway's credentials.
+    Signed,
 }
 
 /// A cached answer: whether the mirror holds the blob, and until when that holds.
@@ -82,6 +113,8 @@ pub struct MirrorCheck {
     miss_ttl_ms: u64,
     seed: u64,
     breakers: Breakers,
+    /// When each host's last refusal was logged: once per miss lifetime.
+    refusals_logged: Mutex<HashMap<String, Instant>>,
 }
 
 impl MirrorCheck {
@@ -109,16 +142,21 @@ impl MirrorCheck {
                 cfg.breaker_cool_down,
                 Box::new(metrics::set_mirror_breaker),
             ),
+            refusals_logged: Mutex::new(HashMap::new()),
         })
     }
 
     /// Whether the public mirror holds the blob at `url`; how that was found out goes to
-    /// the metrics.
-    /// `traceparent` goes with the `HEAD`, when one is sent.
-    pub async fn check(&self, url: &str, traceparent: Option<&str>) -> bool {
-        self.check_via(url, host_of(url), traceparent, || async {
-            Ok(url.to_string())
-        })
+    /// `counters`. `traceparent` goes with the `HEAD`, when one is sent.
+    pub async fn check(&self, url: &str, counters: &Counters, traceparent: Option<&str>) -> bool {
+        self.check_via(
+            url,
+            host_of(url),
+            Access::Public,
+            counters,
+            traceparent,
+            || async { Ok(url.to_string()) },
+        )
         .await
     }
 
@@ -130,6 +168,8 @@ impl MirrorCheck {
         &self,
         name: &str,
         host: &str,
+        access: Access,
+        counters: &Counters,
         traceparent: Option<&str>,
         head_url: F,
     ) -> bool
@@ -140,7 +180,7 @@ impl MirrorCheck {
         let permit = self.breakers.permit(host, Instant::now());
         if permit == Permit::Skip {
             // Not cached: the answer is about the host, not the blob.
-            metrics::record_blob_check(Outcome::Skipped);
+            counters.count(Outcome::Skipped);
             return false;
         }
         let key = xxh3_128_with_seed(name.as_bytes(), self.seed);
@@ -151,7 +191,7 @@ impl MirrorCheck {
                     if permit == Permit::Probe {
                         self.breakers.abandon_probe(host, Instant::now());
                     }
-                    metrics::record_blob_check(Outcome::CacheHit);
+                    counters.count(Outcome::CacheHit);
                     return answer.present;
                 }
                 Ok(_) => {
@@ -163,7 +203,15 @@ impl MirrorCheck {
         };
         let (present, outcome) = match head_url().await {
             Ok(url) => {
-                let (present, o, healthy) = self.head(&url, name, traceparent).await;
+                let (present, o, healthy) = self.head(&url, name, host, access, traceparent).await;
+                if let Outcome::Refused = o {
+                    // No blob will be readable with these credentials: out at once, as if
+                    // the breaker had opened, and not cached, so that new credentials are
+                    // tried as soon as the breaker lets a probe through.
+                    self.breakers.trip(host, Instant::now());
+                    counters.count(o);
+                    return false;
+                }
                 self.breakers.record(host, healthy, Instant::now());
                 (present, o)
             }
@@ -184,8 +232,38 @@ impl MirrorCheck {
             present,
             expires_ms,
         });
-        metrics::record_blob_check(outcome);
+        counters.count(outcome);
         present
+    }
+
+    /// Closes `host`'s breaker: its credentials changed, so it deserves a new try.
+    pub fn reset(&self, host: &str) {
+        self.breakers.reset(host);
+        self.refusals_logged
+            .lock()
+            .expect("lock is never poisoned")
+            .remove(host);
+    }
+
+    /// A refusal is logged at error once per host and miss lifetime: it does not heal by
+    /// itself, and every request until the credentials are fixed would repeat it.
+    fn log_refusal(&self, host: &str, name: &str, status: reqwest::StatusCode) {
+        let now = Instant::now();
+        let mut logged = self.refusals_logged.lock().expect("lock is never poisoned");
+        let quiet = Duration::from_millis(self.miss_ttl_ms.max(1000));
+        if logged
+            .get(host)
+            .is_some_and(|t| now.duration_since(*t) < quiet)
+        {
+            return;
+        }
+        logged.insert(host.to_string(), now);
+        drop(logged);
+        error!(
+            "private mirror {host} refused the gateway's signed request (HEAD {name} answered \
+             {status}): its credentials are wrong, expired or lack read access; its blobs go \
+             to the next mirror or the upstream until it accepts them"
+        );
     }
 
     fn now_ms(&self) -> u64 {
@@ -198,6 +276,8 @@ impl MirrorCheck {
         &self,
         url: &str,
         name: &str,
+        host: &str,
+        access: Access,
         traceparent: Option<&str>,
     ) -> (bool, Outcome, bool) {
         let started = Instant::now();
@@ -209,6 +289,10 @@ impl MirrorCheck {
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
+            Ok(resp) if access == Access::Signed && matches!(resp.status().as_u16(), 401 | 403) => {
+                self.log_refusal(host, name, resp.status());
+                (false, Outcome::Refused, false)
+            }
             Ok(resp) if resp.status().is_server_error() => {
                 warn!("mirror check HEAD {name} answered {}", resp.status());
                 (false, Outcome::Error, false)
@@ -279,17 +363,18 @@ mod tests {
         let heads = Arc::new(AtomicUsize::new(0));
         let (base, server) = mirror(heads.clone()).await;
         let c = check(Duration::from_millis(300));
+        let counters = Counters::for_mirror("test");
         let cached = format!("{base}/blob/a");
-        assert!(c.check(&cached, None).await, "the mirror holds it");
-        assert!(c.check(&cached, None).await, "now from the cache");
+        assert!(c.check(&cached, &counters, None).await, "the mirror holds it");
+        assert!(c.check(&cached, &counters, None).await, "now from the cache");
         assert_eq!(heads.load(Ordering::SeqCst), 1, "one HEAD for both");
 
         // The mirror goes away: a check of another blob fails and opens the breaker.
         server.abort();
         let _ = server.await;
-        assert!(!c.check(&format!("{base}/blob/b"), None).await);
+        assert!(!c.check(&format!("{base}/blob/b"), &counters, None).await);
         assert!(
-            !c.check(&cached, None).await,
+            !c.check(&cached, &counters, None).await,
             "an open breaker overrides the cached present answer"
         );
 
@@ -298,14 +383,14 @@ mod tests {
         // and the breaker opens again, over the cached answer too.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(
-            c.check(&cached, None).await,
+            c.check(&cached, &counters, None).await,
             "the probe's turn, answered from the cache"
         );
         assert!(
-            !c.check(&format!("{base}/blob/c"), None).await,
+            !c.check(&format!("{base}/blob/c"), &counters, None).await,
             "the probe fails"
         );
-        assert!(!c.check(&cached, None).await, "open again");
+        assert!(!c.check(&cached, &counters, None).await, "open again");
         assert_eq!(heads.load(Ordering::SeqCst), 1);
     }
 }

@@ -497,6 +497,16 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// `archeio_blob_checks_total` of `outcome`, summed over the mirrors.
+pub fn blob_checks(metrics: &str, outcome: &str) -> f64 {
+    let label = format!(",outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("archeio_blob_checks_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Path of a file in the repository.
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)

@@ -188,12 +188,17 @@ impl PolicyConfig {
                     add(name, base, &p, &s, false)
                 }
                 (None, Some(signing)) => {
+                    let source = signing.clone();
                     let signing = signing
                         .check(&env)
                         .map_err(|e| e.under(&format!("{key}.signing")))?;
                     // An object key: the path without its leading `/`.
                     let i = add(name, String::new(), &p[1..], &s, true);
-                    signed.push(SignedMirror { mirror: i, signing });
+                    signed.push(SignedMirror {
+                        mirror: i,
+                        signing,
+                        source,
+                    });
                     i
                 }
                 _ => {
