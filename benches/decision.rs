@@ -186,6 +186,7 @@ fn request(target: &str, client: Result<IpAddr, ClientAddrError>) -> Request<'_>
         client,
         upstream: 0,
         has_body: false,
+        grants: archeio::routing::Grants::Unchecked,
     }
 }
 

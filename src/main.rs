@@ -18,6 +18,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
+use archeio::auth::local::LocalAuth;
 use archeio::auth::relay::TokenRelay;
 use archeio::auth::ClientAuthority;
 use archeio::config::file::LogFormat;
@@ -27,7 +28,7 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
 use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
-use archeio::gateway::services::{HealthChecks, MirrorSecrets, RangeRefresh};
+use archeio::gateway::services::{HealthChecks, HtpasswdWatch, MirrorSecrets, RangeRefresh};
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::{Clients, Gateway, Operations, UpstreamAccess};
 use archeio::logging;
@@ -146,6 +147,29 @@ fn main() {
                 *authorization_ttl,
             )
         }
+        ClientAuth::Local {
+            htpasswd_file,
+            users,
+            token_lifetime,
+            token_key_file,
+            ..
+        } => {
+            let auth = LocalAuth::new(
+                htpasswd_file.clone(),
+                users,
+                *token_lifetime,
+                token_key_file.as_deref(),
+            )
+            .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}")));
+            (
+                ClientAuthority::Local(Arc::new(auth)),
+                settings.blob_check.repository_ttl,
+            )
+        }
+    };
+    let htpasswd_watch = match &client_authority {
+        ClientAuthority::Local(auth) => Some(auth.clone()),
+        _ => None,
     };
     let blobs = BlobAccess::new(
         &settings.blob_check,
@@ -234,6 +258,9 @@ fn main() {
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
     server.add_service(background_service("mirror secrets", MirrorSecrets(mirrors)));
+    if let Some(auth) = htpasswd_watch {
+        server.add_service(background_service("htpasswd", HtpasswdWatch(auth)));
+    }
     server.add_service(background_service(
         "listen check",
         ListenCheck {

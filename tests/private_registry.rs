@@ -402,3 +402,180 @@ async fn relay_lets_each_user_read_only_the_repositories_the_token_service_grant
     let log = gw.log();
     assert!(!log.contains("alice-pw") && !log.contains(&bearer[7..]));
 }
+
+/// A gateway with `client_auth: local` in front of the Basic-auth `upstream` (read with the
+/// gateway's own account, robot), users from `htpasswd`, blobs to the mirror at `mirror`.
+async fn local_gateway(upstream: &str, mirror: &str, dir: &std::path::Path) -> Gateway {
+    let password = dir.join("robot-password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let htpasswd = dir.join("htpasswd");
+    let mut users = String::new();
+    for (user, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        users.push_str(&format!("{user}:{}\n", bcrypt::hash(pw, 4).unwrap()));
+    }
+    std::fs::write(&htpasswd, users).unwrap();
+    Gateway::start(&format!(
+        "  upstream:
+    endpoints: ['{upstream}']
+    path: test
+    credentials: {{username: robot, password_file: '{password}'}}
+  client_auth:
+    mode: local
+    public_url: 'http://{{gateway}}'
+    htpasswd_file: '{htpasswd}'
+    users: {{alice: [app], bob: ['**']}}
+  mirrors: {{default: '{mirror}', replace_regions: true, regions: {{local-1: '{mirror}'}}}}
+  ranges: {{embedded: false}}
+  policy:
+    rules:
+      - {{name: blobs, match: {{kind: blob}}, action: mirrors, mirrors: [default]}}",
+        password = password.display(),
+        htpasswd = htpasswd.display(),
+    ))
+    .await
+}
+
+/// Issue 24, defects 1 and 2 with `client_auth: local`: the gateway checks its clients
+/// itself (htpasswd, Basic or its own tokens, per-user repositories) and reads the upstream
+/// with its own account; nobody reads anonymously, alice reads `app` and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_mode_lets_each_user_read_only_its_repositories() {
+    let img = images();
+    let reg = Registry::start(
+        &img.storage,
+        None,
+        Auth::Basic {
+            user: "robot".into(),
+            password: "s3cret".into(),
+        },
+    );
+    let secret = &img.multi_layers[0];
+    let mirror = filled_mirror(&[&img.app_layer, &img.app_config, secret]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = local_gateway(&reg.url(false), &mirror.url(), dir.path()).await;
+    let alice = basic("alice", "alice-pw");
+
+    // Nobody reads anonymously or with a wrong password; the challenge names the gateway.
+    let r = gw.get("/v2/").await;
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap().to_string();
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"http://{}/token\"", gw.addr)),
+        "{challenge}"
+    );
+    for auth in [
+        None,
+        Some(basic("alice", "guess")),
+        Some(basic("mallory", "x")),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        for target in ["/v2/", "/v2/app/manifests/v1"] {
+            let r = gw.send("GET", target, &headers).await;
+            assert_eq!(
+                (r.status, r.oci_code().as_str()),
+                (401, "UNAUTHORIZED"),
+                "{target} {auth:?}"
+            );
+        }
+    }
+
+    // Alice with Basic: app's manifest (read upstream with robot's account), not multi's.
+    let r = gw.send("GET", "/v2/", &[("Authorization", &alice)]).await;
+    assert_eq!(r.status, 200);
+    let r = gw
+        .send(
+            "GET",
+            "/v2/app/manifests/v1",
+            &[("Authorization", &alice), ("Accept", OCI_MANIFEST)],
+        )
+        .await;
+    assert_eq!((r.status, sha256(&r.body)), (200, img.app_manifest.clone()));
+    let r = gw
+        .send(
+            "GET",
+            "/v2/multi/manifests/v1",
+            &[("Authorization", &alice)],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("scope=\"repository:multi:pull\""));
+
+    // Her token: scoped to what she asked for and may read.
+    let token = |auth: String, scope: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let r = request(
+                addr,
+                "GET",
+                &format!("/token?service=archeio&scope={scope}"),
+                &[("Authorization", &auth)],
+            )
+            .await
+            .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            (
+                r.status,
+                json["token"].as_str().map(|t| format!("Bearer {t}")),
+            )
+        }
+    };
+    assert_eq!(
+        token(basic("alice", "guess"), "repository:app:pull")
+            .await
+            .0,
+        401
+    );
+    let (status, bearer) = token(alice.clone(), "repository:app:pull").await;
+    assert_eq!(status, 200);
+    let bearer = bearer.unwrap();
+    let at_mirror = format!("{}/containers/images/{}", mirror.url(), img.app_layer);
+    let r = gw
+        .send(
+            "GET",
+            &format!("/v2/app/blobs/{}", img.app_layer),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (307, at_mirror.as_str()));
+
+    // The attacker's side: her token on multi, a token asked for multi, multi's layer under
+    // app, and a token whose claims were edited.
+    let (_, for_multi) = token(alice.clone(), "repository:multi:pull").await;
+    let for_multi = for_multi.unwrap();
+    let (payload, signature) = bearer[7..].split_once('.').unwrap();
+    let forged = format!("Bearer {}x.{signature}", payload);
+    for (target, auth) in [
+        (format!("/v2/multi/blobs/{secret}"), &bearer),
+        ("/v2/multi/manifests/v1".to_string(), &bearer),
+        (format!("/v2/multi/blobs/{secret}"), &for_multi),
+        (format!("/v2/app/blobs/{}", img.app_layer), &forged),
+    ] {
+        let r = gw.send("GET", &target, &[("Authorization", auth)]).await;
+        assert_eq!(r.status, 401, "{target} with {auth}");
+        assert!(r.header("location").is_none());
+    }
+    let r = gw
+        .send(
+            "GET",
+            &format!("/v2/app/blobs/{secret}"),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 404, "multi's layer is not app's: {r:?}");
+
+    // Real clients.
+    let (ok, err) = skopeo_pull(&gw, "app:v1", Some("alice:alice-pw"));
+    assert!(ok, "{err}\n{}", gw.log());
+    let (ok, _) = skopeo_pull(&gw, "multi:v1", Some("alice:alice-pw"));
+    assert!(!ok, "alice pulled multi");
+    let (ok, _) = skopeo_pull(&gw, "app:v1", None);
+    assert!(!ok, "anonymous pulled app");
+    let (ok, err) = skopeo_pull(&gw, "docker:v1", Some("bob:bob-pw"));
+    assert!(ok, "{err}");
+    let log = gw.log();
+    assert!(!log.contains("alice-pw") && !log.contains("s3cret") && !log.contains(&bearer[7..]));
+}

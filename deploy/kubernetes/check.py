@@ -4,8 +4,9 @@
     python3 deploy/kubernetes/check.py            # every check; exit 1 with one line per failure
     python3 deploy/kubernetes/check.py --render   # print what would be checked, as YAML
 
-1. Renders each tree (base, overlays/example, overlays/example-fill) with render.py and,
-   where a kubectl with kustomize 5 is installed, with it too, and fails unless both agree.
+1. Renders each tree (base, overlays/example, overlays/example-fill,
+   overlays/private-registry) with render.py and, where a kubectl with kustomize 5 is
+   installed, with it too, and fails unless both agree.
 2. Validates every rendered resource against the Kubernetes JSON schemas that the pinned
    kubernetes-validate bundles (strict: an unknown field is an error), for the oldest
    Kubernetes these manifests need and the newest bundled. The ServiceMonitor (a CRD, not
@@ -13,13 +14,17 @@
    Prometheus Operator's CRD, not the CRD itself.
 3. Checks that the manifests agree with the gateway: the ConfigMap is conf/archeio.yaml
    (with components/ingress-nginx: its archeio.yaml, which is conf/archeio.yaml but for
-   client_address.trusted_proxies); ports, probes, the shutdown timing, writable paths and
-   egress ports follow from it; the registry port admits only named peers once proxies are
-   trusted; an Ingress reaches the registry port with the annotations it needs; the pods run
-   as the Dockerfile's user, locked down; the sync jobs are set up as documented. Every
-   NetworkPolicy that selects the gateway's or the sync pods opens no port but DNS's to every
-   address: its ipBlocks except the link-local and private ranges (EGRESS_EXCLUDED) and reach
-   no metadata address; the sync pods are isolated both ways, with no ingress at all.
+   client_address.trusted_proxies; or the tree's own file, such as
+   overlays/private-registry's, with the component's trusted_proxies); ports, probes, the
+   shutdown timing, writable paths and egress ports follow from it; the files it reads are
+   mounted, credentials from a Secret volume without subPath, not world-readable, with the
+   keys its example Secret holds; the registry port admits only named peers once proxies
+   are trusted; an Ingress reaches the registry port with the annotations it needs; the
+   pods run as the Dockerfile's user, locked down; the sync jobs are set up as documented.
+   Every NetworkPolicy that selects the gateway's or the sync pods opens no port but DNS's
+   to every address: its ipBlocks except the link-local and private ranges
+   (EGRESS_EXCLUDED) and reach no metadata address; the sync pods are isolated both ways,
+   with no ingress at all.
 4. Breaks the rendered manifests in memory in the ways listed in BREAKAGES and fails unless
    each breakage is caught, so a check cannot quietly stop checking.
 """
@@ -48,7 +53,7 @@ KUBERNETES_VALIDATE = "1.37.0"
 # 1.29: the oldest where every field used is on by default (backoffLimitPerIndex is beta
 # there); 1.37: the newest that KUBERNETES_VALIDATE bundles.
 KUBERNETES_VERSIONS = ["1.29", "1.37"]
-TREES = ["base", "overlays/example", "overlays/example-fill"]
+TREES = ["base", "overlays/example", "overlays/example-fill", "overlays/private-registry"]
 PLACEHOLDER_IMAGE = "archeio:latest"
 GATEWAY_CONFIG = os.path.join(REPO, "conf", "archeio.yaml")
 SYNC_CONFIG = os.path.join(REPO, "conf", "sync.example.yaml")
@@ -58,14 +63,22 @@ COPIES = {
 }
 # The ingress-nginx component's gateway config: conf/archeio.yaml but for the lines of
 # client_address.trusted_proxies (the pod CIDR). A tree that lists the component in its
-# kustomization's components renders this file; any other tree, conf/archeio.yaml.
+# kustomization's components renders this file, unless a generator that runs after it (a
+# component listed later) replaces it; any other tree, conf/archeio.yaml or its own.
 INGRESS_NGINX = os.path.join(HERE, "components", "ingress-nginx")
 INGRESS_NGINX_CONFIG = os.path.join(INGRESS_NGINX, "archeio.yaml")
+# A tree listing this component must render the daily sync CronJob.
+SYNC_COMPONENT = os.path.join(HERE, "components", "sync")
 # ingress-nginx annotations the component's Ingress must carry (see its comments).
 NGINX_ANNOTATIONS = "nginx.ingress.kubernetes.io/"
 # terminationGracePeriodSeconds must be at least grace + timeout + this.
 SHUTDOWN_MARGIN_SECONDS = 5
 SECRET_LIKE_ENV = re.compile(r"SECRET|PASSWORD|TOKEN|CREDENTIAL|(^|_)KEY($|_)|ACCESS_KEY")
+# Config keys naming a file that holds a credential (mirrors' signing keys, the upstream's
+# password): it must come from a Secret volume. The gateway reads them again every 2 s.
+SECRET_FILE_KEY = re.compile(r"(secret|key|password|token)[a-z_]*_file$")
+# Example Secrets an overlay documents but never applies (in no `resources`).
+EXAMPLE_SUFFIX = ".example.yaml"
 # What an ipBlock wide enough to hold one of these must list in its `except`, in every
 # NetworkPolicy selecting the gateway's or the sync pods (the ones these pods may need are
 # on public addresses): link-local (the clouds' metadata services, 169.254.169.254), private
@@ -90,11 +103,44 @@ def rel(path):
     return os.path.relpath(path, REPO)
 
 
+def kustomization(directory):
+    return yaml.safe_load(read(os.path.join(directory, "kustomization.yaml"))) or {}
+
+
+def tree_components(tree):
+    """The components `tree`'s kustomization lists, as absolute paths, in order."""
+    return [os.path.normpath(os.path.join(HERE, tree, c))
+            for c in kustomization(os.path.join(HERE, tree)).get("components") or []]
+
+
+def own_config(tree):
+    """The gateway config file `tree` generates the ConfigMap `archeio` from itself (in its
+    kustomization, or in a component of its own directory), or None. The last such generator
+    in kustomize's order: the kustomization's own, then its components as listed."""
+    directory = os.path.join(HERE, tree)
+    local = [c for c in tree_components(tree) if c.startswith(directory + os.sep)]
+    found = None
+    for d in [directory] + local:
+        for gen in kustomization(d).get("configMapGenerator") or []:
+            if gen.get("name") != "archeio":
+                continue
+            for entry in gen.get("files") or []:
+                k, _, source = entry.partition("=") if "=" in entry else (
+                    os.path.basename(entry), "", entry)
+                if k == "archeio.yaml":
+                    found = os.path.normpath(os.path.join(d, source))
+    return found
+
+
 def tree_config(tree):
-    """The gateway config file that `tree`'s ConfigMap must hold."""
-    k = yaml.safe_load(read(os.path.join(HERE, tree, "kustomization.yaml"))) or {}
-    components = {os.path.normpath(os.path.join(HERE, tree, c)) for c in k.get("components") or []}
-    return INGRESS_NGINX_CONFIG if INGRESS_NGINX in components else GATEWAY_CONFIG
+    """The gateway config file that `tree`'s ConfigMap must hold: its own if it has one
+    (then it must win over any component's, whatever their order), else the ingress-nginx
+    component's if it lists that, else conf/archeio.yaml (base's copy stands for it:
+    check_copies keeps the two identical)."""
+    own = own_config(tree)
+    if own:
+        return COPIES.get(own, own)
+    return INGRESS_NGINX_CONFIG if INGRESS_NGINX in tree_components(tree) else GATEWAY_CONFIG
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -537,10 +583,13 @@ def check_gateway(tree, resources, failures):
         failures.append(f"{tree}: {key(cm)}: archeio.yaml is not {rel(expected)}")
         if text is None:
             return
-    if expected != GATEWAY_CONFIG:
+    if expected == INGRESS_NGINX_CONFIG:
         failures += config_variant_failures(text, f"{tree}: {key(cm)}: archeio.yaml")
+    elif expected != GATEWAY_CONFIG:
+        failures += own_config_failures(tree, text, f"{tree}: {key(cm)}: archeio.yaml")
     config = yaml.safe_load(text)
     archeio = config.get("archeio") or {}
+    check_config_files(tree, resources, pod, c, archeio, failures, where)
     listen = {port_of(a) for a in archeio.get("listen") or []}
     admin = {port_of(a) for a in archeio.get("admin_listen") or []}
     if len(listen) != 1 or len(admin) != 1:
@@ -609,6 +658,108 @@ def check_gateway(tree, resources, failures):
     check_network_policy(tree, resources, pod_labels, c, listen, admin, archeio, failures)
     check_ingress(tree, resources, archeio, failures)
     check_service_monitor(tree, resources, failures)
+
+
+def own_config_failures(tree, text, where):
+    """An overlay's own gateway config: with components/ingress-nginx it replaces the
+    component's file, so it must trust the same proxies (README: keep its trusted_proxies)."""
+    if INGRESS_NGINX not in tree_components(tree):
+        return []
+    try:
+        ours = yaml.safe_load(text)["archeio"]["client_address"]
+        theirs = yaml.safe_load(read(INGRESS_NGINX_CONFIG))["archeio"]["client_address"]
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        return [f"{where}: no archeio.client_address ({type(e).__name__}: {e})"]
+    failures = []
+    if ours.get("trusted_proxies") != theirs.get("trusted_proxies"):
+        failures.append(f"{where}: client_address.trusted_proxies {ours.get('trusted_proxies')} "
+                        f"is not {rel(INGRESS_NGINX_CONFIG)}'s {theirs.get('trusted_proxies')}, "
+                        "which this file replaces")
+    if ours.get("trusted_proxy_hops", 0) != 0:
+        failures.append(f"{where}: trusted_proxy_hops must be 0 with trusted_proxies")
+    return failures
+
+
+def config_files(node, path="archeio"):
+    """(key, path) of every file the gateway config's `archeio` section names: keys ending
+    in _file (a list for _files) and ranges sources' `file`."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from config_files(item, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            where = f"{path}.{k}"
+            if (k.endswith("_file") or k == "file") and isinstance(v, str):
+                yield where, v
+            elif k.endswith("_files") and isinstance(v, list):
+                yield from ((f"{where}[{i}]", f) for i, f in enumerate(v) if isinstance(f, str))
+            else:
+                yield from config_files(v, where)
+
+
+def check_config_files(tree, resources, pod, container, archeio, failures, where):
+    """Every file the config reads is on a volume; a credential file on a Secret volume,
+    mounted read-only as a directory (a subPath mount is never updated when the Secret
+    changes, and the gateway re-reads these files every 2 s to follow a rotation), whose
+    files no other user may read; and an overlay's example of that Secret holds its keys."""
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    needed = {}  # secretName -> {key: config key}
+    for name, path in config_files(archeio):
+        mounts = [m for m in container.get("volumeMounts") or []
+                  if path == m.get("mountPath")
+                  or path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+        if not mounts:
+            failures.append(f"{where}: the config's {name} {path} is on no volume mount")
+            continue
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        volume = volumes.get(mount.get("name")) or {}
+        if not SECRET_FILE_KEY.search(name):
+            continue
+        mw = f"{where}: {name} {path}"
+        secret = volume.get("secret")
+        if secret is None:
+            failures.append(f"{mw}: volume {mount.get('name')} is not from a Secret")
+            continue
+        if "subPath" in mount or "subPathExpr" in mount:
+            failures.append(f"{mw}: mounted with subPath, which the kubelet never updates when "
+                            "the Secret changes (the gateway re-reads the file to follow a "
+                            "rotation): mount the Secret's directory")
+        if mount.get("readOnly") is not True:
+            failures.append(f"{mw}: volume mount {mount.get('name')} is not readOnly")
+        item = path[len(mount["mountPath"].rstrip("/")) + 1:] if path != mount["mountPath"] \
+            else mount.get("subPath", "")
+        items = {i.get("path"): i for i in secret.get("items") or []}
+        if items and item not in items:
+            failures.append(f"{mw}: Secret volume {mount.get('name')}'s items have no {item}")
+        mode = (items.get(item) or {}).get("mode", secret.get("defaultMode", 0o644))
+        if not isinstance(mode, int) or mode & 0o007:
+            failures.append(f"{mw}: mode {oct(mode) if isinstance(mode, int) else mode} lets "
+                            "every user read the key; 0440 (the kubelet gives the pod's "
+                            "fsGroup read access)")
+        secret_key = (items.get(item) or {}).get("key", item)
+        needed.setdefault(secret.get("secretName"), {})[secret_key] = name
+    namespace = (one(resources, "Deployment", "archeio") or {"metadata": {}})["metadata"].get(
+        "namespace")
+    directory = os.path.join(HERE, tree)
+    for file in sorted(f for f in os.listdir(directory) if f.endswith(EXAMPLE_SUFFIX)):
+        path = os.path.join(directory, file)
+        for doc in (d for d in yaml.safe_load_all(read(path)) if d):
+            ew = f"{rel(path)}: {key(doc)}"
+            failures.extend(f"{ew}: {m}" for version in KUBERNETES_VERSIONS
+                            for m in _validate(json.dumps(doc, sort_keys=True), version))
+            if doc.get("kind") != "Secret":
+                continue
+            meta = doc.get("metadata") or {}
+            if meta.get("name") not in needed:
+                failures.append(f"{ew}: no gateway volume mounts this Secret")
+                continue
+            if meta.get("namespace") != namespace:
+                failures.append(f"{ew}: namespace {meta.get('namespace')}, the gateway's is "
+                                f"{namespace}")
+            held = set(doc.get("data") or {}) | set(doc.get("stringData") or {})
+            for k, name in sorted(needed[meta["name"]].items()):
+                if k not in held:
+                    failures.append(f"{ew}: no key {k}, which the config's {name} reads")
 
 
 def check_service(tree, resources, pod_labels, container, listen, admin, failures):
@@ -868,7 +1019,8 @@ def check_sync(tree, resources, failures):
                 failures.append(f"{where}: --shard .../{shard[1]}, completions "
                                 f"{spec.get('completions')} and parallelism "
                                 f"{spec.get('parallelism')} must be the same N")
-    if tree != "base" and not any(r["kind"] == "CronJob" for r, _, _ in jobs):
+    if SYNC_COMPONENT in tree_components(tree) and not any(
+            r["kind"] == "CronJob" for r, _, _ in jobs):
         failures.append(f"{tree}: no sync CronJob")
     if tree == "overlays/example-fill" and not any(r["kind"] == "Job" for r, _, _ in jobs):
         failures.append(f"{tree}: no sharded sync Job")
@@ -932,6 +1084,14 @@ def _edit_config(rs, old, new):
     if old not in data["archeio.yaml"]:
         raise KeyError(old)
     data["archeio.yaml"] = data["archeio.yaml"].replace(old, new)
+
+
+def _mount(rs, name):
+    return next(m for m in _container(rs)["volumeMounts"] if m["name"] == name)
+
+
+def _volume(rs, name):
+    return next(v for v in _gateway(rs)["volumes"] if v["name"] == name)
 
 
 def _ingress(rs):
@@ -1059,6 +1219,31 @@ BREAKAGES = [
      "no egress to TCP port 443, which the sync config's"),
     ("overlays/example", "sync egress without DNS",
      lambda rs: _policy(rs, "archeio-sync")["egress"].pop(0), "have no egress to DNS (UDP 53)"),
+    ("overlays/private-registry", "the ingress-nginx component's config winning over its own",
+     lambda rs: one(rs, "ConfigMap")["data"].__setitem__(
+         "archeio.yaml", read(INGRESS_NGINX_CONFIG)),
+     "archeio.yaml is not deploy/kubernetes/overlays/private-registry/gateway-config/archeio.yaml"),
+    ("overlays/private-registry", "trusted_proxies other than the ingress-nginx component's",
+     lambda rs: _edit_config(rs, "- 10.244.0.0/16", "- 10.0.0.0/8"),
+     "which this file replaces"),
+    ("overlays/private-registry", "no mount of the mirror credentials' Secret",
+     lambda rs: _container(rs)["volumeMounts"].remove(_mount(rs, "mirror-credentials")),
+     "secret_access_key_file /run/secrets/archeio/mirror/secret_access_key is on no volume mount"),
+    ("overlays/private-registry", "the mirror's secret key mounted with subPath",
+     lambda rs: _mount(rs, "mirror-credentials").update(
+         mountPath="/run/secrets/archeio/mirror/secret_access_key", subPath="secret_access_key"),
+     "mounted with subPath"),
+    ("overlays/private-registry", "world-readable mirror credentials",
+     lambda rs: _volume(rs, "mirror-credentials")["secret"].pop("defaultMode"),
+     "mode 0o644 lets every user read the key"),
+    ("overlays/private-registry", "mirror credentials from a ConfigMap",
+     lambda rs: _volume(rs, "mirror-credentials").__setitem__(
+         "configMap", {"name": _volume(rs, "mirror-credentials").pop("secret")["secretName"]}),
+     "is not from a Secret"),
+    ("overlays/private-registry", "no egress to the in-cluster registry",
+     lambda rs: _policy(rs)["egress"].pop(), "no egress to TCP port 5000"),
+    ("overlays/private-registry", "no DNS egress",
+     lambda rs: _policy(rs)["egress"].pop(0), "no egress to DNS (UDP 53)"),
 ]
 
 

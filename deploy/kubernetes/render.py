@@ -13,7 +13,8 @@ replace or merge, default options: the content-hash suffix, computed as kustomiz
 `patches` (a file of JSON 6902 operations add, remove, replace and test, aimed by a target
 of kind and name, which must match exactly one resource), `namespace`, `images` (name,
 newName, newTag, digest), `replicas`; generated ConfigMaps' names are substituted in pod
-volumes, env and envFrom references.
+volumes, env and envFrom references. Order as kustomize 5 (5.1 on): resources, the
+kustomization's own generators, its components in order, its own transformers.
 
     python3 deploy/kubernetes/render.py deploy/kubernetes/overlays/example
 """
@@ -128,8 +129,9 @@ class _Level:
         self.generated.update(generated or {})
 
 
-def _apply(directory, k, level):
-    """Adds a kustomization's (or component's) generators, then runs its transformers."""
+def _generate(directory, k, level):
+    """Adds a kustomization's (or component's) generated ConfigMaps, or replaces or merges
+    those generated earlier."""
     for gen in k.get("configMapGenerator") or []:
         if set(gen) - {"name", "files", "behavior"}:
             raise RenderError(f"{directory}: configMapGenerator {gen.get('name')}: "
@@ -161,6 +163,10 @@ def _apply(directory, k, level):
         cm["metadata"]["name"] = hashed
         level.superseded[old] = gen["name"]
         level.generated[gen["name"]] = hashed
+
+
+def _transform(directory, k, level):
+    """Runs a kustomization's (or component's) transformers."""
     for patch in k.get("patches") or []:
         _patch(directory, patch, level)
     if "namespace" in k:
@@ -298,9 +304,14 @@ def build(directory, kind="Kustomization", level=None):
     for entry in k.get("resources") or []:
         resources, generated = _read_resources(directory, entry)
         level.add(copy.deepcopy(resources), generated)
+    # kustomize 5's order: a kustomization's own generators run before its components (in
+    # the order listed, each built whole), its transformers after them. So an overlay's own
+    # configMapGenerator `behavior: replace` is itself replaced by a component's of the same
+    # name; a component listed later wins.
+    _generate(directory, k, level)
     for component in k.get("components") or []:
         build(os.path.join(directory, component), "Component", level)
-    _apply(directory, k, level)
+    _transform(directory, k, level)
     return level.resources, level.generated
 
 

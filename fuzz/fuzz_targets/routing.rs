@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
             client,
             upstream: (control / 3) as usize % 3,
             has_body: control & 2 != 0,
+            grants: archeio::routing::Grants::Unchecked,
         };
         let reply = match decide(&req, routes, &f.ranges) {
             Decision::Reply(r) => r,

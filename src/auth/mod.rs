@@ -4,14 +4,22 @@
 //!   upstream's (pure);
 //! - [`relay`]: `relay`'s `/token`, the client's token request relayed to the upstream's
 //!   token service;
+//! - [`local`]: `local`'s users ([`htpasswd`]), their grants and the gateway's own tokens
+//!   ([`token`]);
 //! - [`CredentialKey`]: the keyed digest under which a client's credential is remembered
 //!   (never the credential itself).
 
 use ring::hmac;
 
+pub mod htpasswd;
+pub mod local;
 pub mod relay;
 pub mod scope;
+pub mod token;
 
+use std::sync::Arc;
+
+use local::LocalAuth;
 use relay::TokenRelay;
 
 /// What the gateway keeps to authenticate clients, by `client_auth.mode`.
@@ -25,6 +33,8 @@ pub enum ClientAuthority {
         /// `<public_url>/token`: the realm clients are given.
         token_url: String,
     },
+    /// The gateway checks credentials itself.
+    Local(Arc<LocalAuth>),
 }
 
 /// Digests of client credentials under a key drawn at start: equal for one credential,

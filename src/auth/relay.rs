@@ -30,6 +30,8 @@ pub struct TokenAnswer {
     /// The token service's `Content-Type`, for its own answers.
     pub content_type: Option<String>,
     pub body: Bytes,
+    /// `WWW-Authenticate` of a `401` the gateway gives itself.
+    pub challenge: Option<String>,
 }
 
 impl TokenAnswer {
@@ -39,6 +41,7 @@ impl TokenAnswer {
             status,
             content_type: Some("application/json".into()),
             body: Bytes::from(body.to_string()),
+            challenge: None,
         }
     }
 }
@@ -121,6 +124,7 @@ impl TokenRelay {
                 status,
                 content_type,
                 body,
+                challenge: None,
             },
             Err(why) => {
                 warn!("token relay to {}: {why}", realm.url);

@@ -23,6 +23,7 @@ use super::{
     ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
+use crate::routing::policy::glob_set;
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::{AuthMode, Routes};
 
@@ -220,6 +221,7 @@ impl ArcheioConfig {
                 confirm_blob_repository: policy.restricts_repositories()
                     || client_auth.mode() != AuthMode::Anonymous,
                 auth: client_auth.mode(),
+                token_realm: client_auth.token_realm(),
                 policy,
             },
             client_address,
@@ -917,6 +919,19 @@ pub struct ClientAuthConfig {
     /// repository and blob. A revoked credential reads mirrored blobs at most this long.
     #[serde(with = "humantime_serde")]
     pub authorization_ttl: Duration,
+    /// `local`: the users, an htpasswd file of bcrypt entries (`htpasswd -B`), read again
+    /// when it changes.
+    pub htpasswd_file: Option<PathBuf>,
+    /// `local`: user name to the repository globs it may pull. Empty: every user pulls
+    /// every repository; otherwise users not listed pull nothing.
+    pub users: BTreeMap<String, Vec<String>>,
+    /// `local`: how long a token from `/token` is valid.
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// `local`: a file holding the key (at least 32 bytes) tokens are signed with, the same
+    /// for every replica. Unset: a random key per process, so a token works only on the
+    /// replica that issued it (and not after a restart).
+    pub token_key_file: Option<PathBuf>,
 }
 
 impl Default for ClientAuthConfig {
@@ -925,6 +940,10 @@ impl Default for ClientAuthConfig {
             mode: ClientAuthMode::Anonymous,
             public_url: None,
             authorization_ttl: Duration::from_secs(60),
+            htpasswd_file: None,
+            users: BTreeMap::new(),
+            token_lifetime: Duration::from_secs(300),
+            token_key_file: None,
         }
     }
 }
@@ -938,6 +957,8 @@ pub enum ClientAuthMode {
     Anonymous,
     /// Clients authenticate to the upstream with their own credentials, through the gateway.
     Relay,
+    /// The gateway checks clients' credentials itself and reads the upstream with its own.
+    Local,
 }
 
 impl ClientAuthConfig {
@@ -952,21 +973,45 @@ impl ClientAuthConfig {
                          upstream.credentials would not be used: remove them",
                     ));
                 }
-                let public_url = self.public_url.as_deref().ok_or_else(|| {
-                    Invalid::new(
-                        "public_url",
-                        "relay needs the gateway's address as clients reach it \
-                         (e.g. https://registry.example.com) for the token realm",
-                    )
-                })?;
-                let public_url = base_url(public_url).map_err(|m| Invalid::new("public_url", m))?;
                 positive_duration("authorization_ttl", self.authorization_ttl)?;
                 Ok(ClientAuth::Relay {
-                    public_url,
+                    public_url: self.public_url("relay")?,
                     authorization_ttl: self.authorization_ttl,
                 })
             }
+            ClientAuthMode::Local => {
+                let htpasswd_file = self.htpasswd_file.clone().ok_or_else(|| {
+                    Invalid::new(
+                        "htpasswd_file",
+                        "local needs the users' htpasswd file (bcrypt entries, htpasswd -B)",
+                    )
+                })?;
+                for (user, globs) in &self.users {
+                    glob_set(globs).map_err(|e| Invalid::new(format!("users.{user}"), e))?;
+                }
+                positive_duration("token_lifetime", self.token_lifetime)?;
+                Ok(ClientAuth::Local {
+                    public_url: self.public_url("local")?,
+                    htpasswd_file,
+                    users: self.users.clone(),
+                    token_lifetime: self.token_lifetime,
+                    token_key_file: self.token_key_file.clone(),
+                })
+            }
         }
+    }
+
+    fn public_url(&self, mode: &str) -> Result<String, Invalid> {
+        let url = self.public_url.as_deref().ok_or_else(|| {
+            Invalid::new(
+                "public_url",
+                format!(
+                    "{mode} needs the gateway's address as clients reach it \
+                     (e.g. https://registry.example.com) for the token realm"
+                ),
+            )
+        })?;
+        base_url(url).map_err(|m| Invalid::new("public_url", m))
     }
 }
 

@@ -6,8 +6,9 @@
 //! [`Settings`] and its parts are what the rest of the crate imports; the file-format
 //! structs stay behind this module, so the YAML can change without touching the runtime.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -70,6 +71,19 @@ pub enum ClientAuth {
         /// Lifetime of a cached "this client may read this blob".
         authorization_ttl: Duration,
     },
+    /// The gateway checks credentials itself.
+    Local {
+        /// The gateway's base URL as clients reach it, without a trailing slash.
+        public_url: String,
+        /// The users' htpasswd file.
+        htpasswd_file: PathBuf,
+        /// User to the repository globs it may pull; empty: every user, every repository.
+        users: BTreeMap<String, Vec<String>>,
+        /// How long an issued token is valid.
+        token_lifetime: Duration,
+        /// The shared token key's file; `None`: a random key per process.
+        token_key_file: Option<PathBuf>,
+    },
 }
 
 impl ClientAuth {
@@ -78,6 +92,17 @@ impl ClientAuth {
         match self {
             ClientAuth::Anonymous => AuthMode::Anonymous,
             ClientAuth::Relay { .. } => AuthMode::Relay,
+            ClientAuth::Local { .. } => AuthMode::Local,
+        }
+    }
+
+    /// `<public_url>/token`, or empty when clients are not asked.
+    pub fn token_realm(&self) -> String {
+        match self {
+            ClientAuth::Anonymous => String::new(),
+            ClientAuth::Relay { public_url, .. } | ClientAuth::Local { public_url, .. } => {
+                format!("{public_url}/token")
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use pingora_core::Result;
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -16,7 +16,7 @@ use crate::auth::ClientAuthority;
 use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::routing::client_addr::{canonical, find_client, Connection};
-use crate::routing::{decide_by_rule, rate_limited, Answer, AuthMode, Decision, Request};
+use crate::routing::{decide_by_rule, rate_limited, Answer, AuthMode, Decision, Grants, Request};
 use crate::upstream::blob_access::Asker;
 use crate::upstream::manifest_cache::ManifestCache;
 
@@ -46,21 +46,31 @@ impl Gateway {
         let client = find_client(&self.clients.address, connection, &headers.forwarded);
         ctx.client = client.ok().or(connection.peer);
         ctx.client_error = client.err();
+        if let Some(limiter) = &self.ops.rate_limiter {
+            if let Some(wait) = ctx.client.and_then(|ip| limiter.check(ip).err()) {
+                metrics::RATE_LIMITED.inc();
+                let reply = ctx.reply.insert(rate_limited(req.raw_path(), wait));
+                write_answer(session, &reply.answer, req.method == http::Method::HEAD).await?;
+                return Ok(true);
+            }
+        }
+        // After the rate limit: checking a password is slow by design.
+        let identity = match &self.clients.auth {
+            ClientAuthority::Local(auth) => Some(auth.identify(headers.authorization).await),
+            _ => None,
+        };
+        let grants = match (&self.clients.auth, &identity) {
+            (ClientAuthority::Local(auth), Some(id)) => auth.grants(id),
+            _ => Grants::Unchecked,
+        };
         let facts = Request {
             method: req.method.as_str(),
             target: req.raw_path(),
             client,
             upstream: self.upstream.endpoints.preferred(),
             has_body: headers.has_body,
+            grants,
         };
-        if let Some(limiter) = &self.ops.rate_limiter {
-            if let Some(wait) = ctx.client.and_then(|ip| limiter.check(ip).err()) {
-                metrics::RATE_LIMITED.inc();
-                let reply = ctx.reply.insert(rate_limited(facts.target, wait));
-                write_answer(session, &reply.answer, req.method == http::Method::HEAD).await?;
-                return Ok(true);
-            }
-        }
         let (decision, rule) = decide_by_rule(&facts, &self.routes, &self.ranges.load());
         ctx.rule = rule;
         if let Some(counter) = rule.and_then(|i| self.rule_matches.get(i)) {
@@ -74,7 +84,7 @@ impl Gateway {
                     .and_then(|v| trace_id(v).map(|_| std::str::from_utf8(v).unwrap_or_default()));
                 let up = &self.upstream;
                 let asker = match self.routes.auth {
-                    AuthMode::Anonymous => Asker::Gateway,
+                    AuthMode::Anonymous | AuthMode::Local => Asker::Gateway,
                     AuthMode::Relay => Asker::Client(headers.authorization),
                 };
                 let confirmed = match &chain.confirm {
@@ -97,18 +107,20 @@ impl Gateway {
             }
         };
         let head = req.method == http::Method::HEAD;
-        if let (Answer::Token { query }, ClientAuthority::Relay { tokens, .. }) =
-            (&reply.answer, &self.clients.auth)
-        {
+        if let Answer::Token { query } = &reply.answer {
+            let query = query.as_deref();
             let up = &self.upstream;
-            let answer = tokens
-                .token(
-                    &up.endpoints,
-                    &up.auth,
-                    query.as_deref(),
-                    headers.authorization,
-                )
-                .await;
+            let answer = match &self.clients.auth {
+                ClientAuthority::Relay { tokens, .. } => {
+                    tokens
+                        .token(&up.endpoints, &up.auth, query, headers.authorization)
+                        .await
+                }
+                ClientAuthority::Local(auth) => auth.token(query, headers.authorization).await,
+                ClientAuthority::Anonymous => {
+                    return Error::e_explain(ErrorType::InternalError, "no token endpoint")
+                }
+            };
             ctx.reply = Some(reply);
             write_token(session, &answer, head).await?;
             return Ok(true);

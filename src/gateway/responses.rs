@@ -39,6 +39,15 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             }
             Some(body)
         }
+        Answer::Unauthorized { challenge } => {
+            resp.insert_header("WWW-Authenticate", challenge.as_str())?;
+            let message = "authentication required";
+            let (headers, body) = error_parts(status, "UNAUTHORIZED", message, true);
+            for (name, value) in headers {
+                resp.insert_header(name, value)?;
+            }
+            Some(body)
+        }
         Answer::TooManyRequests { retry_after, oci } => {
             resp.insert_header("Retry-After", retry_after.to_string())?;
             let message = "too many requests from this client; retry later";
@@ -152,11 +161,14 @@ pub async fn write_cached(
 /// Writes a token service's answer as relayed: status, `Content-Type`, body, and
 /// `Cache-Control: no-store` (a token is a credential).
 pub async fn write_token(session: &mut Session, answer: &TokenAnswer, head: bool) -> Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(3))?;
+    let mut resp = ResponseHeader::build(answer.status, Some(4))?;
     if let Some(content_type) = &answer.content_type {
         resp.insert_header("Content-Type", content_type.as_str())?;
     }
     resp.insert_header("Cache-Control", HeaderValue::from_static("no-store"))?;
+    if let Some(challenge) = &answer.challenge {
+        resp.insert_header("WWW-Authenticate", challenge.as_str())?;
+    }
     resp.insert_header("Content-Length", answer.body.len())?;
     if head || answer.body.is_empty() {
         return session.write_response_header(Box::new(resp), true).await;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use crate::auth::local::LocalAuth;
 use crate::mirror::Mirrors;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
@@ -19,6 +20,16 @@ pub struct HealthChecks(pub Arc<Upstreams>);
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.0.run_checks(shutdown).await;
+    }
+}
+
+/// The htpasswd file of `client_auth: local` read again when it changes and on `SIGHUP`.
+pub struct HtpasswdWatch(pub Arc<LocalAuth>);
+
+#[async_trait]
+impl BackgroundService for HtpasswdWatch {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.watch(shutdown).await;
     }
 }
 

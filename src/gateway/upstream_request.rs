@@ -84,7 +84,7 @@ impl Gateway {
                     .get(http::header::AUTHORIZATION)
                     .cloned(),
             ),
-            AuthMode::Anonymous => None,
+            AuthMode::Anonymous | AuthMode::Local => None,
         };
         for name in names_not_in(&upstream_request.headers, &FORWARDED_REQUEST_HEADERS) {
             upstream_request.remove_header(&name);

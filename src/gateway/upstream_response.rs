@@ -46,7 +46,7 @@ impl Gateway {
         };
         let relay = match &self.clients.auth {
             ClientAuthority::Relay { token_url, .. } => Some(token_url.as_str()),
-            ClientAuthority::Anonymous => None,
+            ClientAuthority::Anonymous | ClientAuthority::Local(_) => None,
         };
         if resp.status.as_u16() == 401 && !up.auth_retried && relay.is_none() {
             let challenge = resp

@@ -365,8 +365,14 @@ mod tests {
         let c = check(Duration::from_millis(300));
         let counters = Counters::for_mirror("test");
         let cached = format!("{base}/blob/a");
-        assert!(c.check(&cached, &counters, None).await, "the mirror holds it");
-        assert!(c.check(&cached, &counters, None).await, "now from the cache");
+        assert!(
+            c.check(&cached, &counters, None).await,
+            "the mirror holds it"
+        );
+        assert!(
+            c.check(&cached, &counters, None).await,
+            "now from the cache"
+        );
         assert_eq!(heads.load(Ordering::SeqCst), 1, "one HEAD for both");
 
         // The mirror goes away: a check of another blob fails and opens the breaker.

@@ -49,6 +49,7 @@ pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String 
         client: Ok(client),
         upstream: 0,
         has_body: false,
+        grants: crate::routing::Grants::Unchecked,
     };
     let (decision, rule) = decide_by_rule(&req, routes, ranges);
     let mut out = format!("{client} GET {}\n", sample.target);
@@ -135,7 +136,8 @@ fn answer(a: &Answer) -> String {
         Answer::ProxyMirror { url, target: t, .. } => {
             format!("proxied from {}: {url}", target(t))
         }
-        Answer::Token { .. } => "relayed to the upstream's token service".into(),
+        Answer::Token { .. } => "the token endpoint".into(),
+        Answer::Unauthorized { challenge } => format!("401 UNAUTHORIZED ({challenge})"),
     }
 }
 

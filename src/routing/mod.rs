@@ -21,6 +21,7 @@ pub mod ranges;
 pub mod target;
 
 use client_addr::ClientAddrError;
+use globset::GlobSet;
 use grammar::{parse_endpoint, Endpoint, Reference};
 use policy::{first_match, Action, Client, Delivery, Kind, Link, Policy};
 use ranges::RangeTable;
@@ -55,6 +56,9 @@ pub struct Routes {
     pub confirm_blob_repository: bool,
     /// Whether and how clients authenticate.
     pub auth: AuthMode,
+    /// `<client_auth.public_url>/token`: the realm challenges name (empty when clients are
+    /// not asked).
+    pub token_realm: String,
     /// The policy rules and the mirrors they send blobs to.
     pub policy: Policy,
 }
@@ -69,6 +73,9 @@ pub enum AuthMode {
     /// host; never cached across clients), `/v2/` is the upstream's answer, and `/token`
     /// relays token requests.
     Relay,
+    /// The gateway checks credentials itself ([`Request::grants`]) and reads the upstream
+    /// with its own: everything upstream-bound is proxied, `/token` issues its tokens.
+    Local,
 }
 
 /// The facts of one request.
@@ -84,6 +91,41 @@ pub struct Request<'a> {
     pub upstream: usize,
     /// The request has a body (`Content-Length` other than 0, or `Transfer-Encoding`).
     pub has_body: bool,
+    /// What the client may read, when the gateway checks credentials itself.
+    pub grants: Grants<'a>,
+}
+
+/// What a client may read, as the gateway's own check of its credentials found
+/// (`client_auth: local`).
+#[derive(Debug, Clone, Copy)]
+pub enum Grants<'a> {
+    /// Not the gateway's question (`anonymous`, `relay`).
+    Unchecked,
+    /// No credentials, or ones that did not verify.
+    Nobody,
+    /// Every repository.
+    All,
+    /// The repositories these globs match.
+    Globs(&'a GlobSet),
+    /// Exactly these repositories (a token's).
+    Names(&'a [String]),
+}
+
+impl Grants<'_> {
+    /// Whether `repository` (the client's name for it) may be read.
+    pub fn allows(&self, repository: &str) -> bool {
+        match self {
+            Grants::Unchecked | Grants::All => true,
+            Grants::Nobody => false,
+            Grants::Globs(globs) => globs.is_match(repository),
+            Grants::Names(names) => names.iter().any(|n| n == repository),
+        }
+    }
+
+    /// Whether the client was let in at all (`/v2/`).
+    pub fn allows_any(&self) -> bool {
+        !matches!(self, Grants::Nobody)
+    }
 }
 
 /// Which rule answered; a metrics label and the access log's `decision`.
@@ -117,13 +159,15 @@ pub enum Route {
     RateLimited,
     /// The client could not be told: a trusted proxy's header entry is unusable.
     ClientAddress,
-    /// `/token`: a token request, relayed to the upstream's token service.
+    /// `/token`: a token request, relayed to the upstream's token service or answered.
     Token,
+    /// `401`: credentials missing, wrong, or not for this repository (`client_auth: local`).
+    Unauthorized,
 }
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 16] = [
         Route::MethodNotAllowed,
         Route::Invalid,
         Route::Info,
@@ -139,6 +183,7 @@ impl Route {
         Route::RateLimited,
         Route::ClientAddress,
         Route::Token,
+        Route::Unauthorized,
     ];
 
     /// Stable lowercase name for labels and logs.
@@ -159,6 +204,7 @@ impl Route {
             Route::RateLimited => "rate_limited",
             Route::ClientAddress => "client_address",
             Route::Token => "token",
+            Route::Unauthorized => "unauthorized",
         }
     }
 }
@@ -216,8 +262,11 @@ pub enum Answer {
     /// seconds. `oci` as for errors.
     TooManyRequests { retry_after: u64, oci: bool },
     /// A token request (`/token` with this query, as received): relayed to the upstream's
-    /// token service with the scopes moved into its path space.
+    /// token service with the scopes moved into its path space, or answered by the gateway.
     Token { query: Option<String> },
+    /// `401` `UNAUTHORIZED` with this `WWW-Authenticate` challenge: the gateway's token
+    /// realm and, for a repository, the scope `repository:<name>:pull`.
+    Unauthorized { challenge: String },
     /// Fetch the blob from `url` at mirror `mirror` (an index in [`Policy::mirrors`]) and
     /// stream it back.
     ProxyMirror {
@@ -242,6 +291,7 @@ impl Answer {
         match self {
             Answer::Redirect { .. } => Some(307),
             Answer::ApiVersion => Some(200),
+            Answer::Unauthorized { .. } => Some(401),
             Answer::Error { status, .. } => Some(*status),
             Answer::TooManyRequests { .. } => Some(429),
             Answer::Proxy { .. } | Answer::ProxyMirror { .. } | Answer::Token { .. } => None,
@@ -406,7 +456,8 @@ pub fn decide_by_rule(
 
 /// The registry API, in order:
 /// 1. `/v2` or `/v2/`: `200` with the API version header (`client_auth: relay`: the
-///    upstream's answer to `/v2/`, proxied with the client's credentials);
+///    upstream's answer to `/v2/`, proxied with the client's credentials; `local`: `401`
+///    without verified credentials);
 /// 2. `/v2` followed by anything but `/` (`/v2foo`): `404` (the original sent these upstream);
 /// 3. `/v2/_catalog`: `404`;
 /// 4. not a pull endpoint of the distribution grammar ([`grammar::parse_endpoint`]): `404`
@@ -414,21 +465,23 @@ pub fn decide_by_rule(
 /// 5. a paged request (tag list or referrers, with a query) whose name starts with the
 ///    upstream path prefix: the prefix is taken off (the client followed a `Link` in the
 ///    upstream's path space);
-/// 6. a repository outside the known repositories (when listed): `404` `NAME_UNKNOWN`;
-/// 7. blob: the client address (`400` if unusable);
-/// 8. the first policy rule that matches the kind, repository and client (a rule that looks
+/// 6. `client_auth: local`: a repository the client's credentials do not grant: `401`
+///    with the repository's scope;
+/// 7. a repository outside the known repositories (when listed): `404` `NAME_UNKNOWN`;
+/// 8. blob: the client address (`400` if unusable);
+/// 9. the first policy rule that matches the kind, repository and client (a rule that looks
 ///    at the client needs its address: `400` if unusable) decides:
 ///    - `deny`: `404` `NAME_UNKNOWN`;
 ///    - `mirrors`: the first mirror of the chain that holds the blob, else the upstream;
-///      when the policy restricts repositories, only after the upstream says the named
-///      repository holds the blob (else the upstream);
+///      when the policy restricts repositories or clients authenticate, only after the
+///      upstream says the named repository holds the blob (else the upstream);
 ///    - `upstream`: a cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a
 ///      signature upstream is redirected there; anything else goes upstream;
-/// 9. no rule matches: upstream.
+/// 10. no rule matches: upstream.
 ///
 /// "Upstream" is a `307` to the first healthy endpoint in redirect mode, and proxying there
-/// in pass-through mode, unless the rule names a delivery; with `client_auth: relay` always
-/// proxying, never cached. Both keep the query string.
+/// in pass-through mode, unless the rule names a delivery; with `client_auth` `relay` or
+/// `local` always proxying (`relay`: never cached). Both keep the query string.
 fn decide_api(
     path: &str,
     query: Option<&str>,
@@ -438,17 +491,23 @@ fn decide_api(
 ) -> (Decision, Option<usize>) {
     let rest = &path[3..];
     if rest.is_empty() || rest == "/" {
-        let answer = match routes.auth {
-            AuthMode::Anonymous => Answer::ApiVersion,
-            AuthMode::Relay => Answer::Proxy {
-                path: "/v2/".into(),
-                manifest: None,
-            },
+        let (route, answer) = match routes.auth {
+            AuthMode::Local if !req.grants.allows_any() => (
+                Route::Unauthorized,
+                Answer::Unauthorized {
+                    challenge: challenge(routes, None),
+                },
+            ),
+            AuthMode::Anonymous | AuthMode::Local => (Route::ApiVersion, Answer::ApiVersion),
+            AuthMode::Relay => (
+                Route::ApiVersion,
+                Answer::Proxy {
+                    path: "/v2/".into(),
+                    manifest: None,
+                },
+            ),
         };
-        let reply = Reply {
-            route: Route::ApiVersion,
-            answer,
-        };
+        let reply = Reply { route, answer };
         return (Decision::Reply(reply), None);
     }
     if !rest.starts_with('/') {
@@ -490,6 +549,15 @@ fn decide_api(
         }
         _ => (rest, endpoint.name()),
     };
+    if !req.grants.allows(repository) {
+        let reply = Reply {
+            route: Route::Unauthorized,
+            answer: Answer::Unauthorized {
+                challenge: challenge(routes, Some(repository)),
+            },
+        };
+        return (Decision::Reply(reply), None);
+    }
     let policy = &routes.policy;
     if !policy.knows(repository) {
         return (unknown_repository(Route::UnknownRepository), None);
@@ -605,6 +673,22 @@ fn decide_api(
     (decision, matched)
 }
 
+/// The challenge of a `401`: the gateway's token realm, and the scope a token for
+/// `repository` needs.
+fn challenge(routes: &Routes, repository: Option<&str>) -> String {
+    let mut c = format!(
+        "Bearer realm=\"{}\",service=\"{TOKEN_SERVICE}\"",
+        routes.token_realm
+    );
+    if let Some(name) = repository {
+        c.push_str(&format!(",scope=\"repository:{name}:pull\""));
+    }
+    c
+}
+
+/// The `service` of the gateway's own tokens.
+pub const TOKEN_SERVICE: &str = "archeio";
+
 /// `404` for a repository the gateway does not serve.
 fn unknown_repository(route: Route) -> Decision {
     error(
@@ -629,7 +713,7 @@ fn upstream(
 ) -> Answer {
     let relay = routes.auth == AuthMode::Relay;
     let proxy = match delivery {
-        _ if relay => true,
+        _ if routes.auth != AuthMode::Anonymous => true,
         Some(d) => d == Delivery::Proxy,
         None => routes.passthrough,
     };

@@ -67,6 +67,7 @@ fn decide_over(
         client: super::tests::lb_client(peer, xff),
         upstream: 0,
         has_body: false,
+        grants: crate::routing::Grants::Unchecked,
     };
     decide_by_rule(&req, routes, ranges)
 }

@@ -75,6 +75,7 @@ fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Ro
         client: lb_client(peer, xff),
         upstream: 0,
         has_body: false,
+        grants: crate::routing::Grants::Unchecked,
     };
     decide(&req, routes, ranges())
 }
@@ -473,6 +474,7 @@ fn without_trusted_proxies_the_peer_decides() {
         client: find_client(&ClientAddressRules::default(), conn, &[b"garbage"]),
         upstream: 0,
         has_body: false,
+        grants: crate::routing::Grants::Unchecked,
     };
     let c = candidate(decide(&req, &routes(false), ranges()));
     assert_eq!(c.target, Target::Mirror("us-east-1".into()));
@@ -627,6 +629,7 @@ fn redirects_go_to_the_endpoint_the_health_checks_chose() {
             client: Ok("10.0.0.1".parse().unwrap()),
             upstream: choice,
             has_body: false,
+            grants: crate::routing::Grants::Unchecked,
         };
         let r = reply(decide(&req, &routes, ranges()));
         assert_eq!(
@@ -729,6 +732,7 @@ fn requests_with_a_body_are_400() {
             client: Ok("10.0.0.1".parse().unwrap()),
             upstream: 0,
             has_body: true,
+            grants: crate::routing::Grants::Unchecked,
         };
         assert_eq!(
             status(decide(&req, &passthrough_routes(), ranges())),
