@@ -19,9 +19,11 @@
 //! - [`gateway`]: everything that touches Pingora: the `ProxyHttp` service split by phase,
 //!   answers, the access log, slow clients, the admin listener, background services;
 //! - [`sync`]: `archeio sync`, which fills the mirrors (beside the gateway, sharing only
-//!   config errors and the blob path layout).
+//!   config errors, the blob path layout and [`aws_ambient`], the AWS credentials of a
+//!   pod's identity, a leaf).
 
 pub mod auth;
+pub mod aws_ambient;
 pub mod config;
 pub mod gateway;
 pub mod logging;

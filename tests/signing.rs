@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use archeio::config::signing::{AzureSigning, GcsSigning, S3Signing, SignedStore, Signing};
+use archeio::config::signing::{AzureSigning, GcsSigning, S3Keys, S3Signing, SignedStore, Signing};
 use archeio::mirror::signing::MirrorSigner;
 use http::Method;
 use object_store::path::Path as ObjectPath;
@@ -156,9 +156,11 @@ fn s3_signing(port: u16, secret: &str, lifetime: Duration) -> Signing {
             bucket: "private".into(),
             region: "us-east-1".into(),
             endpoint: Some(format!("http://127.0.0.1:{port}")),
-            access_key_id: S3_ACCESS_KEY.into(),
-            secret_access_key: secret.into(),
-            session_token: None,
+            keys: Some(S3Keys {
+                access_key_id: S3_ACCESS_KEY.into(),
+                secret_access_key: secret.into(),
+                session_token: None,
+            }),
         }),
     }
 }
@@ -298,7 +300,7 @@ fn azure_signing(port: u16, key: &str, lifetime: Duration) -> Signing {
         store: SignedStore::Azure(AzureSigning {
             account: AZURE_ACCOUNT.into(),
             container: "private".into(),
-            access_key: key.into(),
+            access_key: Some(key.into()),
             endpoint: Some(format!("http://127.0.0.1:{port}/{AZURE_ACCOUNT}")),
         }),
     }
@@ -566,7 +568,7 @@ async fn gcs_signed_urls_match_googles_v4_vectors() {
             lifetime: Duration::from_secs(v["expiration"].as_u64().unwrap()),
             store: SignedStore::Gcs(GcsSigning {
                 bucket: text("bucket"),
-                service_account_key: key.clone(),
+                service_account_key: Some(key.clone()),
             }),
         };
         let signer = MirrorSigner::new(&signing).unwrap();
@@ -607,7 +609,7 @@ async fn gcs_signed_urls_match_googles_v4_vectors() {
         lifetime: Duration::from_secs(900),
         store: SignedStore::Gcs(GcsSigning {
             bucket: "mirror-bucket".into(),
-            service_account_key: key,
+            service_account_key: Some(key),
         }),
     })
     .unwrap();
@@ -884,4 +886,59 @@ async fn a_refused_key_is_an_error_until_the_secret_file_holds_the_right_one() {
     );
     let log = gw.log();
     assert!(!log.contains(S3_SECRET_KEY) && !log.contains("a-rotated-out-key"));
+}
+
+/// Issue 24, defect 9: a private S3 mirror signed with the credentials of the pod's identity
+/// (EKS Pod Identity and ECS hand them out at a local endpoint, with a token file), not
+/// static keys; object_store fetches and refreshes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_signs_with_the_credentials_of_its_pod_identity() {
+    let Some(server) = s3_server().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "pod-identity-token").unwrap();
+    let credentials = common::fake::FakeServer::start(|_| {
+        let body = serde_json::json!({
+            "AccessKeyId": S3_ACCESS_KEY,
+            "SecretAccessKey": S3_SECRET_KEY,
+            "Token": "a-session-token",
+            "Expiration": "2099-01-01T00:00:00Z",
+        });
+        common::fake::Canned::new(200)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    })
+    .await;
+    let signing = format!(
+        "{{s3: {{bucket: private, region: us-east-1, endpoint: '{}', \
+         credentials: workload_identity, lifetime: 10m}}}}",
+        server.base()
+    );
+    let uri = format!("{}/v1/credentials", credentials.url());
+    let token_file = token.display().to_string();
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token_file.as_str(),
+        ),
+    ];
+    let gw = gateway_with_private_mirror(&signing, &env).await;
+    let base = format!("{}/private/containers/images/sha256%3A", server.base());
+    pull_through_gateway(
+        &gw,
+        &base,
+        "X-Amz-Security-Token=a-session-token",
+        S3_SECRET_KEY,
+    )
+    .await;
+    assert!(
+        credentials
+            .seen()
+            .iter()
+            .any(|s| s.header("authorization") == Some("pod-identity-token")),
+        "the credentials were asked for with the pod's token"
+    );
 }

@@ -99,6 +99,9 @@ pub struct S3SigningConfig {
     pub session_token_env: Option<String>,
     /// File holding a session token.
     pub session_token_file: Option<PathBuf>,
+    /// `workload_identity`: no keys here; sign with the credentials of the pod's identity:
+    /// a web identity (IRSA) or container credentials (EKS Pod Identity, ECS).
+    pub credentials: Option<WorkloadCredentials>,
     /// How long a signed URL stays valid; more than 0s, at most 7 days.
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
@@ -116,6 +119,7 @@ impl Default for S3SigningConfig {
             secret_access_key_file: None,
             session_token_env: None,
             session_token_file: None,
+            credentials: None,
             lifetime: default_lifetime(),
         }
     }
@@ -134,6 +138,11 @@ pub struct GcsSigningConfig {
     pub service_account_key_env: Option<String>,
     /// File holding the service account's JSON key (as downloaded from the console).
     pub service_account_key_file: Option<PathBuf>,
+    /// `workload_identity`: no key here; sign with the credentials of the environment (GKE
+    /// Workload Identity's metadata server, or `GOOGLE_APPLICATION_CREDENTIALS`), through
+    /// the IAM `signBlob` API (the service account needs `iam.serviceAccountTokenCreator`
+    /// on itself).
+    pub credentials: Option<WorkloadCredentials>,
     /// How long a signed URL stays valid; more than 0s, at most 7 days.
     #[serde(with = "humantime_serde")]
     pub lifetime: Duration,
@@ -145,6 +154,7 @@ impl Default for GcsSigningConfig {
             bucket: String::new(),
             service_account_key_env: None,
             service_account_key_file: None,
+            credentials: None,
             lifetime: default_lifetime(),
         }
     }
@@ -162,6 +172,10 @@ pub struct AzureSigningConfig {
     pub access_key_env: Option<String>,
     /// File holding the account key.
     pub access_key_file: Option<PathBuf>,
+    /// `workload_identity`: no key here; sign user delegation SAS with Azure AD credentials
+    /// from AKS Workload Identity (`AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`,
+    /// `AZURE_TENANT_ID`).
+    pub credentials: Option<WorkloadCredentials>,
     /// The account's blob endpoint, e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`;
     /// URLs are `{endpoint}/{container}/{key}`. Unset:
     /// `https://{account}.blob.core.windows.net`.
@@ -178,10 +192,19 @@ impl Default for AzureSigningConfig {
             container: String::new(),
             access_key_env: None,
             access_key_file: None,
+            credentials: None,
             endpoint: None,
             lifetime: default_lifetime(),
         }
     }
+}
+
+/// Credentials that are not written anywhere but come with the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadCredentials {
+    /// The cloud's identity for the pod (its provider's own mechanism).
+    WorkloadIdentity,
 }
 
 fn default_lifetime() -> Duration {
@@ -217,6 +240,13 @@ pub struct S3Signing {
     pub region: String,
     /// Base URL of an S3-compatible server, without a trailing slash (path-style URLs).
     pub endpoint: Option<String>,
+    /// The keys; `None`: the pod's identity.
+    pub keys: Option<S3Keys>,
+}
+
+/// Static S3 keys; `Debug` prints no secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Keys {
     /// Access key ID.
     pub access_key_id: String,
     /// Secret access key.
@@ -230,8 +260,9 @@ pub struct S3Signing {
 pub struct GcsSigning {
     /// Bucket name.
     pub bucket: String,
-    /// The service account's JSON key (with `client_email` and `private_key`).
-    pub service_account_key: String,
+    /// The service account's JSON key (with `client_email` and `private_key`); `None`: the
+    /// environment's credentials.
+    pub service_account_key: Option<String>,
 }
 
 /// Azure signing, checked; `Debug` prints no secret.
@@ -241,8 +272,8 @@ pub struct AzureSigning {
     pub account: String,
     /// Container name.
     pub container: String,
-    /// Account key, base64.
-    pub access_key: String,
+    /// Account key, base64; `None`: Azure AD credentials of the workload.
+    pub access_key: Option<String>,
     /// Blob endpoint of the account, without a trailing slash.
     pub endpoint: Option<String>,
 }
@@ -255,6 +286,14 @@ impl std::fmt::Debug for S3Signing {
             .field("bucket", &self.bucket)
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for S3Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Keys")
             .field("access_key_id", &REDACTED)
             .field("secret_access_key", &REDACTED)
             .field(
@@ -269,7 +308,10 @@ impl std::fmt::Debug for GcsSigning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GcsSigning")
             .field("bucket", &self.bucket)
-            .field("service_account_key", &REDACTED)
+            .field(
+                "service_account_key",
+                &self.service_account_key.as_ref().map(|_| REDACTED),
+            )
             .finish()
     }
 }
@@ -279,7 +321,7 @@ impl std::fmt::Debug for AzureSigning {
         f.debug_struct("AzureSigning")
             .field("account", &self.account)
             .field("container", &self.container)
-            .field("access_key", &REDACTED)
+            .field("access_key", &self.access_key.as_ref().map(|_| REDACTED))
             .field("endpoint", &self.endpoint)
             .finish()
     }
@@ -312,31 +354,80 @@ impl S3SigningConfig {
             Some(e) => Some(base_url(e).map_err(|m| Invalid::new("endpoint", m))?),
             None => None,
         };
-        let access_key_id = secret(
-            env,
-            "access_key_id",
-            &self.access_key_id_env,
-            &self.access_key_id_file,
-        )?;
-        let secret_access_key = secret(
-            env,
-            "secret_access_key",
-            &self.secret_access_key_env,
-            &self.secret_access_key_file,
-        )?;
-        let session_token = match (&self.session_token_env, &self.session_token_file) {
-            (None, None) => None,
-            (var, file) => Some(secret(env, "session_token", var, file)?),
+        let keys = match self.credentials {
+            Some(WorkloadCredentials::WorkloadIdentity) => {
+                let written = [
+                    (
+                        "access_key_id",
+                        &self.access_key_id_env,
+                        &self.access_key_id_file,
+                    ),
+                    (
+                        "secret_access_key",
+                        &self.secret_access_key_env,
+                        &self.secret_access_key_file,
+                    ),
+                    (
+                        "session_token",
+                        &self.session_token_env,
+                        &self.session_token_file,
+                    ),
+                ];
+                no_keys_with_identity(&written)?;
+                None
+            }
+            None => {
+                let access_key_id = secret(
+                    env,
+                    "access_key_id",
+                    &self.access_key_id_env,
+                    &self.access_key_id_file,
+                )?;
+                let secret_access_key = secret(
+                    env,
+                    "secret_access_key",
+                    &self.secret_access_key_env,
+                    &self.secret_access_key_file,
+                )?;
+                let session_token = match (&self.session_token_env, &self.session_token_file) {
+                    (None, None) => None,
+                    (var, file) => Some(secret(env, "session_token", var, file)?),
+                };
+                Some(S3Keys {
+                    access_key_id: access_key_id.value,
+                    secret_access_key: secret_access_key.value,
+                    session_token: session_token.map(|s| s.value),
+                })
+            }
         };
         Ok(S3Signing {
             bucket,
             region: self.region.clone(),
             endpoint,
-            access_key_id: access_key_id.value,
-            secret_access_key: secret_access_key.value,
-            session_token: session_token.map(|s| s.value),
+            keys,
         })
     }
+}
+
+/// With `credentials: workload_identity`, no key may be configured too: which would win is
+/// not something to guess.
+fn no_keys_with_identity(
+    written: &[(&str, &Option<String>, &Option<PathBuf>)],
+) -> Result<(), Invalid> {
+    for (base, var, file) in written {
+        if var.is_some() || file.is_some() {
+            let key = if var.is_some() {
+                format!("{base}_env")
+            } else {
+                format!("{base}_file")
+            };
+            return Err(Invalid::new(
+                key,
+                "cannot be combined with credentials: workload_identity",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl GcsSigningConfig {
@@ -344,6 +435,17 @@ impl GcsSigningConfig {
         let bucket = name("bucket", &self.bucket, |b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
         })?;
+        if self.credentials.is_some() {
+            no_keys_with_identity(&[(
+                "service_account_key",
+                &self.service_account_key_env,
+                &self.service_account_key_file,
+            )])?;
+            return Ok(GcsSigning {
+                bucket,
+                service_account_key: None,
+            });
+        }
         let key = secret(
             env,
             "service_account_key",
@@ -375,7 +477,7 @@ impl GcsSigningConfig {
         }
         Ok(GcsSigning {
             bucket,
-            service_account_key: key.value,
+            service_account_key: Some(key.value),
         })
     }
 }
@@ -388,26 +490,39 @@ impl AzureSigningConfig {
         let container = name("container", &self.container, |b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
         })?;
-        let key = secret(
-            env,
-            "access_key",
-            &self.access_key_env,
-            &self.access_key_file,
-        )?;
-        if base64::engine::general_purpose::STANDARD
-            .decode(key.value.trim())
-            .is_err()
-        {
-            return Err(key.invalid("expected the account key in base64"));
-        }
         let endpoint = match &self.endpoint {
             Some(e) => Some(base_url(e).map_err(|m| Invalid::new("endpoint", m))?),
             None => None,
         };
+        let access_key = match self.credentials {
+            Some(WorkloadCredentials::WorkloadIdentity) => {
+                no_keys_with_identity(&[(
+                    "access_key",
+                    &self.access_key_env,
+                    &self.access_key_file,
+                )])?;
+                None
+            }
+            None => {
+                let key = secret(
+                    env,
+                    "access_key",
+                    &self.access_key_env,
+                    &self.access_key_file,
+                )?;
+                if base64::engine::general_purpose::STANDARD
+                    .decode(key.value.trim())
+                    .is_err()
+                {
+                    return Err(key.invalid("expected the account key in base64"));
+                }
+                Some(key.value.trim().to_string())
+            }
+        };
         Ok(AzureSigning {
             account,
             container,
-            access_key: key.value.trim().to_string(),
+            access_key,
             endpoint,
         })
     }
@@ -544,9 +659,11 @@ mod tests {
                 bucket: "mirror".into(),
                 region: "us-east-1".into(),
                 endpoint: None,
-                access_key_id: "AKIDEXAMPLE".into(),
-                secret_access_key: "wJalrXUtnFEMI-top-secret".into(),
-                session_token: None,
+                keys: Some(S3Keys {
+                    access_key_id: "AKIDEXAMPLE".into(),
+                    secret_access_key: "wJalrXUtnFEMI-top-secret".into(),
+                    session_token: None,
+                }),
             })
         );
     }
@@ -568,8 +685,9 @@ mod tests {
             panic!("{s:?}")
         };
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(s3.secret_access_key, "from-a-file");
-        assert_eq!(s3.session_token.as_deref(), Some("session-token-secret"));
+        let keys = s3.keys.unwrap();
+        assert_eq!(keys.secret_access_key, "from-a-file");
+        assert_eq!(keys.session_token.as_deref(), Some("session-token-secret"));
         assert_eq!(s3.region, "eu-west-1");
     }
 
@@ -590,7 +708,7 @@ mod tests {
             SignedStore::Azure(AzureSigning {
                 account: "devstoreaccount1".into(),
                 container: "blobs".into(),
-                access_key: AZURE_KEY.into(),
+                access_key: Some(AZURE_KEY.into()),
                 endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
             })
         );
@@ -649,6 +767,44 @@ mod tests {
             msg,
             "gcs.service_account_key_env: is empty (environment variable EMPTY)"
         );
+    }
+
+    /// Issue 24, defect 9: no keys, the workload's identity instead; never both.
+    #[test]
+    fn workload_identity_takes_no_keys() {
+        for yaml in [
+            "s3: {bucket: b, credentials: workload_identity}",
+            "gcs: {bucket: b, credentials: workload_identity}",
+            "azure: {account: a, container: c, credentials: workload_identity}",
+        ] {
+            let signing = checked(yaml).unwrap();
+            let keyless = match &signing.store {
+                SignedStore::S3(s) => s.keys.is_none(),
+                SignedStore::Gcs(g) => g.service_account_key.is_none(),
+                SignedStore::Azure(a) => a.access_key.is_none(),
+            };
+            assert!(keyless, "{yaml}");
+        }
+        for (yaml, message) in [
+            (
+                "s3: {bucket: b, credentials: workload_identity, secret_access_key_file: /s}",
+                "s3.secret_access_key_file: cannot be combined with credentials: workload_identity",
+            ),
+            (
+                "gcs: {bucket: b, credentials: workload_identity, service_account_key_env: K}",
+                "gcs.service_account_key_env: cannot be combined",
+            ),
+            (
+                "azure: {account: a, container: c, credentials: workload_identity, access_key_env: K}",
+                "azure.access_key_env: cannot be combined",
+            ),
+        ] {
+            let e = match checked(yaml) {
+                Err(e) => format!("{}: {}", e.key, e.message),
+                Ok(s) => panic!("{yaml}: {s:?}"),
+            };
+            assert!(e.contains(message), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::path::Path;
 use object_store::signer::Signer;
 
+use crate::aws_ambient::{with_identity, LOOKED_FOR};
 use crate::config::signing::{SignedStore, Signing};
 
 /// Signs URLs for the objects of one private mirror.
@@ -52,11 +53,31 @@ impl MirrorSigner {
             SignedStore::S3(s3) => {
                 let mut builder = AmazonS3Builder::new()
                     .with_bucket_name(&s3.bucket)
-                    .with_region(&s3.region)
-                    .with_access_key_id(&s3.access_key_id)
-                    .with_secret_access_key(&s3.secret_access_key);
-                if let Some(token) = &s3.session_token {
-                    builder = builder.with_token(token);
+                    .with_region(&s3.region);
+                // A bucket's name is unique on AWS only: elsewhere the server is part of it.
+                let name = match &s3.endpoint {
+                    Some(endpoint) => format!("{endpoint}/{}", s3.bucket),
+                    None => format!("s3://{}", s3.bucket),
+                };
+                match &s3.keys {
+                    Some(keys) => {
+                        builder = builder
+                            .with_access_key_id(&keys.access_key_id)
+                            .with_secret_access_key(&keys.secret_access_key);
+                        if let Some(token) = &keys.session_token {
+                            builder = builder.with_token(token);
+                        }
+                    }
+                    None => {
+                        let (with, found) = with_identity(builder);
+                        if !found {
+                            return Err(format!(
+                                "{name}: credentials: workload_identity, but the environment \
+                                 offers none; looked for {LOOKED_FOR}"
+                            ));
+                        }
+                        builder = with;
+                    }
                 }
                 if let Some(endpoint) = &s3.endpoint {
                     builder = builder
@@ -64,28 +85,32 @@ impl MirrorSigner {
                         .with_virtual_hosted_style_request(false)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
-                // A bucket's name is unique on AWS only: elsewhere the server is part of it.
-                let name = match &s3.endpoint {
-                    Some(endpoint) => format!("{endpoint}/{}", s3.bucket),
-                    None => format!("s3://{}", s3.bucket),
-                };
                 let store = builder.build().map_err(|e| failed(&name, e))?;
                 (Box::new(store), name)
             }
             SignedStore::Gcs(gcs) => {
                 let name = format!("gs://{}", gcs.bucket);
-                let store = GoogleCloudStorageBuilder::new()
+                let builder = match &gcs.service_account_key {
+                    Some(key) => GoogleCloudStorageBuilder::new().with_service_account_key(key),
+                    // Application default credentials: GKE Workload Identity's metadata
+                    // server, or GOOGLE_APPLICATION_CREDENTIALS; URLs signed by signBlob.
+                    None => GoogleCloudStorageBuilder::from_env(),
+                };
+                let store = builder
                     .with_bucket_name(&gcs.bucket)
-                    .with_service_account_key(&gcs.service_account_key)
                     .build()
                     .map_err(|e| failed(&name, e))?;
                 (Box::new(store), name)
             }
             SignedStore::Azure(az) => {
-                let mut builder = MicrosoftAzureBuilder::new()
-                    .with_account(&az.account)
-                    .with_container_name(&az.container)
-                    .with_access_key(&az.access_key);
+                let mut builder = match &az.access_key {
+                    Some(key) => MicrosoftAzureBuilder::new().with_access_key(key),
+                    // AKS Workload Identity (AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID,
+                    // AZURE_TENANT_ID): user delegation SAS.
+                    None => MicrosoftAzureBuilder::from_env(),
+                }
+                .with_account(&az.account)
+                .with_container_name(&az.container);
                 if let Some(endpoint) = &az.endpoint {
                     builder = builder
                         .with_endpoint(endpoint.clone())

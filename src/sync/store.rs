@@ -19,6 +19,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use super::config::{Credentials, DestinationConfig, SyncConfig};
 use super::with_causes;
+use crate::aws_ambient::{with_identity, LOOKED_FOR};
 
 /// A destination ready to write to.
 pub(super) struct Store {
@@ -100,7 +101,7 @@ async fn open_store(d: &DestinationConfig, create: bool) -> Result<Store, String
 /// when the configuration allows it, the instance metadata service's; none is an error that
 /// says what was looked for.
 async fn with_credentials(
-    mut b: AmazonS3Builder,
+    b: AmazonS3Builder,
     d: &DestinationConfig,
     name: &str,
     bucket: &str,
@@ -137,34 +138,17 @@ async fn with_credentials(
         }
         (None, None) => {}
     }
-    // object_store's `AmazonS3Builder::new` reads the web identity variables itself, but not
-    // those of container credentials: its `from_env` does, with every other `AWS_*` variable
-    // (`AWS_ENDPOINT` too, which would override the configuration), so they are passed on
-    // here one by one. The full URI is used only with its token file, as object_store does.
-    if var("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && var("AWS_ROLE_ARN").is_some() {
-        return Ok(b);
-    }
-    if let Some(uri) = var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
-        return Ok(b.with_config(AmazonS3ConfigKey::ContainerCredentialsRelativeUri, uri));
-    }
-    if let (Some(uri), Some(file)) = (
-        var("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-        var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-    ) {
-        b = b
-            .with_config(AmazonS3ConfigKey::ContainerCredentialsFullUri, uri)
-            .with_config(AmazonS3ConfigKey::ContainerAuthorizationTokenFile, file);
+    let (b, found) = with_identity(b);
+    if found {
         return Ok(b);
     }
     if d.credentials == Some(Credentials::InstanceMetadata) {
         return Ok(b.with_credentials(instance_metadata(name, bucket, &d.region).await?));
     }
     Err(format!(
-        "{name}: no credentials found; looked for an access key ({key_var} and {secret_from}), a \
-         web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN) and container credentials \
-         (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, or AWS_CONTAINER_CREDENTIALS_FULL_URI with \
-         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); set one, or `credentials: instance_metadata` \
-         to use the EC2 instance metadata service"
+        "{name}: no credentials found; looked for an access key ({key_var} and {secret_from}), \
+         {LOOKED_FOR}; set one, or `credentials: instance_metadata` to use the EC2 instance \
+         metadata service"
     ))
 }
 

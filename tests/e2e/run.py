@@ -9,13 +9,17 @@ What it starts (all on 127.0.0.1, ephemeral ports, state in one temporary direct
   - containerd and dockerd when those clients are selected;
   - for the private scenario: s3s-fs (an S3 server that checks SigV4) with a private bucket
     filled by `archeio sync`, and Azurite (the Azure Blob emulator, which checks SAS) with a
-    private container filled with Shared Key requests.
+    private container filled with Shared Key requests;
+  - for the auth scenario: a second docker-registry over the same storage behind htpasswd
+    (user robot), and gateways with `client_auth: relay` and `client_auth: local`.
 Then, for each mode (redirect, passthrough) and client (skopeo, ctr, podman, docker), it pulls
 every image into a fresh store, checks the digests the client reports, and reads the mirror's
 and the upstream's request logs to check which server served each blob. The tamper scenario
 changes one mirror object and checks that the client refuses the pull. The private scenario
 pulls through gateways whose chain is one private store, and checks from the store's own log
-that every blob was served there on a signed URL.
+that every blob was served there on a signed URL. The auth scenario pulls from the htpasswd
+registry with the right credentials (relay: robot's; local: the gateway's user alice), and
+checks that no credentials, a wrong password and (local) a repository not granted are refused.
 
 Everything started is stopped by process id, and the temporary directory removed, on success,
 failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md.
@@ -45,11 +49,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENTS = ["skopeo", "ctr", "podman", "docker"]
 MODES = ["redirect", "passthrough"]
-SCENARIOS = ["pull", "tamper", "private"]
+SCENARIOS = ["pull", "tamper", "private", "auth"]
 BUCKET = "archeio-e2e"
 # The private scenario: a private S3 bucket (s3s-fs) and a private Azure container (Azurite),
 # each the only mirror of a gateway's chain; named as the gateway's mirrors.named entries.
@@ -246,6 +251,8 @@ NEEDS = {
     "ctr": [("containerd", "containerd"), ("ctr", "containerd")],
     "podman": [("podman", "podman")],
     "docker": [("containerd", "containerd"), ("dockerd", "docker.io"), ("docker", "docker.io")],
+    # the auth scenario's bcrypt hashes, when nothing here makes them (see bcrypt_tool)
+    "bcrypt": [("htpasswd", "apache2-utils")],
 }
 
 
@@ -258,9 +265,10 @@ def moto_available():
     return r.returncode == 0
 
 
-def ensure_prerequisites(clients, install):
+def ensure_prerequisites(clients, install, bcrypt=False):
+    """`bcrypt`: the auth scenario runs; it needs something that makes bcrypt hashes."""
     pkgs = []
-    for group in ["base"] + clients:
+    for group in ["base"] + clients + (["bcrypt"] if bcrypt and bcrypt_tool() is None else []):
         for cmd, pkg in NEEDS[group]:
             if shutil.which(cmd) is None and pkg not in pkgs:
                 pkgs.append(pkg)
@@ -531,21 +539,30 @@ class Images:
 
 
 class Upstream:
-    def __init__(self, work):
-        self.dir = os.path.join(work, "registry")
+    """docker-registry serving `work/registry/storage`. `name`, `storage`, `htpasswd`: the auth
+    scenario's second instance, `work/<name>/`, over the first one's storage (read only: delete
+    is off, nothing pushes to it), behind htpasswd (Basic; its own file of bcrypt entries)."""
+
+    def __init__(self, work, name="registry", storage=None, htpasswd=None):
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
+        self.storage = storage or os.path.join(self.dir, "storage")
         self.port = free_port()
         self.log = os.path.join(self.dir, "registry.log")
         conf = os.path.join(self.dir, "config.yml")
+        auth = f"auth:\n  htpasswd:\n    realm: archeio-e2e\n    path: {htpasswd}\n" if htpasswd else ""
         with open(conf, "w") as f:
             f.write(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n"
-                f"storage:\n  filesystem:\n    rootdirectory: {self.dir}/storage\n  delete:\n    enabled: false\n"
-                f"http:\n  addr: 127.0.0.1:{self.port}\n"
+                f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: false\n"
+                f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
             )
-        self.proc = PROCS.start("docker-registry", ["docker-registry", "serve", conf], self.log)
+        self.proc = PROCS.start("docker-registry" + ("" if name == "registry" else f"-{name}"),
+                                ["docker-registry", "serve", conf], self.log)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for("docker-registry", lambda: http("GET", self.url + "/v2/")[0] == 200, self.proc, self.log)
+        # Behind htpasswd, /v2/ without credentials is the 401 challenge.
+        wait_for("docker-registry", lambda: http("GET", self.url + "/v2/")[0] == (401 if htpasswd else 200),
+                 self.proc, self.log)
 
     def blob_gets(self, text, digest):
         """Blob GETs the upstream answered (its access log lines), any repository."""
@@ -739,9 +756,10 @@ class AzurePrivate(PrivateStore):
 
 class Gateway:
     """The release binary with the configuration `config(dir, port, admin_port)` writes, in
-    `work/<name>/`; `env`: variables added to its environment (the private mirrors' secrets)."""
+    `work/<name>/`; `env`: variables added to its environment (the private mirrors' secrets).
+    `v2`: what its `/v2/` answers an anonymous client once ready (401 with `client_auth`)."""
 
-    def __init__(self, work, binary, name, config, env=None):
+    def __init__(self, work, binary, name, config, env=None, v2=200):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
@@ -759,7 +777,7 @@ class Gateway:
         wait_for(
             "the gateway",
             lambda: http("GET", f"http://127.0.0.1:{self.admin}/readyz")[0] == 200
-            and http("GET", f"http://{self.addr}/v2/")[0] == 200,
+            and http("GET", f"http://{self.addr}/v2/")[0] == v2,
             self.proc,
             self.log,
         )
@@ -779,10 +797,11 @@ graceful_shutdown_timeout_seconds: 1
 """
 
 
-def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
+def gateway_config(d, port, admin, upstream_url, mirror_base, mode, upstream_extra="", extra=""):
     """The gateway's configuration: the custom rule sends 127.0.0.0/8 to AWS us-east-1, whose
     mirror is the moto bucket; the default mirror is a closed port (never used by a correct
-    gateway). Redirect and pass-through differ by the `mode` line only."""
+    gateway). Redirect and pass-through differ by the `mode` line only. `upstream_extra` and
+    `extra`: lines added to `upstream:` and to `archeio:` (the auth scenario's)."""
     dead = f"http://127.0.0.1:{free_port()}"
     return pingora_config(d) + f"""archeio:
   listen: ['127.0.0.1:{port}']
@@ -791,7 +810,7 @@ def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
   upstream:
     endpoints: ['{upstream_url}']
     path: ''
-  mirrors:
+{upstream_extra}  mirrors:
     default: '{dead}'
     blob_path: '{BLOB_PATH}'
     replace_regions: true
@@ -803,7 +822,7 @@ def gateway_config(d, port, admin, upstream_url, mirror_base, mode):
       - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
   client_address:
     trusted_proxy_hops: 0
-"""
+""" + extra
 
 
 # The gateway reads the private stores' secrets from these variables (never from its file).
@@ -933,14 +952,20 @@ class Clients:
         os.makedirs(d)
         return d
 
-    def pull(self, client, gw, img, expect_ok=True):
+    def pull(self, client, gw, img, expect_ok=True, creds=False):
         """Pulls `img` through `gw` with `client` into a fresh store. Returns the command result;
-        when `expect_ok`, also checks the digests the client reports."""
+        when `expect_ok`, also checks the digests the client reports. `creds` (the auth
+        scenario): `(user, password)` given to the client, or None for none at all, not even
+        from the user's auth files; False (the other scenarios): the client's defaults.
+        docker: the credentials go through `docker login` into a fresh `--config` directory
+        (the result's `login` is login's result); when login refuses them they are written
+        into that directory's config.json, so the pull still sends them."""
         ref = f"{gw.addr}/{img.repo}:{img.tag}"
         d = self.fresh(client)
         if client == "skopeo":
             dest = os.path.join(d, "image")
-            r = run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"dir:{dest}"], check=False)
+            auth = [] if creds is False else ["--src-no-creds"] if creds is None else ["--src-creds", ":".join(creds)]
+            r = run(["skopeo", "copy", "--src-tls-verify=false"] + auth + [f"docker://{ref}", f"dir:{dest}"], check=False)
             if r.returncode == 0 and expect_ok:
                 with open(os.path.join(dest, "manifest.json"), "rb") as f:
                     got = sha256(f.read())
@@ -951,7 +976,8 @@ class Clients:
         elif client == "ctr":
             ns = f"e2e{self.n}"
             a = ["ctr", "-a", self.containerd.sock, "-n", ns]
-            r = run(a + ["images", "pull", "--plain-http", "--snapshotter", "native", ref], check=False)
+            auth = ["--user", ":".join(creds)] if creds else []  # ctr reads no auth file
+            r = run(a + ["images", "pull", "--plain-http", "--snapshotter", "native"] + auth + [ref], check=False)
             if r.returncode == 0 and expect_ok:
                 ls = run(a + ["images", "ls"]).stdout
                 line = [x for x in ls.splitlines() if x.startswith(ref + " ")]
@@ -962,9 +988,14 @@ class Clients:
                     expect(b in content, f"ctr: {b} not in the content store")
         elif client == "podman":
             env = dict(os.environ, TMPDIR=d)
+            if creds is not False:  # an auth file of its own, empty: no stored credentials
+                env["REGISTRY_AUTH_FILE"] = os.path.join(d, "auth.json")
+                with open(env["REGISTRY_AUTH_FILE"], "w") as f:
+                    json.dump({"auths": {}}, f)
             p = ["podman", "--root", f"{d}/root", "--runroot", f"{d}/runroot", "--storage-driver", "vfs",
                  "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
-            r = run(p + ["pull", "--tls-verify=false", ref], env=env, check=False)
+            auth = ["--creds", ":".join(creds)] if creds else []
+            r = run(p + ["pull", "--tls-verify=false"] + auth + [ref], env=env, check=False)
             if r.returncode == 0 and expect_ok:
                 out = run(p + ["image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", ref], env=env).stdout
                 image_id, digests = out.split(" ", 1)
@@ -974,7 +1005,21 @@ class Clients:
             # vfs layers of a root store: removed with the pulls directory
         elif client == "docker":
             dk = self.dockerd.docker
+            login = None
+            if creds is not False:
+                conf = os.path.join(d, "docker-config")
+                os.makedirs(conf)
+                dk = lambda *args: self.dockerd.docker("--config", conf, *args)  # noqa: E731
+                if creds:
+                    login = subprocess.run(dk("login", "-u", creds[0], "--password-stdin", gw.addr),
+                                           input=creds[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True, timeout=120)
+                    if login.returncode != 0:
+                        auth = base64.b64encode(":".join(creds).encode()).decode()
+                        with open(os.path.join(conf, "config.json"), "w") as f:
+                            json.dump({"auths": {gw.addr: {"auth": auth}}}, f)
             r = run(dk("pull", ref), check=False)
+            r.login = login
             if r.returncode == 0:
                 try:
                     if expect_ok:
@@ -1230,6 +1275,225 @@ def fill_private(ctx, binary):
             raise Failure(f"{store.name} is not private: an unsigned GET of {store.url(probe)} answered {status}")
 
 
+# --------------------------------------------------------------------------------------
+# The auth scenario: the upstream behind htpasswd, gateways with client_auth relay and local
+# --------------------------------------------------------------------------------------
+
+AUTH_MODES = ["relay", "local"]
+ROBOT, ALICE = "robot", "alice"  # the registry's account; the gateway's user (local)
+AUTH_REPO = "test/app"  # what every auth pull reads; alice's only repository (local)
+AUTH_OTHER = "test/docker"  # in the registry, readable by robot, not granted to alice
+
+
+def bcrypt_tool():
+    """What makes bcrypt hashes here: `htpasswd` (apache2-utils), else Python's `crypt` module
+    when the C library's crypt does bcrypt (glibc with libxcrypt; the module is gone from
+    Python 3.13), else None."""
+    if shutil.which("htpasswd"):
+        return "htpasswd"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        h = crypt.crypt("x", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+        if h and h.startswith("$2") and crypt.crypt("x", h) == h:
+            return "crypt"
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def htpasswd_line(user, password):
+    """`user:<bcrypt hash>` of cost 4, the lowest: Distribution checks the password with bcrypt
+    on every request."""
+    if bcrypt_tool() == "htpasswd":
+        return run(["htpasswd", "-nbB", "-C", "4", user, password]).stdout.strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}"
+
+
+class AuthSetup:
+    """The auth scenario's files and its upstream: a second docker-registry over the first one's
+    storage (the pushed images), behind htpasswd with robot's account; alice's bcrypt entry for
+    the local gateways; robot's password in a file for their upstream.credentials. Passwords
+    are made up for the run."""
+
+    def __init__(self, work, plain):
+        self.dir = os.path.join(work, "auth")
+        os.makedirs(self.dir, exist_ok=True)
+        self.robot_pw = "robot-" + os.urandom(8).hex()
+        self.alice_pw = "alice-" + os.urandom(8).hex()
+        self.robot_file = os.path.join(self.dir, "robot-password")
+        with open(self.robot_file, "w") as f:
+            f.write(self.robot_pw + "\n")
+        upstream_htpasswd = os.path.join(self.dir, "upstream.htpasswd")
+        with open(upstream_htpasswd, "w") as f:
+            f.write(htpasswd_line(ROBOT, self.robot_pw) + "\n")
+        self.gateway_htpasswd = os.path.join(self.dir, "gateway.htpasswd")
+        with open(self.gateway_htpasswd, "w") as f:
+            f.write(htpasswd_line(ALICE, self.alice_pw) + "\n")
+        self.upstream = start("docker-registry (htpasswd)", lambda: Upstream(
+            work, "registry-auth", storage=plain.storage, htpasswd=upstream_htpasswd))
+        url = f"{self.upstream.url}/v2/{AUTH_REPO}/manifests/v1"
+        basic = lambda pw: {"Accept": ACCEPT, "Authorization": "Basic " + base64.b64encode(  # noqa: E731
+            f"{ROBOT}:{pw}".encode()).decode()}
+        anonymous = http("GET", url, headers={"Accept": ACCEPT})[0]
+        wrong = http("GET", url, headers=basic(self.robot_pw + "-wrong"))[0]
+        status, _, body = http("GET", url, headers=basic(self.robot_pw))
+        if (anonymous, wrong, status) != (401, 401, 200):
+            raise Failure(f"the htpasswd upstream answered {AUTH_REPO}:v1 anonymously {anonymous}, with a wrong "
+                          f"password {wrong}, with robot's {status} (expected 401, 401, 200)")
+        log(f"== auth: upstream {self.upstream.url} (htpasswd, user {ROBOT}, bcrypt by {bcrypt_tool()}) over the "
+            f"same storage: {AUTH_REPO}:v1 anonymously {anonymous}, wrong password {wrong}, {ROBOT} {status} "
+            f"{sha256(body)[:19]}")
+
+
+def auth_gateway_config(d, port, admin, ctx, mode, auth_mode):
+    """The pull scenario's configuration (loopback blobs to the moto mirror) in front of the
+    htpasswd upstream, with `client_auth`. relay: no upstream credentials, each client's go to
+    the upstream. local: alice's htpasswd entry, alice may pull AUTH_REPO only; the upstream is
+    read with robot's account."""
+    a = ctx.auth
+    public = f"http://127.0.0.1:{port}"
+    if auth_mode == "relay":
+        upstream_extra = ""
+        extra = f"  client_auth: {{mode: relay, public_url: '{public}'}}\n"
+    else:
+        upstream_extra = f"    credentials: {{username: {ROBOT}, password_file: '{a.robot_file}'}}\n"
+        extra = f"""  client_auth:
+    mode: local
+    public_url: '{public}'
+    htpasswd_file: '{a.gateway_htpasswd}'
+    users: {{{ALICE}: ['{AUTH_REPO}']}}
+"""
+    return gateway_config(d, port, admin, a.upstream.url, ctx.mirror.base, mode, upstream_extra, extra)
+
+
+def last_line(text, n=160):
+    """The end of a client's last output line: where its error message says why."""
+    lines = [x for x in (text or "").strip().splitlines() if x.strip()]
+    line = lines[-1].strip() if lines else "(no output)"
+    return line if len(line) <= n else "..." + line[-n:]
+
+
+def scenario_auth(ctx, client, gw, mode, auth_mode):
+    """Through a gateway with `client_auth: <auth_mode>` in front of the htpasswd upstream:
+    the right credentials (relay: robot's, the upstream's; local: alice's, the gateway's) pull
+    AUTH_REPO with the right digests, its mirrored blobs from the mirror (gateway `307`, one
+    mirror GET, no upstream GET), the others from the upstream; then no credentials, a wrong
+    password, and (local) alice asking for AUTH_OTHER, not granted to her, must each fail,
+    with no blob of that image answered by the gateway or served by the mirror or the
+    upstream. The plain upstream (no auth) never hears from these gateways."""
+    a = ctx.auth
+    imgs = ctx.images
+    img = next(i for i in imgs.images if i.repo == AUTH_REPO)
+    user, pw = (ROBOT, a.robot_pw) if auth_mode == "relay" else (ALICE, a.alice_pw)
+    where = f"({mode}, client_auth {auth_mode})"
+
+    def blob_answers(gwl, b):
+        return re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
+
+    def plain_requests(text):
+        return re.findall(r'"(?:GET|HEAD) /v2/\S* HTTP/1\.1" \d+ ', text)
+
+    wins = [LogWindow(p) for p in (a.upstream.log, ctx.upstream.log, ctx.mirror.log, gw.log)]
+    t = time.time()
+    r = ctx.clients.pull(client, gw, img, creds=(user, pw))
+    login = getattr(r, "login", None)
+    if r.returncode != 0 or (login is not None and login.returncode != 0):
+        gwl = wins[3].text()
+        raise Failure(f"{client} could not pull {img.repo}:{img.tag} through the gateway {where} with {user}'s "
+                      "credentials:\n" + (f"-- docker login ({login.returncode}):\n{login.stdout}\n-- docker pull:\n"
+                                          if login is not None else "") + f"{r.stdout}\n-- gateway log:\n{gwl}")
+
+    def check():
+        up, plain, mi, gwl = (w.text() for w in wins)
+        problems = []
+        for b in img.blobs:
+            answers = blob_answers(gwl, b)
+            u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
+            if b in imgs.mirrored:
+                if answers != [("blob/mirror", "307")]:
+                    problems.append(f"mirrored blob {b}: gateway answered {answers or 'nothing'}, expected once "
+                                    "('blob/mirror', '307')")
+                if (m, u) != (1, 0):
+                    problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
+            else:  # proxied with credentials in either mode: a redirect would lose them
+                if answers != [("blob/proxy", "200")]:
+                    problems.append(f"unmirrored blob {b}: gateway answered {answers or 'nothing'}, expected once "
+                                    "('blob/proxy', '200')")
+                if (m, u) != (0, 1):
+                    problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
+                                    "(expected 0 and 1)")
+        # Manifests are proxied (with the client's credentials, or robot's) in either mode; the
+        # local gateway may answer from its manifest cache. A client that asks without
+        # credentials first (ctr) gets the challenge, a 401, then asks again with them.
+        manifests = re.findall(r"(?:GET|HEAD) (/v2/[^ ]+/manifests/\S+) client=\S+ decision=(\S+) status=(\d+)", gwl)
+        challenge = ("upstream/proxy", "401") if auth_mode == "relay" else ("unauthorized/-", "401")
+        ok = [("upstream/proxy", "200"), ("upstream/cache", "200")]
+        bad = [x for x in manifests if x[1:] not in ok + [challenge]]
+        unanswered = {x[0] for x in manifests} - {x[0] for x in manifests if x[1:] in ok}
+        if not manifests or bad or unanswered:
+            problems.append(f"manifests: gateway answered {manifests or 'nothing'}, expected each 200 proxied or "
+                            f"cached, after at most a {challenge} challenge")
+        manifests = [x[1:] for x in manifests]
+        proxied = manifests.count(("upstream/proxy", "200"))
+        if ctx.upstream.manifest_requests(up) != proxied:
+            problems.append(f"manifests: the upstream served {ctx.upstream.manifest_requests(up)}, the gateway "
+                            f"proxied {proxied}")
+        if plain_requests(plain):
+            problems.append(f"the upstream without auth got requests: {plain_requests(plain)}")
+        return problems, gwl
+
+    problems, gwl = settle(check)
+    if problems:
+        raise Failure(f"{client} pull of {img.repo}:{img.tag} {where} with {user}'s credentials was misrouted:\n  "
+                      + "\n  ".join(problems) + f"\n-- gateway log:\n{gwl}")
+    log(f"   ok  {client:7} {mode:11} auth {auth_mode:5} {img.repo}:{img.tag} pulled as {user}  ({time.time() - t:.1f} s)")
+
+    other = next(i for i in imgs.images if i.repo == AUTH_OTHER)
+    refusals = [("no credentials", None, img), ("a wrong password", (user, pw + "-wrong"), img)]
+    if auth_mode == "local":
+        refusals.append((f"{user}'s credentials (not granted)", (user, pw), other))
+    for what, creds, target in refusals:
+        wins = [LogWindow(p) for p in (a.upstream.log, ctx.upstream.log, ctx.mirror.log, gw.log)]
+        t = time.time()
+        r = ctx.clients.pull(client, gw, target, expect_ok=False, creds=creds)
+        login = getattr(r, "login", None)
+        if r.returncode == 0:
+            raise Failure(f"{client} pulled {target.repo}:{target.tag} through the gateway {where} with {what}:\n"
+                          f"{r.stdout}\n-- gateway log:\n{wins[3].text()}")
+        if login is not None and creds is not None and creds[1] != pw and login.returncode == 0:
+            raise Failure(f"docker login to the gateway {where} accepted {what}:\n{login.stdout}")
+
+        def check_refused():
+            up, plain, mi, gwl = (w.text() for w in wins)
+            problems = []
+            for b in target.blobs + target.other_blobs:
+                served = [x for x in blob_answers(gwl, b) if x[1] in ("200", "307")]
+                if served:
+                    problems.append(f"blob {b}: gateway answered {served}")
+                if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
+                    problems.append(f"blob {b}: served by the upstream or the mirror")
+            if target is other:  # the gateway refuses by itself: the upstream never hears of it
+                asked = re.findall(r'"(?:GET|HEAD) /v2/' + re.escape(other.repo) + r'/\S* HTTP/1\.1" \d+ ', up)
+                if asked:
+                    problems.append(f"the upstream was asked for {other.repo}: {asked}")
+            if plain_requests(plain):
+                problems.append(f"the upstream without auth got requests: {plain_requests(plain)}")
+            return problems, gwl
+
+        problems, gwl = settle(check_refused)
+        if problems:
+            raise Failure(f"{client}'s refused pull of {target.repo}:{target.tag} {where} with {what} still "
+                          "moved data:\n  " + "\n  ".join(problems) + f"\n-- gateway log:\n{gwl}")
+        how = f"docker login refused ({last_line(login.stdout)}); " if login is not None and login.returncode else ""
+        log(f"   ok  {client:7} {mode:11} auth {auth_mode:5} {target.repo}:{target.tag} with {what}: refused "
+            f"({time.time() - t:.1f} s): {how}{last_line(r.stdout)}")
+
+
 class Ctx:
     pass
 
@@ -1256,8 +1520,9 @@ def main():
     clients = [c for c in (args.client or CLIENTS) if c not in skip]
     modes = args.mode or MODES
     scenarios = args.scenario or SCENARIOS
-    base = [x for x in scenarios if x != "private"]  # run with the moto gateway of each mode
+    base = [x for x in scenarios if x in ("pull", "tamper")]  # run with the moto gateway of each mode
     private = "private" in scenarios
+    auth = "auth" in scenarios
     if not clients:
         ap.error("no client left to run")
 
@@ -1276,7 +1541,7 @@ def main():
             log(f"== NOT testing client(s) {', '.join(sorted(skip))}: left out on request (--skip-client / ARCHEIO_E2E_SKIP_CLIENTS)")
         if HOST_ARCH is None:
             raise Failure(f"unknown machine {platform.machine()!r}: the test images are for amd64 or arm64")
-        ensure_prerequisites(clients, install=not args.no_install)
+        ensure_prerequisites(clients, install=not args.no_install, bcrypt=auth)
         if private:
             s3s_bin, azurite_bin = ensure_private_servers(install=not args.no_install)
         if args.build:
@@ -1308,6 +1573,8 @@ def main():
             ctx.azure = start("azurite-blob", lambda: AzurePrivate(work, azurite_bin))
             log(f"== private stores: s3s-fs {ctx.s3.base}, Azurite {ctx.azure.base}")
             fill_private(ctx, args.binary)
+        if auth:
+            ctx.auth = AuthSetup(work, ctx.upstream)
         ctx.clients = Clients(work, clients)
         failures = []
         for mode in modes:
@@ -1342,10 +1609,26 @@ def main():
                             log(f"   FAIL {client} {mode} private {store.name}: {e}")
                             failures.append(f"{client} {mode} private {store.name}")
                     gw.stop()
-        total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0))
+            if auth:
+                for auth_mode in AUTH_MODES:
+                    gw = start("the gateway", lambda: Gateway(
+                        work, args.binary, f"gateway-{mode}-{auth_mode}",
+                        lambda d, port, admin: auth_gateway_config(d, port, admin, ctx, mode, auth_mode), v2=401))
+                    log(f"== gateway {gw.addr} in {mode} mode, client_auth {auth_mode}, upstream {ctx.auth.upstream.url} "
+                        "(htpasswd)")
+                    for client in clients:
+                        try:
+                            scenario_auth(ctx, client, gw, mode, auth_mode)
+                        except (Failure, subprocess.TimeoutExpired) as e:
+                            log(f"   FAIL {client} {mode} auth {auth_mode}: {e}")
+                            failures.append(f"{client} {mode} auth {auth_mode}")
+                    gw.stop()
+        total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0)
+                                             + (len(AUTH_MODES) if auth else 0))
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
             f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
-            + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "") for x in scenarios) + ")"
+            + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "")
+                        + (f" [{', '.join(AUTH_MODES)}]" if x == "auth" else "") for x in scenarios) + ")"
             + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
         log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
         if failures:
