@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the request path's pure parts: prefix lookup over the full
 //! embedded table, the routing decision per route (URL building included), the cached mirror
-//! answer, `X-Forwarded-For` parsing, and loading the range files.
+//! answer and the cached relay authorization, `X-Forwarded-For` parsing, and loading the
+//! range files.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -13,6 +14,9 @@ use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::routing::client_addr::{find_client, ClientAddrError, ClientAddressRules, Connection};
 use archeio::routing::ranges::{RangeSources, RangeTable};
 use archeio::routing::{decide, Decision, Request};
+use archeio::upstream::auth::UpstreamAuth;
+use archeio::upstream::blob_access::{Asker, BlobAccess};
+use archeio::upstream::Upstreams;
 
 const SHA: &str = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108";
 
@@ -139,6 +143,50 @@ fn decision(c: &mut Criterion) {
         })
     });
 
+    // The same blob for a relayed client whose authorization is cached too: the upstream's
+    // "this client may read this blob" (a keyed digest of credential and path, then a cache
+    // hit), then the mirror answer as above. The upstream is a loopback listener answering
+    // 200, asked once to warm the cache.
+    let upstream = rt.block_on(ok_server());
+    let mut relay_cfg = ArcheioConfig {
+        client_auth: Some(
+            serde_yaml::from_str("{mode: relay, public_url: 'https://gw.example'}").unwrap(),
+        ),
+        ..ArcheioConfig::default()
+    };
+    relay_cfg.upstream.endpoints = vec![upstream.clone()];
+    relay_cfg
+        .mirrors
+        .regions
+        .insert("us-east-1".into(), "http://127.0.0.1:9".into());
+    let relay = relay_cfg.check("bench", |_| None).unwrap();
+    let endpoints = Upstreams::new(&relay.upstream, Box::new(|_, _| {})).unwrap();
+    let auth = UpstreamAuth::for_upstream(&relay.upstream, reqwest::Client::new());
+    let access = BlobAccess::new(
+        &relay.blob_check,
+        std::time::Duration::from_secs(3600),
+        endpoints
+            .no_redirect_client(std::time::Duration::from_secs(5))
+            .unwrap(),
+    );
+    let credential: &[u8] = b"Basic YWxpY2U6YWxpY2UtcGFzc3dvcmQ=";
+    let Decision::CheckMirrors(warm) = decide(&req, &relay.routes, &table) else {
+        panic!("a relayed blob needs a mirror check");
+    };
+    let path = warm.confirm.clone().expect("relayed blobs are confirmed");
+    let asker = Asker::Client(Some(credential));
+    assert!(rt.block_on(access.held(&endpoints, &auth, &path, asker, None)));
+    let mut g = c.benchmark_group("cached_answer");
+    g.bench_function("mirror", |b| {
+        b.to_async(&rt)
+            .iter(|| mirrors.first_holding(black_box(&warm.candidates), &get, None))
+    });
+    g.bench_function("relay_authorization", |b| {
+        b.to_async(&rt)
+            .iter(|| access.held(&endpoints, &auth, black_box(&path), asker, None))
+    });
+    g.finish();
+
     // A policy of 50 rules where a blob matches only the last: repository globs, regions
     // and networks that do not hold.
     let long = ArcheioConfig {
@@ -156,6 +204,27 @@ fn decision(c: &mut Criterion) {
             decide(&req, &long, &table)
         })
     });
+}
+
+/// A loopback HTTP server answering every request `200`, keep-alive; its base URL.
+async fn ok_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    if conn.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    base
 }
 
 /// The proxies in front: the one the connections come from (10.0.0.0/8) and Google's load

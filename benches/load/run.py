@@ -8,7 +8,8 @@ Around each wrk run the servers' CPU time (utime + stime from /proc/<pid>/stat, 
 and its children: nginx's master and workers) is read, and divided by the requests wrk
 completed. Medians over the rounds are printed: requests/s, CPU µs per request and the
 nginx/gateway CPU ratio (above 1: the gateway is cheaper), p50/p99 latency; MB/s and CPU s/GB
-for the 100 MiB blob. Then: peak RSS, start-to-ready time, RSS with 100,000 cached mirror answers.
+for the 100 MiB blob. Then: peak RSS, start-to-ready time, RSS with 100,000 cached mirror answers
+and with 100,000 cached relay authorizations.
 
 Scenarios (--scenarios, comma-separated; default all):
   manifest, blob_unknown_client, blob_aws_client_xff, v2   redirects, gateway vs nginx_conf.py's
@@ -19,6 +20,12 @@ Scenarios (--scenarios, comma-separated; default all):
   proxied_blob_100mib            `delivery: proxy` of a 100 MiB blob vs nginx proxy_pass, both
                                  from an nginx mirror serving the file with sendfile
   policy_50_rules                a 50-rule policy (49 miss) vs nginx_conf.py's blob redirect
+  blob_relay_cached              `client_auth: relay` before the docker-registry: a blob of
+                                 bench/pause with a client's Basic credential, its
+                                 authorization (the upstream's HEAD) and mirror answer cached,
+                                 vs nginx_conf.py's blob redirect
+  blob_anonymous_same            the same gateway and request, `client_auth` anonymous (no
+                                 upstream HEAD: only the mirror answer, cached)
 
 usage: benches/load/run.py [--binary PATH] [--no-build] [--duration 5] [--rounds 3]
                          [--threads 1] [--scenarios a,b] [--markdown FILE] [--skip-cache-fill]
@@ -26,6 +33,7 @@ Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`) but in
 manifest_access_log.
 """
 import argparse
+import base64
 import gzip
 import hashlib
 import http.client
@@ -61,6 +69,10 @@ ACCEPT = f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
 # The proxies the routing servers trust to name the client: the load generator's address and
 # Google's load balancer in the `X-Forwarded-For` of the scenarios (nginx_conf.py's realip).
 TRUSTED_PROXIES = ["127.0.0.1/32", "130.211.0.0/22"]
+# The client credential of the relay scenarios (the open docker-registry ignores it).
+AUTHORIZATION = "Basic " + base64.b64encode(b"bench-user:bench-pw").decode()
+# Every blob through the mirror chain, to the default mirror (the relay scenarios).
+BLOB_RULE = ["policy:", "  rules:", "    - {match: {kind: blob}, action: mirrors, mirrors: [default]}"]
 
 # name -> which gateway and which nginx answer it, the request, and how its answers are checked.
 # `gw`/`ng` name the servers started for it (see Servers); "{big}" is the 100 MiB blob's digest.
@@ -77,7 +89,14 @@ SCENARIOS = {
                                 headers={}, throughput=True),
     "policy_50_rules": dict(gw="policy50", ng="routing", target=f"/v2/pause/blobs/{SHA}",
                             headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
+    # "{layer}": the digest of bench/pause:v1's layer in the docker-registry.
+    "blob_relay_cached": dict(gw="relay", ng="routing", target="/v2/pause/blobs/{layer}",
+                              headers={"Authorization": AUTHORIZATION}),
+    "blob_anonymous_same": dict(gw="anonymous_same", ng="routing", target="/v2/pause/blobs/{layer}",
+                                headers={"Authorization": AUTHORIZATION}),
 }
+# Gateways before the docker-registry (Servers.registry: docker-registry and skopeo needed).
+REGISTRY_KINDS = ("passthrough", "relay", "anonymous_same")
 SAMPLES = [
     ("GET", "/", None),
     ("GET", "/privacy", None),
@@ -136,6 +155,18 @@ def fetch_sha256(port, target, timeout=120):
         return r.status, n, "sha256:" + h.hexdigest()
     finally:
         conn.close()
+
+
+def metric(admin, name, labels=""):
+    """The sum of the gateway's `name{labels...}` samples on its admin port (labels: a regex
+    matched inside the braces, e.g. `outcome="held"`)."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return int(sum(float(v) for v in re.findall(rf'^{name}\{{[^}}]*{labels}[^}}]*\}} (\S+)', text, re.M)))
 
 
 def peak_rss_kib(pids):
@@ -365,6 +396,20 @@ class Servers:
             self.shared["files"] = (f"http://127.0.0.1:{port}", digest)
         return self.shared["files"]
 
+    def layer(self):
+        """The digest of the layer of bench/pause:v1 in the registry."""
+        _, manifest, _ = self.registry()
+        return json.loads(manifest)["layers"][0]["digest"]
+
+    def target(self, sc):
+        """The scenario's request target, its digest placeholder filled in."""
+        target = sc["target"]
+        if "{big}" in target:
+            target = target.replace("{big}", self.file_mirror()[1])
+        if "{layer}" in target:
+            target = target.replace("{layer}", self.layer())
+        return target
+
     def gateway(self, kind, threads):
         """(process, port, admin port) of the gateway of `kind` at `threads` threads."""
         d = self._dir(f"gw-{kind}-{threads}")
@@ -382,7 +427,16 @@ class Servers:
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
             extra = harness.policy_50_rules()
-        if kind in ("routing", "logged", "policy50"):
+        elif kind in ("relay", "anonymous_same"):
+            # The same gateway but for client_auth: every blob to the mirror chain (default
+            # mirror), the docker-registry as upstream (open: it ignores Authorization).
+            url, _, _ = self.registry()
+            upstream = (url, UPSTREAM_PATH)
+            extra = list(BLOB_RULE)
+            if kind == "relay":
+                extra.append(f"client_auth: {{mode: relay, public_url: 'http://127.0.0.1:{port}', "
+                             "authorization_ttl: 10m}")
+        if kind in ("routing", "logged", "policy50", "relay", "anonymous_same"):
             # wrk on 127.0.0.1 plays the proxy in front, which appended the client's entry
             # after Google's load balancer (130.211.0.0/22); both trusted, as nginx's realip.
             extra = [*extra, f"client_address: {{trusted_proxies: {TRUSTED_PROXIES}}}"]
@@ -413,7 +467,10 @@ class Servers:
         return self._nginx(d, port, "/v2/"), port
 
 
-def check(name, sc, servers, gport, nport):
+REPO_CHECKS = "archeio_repository_checks_total"
+
+
+def check(name, sc, servers, gport, nport, gadmin):
     """The answers of both servers to the scenario's request, compared before any load."""
     kind = sc["gw"]
     if kind in ("routing", "logged"):
@@ -442,6 +499,103 @@ def check(name, sc, servers, gport, nport):
             status, n, got = fetch_sha256(port, sc["target"])
             if (status, n, got) != (200, BIG_BLOB_BYTES, digest):
                 raise SystemExit(f"{name}: {who} answered {status}, {n} bytes, {got}; the file is {digest}")
+    elif kind in ("relay", "anonymous_same"):
+        # Also the warm-up: the gateway's mirror answer (and, relay, the upstream's HEAD for
+        # this credential) cached here, so that the load measures the cached path.
+        mirror = f"{servers.mirror_base()}/default/"
+        for attempt in range(2):
+            gs, gh, _ = fetch(gport, sc["target"], sc["headers"])
+            ns, nh, _ = fetch(nport, sc["target"], sc["headers"])
+            g, n = (gs, gh.get("location")), (ns, nh.get("location"))
+            if gs != 307 or not (g[1] or "").startswith(mirror) or g != n:
+                raise SystemExit(f"{name}: gateway {g}, nginx {n}; expected 307 to {mirror}...")
+        held = metric(gadmin, REPO_CHECKS, 'outcome="held"')
+        hits = metric(gadmin, REPO_CHECKS, 'outcome="cache_hit"')
+        mirror_hits = metric(gadmin, "archeio_blob_checks_total", 'outcome="cache_hit"')
+        want = (1, 1) if kind == "relay" else (0, 0)  # anonymous: no repository to confirm
+        if (held, hits) != want or mirror_hits < 1:
+            raise SystemExit(f"{name}: after two requests the upstream was asked {held} times, "
+                             f"{hits} authorizations and {mirror_hits} mirror answers came from the "
+                             f"caches; expected {want[0]}, {want[1]} and at least 1")
+
+
+# wrk Lua: request i (1..100,000, then again) sends the credential `Basic base64("u<i>:pw")`;
+# one blob for all, so that only the authorization cache grows (one mirror answer).
+RELAY_FILL_LUA = r"""
+local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function b64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local chars = 2 + (b and 1 or 0) + (c and 1 or 0)
+    for k = 1, 4 do
+      if k <= chars then
+        local v = math.floor(n / 2 ^ (6 * (4 - k))) % 64 + 1
+        out[#out + 1] = alphabet:sub(v, v)
+      else
+        out[#out + 1] = '='
+      end
+    end
+  end
+  return table.concat(out)
+end
+counter = 0
+request = function()
+  counter = counter % 100000 + 1
+  return wrk.format('GET', '%(target)s', { Authorization = 'Basic ' .. b64('u' .. counter .. ':pw') })
+end
+"""
+
+
+def relay_authorization_fill(binary, tmp, procs, mirror_base, say):
+    """Peak RSS of a relay gateway (2 threads) after 100,000 distinct (credential, blob)
+    authorizations were cached, against the same gateway before: freshly started, and after
+    the same load with one credential (connections, buffers and the one mirror answer
+    allocated). The upstream: an nginx answering 200 to everything (every HEAD "held")."""
+    d = os.path.join(tmp, "relay-fill")
+    os.makedirs(d)
+    up_dir = os.path.join(d, "upstream")
+    os.makedirs(up_dir)
+    up_port = harness.free_port()
+    up = mirror_nginx(up_dir, up_port)
+    procs.append(up)
+    harness.wait_ready(up_port, "/", up)
+    port, admin = harness.free_port(), harness.free_port()
+    extra = [*BLOB_RULE, f"client_auth: {{mode: relay, public_url: 'http://127.0.0.1:{port}', "
+                         "authorization_ttl: 10m}"]
+    gw = start_gateway(binary, d, 2, port, admin, mirror_base, extra,
+                       upstream=(f"http://127.0.0.1:{up_port}", UPSTREAM_PATH))
+    procs.append(gw)
+    harness.wait_ready(admin, "/readyz", gw)
+    fresh = peak_rss_kib([gw.pid])
+    target = f"/v2/pause/blobs/{SHA}"
+    status, headers, _ = fetch(port, target, {"Authorization": AUTHORIZATION})
+    if status != 307 or not headers.get("location", "").startswith(f"{mirror_base}/default/"):
+        raise SystemExit(f"relay fill: the gateway answered {status} {headers.get('location')}")
+    subprocess.run(["wrk", "-t1", "-c16", "-d3s", "-H", f"Authorization: {AUTHORIZATION}",
+                    f"http://127.0.0.1:{port}{target}"], capture_output=True, check=True)
+    one = peak_rss_kib([gw.pid])
+    script = os.path.join(d, "credentials.lua")
+    with open(script, "w") as f:
+        f.write(RELAY_FILL_LUA.replace("%(target)s", target))
+    # One wrk thread so that one counter walks the 100,000 credentials, then again (hits).
+    filled = 0
+    deadline = time.monotonic() + 180
+    while filled < 100_000 and time.monotonic() < deadline:
+        subprocess.run(["wrk", "-t1", "-c16", "-d5s", "-s", script, f"http://127.0.0.1:{port}/"],
+                       capture_output=True, check=True)
+        filled = metric(admin, REPO_CHECKS, 'outcome="held"')
+    hits = metric(admin, REPO_CHECKS, 'outcome="cache_hit"')
+    refused = metric(admin, REPO_CHECKS, 'outcome="(?:not_held|error)"')
+    full = peak_rss_kib([gw.pid])
+    harness.stop(gw, 5)
+    harness.stop(up, 5)
+    say(f"peak RSS with 100,000 cached relay authorizations (capacity 100,000; {filled:,} upstream "
+        f"HEADs answered 200, {hits:,} cache hits, {refused:,} refused or failed): {full / 1024:.1f} MiB; "
+        f"freshly started {fresh / 1024:.1f} MiB ({(full - fresh) * 1024 / 100_000:,.0f} bytes per "
+        f"authorization more), after the same load with one credential {one / 1024:.1f} MiB "
+        f"({(full - one) * 1024 / 100_000:,.0f} bytes per authorization more)")
 
 
 def manifest_gets(log):
@@ -472,7 +626,7 @@ def main():
     if a.skip_throughput:
         names = []
     tools = ["nginx", "wrk"]
-    if "passthrough_manifest_cached" in names:
+    if any(SCENARIOS[n]["gw"] in REGISTRY_KINDS for n in names):
         tools += ["docker-registry", "skopeo"]
     ensure_tools(tools)
     if not a.no_build:
@@ -510,23 +664,24 @@ def main():
             checked = set()
             for name in names:
                 sc = SCENARIOS[name]
-                if sc.get("throughput"):
-                    sc = dict(sc, target=sc["target"].format(big=servers.file_mirror()[1]))
+                sc = dict(sc, target=servers.target(sc))
                 if (sc["gw"], sc["ng"], sc["target"]) not in checked:
-                    check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1])
+                    check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1], gws[sc["gw"]][2])
                     checked.add((sc["gw"], sc["ng"], sc["target"]))
             results = {}
             for r in range(a.rounds):
                 for name in names:
                     sc = SCENARIOS[name]
                     big = sc.get("throughput", False)
-                    target = sc["target"].format(big=servers.file_mirror()[1]) if big else sc["target"]
+                    target = servers.target(sc)
                     gw, ng = gws[sc["gw"]], ngs[sc["ng"]]
                     order = [("gateway", gw[1], gw[0].pid), ("nginx", ng[1], ng[0].pid)]
                     if r % 2:
                         order.reverse()
                     if name == "passthrough_manifest_cached":
                         before = manifest_gets(servers.registry()[2])
+                    if sc["gw"] == "relay":
+                        asked = metric(gw[2], REPO_CHECKS, 'outcome="(?:held|not_held|error)"')
                     for who, port, pid in order:
                         conns = a.blob_connections if big else a.connections * threads
                         results.setdefault((name, who), []).append(
@@ -539,6 +694,11 @@ def main():
                                              "GETs during the load: a cache is not serving")
                         if fetched:
                             notes.append(f"{name}, round {r + 1}: {fetched} manifest GETs reached the upstream")
+                    if sc["gw"] == "relay":
+                        asked = metric(gw[2], REPO_CHECKS, 'outcome="(?:held|not_held|error)"') - asked
+                        if asked:
+                            raise SystemExit(f"{name}: the upstream was asked {asked} times during the "
+                                             "load: the authorization was not served from the cache")
             for name in names:
                 g, n = results[(name, "gateway")], results[(name, "nginx")]
 
@@ -635,6 +795,7 @@ def main():
             say(f"peak RSS after {filled:,} distinct mirror answers cached (capacity 100,000): "
                 f"{peak_rss_kib([gw.pid]) / 1024:.1f} MiB")
             harness.stop(gw, 5)
+            relay_authorization_fill(a.binary, tmp, procs, mirror_base, say)
     finally:
         for p in procs:
             harness.stop(p, 5)

@@ -209,7 +209,7 @@ impl LocalAuth {
     /// The user whose Basic credentials `encoded` (base64 `user:password`) are, checked
     /// against the htpasswd file off the async threads, remembered for [`VERIFIED_TTL`].
     async fn check_basic(&self, header: &[u8], encoded: &str) -> Option<Arc<str>> {
-        let key = self.digests.digest(&[header]);
+        let key = self.digests.digest(header, b"");
         let now = self.now_ms();
         if let Some(v) = self.verified.get(&key).filter(|v| v.expires_ms > now) {
             return v.user;

@@ -18,6 +18,7 @@ use crate::auth::CredentialKey;
 use crate::config::BlobCheck;
 use crate::logging::error_chain;
 use crate::metrics;
+use prometheus::IntCounter;
 
 /// How a question was answered; a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,13 @@ enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::CacheHit,
+        Outcome::Held,
+        Outcome::NotHeld,
+        Outcome::Error,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Outcome::CacheHit => "cache_hit",
@@ -66,6 +74,8 @@ pub struct BlobAccess {
     held_ttl_ms: u64,
     not_held_ttl_ms: u64,
     seed: u64,
+    /// Per [`Outcome`], resolved once: the request path hashes no label values.
+    counters: [IntCounter; 4],
 }
 
 impl BlobAccess {
@@ -82,6 +92,8 @@ impl BlobAccess {
             held_ttl_ms: ms(held_ttl),
             not_held_ttl_ms: ms(cfg.miss_ttl),
             seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 1u8),
+            counters: Outcome::ALL
+                .map(|o| metrics::REPOSITORY_CHECKS.with_label_values(&[o.as_str()])),
         }
     }
 
@@ -101,12 +113,12 @@ impl BlobAccess {
             Asker::Gateway => xxh3_128_with_seed(path.as_bytes(), self.seed),
             Asker::Client(authorization) => self
                 .credentials
-                .digest(&[authorization.unwrap_or_default(), path.as_bytes()]),
+                .digest(authorization.unwrap_or_default(), path.as_bytes()),
         };
         let guard = loop {
             match self.cache.get_value_or_guard_async(&key).await {
                 Ok(answer) if answer.expires_ms > self.now_ms() => {
-                    record(Outcome::CacheHit);
+                    self.record(Outcome::CacheHit);
                     return answer.held;
                 }
                 Ok(_) => {
@@ -117,7 +129,7 @@ impl BlobAccess {
             }
         };
         let outcome = self.ask(endpoints, auth, path, asker, traceparent).await;
-        record(outcome);
+        self.record(outcome);
         let held = outcome == Outcome::Held;
         let ttl = match outcome {
             Outcome::Held => self.held_ttl_ms,
@@ -215,13 +227,11 @@ impl BlobAccess {
         }
     }
 
+    fn record(&self, outcome: Outcome) {
+        self.counters[outcome as usize].inc();
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
-}
-
-fn record(outcome: Outcome) {
-    metrics::REPOSITORY_CHECKS
-        .with_label_values(&[outcome.as_str()])
-        .inc();
 }
