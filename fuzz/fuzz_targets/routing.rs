@@ -161,6 +161,9 @@ fuzz_target!(|data: &[u8]| {
             }
             Answer::ProxyMirror { .. } => panic!("archeio's policy never proxies a mirror"),
             Answer::TooManyRequests { .. } => panic!("the decision never rate-limits"),
+            Answer::Token { .. } | Answer::Unauthorized { .. } => {
+                panic!("anonymous clients are never asked for credentials")
+            }
             Answer::ApiVersion | Answer::Error { .. } => {}
         }
     }
