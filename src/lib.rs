@@ -26,6 +26,7 @@ pub mod auth;
 pub mod aws_ambient;
 pub mod config;
 pub mod gateway;
+pub mod hangup;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::RangeSettings;
+use crate::hangup::on_interval_and_hangup;
 use crate::metrics;
 use crate::routing::ranges::{Origin, RangeTable, Source};
 
@@ -226,35 +226,17 @@ fn unix_now() -> f64 {
 
 impl RangeRefresher {
     /// Refreshes on the interval (at once first) and on `SIGHUP` until `shutdown` changes.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!("cannot listen for SIGHUP, ranges refresh on the interval only: {e}");
-                None
-            }
-        };
+    /// The first refresh reads the URLs now and the files again (read at start-up, so an
+    /// unchanged file swaps nothing).
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
         let interval = self
             .cfg
             .refresh_interval
             .unwrap_or(Duration::from_secs(u32::MAX.into()));
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is at once: read the URLs now, the files again (they were read
-        // at start-up, so an unchanged file swaps nothing).
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => info!("SIGHUP: reloading cloud ranges"),
-            }
+        let refresh = || async {
             self.refresh().await;
-        }
+        };
+        on_interval_and_hangup(interval, shutdown, "cloud ranges", refresh).await;
     }
 }
 

@@ -16,13 +16,13 @@ use bytes::Bytes;
 use globset::GlobSet;
 use log::{info, warn};
 use quick_cache::sync::Cache;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::htpasswd::Htpasswd;
 use super::relay::TokenAnswer;
 use super::token::{Claims, Tokens};
 use super::CredentialKey;
+use crate::hangup::on_interval_and_hangup;
 use crate::routing::grammar::is_name;
 use crate::routing::policy::glob_set;
 use crate::routing::Grants;
@@ -266,23 +266,9 @@ impl LocalAuth {
     }
 
     /// Looks at the htpasswd file every [`HTPASSWD_POLL`] and on `SIGHUP` until `shutdown`.
-    pub async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(HTPASSWD_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
-            self.reload();
-        }
+    pub async fn watch(&self, shutdown: watch::Receiver<bool>) {
+        let reload = || async { self.reload() };
+        on_interval_and_hangup(HTPASSWD_POLL, shutdown, "the htpasswd file", reload).await;
     }
 
     fn now_ms(&self) -> u64 {

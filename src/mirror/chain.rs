@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::check::{Access, Counters};
@@ -15,6 +14,7 @@ use super::signing::MirrorSigner;
 use super::MirrorCheck;
 use crate::config::signing::{Signing, SigningConfig};
 use crate::config::SignedMirror;
+use crate::hangup::on_interval_and_hangup;
 use crate::metrics;
 use crate::routing::policy::Policy;
 use crate::routing::MirrorCandidate;
@@ -179,33 +179,17 @@ impl Mirrors {
 
     /// Reads the credentials again every [`SECRET_POLL`] and on `SIGHUP`, until `shutdown`
     /// changes; returns at once without private mirrors.
-    pub async fn watch_secrets(&self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn watch_secrets(&self, shutdown: watch::Receiver<bool>) {
         if self.signers.iter().all(Option::is_none) {
             return;
         }
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(
-                    "cannot listen for SIGHUP, mirror secrets are read on the interval only: {e}"
-                );
-                None
-            }
-        };
-        let mut tick = tokio::time::interval(SECRET_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => info!("SIGHUP: reading the private mirrors' credentials again"),
-            }
-            self.reload_secrets();
-        }
+        let reload = || async { self.reload_secrets() };
+        on_interval_and_hangup(
+            SECRET_POLL,
+            shutdown,
+            "private mirrors' credentials",
+            reload,
+        )
+        .await;
     }
 }
