@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use log::info;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
@@ -28,8 +30,11 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::peer::Peers;
 use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
-use archeio::gateway::services::{HealthChecks, HtpasswdWatch, MirrorSecrets, RangeRefresh};
+use archeio::gateway::services::{
+    HealthChecks, HtpasswdWatch, MirrorSecrets, RangeRefresh, TlsCertificates,
+};
 use archeio::gateway::slow_clients::HeaderDeadline;
+use archeio::gateway::tls::{Certificates, Resolver};
 use archeio::gateway::{Clients, Gateway, Operations, UpstreamAccess};
 use archeio::logging;
 use archeio::metrics;
@@ -187,7 +192,17 @@ fn main() {
         passthrough.then(|| upstreams.clone()),
     ));
 
-    let addresses = listener_keys(&settings.listen, &settings.admin_listen);
+    let addresses = listener_keys(
+        &settings.listen,
+        &settings.tls.listen,
+        &settings.admin_listen,
+    );
+    let certificates = (!settings.tls.listen.is_empty()).then(|| {
+        Arc::new(
+            Certificates::load(&settings.tls.certificates)
+                .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}"))),
+        )
+    });
     let all: Vec<SocketAddr> = addresses.iter().map(|(_, a)| *a).collect();
     if !cli.test && !cli.upgrade {
         // A new process under -u gets the sockets from the old one instead.
@@ -228,6 +243,7 @@ fn main() {
     );
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
     proxy.handle_init_modules();
+    proxy.h2_options = Some(h2_limits());
     let t = &settings.client_timeouts;
     let mut registry = Service::new(
         "archeio registry".to_string(),
@@ -235,6 +251,17 @@ fn main() {
     );
     for addr in &settings.listen {
         listen(&mut registry, addr, dual_stack(addr, &all));
+    }
+    if let Some(certificates) = &certificates {
+        for addr in &settings.tls.listen {
+            let mut tls = TlsSettings::intermediate("", "")
+                .unwrap_or_else(|e| fail(&format!("cannot set up TLS: {e}")));
+            tls.set_cert_resolver(Arc::new(Resolver(certificates.clone())));
+            tls.enable_h2();
+            let mut opts = TcpSocketOptions::default();
+            opts.ipv6_only = addr.is_ipv6().then(|| !dual_stack(addr, &all));
+            registry.add_tls_with_settings(&addr.to_string(), Some(opts), tls);
+        }
     }
     let mut admin = Service::new(
         "archeio admin".to_string(),
@@ -244,10 +271,11 @@ fn main() {
         listen(&mut admin, addr, dual_stack(addr, &all));
     }
     info!(
-        "archeio {} from {source}: {} mode, registry on {:?}, admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
+        "archeio {} from {source}: {} mode, registry on {:?} (TLS: {:?}), admin on {:?}, {v4} IPv4 and {v6} IPv6 prefixes",
         env!("CARGO_PKG_VERSION"),
         if passthrough { "Passthrough" } else { "Redirect" },
         settings.listen,
+        settings.tls.listen,
         settings.admin_listen
     );
     server.add_service(registry);
@@ -258,6 +286,12 @@ fn main() {
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
     server.add_service(background_service("mirror secrets", MirrorSecrets(mirrors)));
+    if let Some(certificates) = certificates {
+        server.add_service(background_service(
+            "TLS certificates",
+            TlsCertificates(certificates),
+        ));
+    }
     if let Some(auth) = htpasswd_watch {
         server.add_service(background_service("htpasswd", HtpasswdWatch(auth)));
     }
@@ -285,7 +319,11 @@ fn load(path: Option<&str>) -> Result<Settings, archeio::config::ConfigError> {
 }
 
 /// Each listener address with the key that lists it, for errors.
-fn listener_keys(listen: &[SocketAddr], admin: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+fn listener_keys(
+    listen: &[SocketAddr],
+    tls: &[SocketAddr],
+    admin: &[SocketAddr],
+) -> Vec<(String, SocketAddr)> {
     let keyed = |key: &str, list: &[SocketAddr]| -> Vec<(String, SocketAddr)> {
         list.iter()
             .enumerate()
@@ -293,8 +331,19 @@ fn listener_keys(listen: &[SocketAddr], admin: &[SocketAddr]) -> Vec<(String, So
             .collect()
     };
     let mut all = keyed("listen", listen);
+    all.extend(keyed("tls.listen", tls));
     all.extend(keyed("admin_listen", admin));
     all
+}
+
+/// HTTP/2 limits for the TLS listeners: registry clients fetch a few blobs at a time and
+/// send small headers; a client may not hold more than this open.
+fn h2_limits() -> H2Options {
+    let mut h2 = H2Options::new();
+    h2.max_concurrent_streams(128)
+        .max_header_list_size(64 * 1024)
+        .max_send_buffer_size(1024 * 1024);
+    h2
 }
 
 /// The configuration in effect as one YAML file: Pingora's keys, then `archeio:`. Only

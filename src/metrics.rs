@@ -88,6 +88,37 @@ pub static BLOB_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// TLS certificate files read again after they changed.
+pub static TLS_CERTIFICATE_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_tls_certificate_reloads_total",
+        "TLS certificate pairs read again because their files changed (or on SIGHUP), by \
+         result (ok; error: the pair served before stays).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// When each TLS certificate served expires.
+pub static TLS_CERTIFICATE_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "archeio_tls_certificate_expiry_timestamp_seconds",
+        "When the certificate served from each cert_file expires (Unix time).",
+        &["cert_file"]
+    )
+    .expect("metric registers once")
+});
+
+/// TLS handshakes completed on the registry listeners, by the protocol agreed.
+pub static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_tls_handshakes_total",
+        "TLS connections of registry clients, by the ALPN protocol agreed (h2, http/1.1, none).",
+        &["alpn"]
+    )
+    .expect("metric registers once")
+});
+
 /// Private mirrors' secret files read again after they changed.
 pub static MIRROR_SECRET_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -376,6 +407,24 @@ pub fn blob_check_counters(mirror: &str, outcomes: &[&str]) -> Vec<IntCounter> {
         .collect()
 }
 
+/// Counts a reload of a TLS certificate pair.
+pub fn record_certificate_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    TLS_CERTIFICATE_RELOADS.with_label_values(&[result]).inc();
+}
+
+/// Records when the certificate read from `cert_file` expires.
+pub fn set_certificate_expiry(cert_file: &str, not_after: i64) {
+    TLS_CERTIFICATE_EXPIRY
+        .with_label_values(&[cert_file])
+        .set(not_after);
+}
+
+/// Counts a TLS connection by the protocol agreed.
+pub fn record_tls_handshake(alpn: &str) {
+    TLS_HANDSHAKES.with_label_values(&[alpn]).inc();
+}
+
 /// Counts a reload of `mirror`'s secret files.
 pub fn record_secret_reload(mirror: &str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
@@ -442,6 +491,9 @@ pub fn init(known: &KnownLabels<'_>) {
     }
     for result in ["ok", "error"] {
         TOKEN_FETCHES.with_label_values(&[result]);
+    }
+    for result in ["ok", "error"] {
+        TLS_CERTIFICATE_RELOADS.with_label_values(&[result]);
     }
     for outcome in ["cache_hit", "held", "not_held", "error"] {
         REPOSITORY_CHECKS.with_label_values(&[outcome]);

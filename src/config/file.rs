@@ -20,7 +20,8 @@ use super::values::{
 };
 use super::{
     BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
-    ManifestCacheSettings, RangeSettings, RateLimit, Settings, UpstreamSettings, UpstreamTimeouts,
+    ManifestCacheSettings, RangeSettings, RateLimit, Settings, TlsSettings, UpstreamSettings,
+    UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
 use crate::routing::policy::glob_set;
@@ -53,6 +54,9 @@ pub struct ArcheioConfig {
     /// `client_address.trusted_proxies` only; every connection must start with one).
     /// The environment variable `PORT` replaces this list with `0.0.0.0:$PORT`.
     pub listen: Vec<ListenConfig>,
+    /// TLS listeners for registry clients: addresses and certificates. Plain `listen` stays
+    /// for setups that terminate TLS before the gateway.
+    pub tls: TlsConfig,
     /// Addresses of the admin listener: `/metrics`, `/healthz`, `/readyz`.
     /// The environment variable `ARCHEIO_ADMIN_PORT` replaces this list with `0.0.0.0:$PORT`.
     pub admin_listen: Vec<String>,
@@ -102,6 +106,7 @@ impl Default for ArcheioConfig {
     fn default() -> Self {
         ArcheioConfig {
             listen: vec![ListenConfig::Address("0.0.0.0:8080".into())],
+            tls: TlsConfig::default(),
             admin_listen: vec!["0.0.0.0:9090".into()],
             info_url: "https://github.com/kubernetes/registry.k8s.io".into(),
             privacy_url: "https://www.linuxfoundation.org/privacy-policy/".into(),
@@ -165,7 +170,12 @@ impl ArcheioConfig {
         if listen.is_empty() {
             return Err(Invalid::new("listen", "needs at least one address"));
         }
-        distinct_listeners(&listen, &admin_listen)?;
+        let tls = self.tls.check().map_err(|e| e.under("tls"))?;
+        distinct_listeners(&[
+            ("listen", &listen),
+            ("tls.listen", &tls.listen),
+            ("admin_listen", &admin_listen),
+        ])?;
         let info_url = redirect_url(&self.info_url).map_err(|m| Invalid::new("info_url", m))?;
         let privacy_url =
             redirect_url(&self.privacy_url).map_err(|m| Invalid::new("privacy_url", m))?;
@@ -202,6 +212,7 @@ impl ArcheioConfig {
         let rate_limit = self.rate_limit.check().map_err(|e| e.under("rate_limit"))?;
         Ok(Settings {
             listen,
+            tls,
             admin_listen,
             routes: Routes {
                 info_url,
@@ -897,6 +908,48 @@ pub struct CustomRangeConfig {
     pub provider: String,
     /// Region name, looked up in `mirrors.regions`.
     pub region: String,
+}
+
+/// TLS listeners: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, the certificate chosen by SNI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Addresses, e.g. `["0.0.0.0:8443"]`. Empty: no TLS listener.
+    pub listen: Vec<String>,
+    /// PEM certificate chains and their keys. A connection gets the first whose names
+    /// (subject alternative names, else the common name; `*.example.com` covers one label)
+    /// match its SNI, else the first. Files are read again when they change and on `SIGHUP`.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM: the server's certificate first, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    fn check(&self) -> Result<TlsSettings, Invalid> {
+        let listen = socket_addrs(&self.listen, "listen")?;
+        if !listen.is_empty() && self.certificates.is_empty() {
+            return Err(Invalid::new(
+                "certificates",
+                "a TLS listener needs at least one {cert_file, key_file}",
+            ));
+        }
+        Ok(TlsSettings {
+            listen,
+            certificates: self
+                .certificates
+                .iter()
+                .map(|c| (c.cert_file.clone(), c.key_file.clone()))
+                .collect(),
+        })
+    }
 }
 
 /// How the gateway treats its clients' credentials.

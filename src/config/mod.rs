@@ -31,6 +31,8 @@ use crate::routing::{AuthMode, Routes};
 pub struct Settings {
     /// Registry listener addresses.
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners and their certificates.
+    pub tls: TlsSettings,
     /// Admin listener addresses (`/metrics`, `/healthz`, `/readyz`).
     pub admin_listen: Vec<SocketAddr>,
     /// Registry listeners whose connections start with a PROXY protocol header.
@@ -57,6 +59,15 @@ pub struct Settings {
     pub rate_limit: Option<RateLimit>,
     /// How log lines are written.
     pub log: LogSettings,
+}
+
+/// TLS listeners, checked (the certificates are read by the gateway, which serves them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Addresses.
+    pub listen: Vec<SocketAddr>,
+    /// (certificate chain file, key file), in order of preference.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How clients authenticate, checked.
@@ -638,6 +649,18 @@ mod tests {
             (
                 "archeio:\n  client_auth: {mode: Relay}\n",
                 "archeio.client_auth",
+            ),
+            (
+                "archeio:\n  tls: {listen: ['0.0.0.0:8443']}\n",
+                "archeio.tls.certificates: a TLS listener needs",
+            ),
+            (
+                "archeio:\n  tls: {listen: ['0.0.0.0:8080'], certificates: [{cert_file: c, key_file: k}]}\n",
+                "archeio.tls.listen[0]: 0.0.0.0:8080 is also in archeio.listen",
+            ),
+            (
+                "archeio:\n  tls: {listen: ['nowhere:443'], certificates: [{cert_file: c, key_file: k}]}\n",
+                "archeio.tls.listen",
             ),
         ];
         for (yaml, key) in cases {

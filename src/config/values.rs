@@ -125,22 +125,17 @@ fn collide(a: &SocketAddr, b: &SocketAddr, all: &[SocketAddr]) -> bool {
     covers(a, b) || covers(b, a)
 }
 
-/// Addresses listed twice, or that collide, in `listen` and `admin_listen`: the registry
-/// and the admin service must not share a port (connections would split between them).
-pub(super) fn distinct_listeners(
-    listen: &[SocketAddr],
-    admin: &[SocketAddr],
-) -> Result<(), Invalid> {
-    let named: Vec<(String, &SocketAddr)> = listen
+/// Addresses listed twice, or that collide, across the listener lists (`listen`,
+/// `tls.listen`, `admin_listen`), each given with its key: no two services may share a port
+/// (connections would split between them).
+pub(super) fn distinct_listeners(lists: &[(&str, &[SocketAddr])]) -> Result<(), Invalid> {
+    let named: Vec<(String, &SocketAddr)> = lists
         .iter()
-        .enumerate()
-        .map(|(i, a)| (format!("listen[{i}]"), a))
-        .chain(
-            admin
-                .iter()
+        .flat_map(|(key, list)| {
+            list.iter()
                 .enumerate()
-                .map(|(i, a)| (format!("admin_listen[{i}]"), a)),
-        )
+                .map(move |(i, a)| (format!("{key}[{i}]"), a))
+        })
         .collect();
     let all: Vec<SocketAddr> = named.iter().map(|(_, a)| **a).collect();
     for (j, (key, b)) in named.iter().enumerate() {

@@ -53,6 +53,7 @@ mod responses;
 pub mod server_conf;
 pub mod services;
 pub mod slow_clients;
+pub mod tls;
 mod upstream_request;
 mod upstream_response;
 

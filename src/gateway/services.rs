@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use super::tls::Certificates;
 use crate::auth::local::LocalAuth;
 use crate::mirror::Mirrors;
 use crate::range_refresh::RangeRefresher;
@@ -20,6 +21,16 @@ pub struct HealthChecks(pub Arc<Upstreams>);
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.0.run_checks(shutdown).await;
+    }
+}
+
+/// The TLS listeners' certificate files read again when they change and on `SIGHUP`.
+pub struct TlsCertificates(pub Arc<Certificates>);
+
+#[async_trait]
+impl BackgroundService for TlsCertificates {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.watch(shutdown).await;
     }
 }
 

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef, ALPN};
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -40,6 +41,7 @@ use tokio::time::{sleep, sleep_until, Sleep};
 use super::access_log::record_refused;
 use super::proxy_protocol::ProxyProtocol;
 use super::responses::error_response_bytes;
+use crate::metrics;
 use crate::routing::client_addr::canonical;
 use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
@@ -86,6 +88,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // A TLS connection is counted once, by the protocol agreed. HTTP/2 goes to Pingora
+        // as it is: the header scan and its deadline are HTTP/1's (h2 has its own limits).
+        let alpn = stream
+            .get_ssl_digest()
+            .map(|_| stream.selected_alpn_proto());
+        if let Some(alpn) = alpn {
+            if !stream.as_any().is::<DeadlineStream>() {
+                metrics::record_tls_handshake(match alpn {
+                    Some(ALPN::H2) => "h2",
+                    Some(ALPN::H1) => "http/1.1",
+                    _ => "none",
+                });
+            }
+            if alpn == Some(ALPN::H2) {
+                return self.inner.process_new(stream, shutdown).await;
+            }
+        }
         // A kept-alive connection comes back already wrapped.
         if !stream.as_any().is::<DeadlineStream>() {
             if !first_bytes(&mut stream, self.first_byte, shutdown).await {
@@ -546,7 +565,19 @@ impl UniqueID for DeadlineStream {
     }
 }
 
-impl Ssl for DeadlineStream {}
+impl Ssl for DeadlineStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for DeadlineStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
