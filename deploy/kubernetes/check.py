@@ -9,17 +9,22 @@
    installed, with it too, and fails unless both agree.
 2. Validates every rendered resource against the Kubernetes JSON schemas that the pinned
    kubernetes-validate bundles (strict: an unknown field is an error), for the oldest
-   Kubernetes these manifests need and the newest bundled. The ServiceMonitor (a CRD, not
-   in those schemas) gets a strict schema of the fields used here, written from the
-   Prometheus Operator's CRD, not the CRD itself.
+   Kubernetes these manifests need and the newest bundled. The ServiceMonitor and the
+   cert-manager Certificate (CRDs, not in those schemas) get strict schemas of the fields
+   used here, written from the Prometheus Operator's and cert-manager's CRDs, not the CRDs
+   themselves.
 3. Checks that the manifests agree with the gateway: the ConfigMap is conf/archeio.yaml
    (with components/ingress-nginx: its archeio.yaml, which is conf/archeio.yaml but for
    client_address.trusted_proxies; or the tree's own file, such as
    overlays/private-registry's, with the component's trusted_proxies); ports, probes, the
    shutdown timing, writable paths and egress ports follow from it; the files it reads are
    mounted, credentials from a Secret volume without subPath, not world-readable, with the
-   keys its example Secret holds; the registry port admits only named peers once proxies
-   are trusted; an Ingress reaches the registry port with the annotations it needs; the
+   keys its example Secret holds; the registry and TLS ports admit only named peers once
+   proxies are trusted; with components/tls the config's tls.listen is the container's
+   https port, which the Service's https port reaches, and its certificate files are in the
+   directory of the Certificate's Secret, mounted without subPath (cert-manager's renewals
+   reach the pod), for the host of client_auth.public_url; an Ingress reaches the registry
+   port with the annotations it needs; the
    pods run as the Dockerfile's user, locked down; the sync jobs are set up as documented.
    Every NetworkPolicy that selects the gateway's or the sync pods opens no port but DNS's
    to every address: its ipBlocks except the link-local and private ranges
@@ -69,6 +74,13 @@ INGRESS_NGINX = os.path.join(HERE, "components", "ingress-nginx")
 INGRESS_NGINX_CONFIG = os.path.join(INGRESS_NGINX, "archeio.yaml")
 # A tree listing this component must render the daily sync CronJob.
 SYNC_COMPONENT = os.path.join(HERE, "components", "sync")
+# A tree listing this component (the gateway's own TLS, cert-manager's Certificate) must
+# generate a config of its own with tls.listen on the container's https port and the
+# certificate files in the Certificate's Secret's directory (the component cannot edit the
+# ConfigMap's content).
+TLS_COMPONENT = os.path.join(HERE, "components", "tls")
+# Where cert-manager (any kubernetes.io/tls Secret) keeps the chain and the key.
+TLS_SECRET_KEYS = {"cert_file": "tls.crt", "key_file": "tls.key"}
 # ingress-nginx annotations the component's Ingress must carry (see its comments).
 NGINX_ANNOTATIONS = "nginx.ingress.kubernetes.io/"
 # terminationGracePeriodSeconds must be at least grace + timeout + this.
@@ -241,15 +253,71 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# The Certificate fields used here (and a few an operator may add), as cert-manager.io/v1's
+# CRD types them (cert-manager's deploy/crds/cert-manager.io_certificates.yaml); any other
+# field is an error. Durations are Go's time.ParseDuration strings.
+GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+STRING_LIST = {"type": "array", "items": {"type": "string"}}
+CERTIFICATE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object", "additionalProperties": False,
+            "required": ["issuerRef", "secretName"],
+            "properties": {
+                "secretName": {"type": "string"},
+                "commonName": {"type": "string"},
+                "dnsNames": {**STRING_LIST, "minItems": 1},
+                "ipAddresses": STRING_LIST,
+                "duration": GO_DURATION,
+                "renewBefore": GO_DURATION,
+                "issuerRef": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                                   "group": {"type": "string"}},
+                },
+                "privateKey": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                        "size": {"type": "integer"},
+                    },
+                },
+                "usages": {"type": "array", "items": {"enum": [
+                    "signing", "digital signature", "content commitment", "key encipherment",
+                    "key agreement", "data encipherment", "cert sign", "crl sign",
+                    "encipher only", "decipher only", "any", "server auth", "client auth",
+                    "code signing", "email protection", "s/mime", "ipsec end system",
+                    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+                    "microsoft sgc", "netscape sgc"]}},
+                "secretTemplate": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"annotations": STRING_MAP, "labels": STRING_MAP},
+                },
+            },
+        },
+    },
+}
+# Kinds that are CRDs, not in kubernetes-validate's schemas: checked against these instead.
+CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "Certificate": CERTIFICATE_SCHEMA}
+
+
 def validate_schemas(tree, resources):
     import jsonschema
 
     failures = []
     for r in resources:
         where = f"{tree}: {key(r)}"
-        if r.get("kind") == "ServiceMonitor":
-            for e in jsonschema.Draft202012Validator(SERVICE_MONITOR_SCHEMA).iter_errors(r):
-                failures.append(f"{where}: ServiceMonitor schema (fields used here): "
+        if r.get("kind") in CRD_SCHEMAS:
+            for e in jsonschema.Draft202012Validator(CRD_SCHEMAS[r["kind"]]).iter_errors(r):
+                failures.append(f"{where}: {r['kind']} schema (fields used here): "
                                 f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
             continue
         for version in KUBERNETES_VERSIONS:
@@ -606,6 +674,7 @@ def check_gateway(tree, resources, failures):
     if ports.get("admin") != admin:
         failures.append(f"{where}: containerPort admin is {ports.get('admin')}, "
                         f"the config's admin_listen port is {admin}")
+    tls = check_tls(tree, resources, pod, c, archeio, expected, failures, where)
 
     # Probes: on the admin listener, at the paths it serves.
     for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"),
@@ -653,17 +722,18 @@ def check_gateway(tree, resources, failures):
                    for s in spread):
             failures.append(f"{where}: no topologySpreadConstraint over {topology} selecting its pods")
 
-    check_service(tree, resources, pod_labels, c, listen, admin, failures)
+    check_service(tree, resources, pod_labels, c, listen, admin, tls, failures)
     check_scaling(tree, resources, deployment, pod_labels, failures)
-    check_network_policy(tree, resources, pod_labels, c, listen, admin, archeio, failures)
+    check_network_policy(tree, resources, pod_labels, c, listen, admin, tls, archeio, failures)
     check_ingress(tree, resources, archeio, failures)
     check_service_monitor(tree, resources, failures)
 
 
-def own_config_failures(tree, text, where):
+def own_config_failures(tree, text, where, components=None):
     """An overlay's own gateway config: with components/ingress-nginx it replaces the
-    component's file, so it must trust the same proxies (README: keep its trusted_proxies)."""
-    if INGRESS_NGINX not in tree_components(tree):
+    component's file, so it must trust the same proxies (README: keep its trusted_proxies).
+    `components` stands for the tree's own list (the self-test's)."""
+    if INGRESS_NGINX not in (tree_components(tree) if components is None else components):
         return []
     try:
         ours = yaml.safe_load(text)["archeio"]["client_address"]
@@ -762,7 +832,87 @@ def check_config_files(tree, resources, pod, container, archeio, failures, where
                     failures.append(f"{ew}: no key {k}, which the config's {name} reads")
 
 
-def check_service(tree, resources, pod_labels, container, listen, admin, failures):
+def host_matches(host, name):
+    """A certificate name covers `host`: equal, or `*.` covering exactly one label."""
+    host, name = host.lower().rstrip("."), name.lower().rstrip(".")
+    if name.startswith("*."):
+        return "." in host and host.split(".", 1)[1] == name[2:]
+    return host == name
+
+
+def check_tls(tree, resources, pod, container, archeio, expected, failures, where):
+    """The gateway's own TLS listener (components/tls): a tree with the component generates a
+    config with tls.listen; its port is the container's `https` port; every certificate
+    file is in the directory of a mounted Secret (the Certificate's, under the key
+    cert-manager writes), mounted without subPath, so that a renewal reaches the running
+    pod; and the Certificate names the host of client_auth.public_url. The TLS port, or
+    None."""
+    tls = archeio.get("tls") or {}
+    listen = {port_of(a) for a in tls.get("listen") or []}
+    named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
+    if TLS_COMPONENT in tree_components(tree) and not listen:
+        failures.append(f"{tree}: includes components/tls but its gateway config "
+                        f"({rel(expected)}) has no tls.listen: generate the overlay's own "
+                        "archeio.yaml with the tls keys (components/tls/kustomization.yaml), "
+                        "in a component listed after components/tls")
+    if not listen:
+        if "https" in named:
+            failures.append(f"{where}: containerPort https {named['https']}, but the config "
+                            "has no tls.listen")
+        return None
+    if len(listen) != 1:
+        failures.append(f"{tree}: the config should have one tls.listen port, has {sorted(listen)}")
+        return None
+    (port,) = listen
+    if named.get("https") != port:
+        failures.append(f"{where}: containerPort https is {named.get('https')}, the config's "
+                        f"tls.listen port is {port}")
+
+    certificates = [r for r in resources if r.get("kind") == "Certificate"]
+    issued = {(r.get("spec") or {}).get("secretName"): r for r in certificates}
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    for i, pair in enumerate(tls.get("certificates") or []):
+        for field, secret_key in TLS_SECRET_KEYS.items():
+            path, name = str((pair or {}).get(field)), f"tls.certificates[{i}].{field}"
+            mounts = [m for m in container.get("volumeMounts") or []
+                      if path == m.get("mountPath")
+                      or path.startswith(m.get("mountPath", "").rstrip("/") + "/")]
+            mount = max(mounts, key=lambda m: len(m["mountPath"])) if mounts else None
+            secret = (volumes.get(mount.get("name")) or {}).get("secret") if mount else None
+            if secret is None:
+                failures.append(f"{where}: the config's {name} {path} is not in the directory "
+                                "of a mounted Secret (cert-manager's, as components/tls mounts it)")
+                continue
+            if "subPath" in mount or "subPathExpr" in mount or path == mount["mountPath"]:
+                failures.append(f"{where}: the config's {name} {path} is mounted with subPath, "
+                                "which the kubelet never updates when cert-manager renews the "
+                                "certificate: the pod would serve the old one until it restarts, "
+                                "past its expiry; mount the Secret's directory")
+                continue
+            item = path[len(mount["mountPath"].rstrip("/")) + 1:]
+            items = {it.get("path"): it for it in secret.get("items") or []}
+            secret_name = secret.get("secretName")
+            if not certificates:
+                continue  # a Secret of the operator's own, in whatever layout
+            if secret_name not in issued:
+                failures.append(f"{where}: the config's {name} {path} is in the directory of "
+                                f"the Secret {secret_name}, not of a Certificate's "
+                                f"({', '.join(sorted(map(str, issued)))})")
+            elif (items.get(item) or {}).get("key", item) != secret_key:
+                failures.append(f"{where}: the config's {name} {path} is not the key "
+                                f"{secret_key} of the Secret {secret_name}, where cert-manager "
+                                "writes it")
+    public = urlsplit(str((archeio.get("client_auth") or {}).get("public_url") or ""))
+    names = [n for r in certificates for n in (r.get("spec") or {}).get("dnsNames") or []]
+    if public.hostname and certificates and not any(host_matches(public.hostname, n)
+                                                    for n in names):
+        failures.append(f"{tree}: client_auth.public_url's host {public.hostname} is not among "
+                        f"the Certificate's dnsNames {names}: clients would get a certificate "
+                        "for another name from the token realm")
+    return port
+
+
+def check_service(tree, resources, pod_labels, container, listen, admin, tls, failures):
     svc = one(resources, "Service", "archeio")
     if svc is None:
         failures.append(f"{tree}: no Service archeio")
@@ -776,6 +926,8 @@ def check_service(tree, resources, pod_labels, container, listen, admin, failure
         failures.append(f"{where}: port registry does not reach the listen port {listen}")
     if targets.get("admin") != admin:
         failures.append(f"{where}: port admin does not reach the admin port {admin}")
+    if tls is not None and targets.get("https") != tls:
+        failures.append(f"{where}: port https does not reach the TLS port {tls}")
 
 
 def check_scaling(tree, resources, deployment, pod_labels, failures):

@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -54,7 +55,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENTS = ["skopeo", "ctr", "podman", "docker"]
 MODES = ["redirect", "passthrough"]
-SCENARIOS = ["pull", "tamper", "private", "auth"]
+SCENARIOS = ["pull", "tamper", "private", "auth", "tls"]
 BUCKET = "archeio-e2e"
 # The private scenario: a private S3 bucket (s3s-fs) and a private Azure container (Azurite),
 # each the only mirror of a gateway's chain; named as the gateway's mirrors.named entries.
@@ -220,14 +221,16 @@ def tail(path, n=40):
         return "(no log)"
 
 
-def http(method, url, data=None, headers=None, timeout=30):
-    """(status, headers, body) without following redirects."""
+def http(method, url, data=None, headers=None, timeout=30, context=None):
+    """(status, headers, body) without following redirects; `context`: the ssl.SSLContext of an
+    https URL (the tls scenario's, trusting its CA)."""
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *a, **k):
             return None
 
-    opener = urllib.request.build_opener(NoRedirect)
+    handlers = [NoRedirect] + ([urllib.request.HTTPSHandler(context=context)] if context else [])
+    opener = urllib.request.build_opener(*handlers)
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with opener.open(req, timeout=timeout) as r:
@@ -253,6 +256,8 @@ NEEDS = {
     "docker": [("containerd", "containerd"), ("dockerd", "docker.io"), ("docker", "docker.io")],
     # the auth scenario's bcrypt hashes, when nothing here makes them (see bcrypt_tool)
     "bcrypt": [("htpasswd", "apache2-utils")],
+    # the tls scenario's CA and server certificate
+    "tls": [("openssl", "openssl")],
 }
 
 
@@ -265,10 +270,11 @@ def moto_available():
     return r.returncode == 0
 
 
-def ensure_prerequisites(clients, install, bcrypt=False):
-    """`bcrypt`: the auth scenario runs; it needs something that makes bcrypt hashes."""
+def ensure_prerequisites(clients, install, bcrypt=False, tls=False):
+    """`bcrypt`: the auth scenario runs; it needs something that makes bcrypt hashes. `tls`: the
+    tls scenario runs; it needs openssl."""
     pkgs = []
-    for group in ["base"] + clients + (["bcrypt"] if bcrypt and bcrypt_tool() is None else []):
+    for group in ["base"] + clients + (["bcrypt"] if bcrypt and bcrypt_tool() is None else []) + (["tls"] if tls else []):
         for cmd, pkg in NEEDS[group]:
             if shutil.which(cmd) is None and pkg not in pkgs:
                 pkgs.append(pkg)
@@ -757,16 +763,21 @@ class AzurePrivate(PrivateStore):
 class Gateway:
     """The release binary with the configuration `config(dir, port, admin_port)` writes, in
     `work/<name>/`; `env`: variables added to its environment (the private mirrors' secrets).
-    `v2`: what its `/v2/` answers an anonymous client once ready (401 with `client_auth`)."""
+    `v2`: what its `/v2/` answers an anonymous client once ready (401 with `client_auth`).
+    `tls` (the tls scenario): a TestCA; the gateway gets a third port, `config(dir, port,
+    admin_port, tls_port)`, and is ready once `https://localhost:<tls_port>/v2/` answers too,
+    verified with that CA."""
 
-    def __init__(self, work, binary, name, config, env=None, v2=200):
+    def __init__(self, work, binary, name, config, env=None, v2=200, tls=None):
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir, exist_ok=True)
         self.port, self.admin = free_port(), free_port()
+        self.tls_port = free_port() if tls else None
+        self.tls_addr = f"localhost:{self.tls_port}" if tls else None
         self.log = os.path.join(self.dir, "gateway.log")
         self.conf = os.path.join(self.dir, "archeio.yaml")
         with open(self.conf, "w") as f:
-            f.write(config(self.dir, self.port, self.admin))
+            f.write(config(self.dir, self.port, self.admin, *([self.tls_port] if tls else [])))
         env = dict(os.environ, RUST_LOG="info", **(env or {}))
         for k in ("PORT", "ARCHEIO_ADMIN_PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
                   "SIGNATURE_UPSTREAM_ENDPOINT", "DEFAULT_AWS_BASE_URL"):
@@ -777,13 +788,23 @@ class Gateway:
         wait_for(
             "the gateway",
             lambda: http("GET", f"http://127.0.0.1:{self.admin}/readyz")[0] == 200
-            and http("GET", f"http://{self.addr}/v2/")[0] == v2,
+            and http("GET", f"http://{self.addr}/v2/")[0] == v2
+            and (not tls or http("GET", f"https://{self.tls_addr}/v2/", context=tls.context())[0] == v2),
             self.proc,
             self.log,
         )
 
     def stop(self):
         PROCS.stop_named(self.name)
+
+    def tls_handshakes(self):
+        """archeio_tls_handshakes_total from the admin /metrics: {alpn: count} (a label not yet
+        seen is absent: 0)."""
+        status, _, body = http("GET", f"http://127.0.0.1:{self.admin}/metrics")
+        if status != 200:
+            raise Failure(f"GET /metrics on the admin port: {status}")
+        return {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^archeio_tls_handshakes_total\{alpn="([^"]*)"\} (\S+)$', body.decode(errors="replace"), re.M)}
 
 
 def pingora_config(d):
@@ -952,20 +973,26 @@ class Clients:
         os.makedirs(d)
         return d
 
-    def pull(self, client, gw, img, expect_ok=True, creds=False):
+    def pull(self, client, gw, img, expect_ok=True, creds=False, tls=None, trust=True):
         """Pulls `img` through `gw` with `client` into a fresh store. Returns the command result;
         when `expect_ok`, also checks the digests the client reports. `creds` (the auth
         scenario): `(user, password)` given to the client, or None for none at all, not even
         from the user's auth files; False (the other scenarios): the client's defaults.
         docker: the credentials go through `docker login` into a fresh `--config` directory
         (the result's `login` is login's result); when login refuses them they are written
-        into that directory's config.json, so the pull still sends them."""
-        ref = f"{gw.addr}/{img.repo}:{img.tag}"
+        into that directory's config.json, so the pull still sends them.
+        `tls` (the tls scenario): a TestCA; the pull goes to the gateway's TLS listener,
+        `localhost:<tls_port>`, verifying its certificate, trusting that CA when `trust`
+        (skopeo `--src-cert-dir`, podman `--cert-dir`, ctr `--tlscacert`; docker: the caller
+        puts it in /etc/docker/certs.d). Without `tls`: the plain listener, no verification."""
+        addr = gw.tls_addr if tls else gw.addr
+        ref = f"{addr}/{img.repo}:{img.tag}"
         d = self.fresh(client)
         if client == "skopeo":
             dest = os.path.join(d, "image")
             auth = [] if creds is False else ["--src-no-creds"] if creds is None else ["--src-creds", ":".join(creds)]
-            r = run(["skopeo", "copy", "--src-tls-verify=false"] + auth + [f"docker://{ref}", f"dir:{dest}"], check=False)
+            verify = ["--src-tls-verify=false"] if not tls else ["--src-cert-dir", tls.cert_dir] if trust else []
+            r = run(["skopeo", "copy"] + verify + auth + [f"docker://{ref}", f"dir:{dest}"], check=False)
             if r.returncode == 0 and expect_ok:
                 with open(os.path.join(dest, "manifest.json"), "rb") as f:
                     got = sha256(f.read())
@@ -977,7 +1004,8 @@ class Clients:
             ns = f"e2e{self.n}"
             a = ["ctr", "-a", self.containerd.sock, "-n", ns]
             auth = ["--user", ":".join(creds)] if creds else []  # ctr reads no auth file
-            r = run(a + ["images", "pull", "--plain-http", "--snapshotter", "native"] + auth + [ref], check=False)
+            verify = ["--plain-http"] if not tls else ["--tlscacert", tls.ca_cert] if trust else []
+            r = run(a + ["images", "pull"] + verify + ["--snapshotter", "native"] + auth + [ref], check=False)
             if r.returncode == 0 and expect_ok:
                 ls = run(a + ["images", "ls"]).stdout
                 line = [x for x in ls.splitlines() if x.startswith(ref + " ")]
@@ -995,12 +1023,13 @@ class Clients:
             p = ["podman", "--root", f"{d}/root", "--runroot", f"{d}/runroot", "--storage-driver", "vfs",
                  "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
             auth = ["--creds", ":".join(creds)] if creds else []
-            r = run(p + ["pull", "--tls-verify=false"] + auth + [ref], env=env, check=False)
+            verify = ["--tls-verify=false"] if not tls else ["--cert-dir", tls.cert_dir] if trust else []
+            r = run(p + ["pull"] + verify + auth + [ref], env=env, check=False)
             if r.returncode == 0 and expect_ok:
                 out = run(p + ["image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", ref], env=env).stdout
                 image_id, digests = out.split(" ", 1)
                 expect(image_id == img.config_digest[7:], f"podman: image id {image_id}, expected {img.config_digest}")
-                want = f"{gw.addr}/{img.repo}@{img.ref_digest}"
+                want = f"{addr}/{img.repo}@{img.ref_digest}"
                 expect(want in json.loads(digests), f"podman: RepoDigests {digests.strip()} lack {want}")
             # vfs layers of a root store: removed with the pulls directory
         elif client == "docker":
@@ -1011,13 +1040,13 @@ class Clients:
                 os.makedirs(conf)
                 dk = lambda *args: self.dockerd.docker("--config", conf, *args)  # noqa: E731
                 if creds:
-                    login = subprocess.run(dk("login", "-u", creds[0], "--password-stdin", gw.addr),
+                    login = subprocess.run(dk("login", "-u", creds[0], "--password-stdin", addr),
                                            input=creds[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                            text=True, timeout=120)
                     if login.returncode != 0:
                         auth = base64.b64encode(":".join(creds).encode()).decode()
                         with open(os.path.join(conf, "config.json"), "w") as f:
-                            json.dump({"auths": {gw.addr: {"auth": auth}}}, f)
+                            json.dump({"auths": {addr: {"auth": auth}}}, f)
             r = run(dk("pull", ref), check=False)
             r.login = login
             if r.returncode == 0:
@@ -1026,7 +1055,7 @@ class Clients:
                         out = run(dk("image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", ref)).stdout
                         image_id, digests = out.split(" ", 1)
                         expect(image_id == img.config_digest, f"docker: image id {image_id}, expected {img.config_digest}")
-                        want = f"{gw.addr}/{img.repo}@{img.ref_digest}"
+                        want = f"{addr}/{img.repo}@{img.ref_digest}"
                         expect(want in json.loads(digests), f"docker: RepoDigests {digests.strip()} lack {want}")
                 finally:
                     run(dk("rmi", ref))  # the next pull must fetch every blob again
@@ -1095,6 +1124,37 @@ def settle(check):
     return check()
 
 
+def pull_problems(ctx, img, mode, up, mi, gwl):
+    """What is wrong with the logs of one pull of `img` (`up`, `mi`, `gwl`: the upstream's, the
+    mirror's and the gateway's lines written during it): each blob answered once by the
+    gateway, mirrored blobs served by the mirror once and never by the upstream, the others by
+    the upstream once (redirect, or proxied by the gateway), other platforms' blobs by nobody,
+    and the manifests as manifest_problems() wants them."""
+    imgs = ctx.images
+    problems = []
+    for b in img.blobs:
+        # What the gateway answered for this blob: a 307 to the mirror, a 307 to the
+        # upstream (redirect mode) or the proxied upstream answer (pass-through). Each
+        # client asks for each blob once in a fresh pull, and must get it from one place.
+        answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
+        want = ("blob/mirror", "307") if b in imgs.mirrored else (
+            ("blob/upstream", "307") if mode == "redirect" else ("blob/proxy", "200"))
+        if answers != [want]:
+            problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
+        u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
+        if b in imgs.mirrored:
+            if (m, u) != (1, 0):
+                problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
+        elif (m, u) != (0, 1):
+            problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
+                            f"(expected 0 and 1)")
+    for b in img.other_blobs:
+        if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
+            problems.append(f"blob {b} of another platform was fetched")
+    problems += manifest_problems(ctx, mode, up, gwl)
+    return problems
+
+
 def scenario_pull(ctx, client, gw, mode):
     """Every image pulls with the right digests; mirrored blobs came from the mirror and never
     from the upstream; the others from the upstream (by redirect, or proxied by the gateway)."""
@@ -1108,28 +1168,7 @@ def scenario_pull(ctx, client, gw, mode):
 
         def check():
             up, mi, gwl = (w.text() for w in wins)
-            problems = []
-            for b in img.blobs:
-                # What the gateway answered for this blob: a 307 to the mirror, a 307 to the
-                # upstream (redirect mode) or the proxied upstream answer (pass-through). Each
-                # client asks for each blob once in a fresh pull, and must get it from one place.
-                answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)", gwl)
-                want = ("blob/mirror", "307") if b in imgs.mirrored else (
-                    ("blob/upstream", "307") if mode == "redirect" else ("blob/proxy", "200"))
-                if answers != [want]:
-                    problems.append(f"blob {b}: gateway answered {answers or 'nothing'}, expected once {want}")
-                u, m = ctx.upstream.blob_gets(up, b), ctx.mirror.blob_gets(mi, b)
-                if b in imgs.mirrored:
-                    if (m, u) != (1, 0):
-                        problems.append(f"mirrored blob {b}: {m} GETs at the mirror, {u} at the upstream (expected 1 and 0)")
-                elif (m, u) != (0, 1):
-                    problems.append(f"unmirrored blob {b}: {m} successful GETs at the mirror, {u} at the upstream "
-                                    f"(expected 0 and 1)")
-            for b in img.other_blobs:
-                if ctx.upstream.blob_gets(up, b) or ctx.mirror.blob_gets(mi, b):
-                    problems.append(f"blob {b} of another platform was fetched")
-            problems += manifest_problems(ctx, mode, up, gwl)
-            return problems, gwl
+            return pull_problems(ctx, img, mode, up, mi, gwl), gwl
 
         problems, gwl = settle(check)
         if problems:
@@ -1494,6 +1533,197 @@ def scenario_auth(ctx, client, gw, mode, auth_mode):
             f"({time.time() - t:.1f} s): {how}{last_line(r.stdout)}")
 
 
+# --------------------------------------------------------------------------------------
+# The tls scenario: the gateway's TLS listener, a CA made for the run, clients trusting it
+# --------------------------------------------------------------------------------------
+
+TLS_IMAGES = ["test/app", "test/multi"]  # what each client pulls over TLS: single- and multi-arch
+TLS_DAYS = 3  # validity of the CA and the server certificate
+DOCKER_CERTS_D = "/etc/docker/certs.d"  # dockerd reads <host:port>/ca.crt here at each pull
+OPENSSL_CNF = """[req]
+distinguished_name = dn
+[dn]
+[ca_ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+class TestCA:
+    """A CA and a server certificate for localhost and 127.0.0.1 it signed, made with the
+    openssl CLI in `work/tls/` for this run (EC P-256, TLS_DAYS days): ca.key, ca.crt,
+    server.key, server.csr, server.crt; `cert_dir` (`work/tls/certs/`) holds ca.crt alone, as
+    containers/image's --cert-dir wants it (a *.key there would be taken for a client key)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, "tls")
+        self.cert_dir = os.path.join(self.dir, "certs")
+        os.makedirs(self.cert_dir)
+        f = lambda name: os.path.join(self.dir, name)  # noqa: E731
+        self.ca_key, self.ca_cert = f("ca.key"), f("ca.crt")
+        self.key, self.csr, self.cert = f("server.key"), f("server.csr"), f("server.crt")
+        cnf = f("openssl.cnf")
+        with open(cnf, "w") as out:
+            out.write(OPENSSL_CNF)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        run(["openssl", "req", "-x509", "-new", "-nodes"] + ec + ["-keyout", self.ca_key, "-out", self.ca_cert,
+             "-days", str(TLS_DAYS), "-subj", "/CN=archeio e2e test CA", "-config", cnf, "-extensions", "ca_ext"])
+        run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", self.key])
+        run(["openssl", "req", "-new", "-key", self.key, "-out", self.csr, "-subj", "/CN=localhost", "-config", cnf])
+        run(["openssl", "x509", "-req", "-in", self.csr, "-CA", self.ca_cert, "-CAkey", self.ca_key,
+             "-set_serial", "0x" + os.urandom(8).hex(), "-days", str(TLS_DAYS), "-out", self.cert,
+             "-extfile", cnf, "-extensions", "server_ext"])
+        shutil.copy(self.ca_cert, os.path.join(self.cert_dir, "ca.crt"))
+        verified = run(["openssl", "verify", "-CAfile", self.ca_cert, "-purpose", "sslserver", self.cert]).stdout.strip()
+        san = run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", self.cert]).stdout
+        san = " ".join(san.split()[1:]) if san.strip() else "(none)"
+        expect("DNS:localhost" in san and "IP Address:127.0.0.1" in san, f"server certificate's subjectAltName: {san}")
+        log(f"== tls: test CA and server certificate made with openssl in {self.dir}: {verified}; SAN {san}; "
+            f"{TLS_DAYS} days")
+
+    def context(self):
+        """An ssl context trusting this CA alone (the script's own readiness probes)."""
+        return ssl.create_default_context(cafile=self.ca_cert)
+
+
+def tls_gateway_config(d, port, admin, tls_port, ctx, mode):
+    """The pull scenario's configuration (loopback blobs to the moto mirror), plus a TLS
+    listener with the run's server certificate."""
+    extra = f"""  tls:
+    listen: ['127.0.0.1:{tls_port}']
+    certificates: [{{cert_file: '{ctx.tls.cert}', key_file: '{ctx.tls.key}'}}]
+"""
+    return gateway_config(d, port, admin, ctx.upstream.url, ctx.mirror.base, mode, extra=extra)
+
+
+def alpn_text(delta):
+    """`{alpn: n}` as `http/1.1` (one label) or `h2 1 + http/1.1 2` (several); `none`: no ALPN."""
+    seen = {k: int(v) for k, v in sorted(delta.items()) if v}
+    if len(seen) == 1:
+        return next(iter(seen))
+    return " + ".join(f"{k} {v}" for k, v in seen.items()) or "no handshake"
+
+
+def handshake_delta(before, after):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after) if after.get(k, 0) != before.get(k, 0)}
+
+
+class DockerCA:
+    """dockerd trusts `/etc/docker/certs.d/<host:port>/ca.crt` (a fixed path, read at each pull):
+    written on entry, removed on exit with the directories this made (and only those)."""
+
+    def __init__(self, tls, addr):
+        self.tls, self.path = tls, os.path.join(DOCKER_CERTS_D, addr)
+        self.made = []
+
+    def __enter__(self):
+        if os.path.exists(self.path):
+            raise Failure(f"{self.path} exists already: not overwriting it")
+        for d in (os.path.dirname(DOCKER_CERTS_D), DOCKER_CERTS_D, self.path):
+            if not os.path.isdir(d):
+                os.mkdir(d)
+                self.made.append(d)
+        shutil.copy(self.tls.ca_cert, os.path.join(self.path, "ca.crt"))
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.remove(os.path.join(self.path, "ca.crt"))
+        except FileNotFoundError:
+            pass
+        for d in reversed(self.made):
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                log(f"   could not remove {d}: {e}")
+        return False
+
+
+def scenario_tls(ctx, client, gw, mode):
+    """Over the gateway's TLS listener (`https://localhost:<tls_port>`), the client trusting
+    the run's CA pulls TLS_IMAGES with the right digests and the blobs routed as in the pull
+    scenario; the gateway's archeio_tls_handshakes_total grows by at least one during each pull,
+    and its labels say which ALPN protocol the client agreed (printed, not asserted). skopeo
+    also pulls without trusting the CA: refused with a certificate error, no request reaching
+    the gateway. docker: dockerd counts 127.0.0.0/8 as an insecure registry by default, so it
+    is first asked to pull without the CA, to show whether it verifies at all (printed)."""
+    imgs = ctx.images
+    tls = ctx.tls
+    agreed = ctx.tls_alpn.setdefault(client, set())
+    notes = []
+    if client == "docker":
+        before, t = gw.tls_handshakes(), time.time()
+        r = ctx.clients.pull(client, gw, imgs.images[0], expect_ok=False, tls=tls, trust=False)
+        if r.returncode == 0:
+            notes.append("dockerd does NOT verify the certificate here: it pulled with no CA in certs.d "
+                         "(127.0.0.0/8 is an insecure registry to dockerd by default)")
+        else:
+            notes.append(f"without the CA dockerd refused: {last_line(r.stdout)}")
+        log(f"   ..  {client:7} {mode:11} tls    {imgs.images[0].repo}:v1 without the CA in certs.d: "
+            f"{'pulled' if r.returncode == 0 else 'refused'} ({time.time() - t:.1f} s, TLS "
+            f"{alpn_text(handshake_delta(before, gw.tls_handshakes()))})")
+    docker_ca = DockerCA(tls, gw.tls_addr) if client == "docker" else None
+    if docker_ca:
+        docker_ca.__enter__()
+    try:
+        for img in (i for i in imgs.images if i.repo in TLS_IMAGES):
+            wins = [LogWindow(p) for p in (ctx.upstream.log, ctx.mirror.log, gw.log)]
+            before = gw.tls_handshakes()
+            t = time.time()
+            r = ctx.clients.pull(client, gw, img, tls=tls)
+            if r.returncode != 0:
+                raise Failure(f"{client} trusting the test CA could not pull {img.repo}:{img.tag} over TLS from "
+                              f"{gw.tls_addr} ({mode}):\n{r.stdout}\n-- gateway log:\n{wins[2].text()}")
+            delta = handshake_delta(before, gw.tls_handshakes())
+
+            def check():
+                up, mi, gwl = (w.text() for w in wins)
+                return pull_problems(ctx, img, mode, up, mi, gwl), gwl
+
+            problems, gwl = settle(check)
+            if sum(delta.values()) < 1:
+                problems.append(f"archeio_tls_handshakes_total did not grow during the pull ({delta}): the client "
+                                "did not come over TLS")
+            if problems:
+                raise Failure(f"{client} pull of {img.repo}:{img.tag} over TLS ({mode}) was misrouted:\n  "
+                              + "\n  ".join(problems) + f"\n-- gateway log:\n{gwl}")
+            agreed.update(k for k, v in delta.items() if v > 0)
+            log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag}  ALPN {alpn_text(delta)}  "
+                f"({time.time() - t:.1f} s)")
+    finally:
+        if docker_ca:
+            docker_ca.__exit__(None, None, None)
+    if client == "skopeo":
+        img = imgs.images[0]
+        win, before, t = LogWindow(gw.log), gw.tls_handshakes(), time.time()
+        r = ctx.clients.pull(client, gw, img, expect_ok=False, tls=tls, trust=False)
+        delta = handshake_delta(before, gw.tls_handshakes())
+        time.sleep(0.3)
+        reached = re.findall(r"(?:GET|HEAD) /v2/\S* client=\S+ decision=\S+ status=\d+", win.text())
+        if r.returncode == 0:
+            raise Failure(f"skopeo pulled {img.repo}:{img.tag} from {gw.tls_addr} without trusting the test CA:\n"
+                          f"{r.stdout}")
+        if not re.search(r"x509: certificate signed by unknown authority|certificate verify failed", r.stdout):
+            raise Failure(f"skopeo without the test CA failed, but not with a certificate error:\n{r.stdout}")
+        if reached:
+            raise Failure(f"skopeo without the test CA failed, yet requests reached the gateway: {reached}")
+        log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag} without the CA refused "
+            f"({time.time() - t:.1f} s, TLS handshakes completed: {alpn_text(delta)}): {last_line(r.stdout, 110)}")
+    for n in notes:
+        log(f"   NOTE {client} {mode} tls: {n}")
+    ctx.tls_notes.extend(f"{client} {mode}: {n}" for n in notes if "NOT" in n)
+
+
 class Ctx:
     pass
 
@@ -1523,6 +1753,7 @@ def main():
     base = [x for x in scenarios if x in ("pull", "tamper")]  # run with the moto gateway of each mode
     private = "private" in scenarios
     auth = "auth" in scenarios
+    tls = "tls" in scenarios
     if not clients:
         ap.error("no client left to run")
 
@@ -1541,7 +1772,7 @@ def main():
             log(f"== NOT testing client(s) {', '.join(sorted(skip))}: left out on request (--skip-client / ARCHEIO_E2E_SKIP_CLIENTS)")
         if HOST_ARCH is None:
             raise Failure(f"unknown machine {platform.machine()!r}: the test images are for amd64 or arm64")
-        ensure_prerequisites(clients, install=not args.no_install, bcrypt=auth)
+        ensure_prerequisites(clients, install=not args.no_install, bcrypt=auth, tls=tls)
         if private:
             s3s_bin, azurite_bin = ensure_private_servers(install=not args.no_install)
         if args.build:
@@ -1575,6 +1806,8 @@ def main():
             fill_private(ctx, args.binary)
         if auth:
             ctx.auth = AuthSetup(work, ctx.upstream)
+        if tls:
+            ctx.tls, ctx.tls_alpn, ctx.tls_notes = TestCA(work), {}, []
         ctx.clients = Clients(work, clients)
         failures = []
         for mode in modes:
@@ -1623,8 +1856,28 @@ def main():
                             log(f"   FAIL {client} {mode} auth {auth_mode}: {e}")
                             failures.append(f"{client} {mode} auth {auth_mode}")
                     gw.stop()
+            if tls:
+                gw = start("the gateway", lambda: Gateway(
+                    work, args.binary, f"gateway-{mode}-tls",
+                    lambda d, port, admin, tls_port: tls_gateway_config(d, port, admin, tls_port, ctx, mode),
+                    tls=ctx.tls))
+                log(f"== gateway https://{gw.tls_addr} (TLS, plain {gw.addr}) in {mode} mode, certificate of the "
+                    "run's test CA")
+                for client in clients:
+                    try:
+                        scenario_tls(ctx, client, gw, mode)
+                    except (Failure, subprocess.TimeoutExpired) as e:
+                        log(f"   FAIL {client} {mode} tls: {e}")
+                        failures.append(f"{client} {mode} tls")
+                gw.stop()
+        if tls:
+            log("== tls: ALPN agreed (archeio_tls_handshakes_total): "
+                + "; ".join(f"{c} {', '.join(sorted(a)) or '-'}" for c, a in ctx.tls_alpn.items())
+                + f"; h2: {', '.join(c for c, a in ctx.tls_alpn.items() if 'h2' in a) or 'no client'}")
+            for n in ctx.tls_notes:
+                log(f"== tls NOTE {n}")
         total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0)
-                                             + (len(AUTH_MODES) if auth else 0))
+                                             + (len(AUTH_MODES) if auth else 0) + (1 if tls else 0))
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
             f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
             + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "")
