@@ -5,6 +5,11 @@ same AWS and GCP range files, a `map` from region to mirror, the same upstream U
 
 usage: nginx_conf.py OUTDIR --port P --workers N --mirror-base URL --mirrors mirrors.yaml
        --aws aws-ip-ranges.json --gcp gcp-cloud.json
+       [--tls-port P --cert cert.pem --key key.pem [--status-port P]]
+
+With --tls-port the same server also listens with TLS there (`tls_listen`: TLS 1.2 and 1.3,
+rustls' cipher suites and groups, HTTP/2 and HTTP/1.1 by ALPN), and --status-port adds a
+plain server answering nginx's `stub_status` (connections accepted) at /status.
 
 run.py also imports the writers of the other references: `write_manifest_cache` (proxy_pass to
 a registry with proxy_cache), `write_blob_proxy` (proxy_pass of blob requests to a mirror) and
@@ -13,6 +18,8 @@ a registry with proxy_cache), `write_blob_proxy` (proxy_pass of blob requests to
 import argparse
 import json
 import os
+import re
+import subprocess
 
 UPSTREAM = "https://us-central1-docker.pkg.dev/v2/k8s-artifacts-prod/images"
 INFO = "https://github.com/kubernetes/registry.k8s.io"
@@ -44,6 +51,42 @@ def read_mirrors(path):
             region, url = line.split(":", 1)
             table[region.strip()] = url.strip()
     return table
+
+
+# What rustls (the gateway's TLS, ring provider) offers by default, for nginx to offer the same:
+# TLS 1.2 suites for the ECDSA certificate, in rustls' order (TLS 1.3: OpenSSL's default suites,
+# the same three as rustls'), and rustls' key exchange groups in its order.
+TLS12_CIPHERS = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305"
+TLS_GROUPS = "X25519:prime256v1:secp384r1"
+
+
+def nginx_version():
+    """(major, minor, patch) of the `nginx` on PATH (`nginx -v` writes to stderr)."""
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out.stderr + out.stdout)
+    if not m:
+        raise SystemExit(f"cannot read nginx's version from: {out.stderr.strip()}")
+    return tuple(int(x) for x in m.groups())
+
+
+def tls_listen(port, cert, key, version=None):
+    """Lines of a `server {}` listening with TLS on 127.0.0.1:port: the certificate, TLS 1.2 and
+    1.3, TLS12_CIPHERS and TLS_GROUPS, the client's suite order (as rustls), HTTP/2 by ALPN
+    (`http2 on;` from nginx 1.25.1, the `http2` parameter of `listen` before). Session tickets
+    and cache are nginx's defaults (tickets on, no cache)."""
+    version = version or nginx_version()
+    if version >= (1, 25, 1):
+        listen = f"listen 127.0.0.1:{port} ssl backlog=4096;\n        http2 on;"
+    else:
+        listen = f"listen 127.0.0.1:{port} ssl http2 backlog=4096;"
+    return f"""        {listen}
+        ssl_certificate {os.path.abspath(cert)};
+        ssl_certificate_key {os.path.abspath(key)};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {TLS12_CIPHERS};
+        ssl_prefer_server_ciphers off;
+        ssl_ecdh_curve {TLS_GROUPS};
+"""
 
 
 def _frame(d, workers, http_body, worker_connections=4096, access_log="off"):
@@ -146,7 +189,13 @@ def main():
     ap.add_argument("--aws", required=True)
     ap.add_argument("--gcp", required=True)
     ap.add_argument("--access-log", help="write nginx's access log (format combined) here; default off")
+    ap.add_argument("--tls-port", type=int, help="also listen with TLS (HTTP/2 and HTTP/1.1) here")
+    ap.add_argument("--cert", help="PEM certificate (chain) for --tls-port")
+    ap.add_argument("--key", help="PEM key for --tls-port")
+    ap.add_argument("--status-port", type=int, help="a plain server with stub_status at /status here")
     a = ap.parse_args()
+    if a.tls_port and not (a.cert and a.key):
+        ap.error("--tls-port needs --cert and --key")
     os.makedirs(a.outdir, exist_ok=True)
 
     entries = geo_entries(a.aws, a.gcp, [])
@@ -159,6 +208,14 @@ def main():
         f'        "aws:{region}" {a.mirror_base}/{region};\n' for region in sorted(mirrors)
     )
     d = os.path.abspath(a.outdir)
+    tls = tls_listen(a.tls_port, a.cert, a.key) if a.tls_port else ""
+    status = (f"""
+    server {{
+        listen 127.0.0.1:{a.status_port};
+        location = /status {{ stub_status; }}
+        location / {{ return 404; }}
+    }}
+""" if a.status_port else "")
     body = f"""
     # The client: the rightmost X-Forwarded-For entry that is not a trusted proxy (the
     # gateway's client_address.trusted_proxies: the load generator and Google's LB), else
@@ -181,7 +238,7 @@ def main():
 
     server {{
         listen 127.0.0.1:{a.port} backlog=4096;
-        location = /v2 {{ add_header Docker-Distribution-Api-Version registry/2.0 always; return 200; }}
+{tls}        location = /v2 {{ add_header Docker-Distribution-Api-Version registry/2.0 always; return 200; }}
         location = /v2/ {{ add_header Docker-Distribution-Api-Version registry/2.0 always; return 200; }}
         location = /v2/_catalog {{ return 404; }}
         location ~ "^/v2(?<rest>/.+/blobs/(?<digest>[^/]+:[a-zA-Z0-9=_-]+))$" {{
@@ -193,7 +250,7 @@ def main():
         location /privacy {{ return 307 {PRIVACY}; }}
         location / {{ return 404; }}
     }}
-"""
+{status}"""
     _frame(a.outdir, a.workers, body, access_log=a.access_log or "off")
 
 

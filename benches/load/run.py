@@ -26,6 +26,13 @@ Scenarios (--scenarios, comma-separated; default all):
                                  vs nginx_conf.py's blob redirect
   blob_anonymous_same            the same gateway and request, `client_auth` anonymous (no
                                  upstream HEAD: only the mirror answer, cached)
+  manifest_tls_h1                the manifest redirect over TLS, HTTP/1.1 kept alive (wrk): the
+                                 gateway's TLS listener vs nginx `listen ... ssl`, the same
+                                 certificate (ECDSA P-256, made here with openssl), versions and
+                                 suites
+  manifest_tls_h2                the same over HTTP/2 (h2load, 10 streams per connection)
+  tls_handshakes                 the same with `Connection: close`: one TLS handshake a request;
+                                 CPU ms per 1000 handshakes and handshakes per CPU second
 
 usage: benches/load/run.py [--binary PATH] [--no-build] [--duration 5] [--rounds 3]
                          [--threads 1] [--scenarios a,b] [--markdown FILE] [--skip-cache-fill]
@@ -48,6 +55,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import ssl
 import time
 
 from nginx_conf import read_mirrors, write_blob_proxy, write_file_mirror, write_manifest_cache
@@ -95,6 +103,15 @@ SCENARIOS = {
     "blob_anonymous_same": dict(gw="anonymous_same", ng="routing", target="/v2/pause/blobs/{layer}",
                                 headers={"Authorization": AUTHORIZATION}),
 }
+# The TLS scenarios (gw/ng "tls", see Servers.tls_files): the routing servers with a TLS
+# listener, `tls` naming the client: wrk over HTTP/1.1 kept alive, h2load over HTTP/2, or wrk
+# with `Connection: close` (a TCP connection and a full TLS handshake per request).
+for _name, _tls, _headers in (("manifest_tls_h1", "h1", {}), ("manifest_tls_h2", "h2", {}),
+                              ("tls_handshakes", "handshakes", {"Connection": "close"})):
+    SCENARIOS[_name] = dict(gw="tls", ng="tls", target="/v2/pause/manifests/3.10", headers=_headers, tls=_tls)
+# h2load's concurrent streams per connection (manifest_tls_h2).
+H2_STREAMS = 10
+TLS_HANDSHAKES = "archeio_tls_handshakes_total"
 # Gateways before the docker-registry (Servers.registry: docker-registry and skopeo needed).
 REGISTRY_KINDS = ("passthrough", "relay", "anonymous_same")
 SAMPLES = [
@@ -118,8 +135,12 @@ SAMPLES = [
 ]
 
 
-def ask(port, method, target, xff=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def ask(port, method, target, xff=None, context=None):
+    """(status, Location); over TLS (HTTP/1.1) with the ssl `context` when given."""
+    if context is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
     headers = {"X-Forwarded-For": xff} if xff else {}
     conn.request(method, target, headers=headers)
     r = conn.getresponse()
@@ -204,14 +225,15 @@ def to_ms(text):
 UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}  # wrk's are binary
 
 
-def wrk(port, target, headers, threads, duration, connections, pid, timeout_s=2):
-    """One wrk run; the CPU time of `pid`'s process tree is read just before and after.
-    Returns a dict: rps, p50 and p99 (ms), requests, bytes (read), seconds, cpu (s), us_per_req."""
+def wrk(port, target, headers, threads, duration, connections, pid, timeout_s=2, scheme="http"):
+    """One wrk run (`scheme` https: over TLS, HTTP/1.1); the CPU time of `pid`'s process tree
+    is read just before and after. Returns a dict: rps, p50 and p99 (ms), requests, bytes
+    (read), seconds, cpu (s), us_per_req."""
     cmd = ["wrk", f"-t{threads}", f"-c{max(connections, threads)}", f"-d{duration}s", "--latency",
            f"--timeout={timeout_s}s"]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
-    cmd.append(f"http://127.0.0.1:{port}{target}")
+    cmd.append(f"{scheme}://127.0.0.1:{port}{target}")
     pids = tree(pid)
     before = cpu_seconds(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -232,6 +254,42 @@ def wrk(port, target, headers, threads, duration, connections, pid, timeout_s=2)
         requests=requests,
         bytes=float(done.group(4)) * UNITS[done.group(5)],
         seconds=seconds,
+        cpu=cpu,
+        us_per_req=cpu * 1e6 / requests,
+    )
+
+
+def h2load(port, target, headers, threads, duration, connections, pid, streams=H2_STREAMS):
+    """One h2load run over TLS and HTTP/2 (ALPN h2): `connections` in all, `streams` concurrent
+    requests on each, for `duration` s; the CPU time of `pid`'s process tree read around it, as
+    wrk(). Returns wrk()'s dict, with the mean latency (h2load gives no percentiles) for p50
+    and None for p99."""
+    cmd = ["h2load", "-t", str(threads), "-c", str(max(connections, threads)), "-m", str(streams),
+           "-D", str(duration)]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    cmd.append(f"https://127.0.0.1:{port}{target}")
+    pids = tree(pid)
+    before = cpu_seconds(pids)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    cpu = cpu_seconds(pids) - before
+    finished = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", out)
+    counts = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    latency = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    if not (finished and counts and codes and latency) or "Application protocol: h2" not in out:
+        raise SystemExit(f"h2load against port {port}: no HTTP/2 or unexpected output:\n{out}")
+    requests, failed, errored, timeouts = (int(counts.group(i)) for i in (4, 5, 6, 7))
+    if failed or errored or timeouts or int(codes.group(3)) or int(codes.group(4)) or requests == 0:
+        raise SystemExit(f"h2load saw errors against port {port}:\n{out}")
+    return dict(
+        rps=float(finished.group(3)),
+        p50=to_ms(latency.group(3)),
+        p99=None,
+        requests=requests,
+        bytes=0.0,
+        seconds=to_ms(finished.group(1) + finished.group(2)) / 1000,
         cpu=cpu,
         us_per_req=cpu * 1e6 / requests,
     )
@@ -271,7 +329,8 @@ http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
 
 
 def ensure_tools(names):
-    pkg = {"nginx": "nginx-light", "wrk": "wrk", "docker-registry": "docker-registry", "skopeo": "skopeo"}
+    pkg = {"nginx": "nginx-light", "wrk": "wrk", "docker-registry": "docker-registry", "skopeo": "skopeo",
+           "h2load": "nghttp2-client", "openssl": "openssl", "curl": "curl"}
     missing = [t for t in names if not shutil.which(t)]
     if missing:
         pkgs = [pkg[t] for t in missing]
@@ -330,6 +389,7 @@ class Servers:
     def __init__(self, tmp, binary, procs):
         self.tmp, self.binary, self.procs = tmp, binary, procs
         self.shared = {}
+        self.nginx_status = {}  # nginx pid -> port of its stub_status server (kind "tls")
 
     def _dir(self, name):
         d = os.path.join(self.tmp, name)
@@ -380,6 +440,35 @@ class Servers:
             self.shared["registry"] = (url, manifest, log)
         return self.shared["registry"]
 
+    def tls_files(self):
+        """A CA and a server certificate signed by it for DNS localhost and IP 127.0.0.1, both
+        keys ECDSA P-256 (PKCS#8), made with the openssl CLI: (CA file, certificate file, key
+        file). The gateway and nginx serve the same pair (the certificate alone, no chain); the
+        checks verify it against the CA."""
+        if "tls" not in self.shared:
+            d = self._dir("tls")
+            ca_key, ca, key, csr, cert, ext = (os.path.join(d, n) for n in (
+                "ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "server.ext"))
+
+            def openssl(*args):
+                r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+                if r.returncode:
+                    raise SystemExit(f"openssl {' '.join(args)}: {r.stderr}")
+
+            for k in (ca_key, key):
+                openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", k)
+            openssl("req", "-x509", "-new", "-key", ca_key, "-sha256", "-days", "2",
+                    "-subj", "/CN=archeio load benchmark CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", ca)
+            openssl("req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", csr)
+            with open(ext, "w") as f:
+                f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                        "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-days", "2", "-sha256", "-extfile", ext, "-out", cert)
+            self.shared["tls"] = (ca, cert, key)
+        return self.shared["tls"]
+
     def file_mirror(self):
         """An nginx serving a 100 MiB file (seeded noise) at /containers/images/<digest>."""
         if "files" not in self.shared:
@@ -411,9 +500,11 @@ class Servers:
         return target
 
     def gateway(self, kind, threads):
-        """(process, port, admin port) of the gateway of `kind` at `threads` threads."""
+        """(process, port, admin port) of the gateway of `kind` at `threads` threads (kind
+        "tls": the port of its TLS listener)."""
         d = self._dir(f"gw-{kind}-{threads}")
         port, admin = harness.free_port(), harness.free_port()
+        tls_port = None
         mirror, extra, upstream, named = self.mirror_base(), [], None, None
         rust_log = "info" if kind == "logged" else "warn"  # info: one access record a request
         if kind == "passthrough":
@@ -427,6 +518,12 @@ class Servers:
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
             extra = harness.policy_50_rules()
+        elif kind == "tls":
+            # The routing gateway with a TLS listener besides its plain one.
+            _, cert, key = self.tls_files()
+            tls_port = harness.free_port()
+            extra = ["tls:", f"  listen: ['127.0.0.1:{tls_port}']",
+                     f"  certificates: [{{cert_file: '{cert}', key_file: '{key}'}}]"]
         elif kind in ("relay", "anonymous_same"):
             # The same gateway but for client_auth: every blob to the mirror chain (default
             # mirror), the docker-registry as upstream (open: it ignores Authorization).
@@ -436,22 +533,31 @@ class Servers:
             if kind == "relay":
                 extra.append(f"client_auth: {{mode: relay, public_url: 'http://127.0.0.1:{port}', "
                              "authorization_ttl: 10m}")
-        if kind in ("routing", "logged", "policy50", "relay", "anonymous_same"):
+        if kind in ("routing", "logged", "policy50", "relay", "anonymous_same", "tls"):
             # wrk on 127.0.0.1 plays the proxy in front, which appended the client's entry
             # after Google's load balancer (130.211.0.0/22); both trusted, as nginx's realip.
             extra = [*extra, f"client_address: {{trusted_proxies: {TRUSTED_PROXIES}}}"]
         p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named, rust_log)
         self.procs.append(p)
         harness.wait_ready(admin, "/readyz", p)
-        return p, port, admin
+        return p, tls_port or port, admin
 
     def nginx(self, kind, threads):
-        """(process, port) of the nginx of `kind` at `threads` workers."""
+        """(process, port) of the nginx of `kind` at `threads` workers (kind "tls": the port of
+        its TLS listener)."""
         d = self._dir(f"nginx-{kind}-{threads}")
         port = harness.free_port()
-        if kind in ("routing", "logged"):
+        tls_port = status_port = None
+        if kind in ("routing", "logged", "tls"):
             mirror_base = self.mirror_base()
             log = ["--access-log", os.path.join(d, "access.log")] if kind == "logged" else []
+            if kind == "tls":
+                # nginx_conf.py's routing server, also listening with TLS; and stub_status (its
+                # accepted connections: the handshakes of tls_handshakes) on a port of its own.
+                _, cert, key = self.tls_files()
+                tls_port, status_port = harness.free_port(), harness.free_port()
+                log = ["--tls-port", str(tls_port), "--cert", cert, "--key", key,
+                       "--status-port", str(status_port)]
             subprocess.run([sys.executable, NGINX_CONF, d, *log,
                             "--port", str(port), "--workers", str(threads),
                             "--mirrors", os.path.join(harness.ROOT, "data", "mirrors.yaml"),
@@ -464,20 +570,86 @@ class Servers:
         elif kind == "proxyblob":
             files, _ = self.file_mirror()
             write_blob_proxy(d, port, threads, files)
-        return self._nginx(d, port, "/v2/"), port
+        p = self._nginx(d, port, "/v2/")
+        if status_port:
+            self.nginx_status[p.pid] = status_port
+        return p, tls_port or port
+
+
+def nginx_accepts(status_port):
+    """Connections nginx accepted so far (stub_status), this request's own included."""
+    conn = http.client.HTTPConnection("127.0.0.1", status_port, timeout=10)
+    try:
+        conn.request("GET", "/status")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return int(re.search(r"^\s*(\d+) \d+ \d+\s*$", text, re.M).group(1))
+
+
+# openssl s_client -brief's lines that must read the same on both sides.
+TLS_FIELDS = ("Protocol version", "Ciphersuite", "Signature type", "Server Temp Key", "Verification")
+
+
+def tls_parameters(port, ca, version):
+    """What `openssl s_client` agrees with 127.0.0.1:port (SNI localhost, `version` -tls1_3 or
+    -tls1_2, verifying against the CA): {field: value} for TLS_FIELDS."""
+    r = subprocess.run(["openssl", "s_client", "-brief", version, "-connect", f"127.0.0.1:{port}",
+                        "-servername", "localhost", "-CAfile", ca, "-verify_return_error"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    text = (r.stdout + r.stderr).decode(errors="replace")
+    found = dict(re.findall(r"^([A-Za-z ]+): (.*)$", text, re.M))
+    return {k: found.get(k) for k in TLS_FIELDS}
+
+
+def curl_answer(port, target, ca, http):
+    """(HTTP version, status, Location) of a curl GET over TLS (`http`: --http2 or --http1.1)."""
+    out = subprocess.run(["curl", "-sS", http, "--cacert", ca, "--max-time", "10", "-o", "/dev/null",
+                          "-w", "%{http_version} %{http_code} %{redirect_url}",
+                          f"https://127.0.0.1:{port}{target}"],
+                         capture_output=True, text=True, check=True, timeout=20).stdout.split(" ", 2)
+    return out[0], int(out[1]), out[2] if len(out) > 2 and out[2] else None
 
 
 REPO_CHECKS = "archeio_repository_checks_total"
 
 
 def check(name, sc, servers, gport, nport, gadmin):
-    """The answers of both servers to the scenario's request, compared before any load."""
+    """The answers of both servers to the scenario's request, compared before any load.
+    Returns a line to print, or None."""
     kind = sc["gw"]
     if kind in ("routing", "logged"):
         for method, target, xff in SAMPLES:
             g, n = ask(gport, method, target, xff), ask(nport, method, target, xff)
             if g != n:
                 raise SystemExit(f"answers differ for {method} {target} xff={xff}: gateway {g}, nginx {n}")
+    elif kind == "tls":
+        ca = servers.tls_files()[0]
+        agreed = {}
+        for version in ("-tls1_3", "-tls1_2"):
+            g, n = tls_parameters(gport, ca, version), tls_parameters(nport, ca, version)
+            if g != n or g["Verification"] != "OK" or g["Signature type"] != "ECDSA":
+                raise SystemExit(f"{name}: TLS ({version}) differs: gateway {g}, nginx {n}")
+            agreed[version] = g
+        context = ssl.create_default_context(cafile=ca)  # verifies the name (IP 127.0.0.1)
+        for method, target, xff in SAMPLES:
+            g, n = ask(gport, method, target, xff, context), ask(nport, method, target, xff, context)
+            if g != n:
+                raise SystemExit(f"{name}: answers over TLS differ for {method} {target} xff={xff}: "
+                                 f"gateway {g}, nginx {n}")
+        answers = {}
+        for http, version in (("--http1.1", "1.1"), ("--http2", "2")):
+            g, n = curl_answer(gport, sc["target"], ca, http), curl_answer(nport, sc["target"], ca, http)
+            if g != n or g[:2] != (version, 307):
+                raise SystemExit(f"{name}: curl {http}: gateway {g}, nginx {n}; expected HTTP/{version} "
+                                 "307 and the same Location on both")
+            answers[version] = g
+        t13, t12 = agreed["-tls1_3"], agreed["-tls1_2"]
+        return (f"{name}: gateway and nginx alike (openssl s_client, verified against the CA): "
+                f"{t13['Protocol version']} {t13['Ciphersuite']}, {t12['Protocol version']} "
+                f"{t12['Ciphersuite']}, {t13['Signature type']} signature, key exchange "
+                f"{t13['Server Temp Key']}; GET {sc['target']}: {answers['2'][1]} {answers['2'][2]} "
+                "over HTTP/1.1 and HTTP/2 (curl)")
     elif kind == "policy50":
         xff = sc["headers"]["X-Forwarded-For"]
         g, n = ask(gport, "GET", sc["target"], xff), ask(nport, "GET", sc["target"], xff)
@@ -628,6 +800,10 @@ def main():
     tools = ["nginx", "wrk"]
     if any(SCENARIOS[n]["gw"] in REGISTRY_KINDS for n in names):
         tools += ["docker-registry", "skopeo"]
+    if any(SCENARIOS[n].get("tls") for n in names):
+        tools += ["openssl", "curl"]
+    if any(SCENARIOS[n].get("tls") == "h2" for n in names):
+        tools.append("h2load")
     ensure_tools(tools)
     if not a.no_build:
         harness.build(quiet=False)
@@ -652,7 +828,7 @@ def main():
             f"CPU: {os.cpu_count()} cores, shared by wrk and the servers")
         say("CPU µs/req: utime+stime of the server's processes (nginx: master + workers) over the wrk run "
             "/ requests wrk completed; CPU ratio nginx/gateway > 1: the gateway is cheaper")
-        rows, big_rows, rss, notes = [], [], {}, []
+        rows, big_rows, hs_rows, rss, notes = [], [], [], {}, []
         for threads in [int(t) for t in a.threads.split(",")] if names else []:
             gws, ngs = {}, {}
             for name in names:
@@ -666,7 +842,9 @@ def main():
                 sc = SCENARIOS[name]
                 sc = dict(sc, target=servers.target(sc))
                 if (sc["gw"], sc["ng"], sc["target"]) not in checked:
-                    check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1], gws[sc["gw"]][2])
+                    note = check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1], gws[sc["gw"]][2])
+                    if note:
+                        say(note)
                     checked.add((sc["gw"], sc["ng"], sc["target"]))
             results = {}
             for r in range(a.rounds):
@@ -684,9 +862,26 @@ def main():
                         asked = metric(gw[2], REPO_CHECKS, 'outcome="(?:held|not_held|error)"')
                     for who, port, pid in order:
                         conns = a.blob_connections if big else a.connections * threads
-                        results.setdefault((name, who), []).append(
-                            wrk(port, target, sc["headers"], threads, a.duration, conns, pid,
-                                timeout_s=60 if big else 2))
+                        handshakes = sc.get("tls") == "handshakes"
+                        if handshakes:
+                            # Handshakes the server saw: the gateway's counter, nginx's accepted
+                            # connections (less the second stub_status request's own).
+                            if who == "gateway":
+                                counted = lambda: metric(gw[2], TLS_HANDSHAKES)  # noqa: E731
+                            else:
+                                counted = lambda: nginx_accepts(servers.nginx_status[ng[0].pid]) - 1  # noqa: E731
+                            seen = counted()
+                        if sc.get("tls") == "h2":
+                            run = h2load(port, target, sc["headers"], threads, a.duration, conns, pid)
+                        else:
+                            run = wrk(port, target, sc["headers"], threads, a.duration, conns, pid,
+                                      timeout_s=60 if big else 2, scheme="https" if sc.get("tls") else "http")
+                        if handshakes:
+                            seen = counted() - seen
+                            if seen < run["requests"]:
+                                raise SystemExit(f"{name}: {who} saw {seen} connections for {run['requests']} "
+                                                 "requests: connections were kept alive")
+                        results.setdefault((name, who), []).append(run)
                     if name == "passthrough_manifest_cached":
                         fetched = manifest_gets(servers.registry()[2]) - before
                         if fetched > 2:
@@ -705,8 +900,20 @@ def main():
                 def med(xs, key):
                     return median([x[key] for x in xs])
 
+                def latency(xs):
+                    if xs[0]["p99"] is None:  # h2load: mean only
+                        return f"mean {med(xs, 'p50'):.3f}"
+                    return f"{med(xs, 'p50'):.3f} / {med(xs, 'p99'):.3f}"
+
                 gus, nus = med(g, "us_per_req"), med(n, "us_per_req")
-                if SCENARIOS[name].get("throughput"):
+                if SCENARIOS[name].get("tls") == "handshakes":
+                    # One handshake a request: CPU µs/request = CPU ms per 1000 handshakes.
+                    gps = median([x["requests"] / x["cpu"] for x in g])
+                    nps = median([x["requests"] / x["cpu"] for x in n])
+                    hs_rows.append(f"| {threads} | {name} | {med(g, 'rps'):,.0f} | {med(n, 'rps'):,.0f} | "
+                                   f"{gus:.1f} | {nus:.1f} | {gps:,.0f} | {nps:,.0f} | "
+                                   f"{nus / gus:.2f} | {latency(g)} | {latency(n)} |")
+                elif SCENARIOS[name].get("throughput"):
                     gmb = median([x["bytes"] / x["seconds"] / 1e6 for x in g])
                     nmb = median([x["bytes"] / x["seconds"] / 1e6 for x in n])
                     gsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in g])
@@ -717,9 +924,7 @@ def main():
                 else:
                     grps, nrps = med(g, "rps"), med(n, "rps")
                     rows.append(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
-                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | "
-                                f"{med(g, 'p50'):.3f} / {med(g, 'p99'):.3f} | "
-                                f"{med(n, 'p50'):.3f} / {med(n, 'p99'):.3f} |")
+                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {latency(g)} | {latency(n)} |")
             for kind, (p, _, _) in gws.items():
                 rss.setdefault(threads, {})[f"gateway {kind}"] = peak_rss_kib([p.pid])
             for kind, (p, _) in ngs.items():
@@ -742,6 +947,15 @@ def main():
                 "CPU ratio nginx/gateway | gateway req/s | nginx req/s | gateway CPU µs/req | nginx CPU µs/req |")
             say("|---|---|---|---|---|---|---|---|---|---|---|")
             for row in big_rows:
+                say(row)
+        if hs_rows:
+            say()
+            say("| threads | scenario | gateway handshakes/s | nginx handshakes/s | "
+                "gateway CPU ms/1000 handshakes | nginx CPU ms/1000 handshakes | "
+                "gateway handshakes/CPU-s | nginx handshakes/CPU-s | CPU ratio nginx/gateway | "
+                "gateway p50/p99 ms | nginx p50/p99 ms |")
+            say("|---|---|---|---|---|---|---|---|---|---|---|")
+            for row in hs_rows:
                 say(row)
         for note in notes:
             say(f"note: {note}")

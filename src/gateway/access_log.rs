@@ -114,6 +114,11 @@ impl Gateway {
             elapsed,
             upstream,
             user_agent: header("user-agent"),
+            protocol: Some(match req.version {
+                http::Version::HTTP_2 => "h2",
+                http::Version::HTTP_10 => "http/1.0",
+                _ => "http/1.1",
+            }),
             trace_id: header("traceparent").and_then(trace_id),
             detail: AccessEntry::detail(reply.map(|r| &r.answer), error),
         }
@@ -140,6 +145,7 @@ pub(super) fn record_refused(method: &[u8], target: &[u8], client: Option<IpAddr
         elapsed: Duration::ZERO,
         upstream: None,
         user_agent: None,
+        protocol: None,
         trace_id: None,
         detail: AccessEntry::detail(Some(&reply.answer), None),
     }
@@ -174,6 +180,8 @@ struct AccessEntry<'a> {
     upstream: Option<&'a str>,
     /// The client's `User-Agent`.
     user_agent: Option<&'a [u8]>,
+    /// The HTTP version the client spoke: `http/1.1`, `h2`, `http/1.0`.
+    protocol: Option<&'static str>,
     /// The W3C trace id the client sent.
     trace_id: Option<&'a str>,
     /// `("detail", why)` for an error the gateway decided, `("error", what failed)` when
@@ -205,7 +213,7 @@ impl<'a> AccessEntry<'a> {
             b.map_or(Field::Absent, |b| Field::Text(String::from_utf8_lossy(b)))
         };
         let location = self.location.map(|l| &l[..l.find('?').unwrap_or(l.len())]);
-        let mut fields = Vec::with_capacity(15);
+        let mut fields = Vec::with_capacity(16);
         fields.extend([
             ("client", ip(self.client)),
             ("route", Field::Word(self.route)),
@@ -222,6 +230,7 @@ impl<'a> AccessEntry<'a> {
             ("location", text(location)),
             ("upstream", word(self.upstream)),
             ("user_agent", bytes(self.user_agent)),
+            ("protocol", word(self.protocol)),
             ("request_id", Field::Id(logging::request_id())),
             ("trace_id", text(self.trace_id)),
         ]);

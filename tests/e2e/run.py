@@ -11,7 +11,9 @@ What it starts (all on 127.0.0.1, ephemeral ports, state in one temporary direct
     filled by `archeio sync`, and Azurite (the Azure Blob emulator, which checks SAS) with a
     private container filled with Shared Key requests;
   - for the auth scenario: a second docker-registry over the same storage behind htpasswd
-    (user robot), and gateways with `client_auth: relay` and `client_auth: local`.
+    (user robot), and gateways with `client_auth: relay` and `client_auth: local`;
+  - for the tls scenario: a CA and a server certificate for localhost made with openssl, and
+    gateways with a TLS listener serving it.
 Then, for each mode (redirect, passthrough) and client (skopeo, ctr, podman, docker), it pulls
 every image into a fresh store, checks the digests the client reports, and reads the mirror's
 and the upstream's request logs to check which server served each blob. The tamper scenario
@@ -20,6 +22,9 @@ pulls through gateways whose chain is one private store, and checks from the sto
 that every blob was served there on a signed URL. The auth scenario pulls from the htpasswd
 registry with the right credentials (relay: robot's; local: the gateway's user alice), and
 checks that no credentials, a wrong password and (local) a repository not granted are refused.
+The tls scenario pulls over the TLS listener with each client trusting the run's CA, reads the
+ALPN protocol each agreed from archeio_tls_handshakes_total, and checks that a client not
+trusting the CA is refused with a certificate error.
 
 Everything started is stopped by process id, and the temporary directory removed, on success,
 failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md.
@@ -28,6 +33,7 @@ failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md
 import argparse
 import atexit
 import base64
+import contextlib
 import email.utils
 import gzip
 import hashlib
@@ -1004,7 +1010,10 @@ class Clients:
             ns = f"e2e{self.n}"
             a = ["ctr", "-a", self.containerd.sock, "-n", ns]
             auth = ["--user", ":".join(creds)] if creds else []  # ctr reads no auth file
-            verify = ["--plain-http"] if not tls else ["--tlscacert", tls.ca_cert] if trust else []
+            # ctr takes a localhost registry for plain HTTP (containerd 1.6: http, TLS unverified)
+            # unless its hosts.toml names the server, as tls.ctr_hosts_dir() writes it.
+            verify = ["--plain-http"] if not tls else ["--hosts-dir", tls.ctr_hosts_dir(addr)] + (
+                ["--tlscacert", tls.ca_cert] if trust else [])
             r = run(a + ["images", "pull"] + verify + ["--snapshotter", "native"] + auth + [ref], check=False)
             if r.returncode == 0 and expect_ok:
                 ls = run(a + ["images", "ls"]).stdout
@@ -1563,8 +1572,6 @@ class TestCA:
     server.key, server.csr, server.crt; `cert_dir` (`work/tls/certs/`) holds ca.crt alone, as
     containers/image's --cert-dir wants it (a *.key there would be taken for a client key)."""
 
-    __test__ = False  # not a pytest class
-
     def __init__(self, work):
         self.dir = os.path.join(work, "tls")
         self.cert_dir = os.path.join(self.dir, "certs")
@@ -1586,7 +1593,7 @@ class TestCA:
         shutil.copy(self.ca_cert, os.path.join(self.cert_dir, "ca.crt"))
         verified = run(["openssl", "verify", "-CAfile", self.ca_cert, "-purpose", "sslserver", self.cert]).stdout.strip()
         san = run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", self.cert]).stdout
-        san = " ".join(san.split()[1:]) if san.strip() else "(none)"
+        san = " ".join(san.strip().splitlines()[1:]).strip() or "(none)"  # the line after the heading
         expect("DNS:localhost" in san and "IP Address:127.0.0.1" in san, f"server certificate's subjectAltName: {san}")
         log(f"== tls: test CA and server certificate made with openssl in {self.dir}: {verified}; SAN {san}; "
             f"{TLS_DAYS} days")
@@ -1594,6 +1601,18 @@ class TestCA:
     def context(self):
         """An ssl context trusting this CA alone (the script's own readiness probes)."""
         return ssl.create_default_context(cafile=self.ca_cert)
+
+    def ctr_hosts_dir(self, addr):
+        """ctr's --hosts-dir for the gateway at `addr` (localhost:<port>): `<addr>/hosts.toml`
+        naming `https://<addr>` as the server and its one host (containerd 1.6 refuses a file
+        without a `host` table). Without it, containerd 1.6 sends a localhost registry plain
+        HTTP (and would skip verification); trust in the CA comes from --tlscacert alone, the
+        hosts.toml names no `ca`."""
+        d = os.path.join(self.dir, "ctr-hosts")
+        os.makedirs(os.path.join(d, addr), exist_ok=True)
+        with open(os.path.join(d, addr, "hosts.toml"), "w") as f:
+            f.write(f'server = "https://{addr}"\n\n[host."https://{addr}"]\n  capabilities = ["pull", "resolve"]\n')
+        return d
 
 
 def tls_gateway_config(d, port, admin, tls_port, ctx, mode):
@@ -1606,12 +1625,39 @@ def tls_gateway_config(d, port, admin, tls_port, ctx, mode):
     return gateway_config(d, port, admin, ctx.upstream.url, ctx.mirror.base, mode, extra=extra)
 
 
+def tls_control(gw, tls):
+    """Handshakes of the script's own (Python ssl, trusting the CA) offering h2 and http/1.1,
+    http/1.1 alone, and no ALPN: the gateway must agree h2, http/1.1 and none, and count each
+    under that label; what calibrates the clients' `none` below (they offered no ALPN, the
+    metric is not blind). Returns the text logged."""
+    out = []
+    for offer, want in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1"), (None, "none")):
+        sslctx = tls.context()
+        if offer:
+            sslctx.set_alpn_protocols(offer)
+        before = gw.tls_handshakes()
+        with socket.create_connection(("127.0.0.1", gw.tls_port), timeout=10) as raw:
+            with sslctx.wrap_socket(raw, server_hostname="localhost") as conn:
+                got = conn.selected_alpn_protocol() or "none"
+        deadline = time.time() + 5
+        delta = handshake_delta(before, gw.tls_handshakes())
+        while not delta and time.time() < deadline:
+            time.sleep(0.1)
+            delta = handshake_delta(before, gw.tls_handshakes())
+        offered = ",".join(offer) if offer else "no ALPN"
+        if got != want or delta != {want: 1}:
+            raise Failure(f"a TLS client offering {offered}: the gateway agreed {got} and counted {delta or 'nothing'} "
+                          f"(expected {want}, counted once)")
+        out.append(f"{offered} -> {got}")
+    return "; ".join(out)
+
+
 def alpn_text(delta):
     """`{alpn: n}` as `http/1.1` (one label) or `h2 1 + http/1.1 2` (several); `none`: no ALPN."""
     seen = {k: int(v) for k, v in sorted(delta.items()) if v}
     if len(seen) == 1:
         return next(iter(seen))
-    return " + ".join(f"{k} {v}" for k, v in seen.items()) or "no handshake"
+    return " + ".join(f"{k} {v}" for k, v in seen.items()) or "no handshake completed"
 
 
 def handshake_delta(before, after):
@@ -1629,11 +1675,15 @@ class DockerCA:
     def __enter__(self):
         if os.path.exists(self.path):
             raise Failure(f"{self.path} exists already: not overwriting it")
-        for d in (os.path.dirname(DOCKER_CERTS_D), DOCKER_CERTS_D, self.path):
-            if not os.path.isdir(d):
-                os.mkdir(d)
-                self.made.append(d)
-        shutil.copy(self.tls.ca_cert, os.path.join(self.path, "ca.crt"))
+        try:
+            for d in (os.path.dirname(DOCKER_CERTS_D), DOCKER_CERTS_D, self.path):
+                if not os.path.isdir(d):
+                    os.mkdir(d)
+                    self.made.append(d)
+            shutil.copy(self.tls.ca_cert, os.path.join(self.path, "ca.crt"))
+        except OSError as e:
+            self.__exit__(None, None, None)
+            raise Failure(f"cannot give dockerd the test CA in {self.path}: {e} (root needed)")
         return self
 
     def __exit__(self, *exc):
@@ -1653,10 +1703,12 @@ def scenario_tls(ctx, client, gw, mode):
     """Over the gateway's TLS listener (`https://localhost:<tls_port>`), the client trusting
     the run's CA pulls TLS_IMAGES with the right digests and the blobs routed as in the pull
     scenario; the gateway's archeio_tls_handshakes_total grows by at least one during each pull,
-    and its labels say which ALPN protocol the client agreed (printed, not asserted). skopeo
-    also pulls without trusting the CA: refused with a certificate error, no request reaching
-    the gateway. docker: dockerd counts 127.0.0.0/8 as an insecure registry by default, so it
-    is first asked to pull without the CA, to show whether it verifies at all (printed)."""
+    and its labels say which ALPN protocol the client agreed (printed, not asserted). skopeo,
+    ctr and podman then pull without trusting the CA: refused with a certificate error
+    (x509: certificate signed by unknown authority), no request reaching the gateway. docker:
+    dockerd counts 127.0.0.0/8 as an insecure registry (TLS unverified) whatever certs.d
+    holds, so it is first asked to pull without the CA, to show whether it verifies at all
+    (printed as a NOTE, not a failure)."""
     imgs = ctx.images
     tls = ctx.tls
     agreed = ctx.tls_alpn.setdefault(client, set())
@@ -1667,15 +1719,10 @@ def scenario_tls(ctx, client, gw, mode):
         if r.returncode == 0:
             notes.append("dockerd does NOT verify the certificate here: it pulled with no CA in certs.d "
                          "(127.0.0.0/8 is an insecure registry to dockerd by default)")
-        else:
-            notes.append(f"without the CA dockerd refused: {last_line(r.stdout)}")
         log(f"   ..  {client:7} {mode:11} tls    {imgs.images[0].repo}:v1 without the CA in certs.d: "
-            f"{'pulled' if r.returncode == 0 else 'refused'} ({time.time() - t:.1f} s, TLS "
-            f"{alpn_text(handshake_delta(before, gw.tls_handshakes()))})")
-    docker_ca = DockerCA(tls, gw.tls_addr) if client == "docker" else None
-    if docker_ca:
-        docker_ca.__enter__()
-    try:
+            f"{'pulled' if r.returncode == 0 else 'refused: ' + last_line(r.stdout, 110)} ({time.time() - t:.1f} s, "
+            f"TLS {alpn_text(handshake_delta(before, gw.tls_handshakes()))})")
+    with DockerCA(tls, gw.tls_addr) if client == "docker" else contextlib.nullcontext():
         for img in (i for i in imgs.images if i.repo in TLS_IMAGES):
             wins = [LogWindow(p) for p in (ctx.upstream.log, ctx.mirror.log, gw.log)]
             before = gw.tls_handshakes()
@@ -1700,10 +1747,7 @@ def scenario_tls(ctx, client, gw, mode):
             agreed.update(k for k, v in delta.items() if v > 0)
             log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag}  ALPN {alpn_text(delta)}  "
                 f"({time.time() - t:.1f} s)")
-    finally:
-        if docker_ca:
-            docker_ca.__exit__(None, None, None)
-    if client == "skopeo":
+    if client != "docker":
         img = imgs.images[0]
         win, before, t = LogWindow(gw.log), gw.tls_handshakes(), time.time()
         r = ctx.clients.pull(client, gw, img, expect_ok=False, tls=tls, trust=False)
@@ -1711,17 +1755,17 @@ def scenario_tls(ctx, client, gw, mode):
         time.sleep(0.3)
         reached = re.findall(r"(?:GET|HEAD) /v2/\S* client=\S+ decision=\S+ status=\d+", win.text())
         if r.returncode == 0:
-            raise Failure(f"skopeo pulled {img.repo}:{img.tag} from {gw.tls_addr} without trusting the test CA:\n"
+            raise Failure(f"{client} pulled {img.repo}:{img.tag} from {gw.tls_addr} without trusting the test CA:\n"
                           f"{r.stdout}")
         if not re.search(r"x509: certificate signed by unknown authority|certificate verify failed", r.stdout):
-            raise Failure(f"skopeo without the test CA failed, but not with a certificate error:\n{r.stdout}")
+            raise Failure(f"{client} without the test CA failed, but not with a certificate error:\n{r.stdout}")
         if reached:
-            raise Failure(f"skopeo without the test CA failed, yet requests reached the gateway: {reached}")
+            raise Failure(f"{client} without the test CA failed, yet requests reached the gateway: {reached}")
         log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag} without the CA refused "
-            f"({time.time() - t:.1f} s, TLS handshakes completed: {alpn_text(delta)}): {last_line(r.stdout, 110)}")
+            f"({time.time() - t:.1f} s, TLS: {alpn_text(delta)}): {last_line(r.stdout, 110)}")
     for n in notes:
         log(f"   NOTE {client} {mode} tls: {n}")
-    ctx.tls_notes.extend(f"{client} {mode}: {n}" for n in notes if "NOT" in n)
+    ctx.tls_notes.extend(f"{client} {mode}: {n}" for n in notes)
 
 
 class Ctx:
@@ -1863,6 +1907,11 @@ def main():
                     tls=ctx.tls))
                 log(f"== gateway https://{gw.tls_addr} (TLS, plain {gw.addr}) in {mode} mode, certificate of the "
                     "run's test CA")
+                try:
+                    log(f"== tls: control handshakes (Python ssl), agreed and counted: {tls_control(gw, ctx.tls)}")
+                except (Failure, OSError) as e:
+                    log(f"   FAIL tls control handshakes ({mode}): {e}")
+                    failures.append(f"{mode} tls control handshakes")
                 for client in clients:
                     try:
                         scenario_tls(ctx, client, gw, mode)
@@ -1878,6 +1927,7 @@ def main():
                 log(f"== tls NOTE {n}")
         total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0)
                                              + (len(AUTH_MODES) if auth else 0) + (1 if tls else 0))
+        total += len(modes) if tls else 0  # the tls scenario's control handshakes, once per gateway
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
             f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
             + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "")
