@@ -107,6 +107,7 @@ async fn the_tls_listener_serves_http2_and_http1_alike_and_renews_its_certificat
     let gw = Gateway::start(&format!(
         "  upstream: {{endpoints: ['https://upstream.test'], path: images}}
   ranges: {{embedded: false}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: upstream}}]}}
   tls:
     listen: ['127.0.0.1:{tls_port}']
     certificates:
@@ -265,6 +266,7 @@ async fn skopeo_pulls_through_the_tls_listener() {
         "  mode: passthrough
   upstream: {{endpoints: ['{up}'], path: test}}
   ranges: {{embedded: false}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: upstream}}]}}
   tls:
     listen: ['127.0.0.1:{tls_port}']
     certificates: [{{cert_file: '{d}/gw.pem', key_file: '{d}/gw.key'}}]",
@@ -292,6 +294,40 @@ async fn skopeo_pulls_through_the_tls_listener() {
     let layer = img.app_layer.trim_start_matches("sha256:");
     let bytes = std::fs::read(out_dir.path().join("blobs/sha256").join(layer)).unwrap();
     assert_eq!(sha256(&bytes), img.app_layer);
+    // Proxied bodies and ranges over HTTP/2 are HTTP/1.1's, byte for byte.
+    let ca_file = certs.join("ca.crt");
+    let resolve = format!("localhost:{tls_port}:127.0.0.1");
+    let blob = format!(
+        "https://localhost:{tls_port}/v2/app/blobs/{}",
+        img.app_layer
+    );
+    for (range, status, expected) in [
+        (None, "200", &bytes[..]),
+        (Some("Range: bytes=1000-4999"), "206", &bytes[1000..5000]),
+    ] {
+        for version in ["--http2", "--http1.1"] {
+            let body = out_dir.path().join("body");
+            let mut cmd = Command::new("curl");
+            cmd.args(["-s", "--cacert"])
+                .arg(&ca_file)
+                .args(["-o"])
+                .arg(&body)
+                .args(["-w", "%{http_code} %{http_version}", version])
+                .args(["--resolve", &resolve, &blob]);
+            if let Some(r) = range {
+                cmd.args(["-H", r]);
+            }
+            let out = cmd.output().unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).to_string();
+            let spoken = if version == "--http2" { "2" } else { "1.1" };
+            assert_eq!(said, format!("{status} {spoken}"), "{version} {range:?}");
+            assert!(
+                std::fs::read(&body).unwrap() == expected,
+                "{version} {range:?}"
+            );
+        }
+    }
+
     let m = gw.metrics().await;
     let handshakes: f64 = ["h2", "http/1.1", "none"]
         .iter()
