@@ -6,9 +6,9 @@
 mod cli;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::exit;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use log::info;
@@ -20,34 +20,26 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
-use archeio::auth::local::LocalAuth;
-use archeio::auth::relay::TokenRelay;
-use archeio::auth::ClientAuthority;
 use archeio::config::file::LogFormat;
-use archeio::config::{dual_stack, ClientAuth, LogSettings, Settings};
+use archeio::config::{dual_stack, LogSettings, Settings};
 use archeio::gateway::admin::AdminApp;
+use archeio::gateway::generation::{build, config_hash, ConfigReload, Shared};
 use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
-use archeio::gateway::peer::Peers;
 use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{
-    HealthChecks, HtpasswdWatch, MirrorSecrets, RangeRefresh, TlsCertificates,
+    HealthChecks, RangeRefresh, Reload, SecretFiles, TlsCertificates,
 };
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::tls::{Certificates, Resolver};
-use archeio::gateway::{Clients, Gateway, Operations, UpstreamAccess};
+use archeio::gateway::LiveGateway;
 use archeio::logging;
 use archeio::metrics;
-use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::range_refresh::RangeRefresher;
-use archeio::rate_limit::RateLimiter;
 use archeio::routing::client_addr::ClientAddrError;
 use archeio::routing::explain::Sample;
 use archeio::routing::{Route, Routes};
 use archeio::sync;
-use archeio::upstream::auth::UpstreamAuth;
-use archeio::upstream::blob_access::BlobAccess;
-use archeio::upstream::manifest_cache::ManifestCache;
 use archeio::upstream::Upstreams;
 use cli::{Cli, Command};
 
@@ -117,70 +109,8 @@ fn main() {
         client_address_refusals: &client_address_refusals(),
     });
     metrics::set_prefix_counts(v4, v6);
-    let mirror_check = MirrorCheck::new(&settings.blob_check)
-        .unwrap_or_else(|e| fail(&format!("cannot build the mirror check HTTP client: {e}")));
-
-    let mirrors = Arc::new(
-        Mirrors::new(
-            mirror_check,
-            &settings.routes.policy,
-            &settings.signed_mirrors,
-        )
-        .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}"))),
-    );
     let upstreams = Arc::new(
         Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
-            .unwrap_or_else(|e| fail(&e)),
-    );
-    let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
-    let (client_authority, held_ttl) = match &settings.client_auth {
-        ClientAuth::Anonymous => (
-            ClientAuthority::Anonymous,
-            settings.blob_check.repository_ttl,
-        ),
-        ClientAuth::Relay {
-            public_url,
-            authorization_ttl,
-        } => {
-            let client = upstreams
-                .no_redirect_client(settings.upstream.timeouts.read)
-                .unwrap_or_else(|e| fail(&e));
-            let tokens = TokenRelay::new(client, &settings.routes.upstream_name_prefix);
-            let token_url = format!("{public_url}/token");
-            (
-                ClientAuthority::Relay { tokens, token_url },
-                *authorization_ttl,
-            )
-        }
-        ClientAuth::Local {
-            htpasswd_file,
-            users,
-            token_lifetime,
-            token_key_file,
-            ..
-        } => {
-            let auth = LocalAuth::new(
-                htpasswd_file.clone(),
-                users,
-                *token_lifetime,
-                token_key_file.as_deref(),
-            )
-            .unwrap_or_else(|e| fail(&format!("{source}: archeio.{e}")));
-            (
-                ClientAuthority::Local(Arc::new(auth)),
-                settings.blob_check.repository_ttl,
-            )
-        }
-    };
-    let htpasswd_watch = match &client_authority {
-        ClientAuthority::Local(auth) => Some(auth.clone()),
-        _ => None,
-    };
-    let blobs = BlobAccess::new(
-        &settings.blob_check,
-        held_ttl,
-        upstreams
-            .no_redirect_client(settings.blob_check.timeout)
             .unwrap_or_else(|e| fail(&e)),
     );
     let passthrough = settings.passthrough();
@@ -218,30 +148,22 @@ fn main() {
         settings.proxy_protocol.clone(),
         settings.client_address.clone(),
     );
-    let gateway = Gateway::new(
-        Clients {
-            address: settings.client_address,
-            timeouts: settings.client_timeouts,
-            auth: client_authority,
-        },
-        settings.routes,
-        refresher.live(),
-        mirrors.clone(),
-        UpstreamAccess {
-            endpoints: upstreams,
-            peers: Peers::new(&settings.upstream),
-            auth,
-            blobs,
-            manifests: ManifestCache::new(&settings.manifest_cache),
-            total_timeout: settings.upstream.timeouts.total,
-        },
-        Operations {
-            lifecycle: lifecycle.clone(),
-            rate_limiter: settings.rate_limit.as_ref().map(RateLimiter::new),
-            log: settings.log,
-        },
-    );
-    let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
+    let shared = Shared {
+        ranges: refresher.live(),
+        upstreams: upstreams.clone(),
+        lifecycle: lifecycle.clone(),
+    };
+    let gateway = build(&settings, &shared).unwrap_or_else(|e| fail(&format!("{source}: {e}")));
+    metrics::set_config_loaded(&config_hash(&effective));
+    let live = LiveGateway::new(gateway);
+    let reload = ConfigReload {
+        live: live.clone(),
+        shared,
+        path: conf_path.as_deref().map(PathBuf::from),
+        source: source.clone(),
+        running: Mutex::new(effective),
+    };
+    let mut proxy = HttpProxy::new(live.clone(), server.configuration.clone());
     proxy.handle_init_modules();
     proxy.h2_options = Some(h2_limits());
     let t = &settings.client_timeouts;
@@ -285,15 +207,16 @@ fn main() {
     }
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
-    server.add_service(background_service("mirror secrets", MirrorSecrets(mirrors)));
+    server.add_service(background_service("secret files", SecretFiles(live)));
+    server.add_service(background_service(
+        "configuration",
+        Reload(Arc::new(reload)),
+    ));
     if let Some(certificates) = certificates {
         server.add_service(background_service(
             "TLS certificates",
             TlsCertificates(certificates),
         ));
-    }
-    if let Some(auth) = htpasswd_watch {
-        server.add_service(background_service("htpasswd", HtpasswdWatch(auth)));
     }
     server.add_service(background_service(
         "listen check",

@@ -88,6 +88,36 @@ pub static BLOB_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Configuration reloads (`SIGHUP`).
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_config_reloads_total",
+        "Configuration reloads on SIGHUP, by result (ok; error: the configuration before stays).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+/// When the configuration in effect was loaded.
+pub static CONFIG_LOADED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "archeio_config_last_load_timestamp_seconds",
+        "When the configuration in effect was loaded (at start or by the last good reload)."
+    )
+    .expect("metric registers once")
+});
+
+/// The configuration in effect, by a hash of it.
+pub static CONFIG_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "archeio_config_info",
+        "1 for the hash of the configuration in effect (the archeio section, environment \
+         applied): replicas with different hashes run different configurations.",
+        &["hash"]
+    )
+    .expect("metric registers once")
+});
+
 /// TLS certificate files read again after they changed.
 pub static TLS_CERTIFICATE_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -407,6 +437,25 @@ pub fn blob_check_counters(mirror: &str, outcomes: &[&str]) -> Vec<IntCounter> {
         .collect()
 }
 
+/// The configuration with hash `hash` is in effect from now.
+pub fn set_config_loaded(hash: &str) {
+    CONFIG_INFO.reset();
+    CONFIG_INFO.with_label_values(&[hash]).set(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CONFIG_LOADED.set(i64::try_from(now).unwrap_or(i64::MAX));
+}
+
+/// Counts a configuration reload; a good one names the hash now in effect.
+pub fn record_config_reload(ok: bool, hash: Option<&str>) {
+    let result = if ok { "ok" } else { "error" };
+    CONFIG_RELOADS.with_label_values(&[result]).inc();
+    if let Some(hash) = hash {
+        set_config_loaded(hash);
+    }
+}
+
 /// Counts a reload of a TLS certificate pair.
 pub fn record_certificate_reload(ok: bool) {
     let result = if ok { "ok" } else { "error" };
@@ -494,6 +543,7 @@ pub fn init(known: &KnownLabels<'_>) {
     }
     for result in ["ok", "error"] {
         TLS_CERTIFICATE_RELOADS.with_label_values(&[result]);
+        CONFIG_RELOADS.with_label_values(&[result]);
     }
     for outcome in ["cache_hit", "held", "not_held", "error"] {
         REPOSITORY_CHECKS.with_label_values(&[outcome]);

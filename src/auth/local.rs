@@ -16,21 +16,17 @@ use bytes::Bytes;
 use globset::GlobSet;
 use log::{info, warn};
 use quick_cache::sync::Cache;
-use tokio::sync::watch;
 
 use super::htpasswd::Htpasswd;
 use super::relay::TokenAnswer;
 use super::token::{Claims, Tokens};
 use super::CredentialKey;
-use crate::hangup::on_interval_and_hangup;
 use crate::routing::grammar::is_name;
 use crate::routing::policy::glob_set;
 use crate::routing::Grants;
 
 /// How long a checked Basic credential (good or bad) is remembered.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
-/// How often the htpasswd file is looked at for changes.
-const HTPASSWD_POLL: Duration = Duration::from_secs(2);
 
 /// Who a request's credentials say it is.
 #[derive(Debug)]
@@ -263,12 +259,6 @@ impl LocalAuth {
             Err(e) => warn!("client_auth.htpasswd_file: {e}; keeping the users read before"),
         }
         *last = bytes;
-    }
-
-    /// Looks at the htpasswd file every [`HTPASSWD_POLL`] and on `SIGHUP` until `shutdown`.
-    pub async fn watch(&self, shutdown: watch::Receiver<bool>) {
-        let reload = || async { self.reload() };
-        on_interval_and_hangup(HTPASSWD_POLL, shutdown, "the htpasswd file", reload).await;
     }
 
     fn now_ms(&self) -> u64 {

@@ -1284,6 +1284,37 @@ impl BlobCheckConfig {
 }
 
 impl ArcheioConfig {
+    /// The first key whose change a running gateway cannot take without a restart (or an
+    /// upgrade with `-u`): listeners, the mode, how the upstream is reached (its
+    /// credentials excepted), the range sources, client timeouts and logging. `None`:
+    /// `next` can replace `self` in place.
+    pub fn needs_restart_for(&self, next: &ArcheioConfig) -> Option<&'static str> {
+        let reach = |c: &ArcheioConfig| UpstreamConfig {
+            credentials: None,
+            auth_realm_hosts: Vec::new(),
+            ..c.upstream.clone()
+        };
+        [
+            ("listen", self.listen != next.listen),
+            ("tls", self.tls != next.tls),
+            ("admin_listen", self.admin_listen != next.admin_listen),
+            ("mode", self.mode != next.mode),
+            ("upstream", reach(self) != reach(next)),
+            ("ranges", self.ranges != next.ranges),
+            (
+                "client_timeouts",
+                self.client_timeouts != next.client_timeouts,
+            ),
+            ("log_format", self.log_format != next.log_format),
+            (
+                "log_client_address",
+                self.log_client_address != next.log_client_address,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(key, changed)| changed.then_some(key))
+    }
+
     /// Reads the `archeio:` section of `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let source = path.display().to_string();

@@ -16,6 +16,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -43,6 +45,7 @@ use crate::upstream::Upstreams;
 mod access_log;
 pub mod admin;
 mod failure;
+pub mod generation;
 mod headers;
 pub mod lifecycle;
 mod mirror_proxy;
@@ -136,8 +139,42 @@ impl Gateway {
     }
 }
 
+/// The gateway in effect: one generation of the configuration, replaced whole on a reload.
+/// Each request takes the generation current when it starts and keeps it to its end.
+/// Clones share the generation.
+#[derive(Clone)]
+pub struct LiveGateway {
+    current: Arc<ArcSwap<Gateway>>,
+}
+
+impl LiveGateway {
+    /// Serves `gateway` until [`LiveGateway::replace`].
+    pub fn new(gateway: Gateway) -> LiveGateway {
+        LiveGateway {
+            current: Arc::new(ArcSwap::from_pointee(gateway)),
+        }
+    }
+
+    /// New requests are served by `gateway`; those in flight finish on theirs.
+    pub fn replace(&self, gateway: Gateway) {
+        self.current.store(Arc::new(gateway));
+    }
+
+    /// Reads the current generation's secret files again (private mirrors' credentials,
+    /// the htpasswd file) where they changed.
+    pub fn reload_secret_files(&self) {
+        let gw = self.current.load();
+        gw.mirrors.reload_secrets();
+        if let ClientAuthority::Local(auth) = &gw.clients.auth {
+            auth.reload();
+        }
+    }
+}
+
 /// What one request did, for the access log and the metrics.
 pub struct RequestCtx {
+    /// The generation of the gateway that serves it.
+    gw: Arc<Gateway>,
     started: Instant,
     /// Counts the request as in flight while it lives.
     _in_flight: InFlight,
@@ -175,13 +212,15 @@ struct UpstreamCtx {
 }
 
 #[async_trait]
-impl ProxyHttp for Gateway {
+impl ProxyHttp for LiveGateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let gw = self.current.load_full();
         RequestCtx {
             started: Instant::now(),
-            _in_flight: self.ops.lifecycle.request(),
+            _in_flight: gw.ops.lifecycle.request(),
+            gw,
             client: None,
             client_error: None,
             reply: None,
@@ -190,13 +229,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _: &mut RequestCtx) -> Result<()> {
-        request::apply_client_limits(session, &self.clients.timeouts);
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        request::apply_client_limits(session, &ctx.gw.clients.timeouts);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        self.answer(session, ctx).await
+        ctx.gw.clone().answer(session, ctx).await
     }
 
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {
@@ -209,9 +252,10 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let gw = ctx.gw.clone();
         match mirror_proxy::mirror_fetch(ctx) {
-            Some((url, _)) => self.mirror_peer(url).await,
-            None => self.choose_peer(session, ctx).await,
+            Some((url, _)) => gw.mirror_peer(url).await,
+            None => gw.choose_peer(session, ctx).await,
         }
     }
 
@@ -222,10 +266,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        let gw = ctx.gw.clone();
         match mirror_proxy::mirror_fetch(ctx) {
             // The chain was walked already: no other mirror to try.
             Some(_) => e,
-            None => self.connect_failed(ctx, e),
+            None => gw.connect_failed(ctx, e),
         }
     }
 
@@ -235,9 +280,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let gw = ctx.gw.clone();
         match mirror_proxy::mirror_fetch(ctx) {
-            Some((url, _)) => self.rewrite_mirror_request(url, upstream_request),
-            None => self.rewrite_request(upstream_request, ctx).await,
+            Some((url, _)) => gw.rewrite_mirror_request(url, upstream_request),
+            None => gw.rewrite_request(upstream_request, ctx).await,
         }
     }
 
@@ -247,9 +293,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let gw = ctx.gw.clone();
         match mirror_proxy::mirror_fetch(ctx) {
-            Some((_, mirror)) => self.take_mirror_response(resp, mirror),
-            None => self.take_response(session, resp, ctx).await,
+            Some((_, mirror)) => gw.take_mirror_response(resp, mirror),
+            None => gw.take_response(session, resp, ctx).await,
         }
     }
 
@@ -260,7 +307,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        self.take_body(body.as_ref(), end_of_stream, ctx)?;
+        ctx.gw
+            .clone()
+            .take_body(body.as_ref(), end_of_stream, ctx)?;
         Ok(None)
     }
 
@@ -284,10 +333,10 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        self.answer_failure(session, e, ctx).await
+        ctx.gw.clone().answer_failure(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        self.finish(session, error, ctx);
+        ctx.gw.clone().finish(session, error, ctx);
     }
 }

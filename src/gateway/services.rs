@@ -1,16 +1,18 @@
 //! The background work that runs beside the listeners, as Pingora services: upstream health
-//! checks, range refreshes and private mirrors' secrets. The work itself lives in its own module; this only hands it
-//! Pingora's shutdown signal.
+//! checks, range refreshes, secret files, TLS certificates and the configuration reload.
+//! The work itself lives in its own module; this only hands it Pingora's shutdown signal.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use super::generation::ConfigReload;
 use super::tls::Certificates;
-use crate::auth::local::LocalAuth;
-use crate::mirror::Mirrors;
+use super::LiveGateway;
+use crate::hangup::on_interval_and_hangup;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
 
@@ -34,23 +36,29 @@ impl BackgroundService for TlsCertificates {
     }
 }
 
-/// The htpasswd file of `client_auth: local` read again when it changes and on `SIGHUP`.
-pub struct HtpasswdWatch(pub Arc<LocalAuth>);
+/// How often secret files are looked at for changes: a few small files.
+const SECRET_POLL: Duration = Duration::from_secs(2);
+
+/// The secret files of the gateway in effect (private mirrors' credentials, the htpasswd
+/// file) read again every 2 s and on `SIGHUP`: a rotated Kubernetes Secret is in use within
+/// seconds.
+pub struct SecretFiles(pub LiveGateway);
 
 #[async_trait]
-impl BackgroundService for HtpasswdWatch {
+impl BackgroundService for SecretFiles {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.watch(shutdown).await;
+        let reload = || async { self.0.reload_secret_files() };
+        on_interval_and_hangup(SECRET_POLL, shutdown, "secret files", reload).await;
     }
 }
 
-/// Private mirrors' secret files read again on the interval and on `SIGHUP`.
-pub struct MirrorSecrets(pub Arc<Mirrors>);
+/// The configuration file read again on `SIGHUP`.
+pub struct Reload(pub Arc<ConfigReload>);
 
 #[async_trait]
-impl BackgroundService for MirrorSecrets {
+impl BackgroundService for Reload {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.watch_secrets(shutdown).await;
+        self.0.run(shutdown).await;
     }
 }
 

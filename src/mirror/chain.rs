@@ -3,25 +3,18 @@
 //! presigned, with credentials read again when their files change.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
-use tokio::sync::watch;
 
 use super::check::{Access, Counters};
 use super::signing::MirrorSigner;
 use super::MirrorCheck;
 use crate::config::signing::{Signing, SigningConfig};
 use crate::config::SignedMirror;
-use crate::hangup::on_interval_and_hangup;
 use crate::metrics;
 use crate::routing::policy::Policy;
 use crate::routing::MirrorCandidate;
-
-/// How often the private mirrors' secret files are read again: a rotated Kubernetes Secret
-/// (a symlink swap in the mounted volume) is in use within this long. A few small files.
-pub const SECRET_POLL: Duration = Duration::from_secs(2);
 
 /// A private mirror's signer, swapped whole when its credentials change.
 struct SignerSlot {
@@ -175,21 +168,5 @@ impl Mirrors {
                 Err(_) => {}
             }
         }
-    }
-
-    /// Reads the credentials again every [`SECRET_POLL`] and on `SIGHUP`, until `shutdown`
-    /// changes; returns at once without private mirrors.
-    pub async fn watch_secrets(&self, shutdown: watch::Receiver<bool>) {
-        if self.signers.iter().all(Option::is_none) {
-            return;
-        }
-        let reload = || async { self.reload_secrets() };
-        on_interval_and_hangup(
-            SECRET_POLL,
-            shutdown,
-            "private mirrors' credentials",
-            reload,
-        )
-        .await;
     }
 }

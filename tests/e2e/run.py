@@ -1741,12 +1741,17 @@ def scenario_tls(ctx, client, gw, mode):
             if sum(delta.values()) < 1:
                 problems.append(f"archeio_tls_handshakes_total did not grow during the pull ({delta}): the client "
                                 "did not come over TLS")
+            # The access lines' protocol= (what HTTP version each request came in; absent from an
+            # older binary) must agree with the handshakes: h2 requests only on h2 connections.
+            spoke = sorted(set(re.findall(r" /v2/\S* client=\S+ decision=.* protocol=(\S+)", gwl)))
+            if spoke and (("h2" in spoke) != ("h2" in delta) or (delta.keys() == {"h2"} and spoke != ["h2"])):
+                problems.append(f"the access lines say the client spoke {spoke}, the handshakes agreed {delta}")
             if problems:
                 raise Failure(f"{client} pull of {img.repo}:{img.tag} over TLS ({mode}) was misrouted:\n  "
                               + "\n  ".join(problems) + f"\n-- gateway log:\n{gwl}")
             agreed.update(k for k, v in delta.items() if v > 0)
-            log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag}  ALPN {alpn_text(delta)}  "
-                f"({time.time() - t:.1f} s)")
+            log(f"   ok  {client:7} {mode:11} tls    {img.repo}:{img.tag}  ALPN {alpn_text(delta)}, requests "
+                f"{'/'.join(spoke) or '(no protocol= in the access lines)'}  ({time.time() - t:.1f} s)")
     if client != "docker":
         img = imgs.images[0]
         win, before, t = LogWindow(gw.log), gw.tls_handshakes(), time.time()

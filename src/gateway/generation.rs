@@ -1,0 +1,190 @@
+//! One generation of the gateway: everything built from a checked configuration that a
+//! request reads ([`build`]), and `SIGHUP` replacing it whole ([`ConfigReload`]): the file is
+//! read and checked as `-t` checks it, built, and swapped in atomically; requests in flight
+//! finish on the generation they started with. What a running process cannot take
+//! (listeners, the mode, how the upstream is reached, range sources, client timeouts,
+//! logging) is refused with the key named.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use log::{error, info};
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::lifecycle::Lifecycle;
+use super::peer::Peers;
+use super::{Clients, Gateway, LiveGateway, Operations, UpstreamAccess};
+use crate::auth::local::LocalAuth;
+use crate::auth::relay::TokenRelay;
+use crate::auth::ClientAuthority;
+use crate::config::file::ArcheioConfig;
+use crate::config::{ClientAuth, Settings};
+use crate::metrics;
+use crate::mirror::{MirrorCheck, Mirrors};
+use crate::range_refresh::LiveRanges;
+use crate::rate_limit::RateLimiter;
+use crate::upstream::auth::UpstreamAuth;
+use crate::upstream::blob_access::BlobAccess;
+use crate::upstream::manifest_cache::ManifestCache;
+use crate::upstream::Upstreams;
+
+/// What every generation shares: the live range table, the upstream endpoints and their
+/// health, readiness and the requests in flight.
+#[derive(Clone)]
+pub struct Shared {
+    pub ranges: LiveRanges,
+    pub upstreams: Arc<Upstreams>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// A gateway for `settings`; an error starts with the key (`archeio.<key>: ...`).
+pub fn build(settings: &Settings, shared: &Shared) -> Result<Gateway, String> {
+    let check = MirrorCheck::new(&settings.blob_check)
+        .map_err(|e| format!("cannot build the mirror check HTTP client: {e}"))?;
+    let mirrors = Mirrors::new(check, &settings.routes.policy, &settings.signed_mirrors)
+        .map_err(|e| format!("archeio.{e}"))?;
+    let upstreams = &shared.upstreams;
+    let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
+    let (client_auth, held_ttl) = match &settings.client_auth {
+        ClientAuth::Anonymous => (
+            ClientAuthority::Anonymous,
+            settings.blob_check.repository_ttl,
+        ),
+        ClientAuth::Relay {
+            public_url,
+            authorization_ttl,
+        } => {
+            let client = upstreams.no_redirect_client(settings.upstream.timeouts.read)?;
+            let tokens = TokenRelay::new(client, &settings.routes.upstream_name_prefix);
+            let token_url = format!("{public_url}/token");
+            (
+                ClientAuthority::Relay { tokens, token_url },
+                *authorization_ttl,
+            )
+        }
+        ClientAuth::Local {
+            htpasswd_file,
+            users,
+            token_lifetime,
+            token_key_file,
+            ..
+        } => {
+            let auth = LocalAuth::new(
+                htpasswd_file.clone(),
+                users,
+                *token_lifetime,
+                token_key_file.as_deref(),
+            )
+            .map_err(|e| format!("archeio.{e}"))?;
+            (
+                ClientAuthority::Local(Arc::new(auth)),
+                settings.blob_check.repository_ttl,
+            )
+        }
+    };
+    let blobs = BlobAccess::new(
+        &settings.blob_check,
+        held_ttl,
+        upstreams.no_redirect_client(settings.blob_check.timeout)?,
+    );
+    Ok(Gateway::new(
+        Clients {
+            address: settings.client_address.clone(),
+            timeouts: settings.client_timeouts,
+            auth: client_auth,
+        },
+        settings.routes.clone(),
+        shared.ranges.clone(),
+        Arc::new(mirrors),
+        UpstreamAccess {
+            endpoints: upstreams.clone(),
+            peers: Peers::new(&settings.upstream),
+            auth,
+            blobs,
+            manifests: ManifestCache::new(&settings.manifest_cache),
+            total_timeout: settings.upstream.timeouts.total,
+        },
+        Operations {
+            lifecycle: shared.lifecycle.clone(),
+            rate_limiter: settings.rate_limit.as_ref().map(RateLimiter::new),
+            log: settings.log,
+        },
+    ))
+}
+
+/// A short hash of the configuration in effect, so that a fleet's drift shows.
+pub fn config_hash(cfg: &ArcheioConfig) -> String {
+    let yaml = serde_yaml::to_string(cfg).unwrap_or_default();
+    Sha256::digest(yaml.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `SIGHUP`: read the configuration again and replace the gateway's generation.
+pub struct ConfigReload {
+    pub live: LiveGateway,
+    pub shared: Shared,
+    /// The file, as `-c` or `ARCHEIO_CONFIG` named it; `None`: the built-in defaults.
+    pub path: Option<PathBuf>,
+    /// How errors name the file.
+    pub source: String,
+    /// The `archeio:` section in effect.
+    pub running: Mutex<ArcheioConfig>,
+}
+
+impl ConfigReload {
+    /// Reloads on every `SIGHUP` until `shutdown` changes.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            error!("cannot listen for SIGHUP: the configuration cannot be reloaded");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = hangup.recv() => self.reload(),
+            }
+        }
+    }
+
+    /// One reload: checked, built and swapped in, or nothing changed and the reason logged
+    /// (with the message `-t` prints for a file that fails its check).
+    pub fn reload(&self) {
+        match self.next() {
+            Ok(hash) => {
+                metrics::record_config_reload(true, Some(&hash));
+                info!(
+                    "SIGHUP: {} reloaded, configuration {hash} in effect",
+                    self.source
+                );
+            }
+            Err(why) => {
+                metrics::record_config_reload(false, None);
+                error!("SIGHUP: configuration not reloaded, the one before stays: {why}");
+            }
+        }
+    }
+
+    fn next(&self) -> Result<String, String> {
+        let (cfg, settings) =
+            Settings::load_effective(self.path.as_deref(), |k| std::env::var(k).ok())
+                .map_err(|e| format!("configuration error: {e}"))?;
+        let mut running = self.running.lock().expect("lock is never poisoned");
+        if let Some(key) = running.needs_restart_for(&cfg) {
+            return Err(format!(
+                "{}: archeio.{key} changed, which needs a restart (or an upgrade with -u)",
+                self.source
+            ));
+        }
+        let gateway =
+            build(&settings, &self.shared).map_err(|e| format!("{}: {e}", self.source))?;
+        self.live.replace(gateway);
+        let hash = config_hash(&cfg);
+        *running = cfg;
+        Ok(hash)
+    }
+}
