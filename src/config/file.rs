@@ -1286,7 +1286,8 @@ impl BlobCheckConfig {
 impl ArcheioConfig {
     /// The first key whose change a running gateway cannot take without a restart (or an
     /// upgrade with `-u`): listeners, the mode, how the upstream is reached (its
-    /// credentials excepted), the range sources, client timeouts and logging. `None`:
+    /// credentials excepted), the range sources, the trusted proxies, client timeouts and
+    /// logging. `None`:
     /// `next` can replace `self` in place.
     pub fn needs_restart_for(&self, next: &ArcheioConfig) -> Option<&'static str> {
         let reach = |c: &ArcheioConfig| UpstreamConfig {
@@ -1301,6 +1302,8 @@ impl ArcheioConfig {
             ("mode", self.mode != next.mode),
             ("upstream", reach(self) != reach(next)),
             ("ranges", self.ranges != next.ranges),
+            // The PROXY protocol reader, on the connections, trusts these too.
+            ("client_address", self.client_address != next.client_address),
             (
                 "client_timeouts",
                 self.client_timeouts != next.client_timeouts,
