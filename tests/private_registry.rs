@@ -182,20 +182,22 @@ async fn relay_gateway(upstream: &str, mirror: &str) -> Gateway {
     .await
 }
 
+/// The test images behind htpasswd: user robot, password s3cret.
+fn robot_registry() -> Registry {
+    let auth = Auth::Basic {
+        user: "robot".into(),
+        password: "s3cret".into(),
+    };
+    Registry::start(&images().storage, None, auth)
+}
+
 /// Issue 24, defect 2: a registry behind htpasswd. Each client authenticates with its own
 /// credentials, relayed to the upstream; a blob goes to the mirror only after the upstream
 /// let that client read it.
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_sends_each_client_s_own_credentials_to_a_basic_auth_upstream() {
     let img = images();
-    let reg = Registry::start(
-        &img.storage,
-        None,
-        Auth::Basic {
-            user: "robot".into(),
-            password: "s3cret".into(),
-        },
-    );
+    let reg = robot_registry();
     let mirror = filled_mirror(&[&img.app_layer, &img.app_config]).await;
     let gw = relay_gateway(&reg.url(false), &mirror.url()).await;
     let good = basic("robot", "s3cret");
@@ -441,14 +443,7 @@ async fn local_gateway(upstream: &str, mirror: &str, dir: &std::path::Path) -> G
 #[tokio::test(flavor = "multi_thread")]
 async fn local_mode_lets_each_user_read_only_its_repositories() {
     let img = images();
-    let reg = Registry::start(
-        &img.storage,
-        None,
-        Auth::Basic {
-            user: "robot".into(),
-            password: "s3cret".into(),
-        },
-    );
+    let reg = robot_registry();
     let secret = &img.multi_layers[0];
     let mirror = filled_mirror(&[&img.app_layer, &img.app_config, secret]).await;
     let dir = tempfile::tempdir().unwrap();
