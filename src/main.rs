@@ -162,6 +162,7 @@ fn main() {
         path: conf_path.as_deref().map(PathBuf::from),
         source: source.clone(),
         running: Mutex::new(effective),
+        seen: Mutex::new(text.clone().map(String::into_bytes).unwrap_or_default()),
     };
     let mut proxy = HttpProxy::new(live.clone(), server.configuration.clone());
     proxy.handle_init_modules();

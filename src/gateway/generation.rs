@@ -1,12 +1,14 @@
 //! One generation of the gateway: everything built from a checked configuration that a
-//! request reads ([`build`]), and `SIGHUP` replacing it whole ([`ConfigReload`]): the file is
-//! read and checked as `-t` checks it, built, and swapped in atomically; requests in flight
+//! request reads ([`build`]), and `SIGHUP` or a change of the file replacing it whole
+//! ([`ConfigReload`]): the file is read and checked as `-t` checks it, built, and swapped in
+//! atomically; requests in flight
 //! finish on the generation they started with. What a running process cannot take
 //! (listeners, the mode, how the upstream is reached, range sources, client timeouts,
 //! logging) is refused with the key named.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use log::{error, info};
 use sha2::{Digest, Sha256};
@@ -124,7 +126,11 @@ pub fn config_hash(cfg: &ArcheioConfig) -> String {
         .collect()
 }
 
-/// `SIGHUP`: read the configuration again and replace the gateway's generation.
+/// How often the configuration file is looked at for changes.
+const FILE_POLL: Duration = Duration::from_secs(5);
+
+/// `SIGHUP` or a changed file: read the configuration again and replace the gateway's
+/// generation.
 pub struct ConfigReload {
     pub live: LiveGateway,
     pub shared: Shared,
@@ -134,21 +140,55 @@ pub struct ConfigReload {
     pub source: String,
     /// The `archeio:` section in effect.
     pub running: Mutex<ArcheioConfig>,
+    /// The file's bytes when last read, to notice a change.
+    pub seen: Mutex<Vec<u8>>,
 }
 
 impl ConfigReload {
-    /// Reloads on every `SIGHUP` until `shutdown` changes.
+    /// Reloads on every `SIGHUP`, and when the file's bytes change (a Kubernetes ConfigMap
+    /// update reaches the mounted file without a signal), looked at every
+    /// [`FILE_POLL`], until `shutdown` changes.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            error!("cannot listen for SIGHUP: the configuration cannot be reloaded");
-            return;
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(
+                    "cannot listen for SIGHUP: the configuration reloads on file changes only: {e}"
+                );
+                None
+            }
         };
+        let mut tick = tokio::time::interval(FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = hangup.recv() => self.reload(),
+                _ = tick.tick() => {
+                    if self.file_changed() {
+                        info!("{} changed: reloading it", self.source);
+                        self.reload();
+                    }
+                }
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.reload(),
             }
         }
+    }
+
+    /// Whether the file's bytes differ from those last read (a file that cannot be read is
+    /// left to the next reload to report).
+    fn file_changed(&self) -> bool {
+        let Some(path) = &self.path else {
+            return false;
+        };
+        let Ok(bytes) = std::fs::read(path) else {
+            return false;
+        };
+        *self.seen.lock().expect("lock is never poisoned") != bytes
     }
 
     /// One reload: checked, built and swapped in, or nothing changed and the reason logged
@@ -170,6 +210,10 @@ impl ConfigReload {
     }
 
     fn next(&self) -> Result<String, String> {
+        if let Some(bytes) = self.path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            // Tried once per version of the file: a broken one is reported once.
+            *self.seen.lock().expect("lock is never poisoned") = bytes;
+        }
         let (cfg, settings) =
             Settings::load_effective(self.path.as_deref(), |k| std::env::var(k).ok())
                 .map_err(|e| format!("configuration error: {e}"))?;
