@@ -40,11 +40,15 @@ fn rewrite(gw: &Gateway, archeio_keys: &str) {
         .lines()
         .take_while(|l| !l.starts_with("  upstream:"))
         .collect();
-    let next = format!("{}\n{archeio_keys}\n", head.join("\n"));
-    // Written beside and renamed: a reload never reads a half-written file.
+    write_file(gw, &format!("{}\n{archeio_keys}\n", head.join("\n")));
+}
+
+/// Replaces the gateway's file whole: written beside and renamed, so that neither a signal
+/// nor the file watch ever reads it half-written.
+fn write_file(gw: &Gateway, text: &str) {
     let tmp = gw.dir.path().join("archeio.yaml.new");
-    std::fs::write(&tmp, next).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, gw.dir.path().join("archeio.yaml")).unwrap();
 }
 
 fn hangup(gw: &Gateway) {
@@ -81,11 +85,16 @@ async fn sighup_swaps_the_configuration_and_refuses_a_broken_one() {
         gw.get(internal).await.status == 404
     })
     .await;
+    // Counted just after the swap (and perhaps twice: the file watch may have seen the
+    // change before the signal).
+    until(&gw, "the reload counted", async || {
+        sample(
+            &gw.metrics().await,
+            r#"archeio_config_reloads_total{result="ok"}"#,
+        ) >= 1.0
+    })
+    .await;
     let m = gw.metrics().await;
-    assert_eq!(
-        sample(&m, r#"archeio_config_reloads_total{result="ok"}"#),
-        1.0
-    );
     let first_hash = first_hash.expect("the configuration's hash is exported");
     assert!(!m.contains(&format!("archeio_config_info{{hash=\"{first_hash}\"}}")));
     assert!(m.contains("archeio_config_info{hash="));
@@ -93,7 +102,7 @@ async fn sighup_swaps_the_configuration_and_refuses_a_broken_one() {
     // A file that fails its check changes nothing, and says why as -t would.
     let path = gw.dir.path().join("archeio.yaml");
     let good = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, good.replace("action: deny", "action: refuse")).unwrap();
+    write_file(&gw, &good.replace("action: deny", "action: refuse"));
     hangup(&gw);
     until(&gw, "the refusal logged", async || {
         gw.log().contains("configuration not reloaded")
@@ -107,11 +116,10 @@ async fn sighup_swaps_the_configuration_and_refuses_a_broken_one() {
     assert_eq!(gw.get(internal).await.status, 404, "B still serves");
 
     // A listener change needs a restart.
-    std::fs::write(
-        &path,
-        good.replace("admin_listen: ['127.0.0.1:", "admin_listen: ['127.0.0.2:"),
-    )
-    .unwrap();
+    write_file(
+        &gw,
+        &good.replace("admin_listen: ['127.0.0.1:", "admin_listen: ['127.0.0.2:"),
+    );
     hangup(&gw);
     until(&gw, "the listener change refused", async || {
         gw.log()
