@@ -233,6 +233,14 @@ async fn relay_sends_each_client_s_own_credentials_to_a_basic_auth_upstream() {
     let r = gw.send("GET", &blob, &[("Authorization", &good)]).await;
     let at_mirror = format!("{}/containers/images/{}", mirror.url(), img.app_layer);
     assert_eq!((r.status, r.location()), (307, at_mirror.as_str()));
+    // The attacker's side: robot's authorization is cached now, but only for robot. Another
+    // credential, or none, for the same blob is still asked of the upstream and refused.
+    let other = basic("robot", "s3cret-but-not-quite");
+    for headers in [vec![("Authorization", other.as_str())], vec![]] {
+        let r = gw.send("GET", &blob, &headers).await;
+        assert_eq!(r.status, 401, "{headers:?}: {r:?}");
+        assert!(r.header("location").is_none());
+    }
 
     // Real clients: with credentials they pull, without or with wrong ones they do not.
     let (ok, err) = skopeo_pull(&gw, "app:v1", Some("robot:s3cret"));
@@ -573,4 +581,33 @@ async fn local_mode_lets_each_user_read_only_its_repositories() {
     assert!(ok, "{err}");
     let log = gw.log();
     assert!(!log.contains("alice-pw") && !log.contains("s3cret") && !log.contains(&bearer[7..]));
+}
+
+/// The attacker's side of `/token`: an upstream whose challenge names a token realm on a
+/// host nobody allowed gets no client credentials relayed there.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_sends_no_credentials_to_a_realm_nobody_allowed() {
+    let realm =
+        FakeServer::start_on("127.0.0.2", |_| Canned::new(200).body("{\"token\":\"t\"}")).await;
+    let challenge = format!("Bearer realm=\"{}/token\",service=\"s\"", realm.url());
+    let upstream =
+        FakeServer::start(move |_| Canned::new(401).header("WWW-Authenticate", challenge.clone()))
+            .await;
+    let mirror = filled_mirror(&[]).await;
+    let gw = relay_gateway(&upstream.url(), &mirror.url()).await;
+    let r = request(
+        gw.addr,
+        "GET",
+        "/token?service=s&scope=repository:app:pull",
+        &[("Authorization", &basic("alice", "alice-pw"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        realm.seen().is_empty(),
+        "the realm was asked: {:?}",
+        realm.seen().len()
+    );
+    assert!(gw.log().contains("auth_realm_hosts"), "{}", gw.log());
 }

@@ -33,8 +33,8 @@ const VERIFIED_TTL: Duration = Duration::from_secs(60);
 pub enum Identity {
     /// No credentials, or ones that did not verify.
     Nobody,
-    /// A user by its password.
-    User(String),
+    /// A user by its password (the name shared with the remembered check: no copy a request).
+    User(Arc<str>),
     /// A token's holder, with what the token grants.
     Token(Claims),
 }
@@ -135,7 +135,7 @@ impl LocalAuth {
             return Identity::Nobody;
         }
         match self.check_basic(value.as_bytes(), rest.trim()).await {
-            Some(user) => Identity::User(user.to_string()),
+            Some(user) => Identity::User(user),
             None => Identity::Nobody,
         }
     }
@@ -147,7 +147,9 @@ impl LocalAuth {
             Identity::Token(claims) => Grants::Names(&claims.repos),
             Identity::User(user) => match &self.grants {
                 None => Grants::All,
-                Some(grants) => grants.get(user).map_or(Grants::Names(&[]), Grants::Globs),
+                Some(grants) => grants
+                    .get(&**user)
+                    .map_or(Grants::Names(&[]), Grants::Globs),
             },
         }
     }

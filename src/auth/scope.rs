@@ -9,6 +9,7 @@
 //! not understand is dropped rather than passed on.
 
 use crate::routing::grammar::is_name;
+use crate::upstream::auth::auth_params;
 
 /// The upstream's `WWW-Authenticate` value as the client should see it: a Bearer challenge
 /// names `token_url` as its realm and its scopes without `name_prefix`; anything else (Basic)
@@ -20,7 +21,11 @@ pub fn client_challenge(value: &str, token_url: &str, name_prefix: &str) -> Opti
         return Some(value.to_string());
     }
     let mut out = format!("Bearer realm=\"{}\"", escape(token_url));
-    for (key, val) in params_of(params)? {
+    let (params, closed) = auth_params(params);
+    if !closed {
+        return None;
+    }
+    for (key, val) in params {
         match key.to_ascii_lowercase().as_str() {
             "realm" => {}
             "scope" => {
@@ -72,42 +77,6 @@ fn move_scope(scope: &str, from: &str, to: &str) -> Option<String> {
     }
     let name = name.strip_prefix(from)?;
     is_name(name).then(|| format!("repository:{to}{name}:pull"))
-}
-
-/// `k=v` and `k="v"` pairs of an auth-param list; `None` when a quoted value is not closed.
-fn params_of(mut s: &str) -> Option<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    loop {
-        s = s.trim_start_matches([' ', ',']);
-        let Some((key, rest)) = s.split_once('=') else {
-            return Some(out);
-        };
-        let rest = rest.trim_start();
-        let (value, after) = match rest.strip_prefix('"') {
-            Some(quoted) => {
-                let mut value = String::new();
-                let mut chars = quoted.char_indices();
-                let mut end = None;
-                while let Some((i, c)) = chars.next() {
-                    match c {
-                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
-                        '"' => {
-                            end = Some(i + 1);
-                            break;
-                        }
-                        c => value.push(c),
-                    }
-                }
-                (value, &quoted[end?..])
-            }
-            None => {
-                let end = rest.find(',').unwrap_or(rest.len());
-                (rest[..end].trim().to_string(), &rest[end..])
-            }
-        };
-        out.push((key.trim().to_string(), value));
-        s = after;
-    }
 }
 
 fn escape(value: &str) -> String {

@@ -45,7 +45,7 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
     }
     let mut realm = None;
     let mut service = None;
-    for (k, v) in auth_params(params) {
+    for (k, v) in auth_params(params).0 {
         match k.to_ascii_lowercase().as_str() {
             "realm" => realm = Some(v),
             "service" => service = Some(v),
@@ -56,30 +56,33 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
     Some(Challenge::Bearer { realm, service })
 }
 
-/// `k=v` and `k="v, with commas"` pairs, comma separated.
-fn auth_params(mut s: &str) -> Vec<(String, String)> {
+/// `k=v` and `k="v, with commas"` pairs, comma separated, and whether every quoted value
+/// was closed (an unclosed one runs to the end).
+pub(crate) fn auth_params(mut s: &str) -> (Vec<(String, String)>, bool) {
     let mut out = Vec::new();
+    let mut closed = true;
     loop {
         s = s.trim_start_matches([' ', ',']);
         let Some((key, rest)) = s.split_once('=') else {
-            return out;
+            return (out, closed);
         };
         let (value, rest) = match rest.trim_start().strip_prefix('"') {
             Some(quoted) => {
                 let mut value = String::new();
                 let mut chars = quoted.char_indices();
-                let mut end = quoted.len();
+                let mut end = None;
                 while let Some((i, c)) = chars.next() {
                     match c {
                         '\\' => value.extend(chars.next().map(|(_, c)| c)),
                         '"' => {
-                            end = i + 1;
+                            end = Some(i + 1);
                             break;
                         }
                         c => value.push(c),
                     }
                 }
-                (value, &quoted[end..])
+                closed &= end.is_some();
+                (value, &quoted[end.unwrap_or(quoted.len())..])
             }
             None => {
                 let end = rest.find(',').unwrap_or(rest.len());
