@@ -160,7 +160,7 @@ fn decision(c: &mut Criterion) {
         .regions
         .insert("us-east-1".into(), "http://127.0.0.1:9".into());
     let relay = relay_cfg.check("bench", |_| None).unwrap();
-    let endpoints = Upstreams::new(&relay.upstream, Box::new(|_, _| {})).unwrap();
+    let endpoints = Upstreams::new(&relay.upstream, false, Box::new(|_, _| {})).unwrap();
     let auth = UpstreamAuth::for_upstream(&relay.upstream, reqwest::Client::new());
     let access = BlobAccess::new(
         &relay.blob_check,

@@ -18,6 +18,8 @@
 //!   digests, over [`upstream`]; no Pingora;
 //! - [`gateway`]: everything that touches Pingora: the `ProxyHttp` service split by phase,
 //!   answers, the access log, slow clients, the admin listener, background services;
+//! - [`hangup`], [`live`]: background work's shapes (again on an interval and on `SIGHUP`;
+//!   following a part that a reload replaces), leaves;
 //! - [`sync`]: `archeio sync`, which fills the mirrors (beside the gateway, sharing only
 //!   config errors, the blob path layout and [`aws_ambient`], the AWS credentials of a
 //!   pod's identity, a leaf).
@@ -27,6 +29,7 @@ pub mod aws_ambient;
 pub mod config;
 pub mod gateway;
 pub mod hangup;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;

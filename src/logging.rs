@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use crate::config::file::LogFormat;
@@ -14,56 +14,61 @@ use crate::config::LogSettings;
 /// The target of the access records.
 pub const ACCESS_TARGET: &str = "archeio::access";
 
-static SETTINGS: OnceLock<LogSettings> = OnceLock::new();
+static JSON: AtomicBool = AtomicBool::new(false);
+static CLIENT_ADDRESSES: AtomicBool = AtomicBool::new(true);
 
-/// Installs the logger (once; later calls change nothing).
+/// Installs the logger (once; later calls only [`apply`] their settings).
 pub fn init(settings: LogSettings) {
-    let _ = SETTINGS.set(settings);
+    apply(settings);
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if settings.format == LogFormat::Text {
-        // env_logger's own layout, written directly: its default formatter passes every line
-        // through an indenting writer for multi-line messages, which ours are not.
-        builder.format(|buf, record| {
+    // The format is looked up per line: a configuration reload may change it.
+    builder.format(|buf, record| {
+        if !json() {
+            // env_logger's own layout, written directly: its default formatter passes every
+            // line through an indenting writer for multi-line messages, which ours are not.
             let ts = buf.timestamp();
-            writeln!(
+            return writeln!(
                 buf,
                 "[{ts} {:<5} {}] {}",
                 record.level(),
                 record.target(),
                 record.args()
-            )
-        });
-    } else {
-        builder.format(|buf, record| {
-            let ts = buf.timestamp_millis().to_string();
-            let level = record.level().as_str().to_ascii_lowercase();
-            let message = record.args().to_string();
-            let head = serde_json::json!({"ts": ts, "level": level, "target": record.target()});
-            let head = head.to_string();
-            match message.strip_prefix('{') {
-                // An access record is an object already: its fields join the line's.
-                Some(fields) if record.target() == ACCESS_TARGET => {
-                    writeln!(buf, "{},{fields}", &head[..head.len() - 1])
-                }
-                _ => {
-                    let msg = serde_json::Value::String(message);
-                    writeln!(buf, "{},\"msg\":{msg}}}", &head[..head.len() - 1])
-                }
+            );
+        }
+        let ts = buf.timestamp_millis().to_string();
+        let level = record.level().as_str().to_ascii_lowercase();
+        let message = record.args().to_string();
+        let head = serde_json::json!({"ts": ts, "level": level, "target": record.target()});
+        let head = head.to_string();
+        match message.strip_prefix('{') {
+            // An access record is an object already: its fields join the line's.
+            Some(fields) if record.target() == ACCESS_TARGET => {
+                writeln!(buf, "{},{fields}", &head[..head.len() - 1])
             }
-        });
-    }
+            _ => {
+                let msg = serde_json::Value::String(message);
+                writeln!(buf, "{},\"msg\":{msg}}}", &head[..head.len() - 1])
+            }
+        }
+    });
     let _ = builder.try_init();
+}
+
+/// Logs from now on as `settings` say (at start, and on a configuration reload).
+pub fn apply(settings: LogSettings) {
+    JSON.store(settings.format == LogFormat::Json, Ordering::Relaxed);
+    CLIENT_ADDRESSES.store(settings.client_address, Ordering::Relaxed);
 }
 
 /// Whether records are JSON.
 pub fn json() -> bool {
-    SETTINGS.get().is_some_and(|s| s.format == LogFormat::Json)
+    JSON.load(Ordering::Relaxed)
 }
 
 /// Whether access records carry client addresses.
 pub fn client_addresses() -> bool {
-    SETTINGS.get().is_none_or(|s| s.client_address)
+    CLIENT_ADDRESSES.load(Ordering::Relaxed)
 }
 
 /// A request id, written as 16 hex digits: unique in the process and unlikely to repeat

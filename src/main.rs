@@ -23,9 +23,9 @@ use pingora_proxy::HttpProxy;
 use archeio::config::file::LogFormat;
 use archeio::config::{dual_stack, LogSettings, Settings};
 use archeio::gateway::admin::AdminApp;
-use archeio::gateway::generation::{build, config_hash, ConfigReload, Shared};
+use archeio::gateway::generation::{build, config_hash, ConfigReload, Running, Shared};
 use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
-use archeio::gateway::proxy_protocol::{ProxyProtocol, Refusal};
+use archeio::gateway::proxy_protocol::Refusal;
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{
     HealthChecks, RangeRefresh, Reload, SecretFiles, TlsCertificates,
@@ -33,6 +33,7 @@ use archeio::gateway::services::{
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::tls::{Certificates, Resolver};
 use archeio::gateway::LiveGateway;
+use archeio::live::Live;
 use archeio::logging;
 use archeio::metrics;
 use archeio::range_refresh::RangeRefresher;
@@ -109,18 +110,17 @@ fn main() {
         client_address_refusals: &client_address_refusals(),
     });
     metrics::set_prefix_counts(v4, v6);
-    let upstreams = Arc::new(
-        Upstreams::new(&settings.upstream, Box::new(metrics::set_upstream_healthy))
-            .unwrap_or_else(|e| fail(&e)),
-    );
     let passthrough = settings.passthrough();
-    // With one endpoint, redirect mode has nothing to choose: no checks to send.
-    let health_checks = (passthrough || upstreams.len() > 1)
-        .then(|| background_service("upstream health", HealthChecks(upstreams.clone())));
-    let lifecycle = Arc::new(Lifecycle::new(
-        refresher.clone(),
-        passthrough.then(|| upstreams.clone()),
-    ));
+    let upstreams = Arc::new(Live::new(Arc::new(
+        Upstreams::new(
+            &settings.upstream,
+            passthrough,
+            Box::new(metrics::set_upstream_healthy),
+        )
+        .unwrap_or_else(|e| fail(&e)),
+    )));
+    let ranges = Arc::new(Live::new(refresher));
+    let lifecycle = Arc::new(Lifecycle::new(ranges.clone(), upstreams.clone()));
 
     let addresses = listener_keys(
         &settings.listen,
@@ -144,16 +144,14 @@ fn main() {
     let drain = server_settings.drain;
     let upgrade_sock = server_settings.conf.upgrade_sock.clone();
     let mut server = Server::new_with_opt_and_conf(cli.pingora(), server_settings.into_pingora());
-    let proxy_protocol = ProxyProtocol::new(
-        settings.proxy_protocol.clone(),
-        settings.client_address.clone(),
-    );
     let shared = Shared {
-        ranges: refresher.live(),
+        ranges: ranges.clone(),
         upstreams: upstreams.clone(),
         lifecycle: lifecycle.clone(),
+        certificates: certificates.clone(),
     };
-    let gateway = build(&settings, &shared).unwrap_or_else(|e| fail(&format!("{source}: {e}")));
+    let gateway = build(&settings, &ranges.load(), &upstreams.load(), &lifecycle)
+        .unwrap_or_else(|e| fail(&format!("{source}: {e}")));
     metrics::set_config_loaded(&config_hash(&effective));
     let live = LiveGateway::new(gateway);
     let reload = ConfigReload {
@@ -161,16 +159,18 @@ fn main() {
         shared,
         path: conf_path.as_deref().map(PathBuf::from),
         source: source.clone(),
-        running: Mutex::new(effective),
+        running: Mutex::new(Running {
+            server: ServerSettings::load(text.as_deref(), &source).unwrap_or_else(|e| fail(&e)),
+            archeio: effective,
+        }),
         seen: Mutex::new(text.clone().map(String::into_bytes).unwrap_or_default()),
     };
     let mut proxy = HttpProxy::new(live.clone(), server.configuration.clone());
     proxy.handle_init_modules();
     proxy.h2_options = Some(h2_limits());
-    let t = &settings.client_timeouts;
     let mut registry = Service::new(
         "archeio registry".to_string(),
-        HeaderDeadline::new(proxy, t.idle, t.header, t.write).with_proxy_protocol(proxy_protocol),
+        HeaderDeadline::new(proxy, live.connection_rules()),
     );
     for addr in &settings.listen {
         listen(&mut registry, addr, dual_stack(addr, &all));
@@ -203,11 +203,12 @@ fn main() {
     );
     server.add_service(registry);
     server.add_service(admin);
-    if let Some(checks) = health_checks {
-        server.add_service(checks);
-    }
+    server.add_service(background_service(
+        "upstream health",
+        HealthChecks(upstreams),
+    ));
     // Also without files or URLs: SIGHUP must not end the process.
-    server.add_service(background_service("cloud ranges", RangeRefresh(refresher)));
+    server.add_service(background_service("cloud ranges", RangeRefresh(ranges)));
     server.add_service(background_service("secret files", SecretFiles(live)));
     server.add_service(background_service(
         "configuration",

@@ -469,6 +469,11 @@ pub fn set_certificate_expiry(cert_file: &str, not_after: i64) {
         .set(not_after);
 }
 
+/// Drops the expiry series of a certificate file a reload removed.
+pub fn forget_certificate(cert_file: &str) {
+    let _ = TLS_CERTIFICATE_EXPIRY.remove_label_values(&[cert_file]);
+}
+
 /// Counts a TLS connection by the protocol agreed.
 pub fn record_tls_handshake(alpn: &str) {
     TLS_HANDSHAKES.with_label_values(&[alpn]).inc();
@@ -497,6 +502,11 @@ pub fn set_upstream_healthy(endpoint: &str, healthy: bool) {
     UPSTREAM_HEALTHY
         .with_label_values(&[endpoint])
         .set(i64::from(healthy));
+}
+
+/// Drops the health series of an endpoint a reload removed.
+pub fn forget_upstream(endpoint: &str) {
+    let _ = UPSTREAM_HEALTHY.remove_label_values(&[endpoint]);
 }
 
 /// Records the size of the range table in use.

@@ -38,6 +38,26 @@ impl RangeRefresher {
     /// (read here: a missing or bad file is a start-up error). URLs are fetched by the first
     /// refresh, right after start-up.
     pub fn start_up(cfg: &RangeSettings) -> Result<RangeRefresher, String> {
+        RangeRefresher::start_up_after(cfg, None)
+    }
+
+    /// As [`RangeRefresher::start_up`], for a reload that changed the range settings: a URL
+    /// source that `previous` also had keeps its last good document until the first refresh
+    /// reads it again, so the new table does not lose its prefixes meanwhile.
+    pub fn start_up_after(
+        cfg: &RangeSettings,
+        previous: Option<&RangeRefresher>,
+    ) -> Result<RangeRefresher, String> {
+        let kept: Vec<Known> = previous.map_or_else(Vec::new, |p| {
+            let known = p.known.lock().expect("lock is never poisoned");
+            known
+                .iter()
+                .map(|k| Known {
+                    source: k.source.clone(),
+                    good: k.good.clone(),
+                })
+                .collect()
+        });
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
@@ -47,7 +67,10 @@ impl RangeRefresher {
         for source in cfg.sources.documents.iter().cloned() {
             let good = match source.origin {
                 Origin::Embedded => continue,
-                Origin::Url => None,
+                Origin::Url => kept
+                    .iter()
+                    .find(|k| k.source == source)
+                    .and_then(|k| k.good.clone()),
                 Origin::File => {
                     let bytes = std::fs::read(&source.location)
                         .map_err(|e| format!("{}: cannot read: {e}", source.location))?;
@@ -81,6 +104,11 @@ impl RangeRefresher {
             client,
             known: Mutex::new(known),
         })
+    }
+
+    /// The settings it reads by.
+    pub fn settings(&self) -> &RangeSettings {
+        &self.cfg
     }
 
     /// The table requests read.

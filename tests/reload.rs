@@ -197,3 +197,143 @@ async fn a_hundred_reloads_under_load_lose_no_request() {
         0.0
     );
 }
+
+/// The `archeio:` keys of a gateway before (`false`) and after (`true`) a reload that
+/// changes every reloadable key a request shows: the upstream's address, the range table's
+/// custom rules, the trusted proxies, the client timeouts and the log format.
+fn everything(after: bool) -> String {
+    if !after {
+        return "  upstream: {endpoints: ['http://upstream.test'], path: images}
+  ranges: {embedded: false}
+  policy:
+    rules:
+      - {match: {provider: office}, action: deny}
+      - {match: {kind: blob}, action: upstream}"
+            .into();
+    }
+    "  upstream: {endpoints: ['http://other.test'], path: images}
+  ranges: {embedded: false, custom: [{cidr: 203.0.113.0/24, provider: office, region: hq}]}
+  client_address: {trusted_proxies: [127.0.0.0/8]}
+  client_timeouts: {header: 1s}
+  log_format: json
+  policy:
+    rules:
+      - {match: {provider: office}, action: deny}
+      - {match: {kind: blob}, action: upstream}"
+        .into()
+}
+
+/// Whether the gateway ends a connection whose request header never completes within `wait`.
+async fn ends_an_unfinished_header_within(gw: &Gateway, wait: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(wait, c.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// Issue 25: everything that is not a listener address reloads: the upstream endpoints,
+/// range sources, trusted proxies, client timeouts and logging took a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_but_the_listeners_reloads() {
+    let gw = Gateway::start(&everything(false)).await;
+    let manifest = "/v2/app/manifests/v1";
+    let office = [("X-Forwarded-For", "203.0.113.7")];
+    let r = gw.send("GET", manifest, &office).await;
+    assert_eq!(r.status, 307);
+    assert!(r.location().starts_with("http://upstream.test/"), "{r:?}");
+
+    rewrite(&gw, &everything(true));
+    hangup(&gw);
+    until(&gw, "the new upstream in effect", async || {
+        gw.get(manifest)
+            .await
+            .location()
+            .starts_with("http://other.test/")
+    })
+    .await;
+    // The office range, read through the now trusted proxy, meets the deny rule.
+    assert_eq!(
+        gw.send("GET", manifest, &office).await.status,
+        404,
+        "{}",
+        gw.log()
+    );
+    assert!(
+        ends_an_unfinished_header_within(&gw, Duration::from_secs(5)).await,
+        "client_timeouts.header: 1s not in effect"
+    );
+    assert!(
+        gw.log().lines().any(
+            |l| l.starts_with("{\"level\":") && l.contains("\"path\":\"/v2/app/manifests/v1\"")
+        ),
+        "the access records are not JSON after the reload:\n{}",
+        gw.log()
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"archeio_config_reloads_total{result="error"}"#),
+        0.0,
+        "{}",
+        gw.log()
+    );
+
+    // Pingora's own keys are read at start only: a change is refused, not ignored.
+    let path = gw.dir.path().join("archeio.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_file(&gw, &text.replace("threads: 2", "threads: 3"));
+    hangup(&gw);
+    until(&gw, "the change of threads refused", async || {
+        gw.log()
+            .contains("threads changed, which needs a restart (or an upgrade with -u)")
+    })
+    .await;
+}
+
+/// Issue 25: the mode is no listener either: pass-through starts and stops with a reload,
+/// proxying from the same upstream the redirects named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mode_switches_without_a_restart() {
+    use common::fake::{Canned, FakeServer};
+    let upstream = FakeServer::start(|seen| match seen.target.as_str() {
+        "/v2/" => Canned::new(200),
+        "/v2/images/app/manifests/v1" => Canned::new(200)
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body("the manifest"),
+        _ => Canned::new(404),
+    })
+    .await;
+    let keys = |mode: &str| {
+        format!(
+            "  upstream: {{endpoints: ['{}'], path: images}}
+  ranges: {{embedded: false}}
+  mode: {mode}
+  policy:
+    rules:
+      - {{match: {{kind: blob}}, action: upstream}}",
+            upstream.url()
+        )
+    };
+    let gw = Gateway::start(&keys("redirect")).await;
+    let manifest = "/v2/app/manifests/v1";
+    assert_eq!(gw.get(manifest).await.status, 307);
+    rewrite(&gw, &keys("passthrough"));
+    hangup(&gw);
+    until(&gw, "pass-through in effect", async || {
+        gw.get(manifest).await.status == 200
+    })
+    .await;
+    assert_eq!(gw.get(manifest).await.body, b"the manifest");
+    let ready = request(gw.admin, "GET", "/readyz", &[]).await.unwrap();
+    assert_eq!(ready.status, 200, "{}", gw.log());
+    rewrite(&gw, &keys("redirect"));
+    hangup(&gw);
+    until(&gw, "redirects again", async || {
+        gw.get(manifest).await.status == 307
+    })
+    .await;
+}

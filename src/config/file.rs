@@ -1285,37 +1285,27 @@ impl BlobCheckConfig {
 
 impl ArcheioConfig {
     /// The first key whose change a running gateway cannot take without a restart (or an
-    /// upgrade with `-u`): listeners, the mode, how the upstream is reached (its
-    /// credentials excepted), the range sources, the trusted proxies, client timeouts and
-    /// logging. `None`:
-    /// `next` can replace `self` in place.
+    /// upgrade with `-u`): the listeners' addresses. `None`: `next` can replace `self` in
+    /// place.
     pub fn needs_restart_for(&self, next: &ArcheioConfig) -> Option<&'static str> {
+        [
+            ("listen", self.listen != next.listen),
+            ("tls.listen", self.tls.listen != next.tls.listen),
+            ("admin_listen", self.admin_listen != next.admin_listen),
+        ]
+        .into_iter()
+        .find_map(|(key, changed)| changed.then_some(key))
+    }
+
+    /// Whether `next` reaches the upstream as `self` does (its credentials aside), in the
+    /// same mode: the endpoints, their health and connections can stay.
+    pub fn same_upstream_reach(&self, next: &ArcheioConfig) -> bool {
         let reach = |c: &ArcheioConfig| UpstreamConfig {
             credentials: None,
             auth_realm_hosts: Vec::new(),
             ..c.upstream.clone()
         };
-        [
-            ("listen", self.listen != next.listen),
-            ("tls", self.tls != next.tls),
-            ("admin_listen", self.admin_listen != next.admin_listen),
-            ("mode", self.mode != next.mode),
-            ("upstream", reach(self) != reach(next)),
-            ("ranges", self.ranges != next.ranges),
-            // The PROXY protocol reader, on the connections, trusts these too.
-            ("client_address", self.client_address != next.client_address),
-            (
-                "client_timeouts",
-                self.client_timeouts != next.client_timeouts,
-            ),
-            ("log_format", self.log_format != next.log_format),
-            (
-                "log_client_address",
-                self.log_client_address != next.log_client_address,
-            ),
-        ]
-        .into_iter()
-        .find_map(|(key, changed)| changed.then_some(key))
+        self.mode == next.mode && reach(self) == reach(next)
     }
 
     /// Reads the `archeio:` section of `path`.

@@ -2,9 +2,10 @@
 //! request reads ([`build`]), and `SIGHUP` or a change of the file replacing it whole
 //! ([`ConfigReload`]): the file is read and checked as `-t` checks it, built, and swapped in
 //! atomically; requests in flight
-//! finish on the generation they started with. What a running process cannot take
-//! (listeners, the mode, how the upstream is reached, range sources, client timeouts,
-//! logging) is refused with the key named.
+//! finish on the generation they started with. The range refresher and the upstream
+//! endpoints outlive generations and are replaced only when their settings change. What a
+//! running process cannot take (listener addresses, Pingora's own keys) is refused with the
+//! key named.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,37 +18,52 @@ use tokio::sync::watch;
 
 use super::lifecycle::Lifecycle;
 use super::peer::Peers;
+use super::proxy_protocol::ProxyProtocol;
+use super::server_conf::ServerSettings;
+use super::slow_clients::ConnectionRules;
+use super::tls::Certificates;
 use super::{Clients, Gateway, LiveGateway, Operations, UpstreamAccess};
 use crate::auth::local::LocalAuth;
 use crate::auth::relay::TokenRelay;
 use crate::auth::ClientAuthority;
 use crate::config::file::ArcheioConfig;
 use crate::config::{ClientAuth, Settings};
+use crate::live::Live;
+use crate::logging;
 use crate::metrics;
 use crate::mirror::{MirrorCheck, Mirrors};
-use crate::range_refresh::LiveRanges;
+use crate::range_refresh::RangeRefresher;
 use crate::rate_limit::RateLimiter;
 use crate::upstream::auth::UpstreamAuth;
 use crate::upstream::blob_access::BlobAccess;
 use crate::upstream::manifest_cache::ManifestCache;
 use crate::upstream::Upstreams;
 
-/// What every generation shares: the live range table, the upstream endpoints and their
-/// health, readiness and the requests in flight.
+/// What outlives a generation: the range refresher and the upstream endpoints (each
+/// replaced only when a reload changes its settings, so that its state, the last good
+/// documents, endpoint health and connections, carries over), readiness and the requests
+/// in flight, and the TLS listeners' certificates.
 #[derive(Clone)]
 pub struct Shared {
-    pub ranges: LiveRanges,
-    pub upstreams: Arc<Upstreams>,
+    pub ranges: Arc<Live<RangeRefresher>>,
+    pub upstreams: Arc<Live<Upstreams>>,
     pub lifecycle: Arc<Lifecycle>,
+    /// With TLS listeners only.
+    pub certificates: Option<Arc<Certificates>>,
 }
 
-/// A gateway for `settings`; an error starts with the key (`archeio.<key>: ...`).
-pub fn build(settings: &Settings, shared: &Shared) -> Result<Gateway, String> {
+/// A gateway for `settings`, over `ranges` and `upstreams` (current, or about to be); an
+/// error starts with the key (`archeio.<key>: ...`).
+pub fn build(
+    settings: &Settings,
+    ranges: &RangeRefresher,
+    upstreams: &Arc<Upstreams>,
+    lifecycle: &Arc<Lifecycle>,
+) -> Result<Gateway, String> {
     let check = MirrorCheck::new(&settings.blob_check)
         .map_err(|e| format!("cannot build the mirror check HTTP client: {e}"))?;
     let mirrors = Mirrors::new(check, &settings.routes.policy, &settings.signed_mirrors)
         .map_err(|e| format!("archeio.{e}"))?;
-    let upstreams = &shared.upstreams;
     let auth = UpstreamAuth::for_upstream(&settings.upstream, upstreams.token_client());
     let (client_auth, held_ttl) = match &settings.client_auth {
         ClientAuth::Anonymous => (
@@ -91,14 +107,26 @@ pub fn build(settings: &Settings, shared: &Shared) -> Result<Gateway, String> {
         held_ttl,
         upstreams.no_redirect_client(settings.blob_check.timeout)?,
     );
+    let t = &settings.client_timeouts;
+    let connections = ConnectionRules {
+        // A new connection's first request waits as long as a kept-alive one's next.
+        first_byte: t.idle,
+        header: t.header,
+        write: t.write,
+        proxy_protocol: ProxyProtocol::new(
+            settings.proxy_protocol.clone(),
+            settings.client_address.clone(),
+        ),
+    };
     Ok(Gateway::new(
         Clients {
             address: settings.client_address.clone(),
             timeouts: settings.client_timeouts,
             auth: client_auth,
+            connections: Arc::new(connections),
         },
         settings.routes.clone(),
-        shared.ranges.clone(),
+        ranges.live(),
         Arc::new(mirrors),
         UpstreamAccess {
             endpoints: upstreams.clone(),
@@ -109,9 +137,8 @@ pub fn build(settings: &Settings, shared: &Shared) -> Result<Gateway, String> {
             total_timeout: settings.upstream.timeouts.total,
         },
         Operations {
-            lifecycle: shared.lifecycle.clone(),
+            lifecycle: lifecycle.clone(),
             rate_limiter: settings.rate_limit.as_ref().map(RateLimiter::new),
-            log: settings.log,
         },
     ))
 }
@@ -138,10 +165,17 @@ pub struct ConfigReload {
     pub path: Option<PathBuf>,
     /// How errors name the file.
     pub source: String,
-    /// The `archeio:` section in effect.
-    pub running: Mutex<ArcheioConfig>,
+    /// The configuration in effect.
+    pub running: Mutex<Running>,
     /// The file's bytes when last read, to notice a change.
     pub seen: Mutex<Vec<u8>>,
+}
+
+/// The configuration in effect: Pingora's keys (read at start only) and the `archeio:`
+/// section.
+pub struct Running {
+    pub server: ServerSettings,
+    pub archeio: ArcheioConfig,
 }
 
 impl ConfigReload {
@@ -210,25 +244,85 @@ impl ConfigReload {
     }
 
     fn next(&self) -> Result<String, String> {
-        if let Some(bytes) = self.path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-            // Tried once per version of the file: a broken one is reported once.
-            *self.seen.lock().expect("lock is never poisoned") = bytes;
-        }
+        let text = match &self.path {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("{}: cannot read the file: {e}", self.source))?;
+                // Tried once per version of the file: a broken one is reported once.
+                *self.seen.lock().expect("lock is never poisoned") = bytes.clone();
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            None => None,
+        };
+        let server = ServerSettings::load(text.as_deref(), &self.source)
+            .map_err(|e| format!("configuration error: {e}"))?;
         let (cfg, settings) =
             Settings::load_effective(self.path.as_deref(), |k| std::env::var(k).ok())
                 .map_err(|e| format!("configuration error: {e}"))?;
         let mut running = self.running.lock().expect("lock is never poisoned");
-        if let Some(key) = running.needs_restart_for(&cfg) {
-            return Err(format!(
-                "{}: archeio.{key} changed, which needs a restart (or an upgrade with -u)",
+        let needs_restart = |key: &str| {
+            format!(
+                "{}: {key} changed, which needs a restart (or an upgrade with -u)",
                 self.source
-            ));
+            )
+        };
+        if let Some(key) = running.server.changed_key(&server) {
+            return Err(needs_restart(&key));
         }
-        let gateway =
-            build(&settings, &self.shared).map_err(|e| format!("{}: {e}", self.source))?;
+        if let Some(key) = running.archeio.needs_restart_for(&cfg) {
+            return Err(needs_restart(&format!("archeio.{key}")));
+        }
+        // Everything that can fail comes before the first swap.
+        let current_ranges = self.shared.ranges.load();
+        let ranges = if *current_ranges.settings() == settings.ranges {
+            None
+        } else {
+            let refresher = RangeRefresher::start_up_after(&settings.ranges, Some(&current_ranges))
+                .map_err(|e| format!("{}: archeio.ranges: {e}", self.source))?;
+            Some(Arc::new(refresher))
+        };
+        let upstreams = if running.archeio.same_upstream_reach(&cfg) {
+            None
+        } else {
+            let on_health = Box::new(metrics::set_upstream_healthy);
+            let upstreams = Upstreams::new(&settings.upstream, settings.passthrough(), on_health)
+                .map_err(|e| format!("{}: {e}", self.source))?;
+            Some(Arc::new(upstreams))
+        };
+        let gateway = build(
+            &settings,
+            ranges.as_deref().unwrap_or(&current_ranges),
+            upstreams.as_ref().unwrap_or(&self.shared.upstreams.load()),
+            &self.shared.lifecycle,
+        )
+        .map_err(|e| format!("{}: {e}", self.source))?;
+        if let Some(certificates) = &self.shared.certificates {
+            certificates
+                .replace(&settings.tls.certificates)
+                .map_err(|e| format!("{}: archeio.{e}", self.source))?;
+        }
+        if let Some(ranges) = ranges {
+            let (v4, v6) = ranges.live().load().prefix_counts();
+            metrics::set_prefix_counts(v4, v6);
+            self.shared.ranges.replace(ranges);
+        }
+        if let Some(upstreams) = upstreams {
+            let old = self.shared.upstreams.load();
+            for gone in old
+                .labels()
+                .filter(|l| !upstreams.labels().any(|n| n == *l))
+            {
+                metrics::forget_upstream(gone);
+            }
+            self.shared.upstreams.replace(upstreams);
+        }
+        logging::apply(settings.log);
         self.live.replace(gateway);
         let hash = config_hash(&cfg);
-        *running = cfg;
+        *running = Running {
+            server,
+            archeio: cfg,
+        };
         Ok(hash)
     }
 }

@@ -19,6 +19,7 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::live::Live;
 use crate::metrics;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
@@ -31,14 +32,14 @@ pub struct Lifecycle {
     listening: AtomicBool,
     draining: AtomicBool,
     in_flight: Arc<AtomicUsize>,
-    ranges: Arc<RangeRefresher>,
-    upstreams: Option<Arc<Upstreams>>,
+    ranges: Arc<Live<RangeRefresher>>,
+    upstreams: Arc<Live<Upstreams>>,
 }
 
 impl Lifecycle {
-    /// `ranges` must have loaded a table; `upstreams`, in pass-through only, must have a
-    /// healthy endpoint.
-    pub fn new(ranges: Arc<RangeRefresher>, upstreams: Option<Arc<Upstreams>>) -> Lifecycle {
+    /// The current `ranges` must have loaded a table; the current `upstreams`, in
+    /// pass-through only, must have a healthy endpoint.
+    pub fn new(ranges: Arc<Live<RangeRefresher>>, upstreams: Arc<Live<Upstreams>>) -> Lifecycle {
         Lifecycle {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -55,15 +56,20 @@ impl Lifecycle {
             Err("shutting down")
         } else if !self.listening.load(Ordering::Acquire) {
             Err("listeners not bound yet")
-        } else if !self.ranges.loaded() {
+        } else if !self.ranges.load().loaded() {
             Err("cloud IP ranges not loaded")
-        } else if self.upstreams.as_ref().is_some_and(|u| !u.any_healthy()) {
+        } else if self.lacks_healthy_upstream() {
             Err("no healthy upstream endpoint")
         } else {
             Ok(())
         };
         metrics::set_ready(state.is_ok());
         state
+    }
+
+    fn lacks_healthy_upstream(&self) -> bool {
+        let upstreams = self.upstreams.load();
+        upstreams.needed_for_readiness() && !upstreams.any_healthy()
     }
 
     /// Counts a request as in flight until the guard is dropped.

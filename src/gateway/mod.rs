@@ -30,7 +30,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use prometheus::IntCounter;
 
 use crate::auth::ClientAuthority;
-use crate::config::{ClientTimeouts, LogSettings};
+use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
@@ -62,6 +62,7 @@ mod upstream_response;
 
 use lifecycle::{InFlight, Lifecycle};
 use peer::Peers;
+use slow_clients::ConnectionRules;
 
 /// The registry-facing service.
 pub struct Gateway {
@@ -85,17 +86,17 @@ pub struct Clients {
     pub timeouts: ClientTimeouts,
     /// How clients authenticate.
     pub auth: ClientAuthority,
+    /// What the listener asks of new connections.
+    pub connections: Arc<ConnectionRules>,
 }
 
-/// What the gateway does around each request: in-flight counting for the drain, the rate
-/// limit, and how it logs.
+/// What the gateway does around each request: in-flight counting for the drain and the
+/// rate limit.
 pub struct Operations {
     /// Readiness and the requests in flight.
     pub lifecycle: Arc<Lifecycle>,
     /// The per-client rate limit, when on.
     pub rate_limiter: Option<RateLimiter>,
-    /// The access records' format and content.
-    pub log: LogSettings,
 }
 
 /// How the gateway reaches the upstream: endpoint choice in both modes, the rest for
@@ -145,19 +146,30 @@ impl Gateway {
 #[derive(Clone)]
 pub struct LiveGateway {
     current: Arc<ArcSwap<Gateway>>,
+    /// The current generation's rules for new connections, which the listener reads
+    /// before there is a request.
+    connections: Arc<ArcSwap<ConnectionRules>>,
 }
 
 impl LiveGateway {
     /// Serves `gateway` until [`LiveGateway::replace`].
     pub fn new(gateway: Gateway) -> LiveGateway {
         LiveGateway {
+            connections: Arc::new(ArcSwap::new(gateway.clients.connections.clone())),
             current: Arc::new(ArcSwap::from_pointee(gateway)),
         }
     }
 
-    /// New requests are served by `gateway`; those in flight finish on theirs.
+    /// New connections and requests are served by `gateway`; those in flight finish on
+    /// theirs.
     pub fn replace(&self, gateway: Gateway) {
+        self.connections.store(gateway.clients.connections.clone());
         self.current.store(Arc::new(gateway));
+    }
+
+    /// The rules for new connections, following [`LiveGateway::replace`].
+    pub fn connection_rules(&self) -> Arc<ArcSwap<ConnectionRules>> {
+        self.connections.clone()
     }
 
     /// Reads the current generation's secret files again (private mirrors' credentials,

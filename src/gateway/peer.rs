@@ -78,7 +78,7 @@ mod tests {
         let mut cfg = ArcheioConfig::default();
         cfg.upstream.endpoints = vec!["http://127.0.0.1:1".into()];
         let s = cfg.check("test", |_| None).unwrap();
-        let u = Upstreams::new(&s.upstream, Box::new(|_, _| {})).unwrap();
+        let u = Upstreams::new(&s.upstream, false, Box::new(|_, _| {})).unwrap();
         let peer = Peers::new(&s.upstream).peer(&u, 0).await.unwrap();
         assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(30)));
         assert_eq!(peer.sni, "127.0.0.1");

@@ -56,6 +56,20 @@ impl ServerSettings {
         })
     }
 
+    /// The first of Pingora's keys whose value `next` changes: the server reads them once,
+    /// at start.
+    pub fn changed_key(&self, next: &ServerSettings) -> Option<String> {
+        let as_map = |s: &ServerSettings| match serde_yaml::to_value(&s.conf) {
+            Ok(Value::Mapping(m)) => m,
+            _ => Mapping::new(),
+        };
+        let (now, then) = (as_map(self), as_map(next));
+        now.iter()
+            .chain(then.iter())
+            .find(|(k, _)| now.get(*k) != then.get(*k))
+            .and_then(|(k, _)| k.as_str().map(str::to_string))
+    }
+
     /// The configuration Pingora runs with. Pingora stops accepting at `SIGTERM` and then
     /// sleeps `grace_period_seconds` before ending its runtimes; the drain before it is
     /// ours (see `lifecycle`), so Pingora's sleep is the in-flight window, and its runtime
@@ -133,6 +147,20 @@ mod tests {
         assert!(
             ServerSettings::load(Some("upstream_keepalive_pool_size: 8\narcheio: {}\n"), "f")
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_changed_key_is_named() {
+        let a = ServerSettings::load(Some("threads: 2\narcheio: {}\n"), "f").unwrap();
+        let b = ServerSettings::load(Some("threads: 2\narcheio: {mode: passthrough}\n"), "f");
+        assert_eq!(a.changed_key(&b.unwrap()), None);
+        let c = ServerSettings::load(Some("threads: 3\n"), "f").unwrap();
+        assert_eq!(a.changed_key(&c).as_deref(), Some("threads"));
+        let d = ServerSettings::load(Some("threads: 2\ngrace_period_seconds: 9\n"), "f");
+        assert_eq!(
+            a.changed_key(&d.unwrap()).as_deref(),
+            Some("grace_period_seconds")
         );
     }
 

@@ -13,16 +13,20 @@ use super::generation::ConfigReload;
 use super::tls::Certificates;
 use super::LiveGateway;
 use crate::hangup::on_interval_and_hangup;
+use crate::live::Live;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
 
-/// Active health checks of the upstream endpoints.
-pub struct HealthChecks(pub Arc<Upstreams>);
+/// Active health checks of the current upstream endpoints.
+pub struct HealthChecks(pub Arc<Live<Upstreams>>);
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run_checks(shutdown).await;
+        let checks = |upstreams: Arc<Upstreams>, shutdown| async move {
+            upstreams.run_checks(shutdown).await
+        };
+        self.0.follow(shutdown, checks).await;
     }
 }
 
@@ -62,12 +66,15 @@ impl BackgroundService for Reload {
     }
 }
 
-/// Range files and URLs read again on the interval and on `SIGHUP`.
-pub struct RangeRefresh(pub Arc<RangeRefresher>);
+/// The current range refresher's files and URLs read again on its interval and on
+/// `SIGHUP`.
+pub struct RangeRefresh(pub Arc<Live<RangeRefresher>>);
 
 #[async_trait]
 impl BackgroundService for RangeRefresh {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run(shutdown).await;
+        let refreshes =
+            |refresher: Arc<RangeRefresher>, shutdown| async move { refresher.run(shutdown).await };
+        self.0.follow(shutdown, refreshes).await;
     }
 }

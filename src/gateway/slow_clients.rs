@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::apps::ServerApp;
@@ -45,39 +46,34 @@ use crate::metrics;
 use crate::routing::client_addr::canonical;
 use crate::routing::{refuse_request_line, Reply, MAX_TARGET_LEN};
 
+/// What the registry listener asks of each new connection. A configuration reload
+/// replaces it whole; a connection keeps the rules it was accepted under.
+#[derive(Debug, Clone)]
+pub struct ConnectionRules {
+    /// A new connection's first byte must come within this.
+    pub first_byte: Duration,
+    /// Every request header must be complete within this of its first byte.
+    pub header: Duration,
+    /// Every write must make progress within this.
+    pub write: Duration,
+    /// The listeners whose connections start with a PROXY protocol header, and whom to
+    /// take it from.
+    pub proxy_protocol: ProxyProtocol,
+}
+
 /// Runs `inner` on connections wrapped in a [`DeadlineStream`].
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
-    first_byte: Duration,
-    header: Duration,
-    write: Duration,
-    /// The listeners whose connections start with a PROXY protocol header.
-    proxy_protocol: ProxyProtocol,
+    rules: Arc<ArcSwap<ConnectionRules>>,
 }
 
 impl<A> HeaderDeadline<A> {
-    /// A new connection's first byte must come within `first_byte`; every request header
-    /// must be complete within `header` of its first byte; every write must make progress
-    /// within `write`.
-    pub fn new(
-        inner: A,
-        first_byte: Duration,
-        header: Duration,
-        write: Duration,
-    ) -> HeaderDeadline<A> {
+    /// Each new connection under the `rules` current when it is accepted.
+    pub fn new(inner: A, rules: Arc<ArcSwap<ConnectionRules>>) -> HeaderDeadline<A> {
         HeaderDeadline {
             inner: Arc::new(inner),
-            first_byte,
-            header,
-            write,
-            proxy_protocol: ProxyProtocol::default(),
+            rules,
         }
-    }
-
-    /// Reads a PROXY protocol header first on the listeners `proxy_protocol` names.
-    pub fn with_proxy_protocol(mut self, proxy_protocol: ProxyProtocol) -> HeaderDeadline<A> {
-        self.proxy_protocol = proxy_protocol;
-        self
     }
 }
 
@@ -107,20 +103,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         }
         // A kept-alive connection comes back already wrapped.
         if !stream.as_any().is::<DeadlineStream>() {
-            if !first_bytes(&mut stream, self.first_byte, shutdown).await {
+            let rules = self.rules.load_full();
+            if !first_bytes(&mut stream, rules.first_byte, shutdown).await {
                 return None;
             }
             let digest = stream.get_socket_digest();
             let local = digest
                 .as_ref()
                 .and_then(|d| d.local_addr()?.as_inet().copied());
-            let mut wrapped = DeadlineStream::new(stream, self.header, self.write);
-            if self.proxy_protocol.expects(local) {
+            let mut wrapped = DeadlineStream::new(stream, rules.header, rules.write);
+            if rules.proxy_protocol.expects(local) {
                 let peer = digest.and_then(|d| d.peer_addr()?.as_inet().map(|a| a.ip()));
                 // A refused connection is counted and logged there, and closed unanswered.
-                let proxied = self
+                let proxied = rules
                     .proxy_protocol
-                    .read(&mut wrapped.inner, peer, self.header)
+                    .read(&mut wrapped.inner, peer, rules.header)
                     .await
                     .ok()?;
                 wrapped.proxied = proxied.source;

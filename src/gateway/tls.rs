@@ -39,14 +39,16 @@ struct Pair {
     served: ArcSwap<Served>,
 }
 
-/// The certificates of the TLS listeners, in the configured order.
+/// The certificates of the TLS listeners, in the configured order; the list is replaced
+/// whole when a configuration reload changes it.
 pub struct Certificates {
-    pairs: Vec<Pair>,
+    pairs: ArcSwap<Vec<Pair>>,
 }
 
 impl std::fmt::Debug for Certificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self.pairs.iter().map(|p| &p.cert_file).collect();
+        let pairs = self.pairs.load();
+        let files: Vec<_> = pairs.iter().map(|p| &p.cert_file).collect();
         f.debug_struct("Certificates")
             .field("cert_files", &files)
             .finish()
@@ -54,34 +56,43 @@ impl std::fmt::Debug for Certificates {
 }
 
 impl Certificates {
-    /// Reads every pair; an error names the pair's key (`tls.certificates[i]`) and file.
+    /// The pairs of `tls.certificates`, read (see [`load_pairs`]).
     pub fn load(pairs: &[(PathBuf, PathBuf)]) -> Result<Certificates, String> {
         pingora_rustls::install_default_crypto_provider();
-        let pairs = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, (cert_file, key_file))| {
-                let bytes = read_pair(cert_file, key_file)
-                    .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
-                let served = parse_pair(&bytes, cert_file, key_file)
-                    .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
-                metrics::set_certificate_expiry(&cert_file.display().to_string(), served.not_after);
-                Ok(Pair {
-                    cert_file: cert_file.clone(),
-                    key_file: key_file.clone(),
-                    read: Mutex::new(bytes),
-                    served: ArcSwap::from_pointee(served),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Certificates { pairs })
+        Ok(Certificates {
+            pairs: ArcSwap::from_pointee(load_pairs(pairs)?),
+        })
+    }
+
+    /// Serves `pairs` from the next handshake on, when the configured list changed; an
+    /// error (as [`Certificates::load`]'s) keeps the list served.
+    pub fn replace(&self, pairs: &[(PathBuf, PathBuf)]) -> Result<(), String> {
+        let same = {
+            let served = self.pairs.load();
+            served.len() == pairs.len()
+                && served
+                    .iter()
+                    .zip(pairs)
+                    .all(|(s, (cert, key))| s.cert_file == *cert && s.key_file == *key)
+        };
+        if !same {
+            let old = self.pairs.swap(Arc::new(load_pairs(pairs)?));
+            for gone in old
+                .iter()
+                .filter(|o| !pairs.iter().any(|(c, _)| *c == o.cert_file))
+            {
+                metrics::forget_certificate(&gone.cert_file.display().to_string());
+            }
+        }
+        Ok(())
     }
 
     /// The pair for a handshake naming `sni`: the first whose names match, else the first.
     fn choose(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         let sni = sni.map(str::to_ascii_lowercase);
+        let pairs = self.pairs.load();
         let matching = sni.as_deref().and_then(|name| {
-            self.pairs.iter().find_map(|p| {
+            pairs.iter().find_map(|p| {
                 let served = p.served.load();
                 served
                     .names
@@ -90,13 +101,13 @@ impl Certificates {
                     .then(|| served.key.clone())
             })
         });
-        matching.unwrap_or_else(|| self.pairs[0].served.load().key.clone())
+        matching.unwrap_or_else(|| pairs[0].served.load().key.clone())
     }
 
     /// Reads the files again; a pair whose bytes changed and that loads is served from now
     /// on. Counted in `archeio_tls_certificate_reloads_total{result}`.
     pub fn reload(&self) {
-        for (i, pair) in self.pairs.iter().enumerate() {
+        for (i, pair) in self.pairs.load().iter().enumerate() {
             let bytes = match read_pair(&pair.cert_file, &pair.key_file) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -151,6 +162,27 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.choose(hello.server_name()))
     }
+}
+
+/// Reads every pair; an error names the pair's key (`tls.certificates[i]`) and file.
+fn load_pairs(pairs: &[(PathBuf, PathBuf)]) -> Result<Vec<Pair>, String> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (cert_file, key_file))| {
+            let bytes = read_pair(cert_file, key_file)
+                .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
+            let served = parse_pair(&bytes, cert_file, key_file)
+                .map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
+            metrics::set_certificate_expiry(&cert_file.display().to_string(), served.not_after);
+            Ok(Pair {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                read: Mutex::new(bytes),
+                served: ArcSwap::from_pointee(served),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
 }
 
 fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {

@@ -42,12 +42,19 @@ pub struct Upstreams {
     roots: Option<Vec<reqwest::Certificate>>,
     connect_timeout: Duration,
     on_health: OnHealth,
+    /// Pass-through: requests are proxied to the endpoints, and readiness needs one healthy.
+    passthrough: bool,
 }
 
 impl Upstreams {
-    /// The endpoints of `settings`, each assumed healthy until checked. Host names are
-    /// resolved on first use and again before each health check.
-    pub fn new(settings: &UpstreamSettings, on_health: OnHealth) -> Result<Upstreams, String> {
+    /// The endpoints of `settings`, each assumed healthy until checked, for `passthrough`
+    /// or redirects. Host names are resolved on first use and again before each health
+    /// check.
+    pub fn new(
+        settings: &UpstreamSettings,
+        passthrough: bool,
+        on_health: OnHealth,
+    ) -> Result<Upstreams, String> {
         // Parsed once for every client.
         let roots = match &settings.ca_certs {
             Some(certs) => Some(
@@ -102,6 +109,7 @@ impl Upstreams {
             roots,
             connect_timeout: settings.timeouts.connect,
             on_health,
+            passthrough,
         })
     }
 
@@ -195,8 +203,24 @@ impl Upstreams {
         self.record(i, false, "connection failed");
     }
 
+    /// Whether readiness needs a healthy endpoint: in pass-through, where requests go to
+    /// them.
+    pub fn needed_for_readiness(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Each endpoint's metrics label.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.label.as_str())
+    }
+
     /// Runs [`Upstreams::check_all`] every `health_check.interval` until `shutdown` changes.
+    /// In redirect mode with one endpoint there is nothing to choose: no checks are sent.
     pub async fn run_checks(&self, mut shutdown: watch::Receiver<bool>) {
+        if !self.passthrough && self.endpoints.len() < 2 {
+            let _ = shutdown.changed().await;
+            return;
+        }
         let mut tick = tokio::time::interval(self.health.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -288,7 +312,7 @@ mod tests {
             .collect();
         cfg.upstream.health_check.unhealthy_after = 1;
         let s = cfg.check("test", |_| None).unwrap();
-        Upstreams::new(&s.upstream, on_health).unwrap()
+        Upstreams::new(&s.upstream, true, on_health).unwrap()
     }
 
     #[test]
