@@ -335,3 +335,56 @@ async fn skopeo_pulls_through_the_tls_listener() {
         .sum();
     assert!(handshakes >= 1.0, "skopeo came over TLS: {m}");
 }
+
+/// Issue 25: a gateway may serve TLS only (no plain listener), and a reload that names
+/// another certificate pair serves it to the next connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_only_gateway_takes_a_new_certificate_list_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, issuer) = ca("archeio test CA");
+    leaf(&issuer, &["localhost"], "first", dir.path(), "first");
+    leaf(&issuer, &["localhost"], "second", dir.path(), "second");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let (tls_port, admin) = (free_port(), free_port());
+    let conf = |pair: &str| {
+        format!(
+            "version: 1\nthreads: 1\npid_file: {d}/archeio.pid\nupgrade_sock: {d}/upgrade.sock
+archeio:
+  listen: []
+  admin_listen: ['127.0.0.1:{admin}']
+  upstream: {{endpoints: ['https://upstream.test'], path: images}}
+  ranges: {{embedded: false}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: upstream}}]}}
+  tls:
+    listen: ['127.0.0.1:{tls_port}']
+    certificates: [{{cert_file: '{d}/{pair}.pem', key_file: '{d}/{pair}.key'}}]
+",
+            d = dir.path().display()
+        )
+    };
+    let run = tempfile::tempdir().unwrap();
+    let path = run.path().join("archeio.yaml");
+    std::fs::write(&path, conf("first")).unwrap();
+    let cmd = command(&["-c", path.to_str().unwrap()], &[], run.path());
+    let gw = Gateway::spawn_tls_only(cmd, tls_port, admin, run).await;
+    let resolve = format!("localhost:{tls_port}:127.0.0.1");
+    let url = format!("https://localhost:{tls_port}/v2/app/manifests/v1");
+    let (version, head, _) = curl(&ca_file, &["--http2", "--resolve", &resolve, &url]);
+    assert_eq!(version, "2");
+    assert!(head.starts_with("http/2 307"), "{head}");
+    assert_eq!(served_cn(tls_port, "localhost"), "first");
+
+    std::fs::write(path.with_extension("new"), conf("second")).unwrap();
+    std::fs::rename(path.with_extension("new"), &path).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_cn(tls_port, "localhost") != "second" {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

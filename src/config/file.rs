@@ -52,6 +52,7 @@ pub struct ArcheioConfig {
     /// an address or `{address, proxy_protocol: true}` for a listener behind an L4 load
     /// balancer that sends PROXY protocol v1 or v2 headers (accepted from
     /// `client_address.trusted_proxies` only; every connection must start with one).
+    /// May be empty when `tls.listen` is not: TLS only.
     /// The environment variable `PORT` replaces this list with `0.0.0.0:$PORT`.
     pub listen: Vec<ListenConfig>,
     /// TLS listeners for registry clients: addresses and certificates. Plain `listen` stays
@@ -167,10 +168,13 @@ impl ArcheioConfig {
             ));
         }
         let admin_listen = socket_addrs(&self.admin_listen, "admin_listen")?;
-        if listen.is_empty() {
-            return Err(Invalid::new("listen", "needs at least one address"));
-        }
         let tls = self.tls.check().map_err(|e| e.under("tls"))?;
+        if listen.is_empty() && tls.listen.is_empty() {
+            return Err(Invalid::new(
+                "listen",
+                "needs at least one address (or tls.listen: TLS only)",
+            ));
+        }
         distinct_listeners(&[
             ("listen", &listen),
             ("tls.listen", &tls.listen),

@@ -655,6 +655,10 @@ mod tests {
                 "archeio.tls.certificates: a TLS listener needs",
             ),
             (
+                "archeio:\n  listen: []\n",
+                "archeio.listen: needs at least one address (or tls.listen: TLS only)",
+            ),
+            (
                 "archeio:\n  tls: {listen: ['0.0.0.0:8080'], certificates: [{cert_file: c, key_file: k}]}\n",
                 "archeio.tls.listen[0]: 0.0.0.0:8080 is also in archeio.listen",
             ),

@@ -174,6 +174,33 @@ impl Gateway {
         panic!("gateway not ready within 20 s:\n{}", gw.log());
     }
 
+    /// Spawns `cmd`, a gateway whose only registry listener is TLS on `tls_port` (its
+    /// `addr`), and waits for `/readyz` on `admin`.
+    pub async fn spawn_tls_only(
+        mut cmd: Command,
+        tls_port: u16,
+        admin: u16,
+        dir: tempfile::TempDir,
+    ) -> Gateway {
+        let mut gw = Gateway {
+            child: cmd.spawn().expect("spawn the gateway"),
+            addr: ([127, 0, 0, 1], tls_port).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = gw.child.try_wait().unwrap() {
+                panic!("gateway exited with {status}:\n{}", gw.log());
+            }
+            if matches!(request(gw.admin, "GET", "/readyz", &[]).await, Ok(r) if r.status == 200) {
+                return gw;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway not ready within 20 s:\n{}", gw.log());
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
