@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use log::info;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::http::v2::server::H2Options;
@@ -168,6 +169,11 @@ fn main() {
     let mut proxy = HttpProxy::new(live.clone(), server.configuration.clone());
     proxy.handle_init_modules();
     proxy.h2_options = Some(h2_limits());
+    // An HTTP/2 connection without a stream is closed after the idle time; read at start
+    // (Pingora reads it per connection from the proxy, which a reload does not replace).
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2_idle_timeout = Some(settings.client_timeouts.idle);
+    proxy.server_options = Some(server_options);
     let mut registry = Service::new(
         "archeio registry".to_string(),
         HeaderDeadline::new(proxy, live.connection_rules()),

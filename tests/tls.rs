@@ -388,3 +388,80 @@ archeio:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Whether the gateway closes a TLS connection (ALPN `alpn`) on which the client sends
+/// `bytes` and then nothing, within `wait`.
+fn tls_connection_closed_within(port: u16, alpn: &str, bytes: &[u8], wait: Duration) -> bool {
+    use std::io::Write;
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-alpn",
+            alpn,
+            "-servername",
+            "localhost",
+        ])
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kept open: the client is silent, not gone.
+    let mut stdin = s_client.stdin.take().unwrap();
+    stdin.write_all(bytes).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + wait;
+    let closed = loop {
+        if s_client.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = s_client.kill();
+    let _ = s_client.wait();
+    drop(stdin);
+    closed
+}
+
+/// Issue 25: TLS and HTTP/2 connections get the slow-client guards plain HTTP/1.1 has. A
+/// client that completed the TLS handshake and then sent nothing (either protocol), or only
+/// the HTTP/2 connection preface, held its connection until the process stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_tls_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, issuer) = ca("archeio test CA");
+    leaf(&issuer, &["localhost"], "gw", dir.path(), "gw");
+    let tls_port = free_port();
+    let gw = Gateway::start(&format!(
+        "  upstream: {{endpoints: ['https://upstream.test'], path: images}}
+  ranges: {{embedded: false}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: upstream}}]}}
+  client_timeouts: {{idle: 1s}}
+  tls:
+    listen: ['127.0.0.1:{tls_port}']
+    certificates: [{{cert_file: '{d}/gw.pem', key_file: '{d}/gw.key'}}]",
+        d = dir.path().display()
+    ))
+    .await;
+    let wait = Duration::from_secs(6);
+    for alpn in ["h2", "http/1.1"] {
+        assert!(
+            tls_connection_closed_within(tls_port, alpn, b"", wait),
+            "{alpn}, silent after the handshake:\n{}",
+            gw.log()
+        );
+    }
+    // The connection preface and an empty SETTINGS frame: an HTTP/2 connection, no stream.
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    assert!(
+        tls_connection_closed_within(tls_port, "h2", &preface, wait),
+        "idle after the preface:\n{}",
+        gw.log()
+    );
+}

@@ -36,7 +36,7 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::Session;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, sleep_until, Sleep};
 
 use super::access_log::record_refused;
@@ -84,48 +84,46 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // A TLS connection is counted once, by the protocol agreed. HTTP/2 goes to Pingora
-        // as it is: the header scan and its deadline are HTTP/1's (h2 has its own limits).
+        // A kept-alive HTTP/1 connection comes back already wrapped.
+        if stream.as_any().is::<DeadlineStream>() {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // A TLS connection is counted once, by the protocol agreed.
         let alpn = stream
             .get_ssl_digest()
             .map(|_| stream.selected_alpn_proto());
-        if let Some(alpn) = alpn {
-            if !stream.as_any().is::<DeadlineStream>() {
-                metrics::record_tls_handshake(match alpn {
-                    Some(ALPN::H2) => "h2",
-                    Some(ALPN::H1) => "http/1.1",
-                    _ => "none",
-                });
-            }
-            if alpn == Some(ALPN::H2) {
-                return self.inner.process_new(stream, shutdown).await;
-            }
+        if let Some(alpn) = &alpn {
+            metrics::record_tls_handshake(match alpn {
+                Some(ALPN::H2) => "h2",
+                Some(ALPN::H1) => "http/1.1",
+                _ => "none",
+            });
         }
-        // A kept-alive connection comes back already wrapped.
-        if !stream.as_any().is::<DeadlineStream>() {
-            let rules = self.rules.load_full();
-            if !first_bytes(&mut stream, rules.first_byte, shutdown).await {
-                return None;
-            }
-            let digest = stream.get_socket_digest();
-            let local = digest
-                .as_ref()
-                .and_then(|d| d.local_addr()?.as_inet().copied());
-            let mut wrapped = DeadlineStream::new(stream, rules.header, rules.write);
-            if rules.proxy_protocol.expects(local) {
-                let peer = digest.and_then(|d| d.peer_addr()?.as_inet().map(|a| a.ip()));
-                // A refused connection is counted and logged there, and closed unanswered.
-                let proxied = rules
-                    .proxy_protocol
-                    .read(&mut wrapped.inner, peer, rules.header)
-                    .await
-                    .ok()?;
-                wrapped.proxied = proxied.source;
-                wrapped.pending = proxied.rest;
-            }
-            stream = Box::new(wrapped);
+        let rules = self.rules.load_full();
+        let first = first_bytes(&mut stream, rules.first_byte, shutdown).await?;
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr()?.as_inet().copied());
+        let mut wrapped = DeadlineStream::new(stream, rules.header, rules.write);
+        wrapped.pending = first;
+        if alpn == Some(Some(ALPN::H2)) {
+            // The header scan and its deadline are HTTP/1's; HTTP/2 frames its headers and
+            // has its own limits (Pingora's idle timeout, the stream and header limits).
+            wrapped.scan_headers = false;
+            wrapped.in_header = false;
+        } else if rules.proxy_protocol.expects(local) {
+            let peer = digest.and_then(|d| d.peer_addr()?.as_inet().map(|a| a.ip()));
+            // A refused connection is counted and logged there, and closed unanswered.
+            let proxied = rules
+                .proxy_protocol
+                .read(&mut wrapped.inner, peer, rules.header)
+                .await
+                .ok()?;
+            wrapped.proxied = proxied.source;
+            wrapped.pending = proxied.rest;
         }
-        self.inner.process_new(stream, shutdown).await
+        self.inner.process_new(Box::new(wrapped), shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -137,22 +135,47 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
 /// request has not been read when a graceful shutdown or upgrade begins; one accepted just
 /// before that moment would lose a request its client had already sent. Waiting here for the
 /// bytes (and up to [`SHUTDOWN_GRACE`] more once the shutdown began) hands Pingora a request
-/// it reads at once. False: close the connection quietly.
-async fn first_bytes(stream: &mut Stream, limit: Duration, shutdown: &ShutdownWatch) -> bool {
-    let mut byte = [0u8; 1];
-    let peek = stream.try_peek(&mut byte);
-    tokio::pin!(peek);
+/// it reads at once. It is also the only limit on a TLS connection that never sends a
+/// request: Pingora waits for the first HTTP/1 request and for the HTTP/2 preface without
+/// one. `None`: close the connection quietly; otherwise the bytes read, to be replayed.
+async fn first_bytes(
+    stream: &mut Stream,
+    limit: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<Bytes> {
+    let first = first_read(stream);
+    tokio::pin!(first);
     let mut shutdown = shutdown.clone();
     let wait = if *shutdown.borrow() {
         SHUTDOWN_GRACE
     } else {
         tokio::select! {
-            peeked = &mut peek => return peeked.is_ok(),
-            _ = sleep(limit) => return false,
+            read = &mut first => return read,
+            _ = sleep(limit) => return None,
             _ = shutdown.changed() => SHUTDOWN_GRACE,
         }
     };
-    matches!(tokio::time::timeout(wait, peek).await, Ok(Ok(_)))
+    tokio::time::timeout(wait, first).await.ok().flatten()
+}
+
+/// A connection's first bytes: peeked where the stream can (nothing consumed, none
+/// returned), else (TLS) read, to be replayed to the parser.
+async fn first_read(stream: &mut Stream) -> Option<Bytes> {
+    let mut byte = [0u8; 1];
+    match stream.try_peek(&mut byte).await {
+        Ok(true) => Some(Bytes::new()),
+        Ok(false) => {
+            let mut buf = vec![0u8; 4096];
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    buf.truncate(n);
+                    Some(buf.into())
+                }
+                _ => None,
+            }
+        }
+        Err(_) => None,
+    }
 }
 
 /// How long a new connection may still send its request once a shutdown began.
@@ -171,6 +194,8 @@ pub struct DeadlineStream {
     write_timer: Option<Pin<Box<Sleep>>>,
     /// Between a response and the end of the next request header.
     in_header: bool,
+    /// HTTP/1: request headers are scanned and held to their deadline (not HTTP/2's).
+    scan_headers: bool,
     /// Running while a header deadline applies.
     timer: Option<Pin<Box<Sleep>>>,
     /// The header being read.
@@ -230,6 +255,7 @@ impl DeadlineStream {
             write,
             write_timer: None,
             in_header: true,
+            scan_headers: true,
             timer: None,
             head: HeadScan::new(),
             refusal: None,
@@ -321,7 +347,7 @@ impl DeadlineStream {
         result: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let result = self.write_deadline(cx, result);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if self.scan_headers && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.in_header = true;
         }
         result
