@@ -373,10 +373,16 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
-def gateway_config(tmp, port, admin, fake, dead):
+def gateway_config(tmp, port, admin, tls, fake, dead):
     cidrs = os.path.join(tmp, "cidrs.txt")
     with open(cidrs, "w") as f:
         f.write("10.0.0.0/8\n")
+    # A TLS listener, so that the certificate's series exist: a self-signed pair.
+    code, out = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "30", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=DNS:localhost", "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt"])
+    if code:
+        fail(f"openssl could not make the TLS listener's certificate: {out}")
     return f"""\
 version: 1
 threads: 1
@@ -387,6 +393,9 @@ graceful_shutdown_timeout_seconds: 1
 archeio:
   listen: ['127.0.0.1:{port}']
   admin_listen: ['127.0.0.1:{admin}']
+  tls:
+    listen: ['127.0.0.1:{tls}']
+    certificates: [{{cert_file: '{tmp}/tls.crt', key_file: '{tmp}/tls.key'}}]
   mode: passthrough
   upstream:
     # The fake upstream, then a closed port: an unhealthy endpoint.
@@ -491,12 +500,12 @@ def live_checks(tmp, alert_exprs, dash_exprs, uses):
     gateway = prometheus = None
     try:
         dead = free_port()  # nothing listens here
-        port, admin = free_port(), free_port()
+        port, admin, tls = free_port(), free_port(), free_port()
         gwdir = os.path.join(tmp, "gateway")
         os.mkdir(gwdir)
         conf = os.path.join(gwdir, "archeio.yaml")
         with open(conf, "w") as f:
-            f.write(gateway_config(gwdir, port, admin, fake.server_address[1], dead))
+            f.write(gateway_config(gwdir, port, admin, tls, fake.server_address[1], dead))
         gwlog = os.path.join(gwdir, "stderr.log")
         env = {k: v for k, v in os.environ.items()
                if k not in ("PORT", "UPSTREAM_REGISTRY_ENDPOINT", "UPSTREAM_REGISTRY_PATH",
