@@ -14,6 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::signing::SigningConfig;
 use super::values::{
     at_least_one, base_url, ca_certs, distinct_listeners, endpoint, http_url, path_prefix,
     positive_duration, provider_name, realm_host, redirect_url, socket_addrs, Invalid,
@@ -1312,14 +1313,59 @@ impl ArcheioConfig {
         self.mode == next.mode && reach(self) == reach(next)
     }
 
-    /// Reads the `archeio:` section of `path`.
+    /// Reads the `archeio:` section of `path`. Relative paths in it (every `*_file` and
+    /// `*_files` key, range sources' `file`) are taken from the file's directory, as
+    /// nginx takes them from its prefix: an example runs from any working directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: source.clone(),
             message: format!("cannot read the file: {e}"),
         })?;
-        Self::from_yaml(&text, &source)
+        let mut cfg = Self::from_yaml(&text, &source)?;
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        Ok(cfg)
+    }
+
+    /// Joins each relative path of the section to `dir`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let one = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        let maybe = |p: &mut Option<PathBuf>| p.iter_mut().for_each(one);
+        maybe(&mut self.upstream.ca_file);
+        if let Some(c) = &mut self.upstream.credentials {
+            maybe(&mut c.password_file);
+        }
+        self.ranges.aws_files.iter_mut().for_each(one);
+        self.ranges.gcp_files.iter_mut().for_each(one);
+        for source in &mut self.ranges.sources {
+            maybe(&mut source.file);
+        }
+        for pair in &mut self.tls.certificates {
+            one(&mut pair.cert_file);
+            one(&mut pair.key_file);
+        }
+        if let Some(auth) = &mut self.client_auth {
+            maybe(&mut auth.htpasswd_file);
+            maybe(&mut auth.token_key_file);
+        }
+        for mirror in self.mirrors.named.values_mut() {
+            match &mut mirror.signing {
+                Some(SigningConfig::S3(c)) => {
+                    maybe(&mut c.access_key_id_file);
+                    maybe(&mut c.secret_access_key_file);
+                    maybe(&mut c.session_token_file);
+                }
+                Some(SigningConfig::Gcs(c)) => maybe(&mut c.service_account_key_file),
+                Some(SigningConfig::Azure(c)) => maybe(&mut c.access_key_file),
+                None => {}
+            }
+        }
     }
 
     /// Parses the `archeio:` section of a YAML document; `source` names it in errors.
