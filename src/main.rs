@@ -11,7 +11,7 @@ use std::process::exit;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use log::info;
+use log::{info, warn};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TcpSocketOptions;
@@ -91,9 +91,15 @@ fn main() {
         exit(0);
     }
     logging::init(settings.log);
-    if cli.test {
-        if let Some(warning) = unread_forwarding(&settings) {
-            eprintln!("archeio: warning: {source}: {warning}");
+    let warnings = settings
+        .warnings
+        .iter()
+        .cloned()
+        .chain(unread_forwarding(&settings));
+    for warning in warnings {
+        match cli.test {
+            true => eprintln!("archeio: warning: {source}: {warning}"),
+            false => warn!("{source}: {warning}"),
         }
     }
 

@@ -555,6 +555,9 @@ pub fn init(known: &KnownLabels<'_>) {
         TLS_CERTIFICATE_RELOADS.with_label_values(&[result]);
         CONFIG_RELOADS.with_label_values(&[result]);
     }
+    for alpn in ["h2", "http/1.1", "none"] {
+        TLS_HANDSHAKES.with_label_values(&[alpn]);
+    }
     for outcome in ["cache_hit", "held", "not_held", "error"] {
         REPOSITORY_CHECKS.with_label_values(&[outcome]);
     }

@@ -207,15 +207,19 @@ impl ArcheioConfig {
             }
             None => None,
         };
-        let (policy, signed_mirrors) = self.policy.check(&self.mirrors, &env)?;
+        let ranges = self.ranges.check().map_err(|e| e.under("ranges"))?;
+        let (policy, signed_mirrors) =
+            self.policy
+                .check(&self.mirrors, &ranges.sources.providers(), &env)?;
         let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
         let client_timeouts = self
             .client_timeouts
             .check()
             .map_err(|e| e.under("client_timeouts"))?;
-        let ranges = self.ranges.check().map_err(|e| e.under("ranges"))?;
         let rate_limit = self.rate_limit.check().map_err(|e| e.under("rate_limit"))?;
+        let warnings = self.policy.warnings(&self.mirrors);
         Ok(Settings {
+            warnings,
             listen,
             tls,
             admin_listen,
@@ -1384,7 +1388,20 @@ impl ArcheioConfig {
 /// serde_yaml's message already names the key path (`archeio.blob_check.timeout: ...`);
 /// make sure it also says where in the file.
 fn yaml_error_message(e: &serde_yaml::Error) -> String {
-    let text = e.to_string();
+    let mut text = e.to_string();
+    // In the configuration's words, not Rust's.
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number (at most 65535)"),
+        ("expected u8", "expected a whole number (at most 255)"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a text value"),
+    ] {
+        text = text.replace(rust, words);
+    }
     match e.location() {
         Some(loc) if !text.contains(" at line ") => {
             format!("{text} (line {}, column {})", loc.line(), loc.column())

@@ -29,6 +29,9 @@ use crate::routing::{AuthMode, Routes};
 /// Everything the gateway needs, checked.
 #[derive(Debug)]
 pub struct Settings {
+    /// What the configuration does that its author likely did not mean, keyed as errors
+    /// are (printed by `-t`, logged at start and on a reload).
+    pub warnings: Vec<String>,
     /// Registry listener addresses.
     pub listen: Vec<SocketAddr>,
     /// TLS listeners and their certificates.
@@ -398,6 +401,36 @@ mod tests {
         })
     }
 
+    /// Issue 26: a named mirror no rule uses and a rule an earlier one shadows pass the
+    /// check silently; `-t` now warns, and only where the shadowing is certain.
+    #[test]
+    fn unused_mirrors_and_shadowed_rules_are_warned_about() {
+        let s = settings(
+            "archeio:
+  mirrors: {named: {eu: {url: 'https://eu.example'}, spare: {url: 'https://spare.example'}}}
+  policy:
+    rules:
+      - {match: {repository: 'team/**'}, action: upstream}
+      - {name: shadowed, match: {repository: 'team/**', kind: manifest}, action: deny}
+      - {match: {provider: aws, kind: blob}, action: mirrors, mirrors: [eu]}
+      - {name: other-kind, match: {provider: aws, kind: manifest}, action: deny}
+      - {name: wider, match: {provider: [aws, gcp], kind: blob}, action: upstream}
+      - {match: {cidr: 10.0.0.0/8}, action: deny}
+      - {name: inside, match: {cidr: [10.1.0.0/16]}, action: upstream}
+      - {name: outside, match: {cidr: [10.1.0.0/16, 192.168.0.0/16]}, action: upstream}
+",
+        )
+        .unwrap();
+        assert_eq!(
+            s.warnings,
+            [
+                "mirrors.named.spare is in no rule's mirrors: no blob goes to it",
+                "policy.rules[1] (\"shadowed\") never decides: policy.rules[0] (\"rule 1\") before it matches every request it would",
+                "policy.rules[6] (\"inside\") never decides: policy.rules[5] (\"rule 6\") before it matches every request it would",
+            ]
+        );
+    }
+
     #[test]
     fn defaults_build_the_original_urls() {
         let s = settings("").unwrap();
@@ -657,6 +690,35 @@ mod tests {
             (
                 "archeio:\n  listen: []\n",
                 "archeio.listen: needs at least one address (or tls.listen: TLS only)",
+            ),
+            // Issue 26: a bad value inside `match` names its key and what the key takes.
+            (
+                "archeio:\n  policy: {rules: [{match: {kind: blobs}, action: upstream}]}\n",
+                "archeio.policy.rules[0].match.kind: \"blobs\" is not a kind; one of blob, manifest, tag_list, referrers, signature",
+            ),
+            (
+                "archeio:\n  policy: {rules: [{match: {kind: [blob, {x: 1}]}, action: upstream}]}\n",
+                "archeio.policy.rules[0].match.kind[1]: invalid type: map, expected a value (a list holds values",
+            ),
+            (
+                "archeio:\n  policy: {rules: [{match: {cidr: 10.20.0.0/33}, action: upstream}]}\n",
+                "archeio.policy.rules[0].match.cidr: \"10.20.0.0/33\" is not a network; write an address and a prefix length",
+            ),
+            (
+                "archeio:\n  policy: {rules: [{match: {cidr: [10.0.0.0/8, 10.20.0.1/16]}, action: upstream}]}\n",
+                "archeio.policy.rules[0].match.cidr: 10.20.0.1/16 has host bits set; the network is 10.20.0.0/16",
+            ),
+            (
+                "archeio:\n  policy: {rules: [{match: {provider: AWS}, action: upstream}]}\n",
+                "archeio.policy.rules[0].match.provider: \"AWS\" is not a provider the range sources place clients under; one of aws, azure, gcp, oracle",
+            ),
+            (
+                "archeio:\n  ranges: {custom: [{cidr: 10.0.0.0/8, provider: corp, region: hq}]}\n  policy: {rules: [{match: {provider: amazon}, action: upstream}]}\n",
+                "one of aws, azure, corp, gcp, oracle",
+            ),
+            (
+                "archeio:\n  blob_check: {capacity: lots}\n",
+                "archeio.blob_check.capacity: invalid type: string \"lots\", expected a whole number",
             ),
             (
                 "archeio:\n  tls: {listen: ['0.0.0.0:8080'], certificates: [{cert_file: c, key_file: k}]}\n",

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{error, info};
+use log::{error, info, warn};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -318,6 +318,9 @@ impl ConfigReload {
         }
         logging::apply(settings.log);
         self.live.replace(gateway);
+        for warning in &settings.warnings {
+            warn!("{}: {warning}", self.source);
+        }
         let hash = config_hash(&cfg);
         *running = Running {
             server,

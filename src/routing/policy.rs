@@ -30,6 +30,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, with the name a rule gives it.
+    pub const NAMES: [(&'static str, Kind); 5] = [
+        ("blob", Kind::Blob),
+        ("manifest", Kind::Manifest),
+        ("tag_list", Kind::TagList),
+        ("referrers", Kind::Referrers),
+        ("signature", Kind::Signature),
+    ];
+
+    /// The kind a rule names `name`.
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::NAMES
+            .iter()
+            .find_map(|(n, k)| (*n == name).then_some(*k))
+    }
+
     fn bit(self) -> u8 {
         1 << self as u8
     }
@@ -56,6 +72,11 @@ impl Kinds {
     /// Whether the set holds only blobs.
     pub fn only_blobs(self) -> bool {
         self.0 == Kind::Blob.bit()
+    }
+
+    /// Whether every kind of `other` is one of these.
+    pub fn covers(self, other: Kinds) -> bool {
+        other.0 & !self.0 == 0
     }
 }
 

@@ -6,7 +6,7 @@
 //! prefix wins.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -37,6 +37,21 @@ pub struct RangeSources {
     pub documents: Vec<Source>,
     /// Operator rules; they win over every document for the same prefix.
     pub custom: Vec<CustomRange>,
+}
+
+impl RangeSources {
+    /// The providers a client can be placed under: those of the built-in formats (`aws`,
+    /// `gcp`, `azure`, `oracle`), and each document's and operator rule's.
+    pub fn providers(&self) -> BTreeSet<String> {
+        let formats = [Format::Aws, Format::Gcp, Format::Azure, Format::Oracle];
+        formats
+            .iter()
+            .filter_map(|f| f.default_provider())
+            .map(str::to_string)
+            .chain(self.documents.iter().map(|d| d.provider.to_string()))
+            .chain(self.custom.iter().map(|c| c.provider.clone()))
+            .collect()
+    }
 }
 
 impl Default for RangeSources {

@@ -2,7 +2,7 @@
 //! wins, and the mirrors they send blobs to. Checked together into the routing core's
 //! [`Policy`], since rules name mirrors.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -74,40 +74,100 @@ pub enum ActionName {
 pub struct MatchConfig {
     /// Providers of the client's placement, as the range sources name them (`aws`, `gcp`,
     /// `azure`, `oracle`, or a source's `provider`).
-    pub provider: OneOrMany<String>,
+    pub provider: OneOrMany,
     /// Regions of the client's placement: names or globs (`eu-*`).
-    pub region: OneOrMany<String>,
-    /// Networks the client's address is in.
-    pub cidr: OneOrMany<IpNet>,
+    pub region: OneOrMany,
+    /// Networks the client's address is in (`10.20.0.0/16`; host bits must be zero).
+    pub cidr: OneOrMany,
     /// Repository globs: `*` within a path segment, `**` across segments.
-    pub repository: OneOrMany<String>,
+    pub repository: OneOrMany,
     /// Request kinds: `blob`, `manifest`, `tag_list`, `referrers`, `signature` (cosign
     /// tags).
-    pub kind: OneOrMany<Kind>,
+    pub kind: OneOrMany,
 }
 
-/// One value or a list of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany<T> {
-    /// A single value.
-    One(T),
-    /// A list.
-    Many(Vec<T>),
-}
+/// One value or a list of them, kept as written: the rule's check turns them into
+/// providers, networks or kinds, so that a wrong one is reported with its key and the
+/// values the key takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OneOrMany(pub Vec<String>);
 
-impl<T> Default for OneOrMany<T> {
-    fn default() -> Self {
-        OneOrMany::Many(Vec::new())
+impl OneOrMany {
+    fn as_slice(&self) -> &[String] {
+        &self.0
     }
 }
 
-impl<T> OneOrMany<T> {
-    fn as_slice(&self) -> &[T] {
-        match self {
-            OneOrMany::One(v) => std::slice::from_ref(v),
-            OneOrMany::Many(v) => v,
+impl Serialize for OneOrMany {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(one),
+            many => many.serialize(serializer),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValuesVisitor { list: true })
+    }
+}
+
+/// Takes a scalar (text, number, boolean) as its text; with `list`, also a list of them.
+struct ValuesVisitor {
+    list: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for ValuesVisitor {
+    type Value = OneOrMany;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.list {
+            true => f.write_str("a value or a list of values"),
+            false => f.write_str("a value (a list holds values, not lists or mappings)"),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+        Ok(OneOrMany(vec![v.to_string()]))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<OneOrMany, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<OneOrMany, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+        if !self.list {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Seq,
+                &self,
+            ));
+        }
+        let mut values = Vec::new();
+        while let Some(OneOrMany(one)) = seq.next_element_seed(ValuesVisitor { list: false })? {
+            values.extend(one);
+        }
+        Ok(OneOrMany(values))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValuesVisitor {
+    type Value = OneOrMany;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<OneOrMany, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
@@ -143,6 +203,7 @@ impl PolicyConfig {
     pub(in crate::config) fn check(
         &self,
         mirrors: &MirrorsConfig,
+        providers: &BTreeSet<String>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Policy, Vec<SignedMirror>), Invalid> {
         let (prefix, suffix) =
@@ -218,7 +279,7 @@ impl PolicyConfig {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    r.check(i, &named)
+                    r.check(i, &named, providers)
                         .map_err(|e| e.under(&format!("policy.rules[{i}]")))
                 })
                 .collect::<Result<_, _>>()?
@@ -240,10 +301,111 @@ impl PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    /// What a checked policy does that its author likely did not mean: named mirrors no
+    /// rule sends a blob to, and rules an earlier rule shadows (it matches every request
+    /// they would, so they never decide). Conservative: only certain shadowing is reported.
+    pub(in crate::config) fn warnings(&self, mirrors: &MirrorsConfig) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for name in mirrors.named.keys() {
+            if !self.rules.iter().any(|r| r.mirrors.contains(name)) {
+                warnings.push(format!(
+                    "mirrors.named.{name} is in no rule's mirrors: no blob goes to it"
+                ));
+            }
+        }
+        for (j, later) in self.rules.iter().enumerate() {
+            if let Some(i) = self.rules[..j].iter().position(|r| r.covers(later)) {
+                warnings.push(format!(
+                    "policy.rules[{j}] ({}) never decides: policy.rules[{i}] ({}) before it \
+                     matches every request it would",
+                    later.label(j),
+                    self.rules[i].label(i)
+                ));
+            }
+        }
+        warnings
+    }
+}
+
 impl RuleConfig {
-    fn check(&self, i: usize, named: &BTreeMap<&str, usize>) -> Result<Rule, Invalid> {
+    /// How a warning names rule `i`.
+    fn label(&self, i: usize) -> String {
+        match &self.name {
+            Some(name) => format!("{name:?}"),
+            None => format!("\"rule {}\"", i + 1),
+        }
+    }
+
+    /// The kinds the rule matches, as checked.
+    fn kinds(&self) -> Kinds {
+        let kinds: Vec<Kind> = self
+            .matches
+            .kind
+            .as_slice()
+            .iter()
+            .filter_map(|k| Kind::named(k))
+            .collect();
+        match kinds.as_slice() {
+            [] if self.action == ActionName::Mirrors => Kinds::of(&[Kind::Blob]),
+            [] => Kinds::ALL,
+            kinds => Kinds::of(kinds),
+        }
+    }
+
+    /// Whether every request `other` matches is matched by `self` too.
+    fn covers(&self, other: &RuleConfig) -> bool {
+        let (m, o) = (&self.matches, &other.matches);
+        // Any value (none listed, or a glob of everything) covers; else each of `other`'s
+        // values must be one of ours.
+        let values = |ours: &OneOrMany, theirs: &OneOrMany, all: &[&str]| {
+            let ours = ours.as_slice();
+            ours.is_empty()
+                || ours.iter().any(|v| all.contains(&v.as_str()))
+                || (!theirs.as_slice().is_empty()
+                    && theirs.as_slice().iter().all(|v| ours.contains(v)))
+        };
+        let nets = |list: &OneOrMany| -> Vec<IpNet> {
+            list.as_slice()
+                .iter()
+                .filter_map(|c| network(c).ok())
+                .collect()
+        };
+        let (our_nets, their_nets) = (nets(&m.cidr), nets(&o.cidr));
+        let cidrs = our_nets.is_empty()
+            || (!their_nets.is_empty()
+                && their_nets
+                    .iter()
+                    .all(|t| our_nets.iter().any(|n| n.contains(t))));
+        self.kinds().covers(other.kinds())
+            && values(&m.provider, &o.provider, &[])
+            && values(&m.region, &o.region, &["*", "**"])
+            && values(&m.repository, &o.repository, &["**"])
+            && cidrs
+    }
+
+    fn check(
+        &self,
+        i: usize,
+        named: &BTreeMap<&str, usize>,
+        providers: &BTreeSet<String>,
+    ) -> Result<Rule, Invalid> {
         let m = &self.matches;
-        let kinds = match m.kind.as_slice() {
+        let kinds = m
+            .kind
+            .as_slice()
+            .iter()
+            .map(|k| {
+                Kind::named(k).ok_or_else(|| {
+                    let names: Vec<&str> = Kind::NAMES.iter().map(|(n, _)| *n).collect();
+                    Invalid::new(
+                        "match.kind",
+                        format!("{k:?} is not a kind; one of {}", names.join(", ")),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let kinds = match kinds.as_slice() {
             [] if self.action == ActionName::Mirrors => Kinds::of(&[Kind::Blob]),
             [] => Kinds::ALL,
             kinds => Kinds::of(kinds),
@@ -291,10 +453,24 @@ impl RuleConfig {
                 .map_err(|e| Invalid::new(format!("match.{key}"), e)),
         };
         for p in m.provider.as_slice() {
-            if p.is_empty() {
-                return Err(Invalid::new("match.provider", "must not be empty"));
+            if !providers.contains(p) {
+                let known: Vec<&str> = providers.iter().map(String::as_str).collect();
+                return Err(Invalid::new(
+                    "match.provider",
+                    format!(
+                        "{p:?} is not a provider the range sources place clients under; one of \
+                         {} (the built-in formats' names and each source's provider)",
+                        known.join(", ")
+                    ),
+                ));
             }
         }
+        let cidrs = m
+            .cidr
+            .as_slice()
+            .iter()
+            .map(|c| network(c).map_err(|e| Invalid::new("match.cidr", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Rule {
             name: match &self.name {
                 Some(n) => n.as_str().into(),
@@ -308,15 +484,26 @@ impl RuleConfig {
                 .map(|p| p.as_str().into())
                 .collect(),
             regions: globs("region", m.region.as_slice())?,
-            cidrs: m
-                .cidr
-                .as_slice()
-                .iter()
-                .map(|n| canonical_net(n.trunc()))
-                .collect(),
+            cidrs: cidrs.into(),
             repositories: globs("repository", m.repository.as_slice())?,
             action,
             delivery: self.delivery,
         })
     }
+}
+
+/// A network as a rule writes it: an address and a prefix length, no host bits.
+fn network(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a network; write an address and a prefix length, e.g. 10.20.0.0/16"
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{text} has host bits set; the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(canonical_net(net))
 }
