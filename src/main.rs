@@ -141,10 +141,11 @@ fn main() {
         )
     });
     let all: Vec<SocketAddr> = addresses.iter().map(|(_, a)| *a).collect();
-    if !cli.test && !cli.upgrade {
-        // A new process under -u gets the sockets from the old one instead.
-        probe_binds(&addresses, |a| dual_stack(a, &all)).unwrap_or_else(|e| {
-            eprintln!("archeio: {e}");
+    if !cli.upgrade {
+        // A new process under -u gets the sockets from the old one instead. -t binds too,
+        // as nginx -t does: an address not on this host fails the test, not the start.
+        probe_binds(&addresses, |a| dual_stack(a, &all), cli.test).unwrap_or_else(|e| {
+            eprintln!("archeio: {source}: {e}");
             exit(1)
         });
     }

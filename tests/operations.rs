@@ -184,6 +184,46 @@ fn the_configuration_check_catches_what_would_fail_or_misroute_at_start() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// Issue 26: `-t` passed an address that is not on the host; only the real start failed.
+/// Like `nginx -t` it binds now, naming the key and the address; a port already taken
+/// (the running gateway's, while a new file is checked beside it) still passes.
+#[test]
+fn the_configuration_check_binds_the_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = write_conf(
+        dir.path(),
+        "threads: 1",
+        &format!(
+            "  listen: ['192.0.2.10:{port}']\n  admin_listen: ['127.0.0.1:{}']",
+            free_port()
+        ),
+    );
+    let out = run(&["-t", "-c", &conf], &[]);
+    let err = text(&out.stderr);
+    assert!(matches!(out.status.code(), Some(c) if c != 0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "archeio.listen[0]: cannot listen on 192.0.2.10:{port}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&conf), "{err} names the file");
+
+    let taken = StdListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().port();
+    let conf = write_conf(
+        dir.path(),
+        "threads: 1",
+        &format!(
+            "  listen: ['127.0.0.1:{in_use}']\n  admin_listen: ['127.0.0.1:{}']",
+            free_port()
+        ),
+    );
+    let out = run(&["-t", "-c", &conf], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 #[test]
 fn a_bad_environment_variable_is_named_instead_of_the_file() {
     let out = run(

@@ -243,9 +243,12 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
 /// Binds each address once before Pingora does, so that an address not on this host or a
 /// port another process holds is one clear error naming the key, before anything starts.
 /// `dual_stack` says how a `[::]` address will be bound.
+/// With `in_use_ok` (`-t`, which may check a new file beside the running gateway), a port
+/// already taken passes: only an address the host cannot listen on fails.
 pub fn probe_binds(
     addresses: &[(String, SocketAddr)],
     dual_stack: impl Fn(&SocketAddr) -> bool,
+    in_use_ok: bool,
 ) -> Result<(), String> {
     use socket2::{Domain, Socket, Type};
     for (key, addr) in addresses {
@@ -259,7 +262,10 @@ pub fn probe_binds(
             socket.bind(&(*addr).into())?;
             socket.listen(1)
         };
-        bind().map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+        match bind() {
+            Err(e) if in_use_ok && e.kind() == std::io::ErrorKind::AddrInUse => {}
+            result => result.map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?,
+        }
     }
     Ok(())
 }
