@@ -58,8 +58,10 @@ fn main() {
         Some(Command::Sync { args }) => exit(run_sync(args)),
         Some(Command::Health(h)) => {
             let conf = cli::conf_path(h.conf.clone());
-            let settings = load(conf.as_deref()).unwrap_or_else(|e| fail(&e));
-            exit(cli::health(h, settings.admin_listen.first().copied()));
+            let admin =
+                Settings::admin_listen(conf.as_deref().map(Path::new), |k| std::env::var(k).ok())
+                    .unwrap_or_else(|e| fail(&e));
+            exit(cli::health(h, admin.first().copied()));
         }
         None => {}
     }
@@ -249,11 +251,6 @@ fn main() {
         }),
     });
     exit(0);
-}
-
-/// The archeio settings of `path` (or the defaults), for subcommands.
-fn load(path: Option<&str>) -> Result<Settings, archeio::config::ConfigError> {
-    Settings::load(path.map(Path::new), |k| std::env::var(k).ok())
 }
 
 /// Each listener address with the key that lists it, for errors.

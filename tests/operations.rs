@@ -373,8 +373,24 @@ async fn health_subcommand_probes_the_admin_listener() {
             text(&out.stderr)
         );
     }
-    drop(gw);
+    // Issue 26: the probe reads the admin address only, not the mirror secrets a full
+    // check needs (a sidecar or a shell without them probes all the same).
     let dir = tempfile::tempdir().unwrap();
+    let secretive = write_conf(
+        dir.path(),
+        "threads: 1",
+        &format!(
+            "  admin_listen: ['{}']
+  mirrors:
+    named:
+      private: {{signing: {{s3: {{bucket: b, access_key_id_env: ABSENT_KEY_ID, secret_access_key_file: /nonexistent/secret}}}}}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: mirrors, mirrors: [private]}}]}}",
+            gw.admin
+        ),
+    );
+    let out = run(&["health", "-c", &secretive], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    drop(gw);
     let conf = write_conf(
         dir.path(),
         "threads: 1",

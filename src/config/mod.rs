@@ -359,6 +359,31 @@ impl Settings {
         Ok(Settings::load_effective(path, env)?.1)
     }
 
+    /// The admin listener's addresses of `path` (or the defaults), environment applied,
+    /// and nothing else checked: what `archeio health` needs, without the secrets a full
+    /// check reads.
+    pub fn admin_listen(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => file::ArcheioConfig::from_file(p)?,
+            None => file::ArcheioConfig::default(),
+        };
+        cfg.apply_env(&env)?;
+        let source = path.map_or_else(
+            || "built-in defaults".to_string(),
+            |p| p.display().to_string(),
+        );
+        values::socket_addrs(&cfg.admin_listen, "admin_listen").map_err(|e| {
+            ConfigError {
+                source,
+                message: format!("archeio.{}: {}", e.key, e.message),
+            }
+            .blamed_on_env(&env)
+        })
+    }
+
     /// [`Settings::load`], with the `archeio:` section in effect: the file with the
     /// environment variables applied and the region table merged (what `-t --print` shows).
     pub fn load_effective(
