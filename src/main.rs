@@ -288,21 +288,29 @@ fn print_config(
     server: &ServerSettings,
     archeio: &archeio::config::file::ArcheioConfig,
 ) -> Result<String, String> {
-    let mut top = match serde_yaml::to_value(&server.conf) {
-        Ok(serde_yaml::Value::Mapping(m)) => m,
-        Ok(_) => return Err("Pingora's configuration is not a mapping".into()),
-        Err(e) => return Err(format!("cannot print Pingora's configuration: {e}")),
-    };
+    let (pingora, others) = server.printable()?;
     let mut section = serde_yaml::to_value(archeio)
         .map_err(|e| format!("cannot print the archeio section: {e}"))?;
     redact_passwords(&mut section);
-    top.insert("archeio".into(), section);
-    let yaml = serde_yaml::to_string(&top).map_err(|e| format!("cannot print: {e}"))?;
-    Ok(format!(
-        "# The configuration in effect (archeio -t --print): environment variables applied,
-         # defaults filled in, the region table merged.
-{yaml}"
-    ))
+    let yaml = |m: &serde_yaml::Mapping| {
+        serde_yaml::to_string(m).map_err(|e| format!("cannot print: {e}"))
+    };
+    let mut out = String::from(
+        "# The configuration in effect (archeio -t --print): environment variables applied,\n\
+         # defaults filled in, the region table merged.\n",
+    );
+    out.push_str(&yaml(&pingora)?);
+    if !others.is_empty() {
+        out.push_str(
+            "# Pingora's other keys, as the file sets them (see Pingora's \
+             docs/user_guide/conf.md):\n",
+        );
+        out.push_str(&yaml(&others)?);
+    }
+    let mut archeio_key = serde_yaml::Mapping::new();
+    archeio_key.insert("archeio".into(), section);
+    out.push_str(&yaml(&archeio_key)?);
+    Ok(out)
 }
 
 fn redact_passwords(value: &mut serde_yaml::Value) {

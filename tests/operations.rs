@@ -298,6 +298,16 @@ fn the_printed_configuration_is_the_effective_one_without_secrets() {
     assert!(printed.contains("path: from/env"), "{printed}");
     assert!(printed.contains("threads: 3"), "{printed}");
     assert!(printed.contains("grace_period_seconds: 5"), "{printed}");
+    // Issue 26: comments start their lines, and Pingora keys nobody documents or set stay
+    // out (a top-level `ca_file` beside `upstream.ca_file` confused).
+    assert!(
+        printed
+            .lines()
+            .all(|l| !l.trim_start().starts_with('#') || l.starts_with('#')),
+        "{printed}"
+    );
+    assert!(!printed.contains("\nca_file:"), "{printed}");
+    assert!(!printed.contains("upstream_debug_ssl_keylog"), "{printed}");
     // The printed file is itself a valid configuration.
     let again = dir.path().join("printed.yaml");
     std::fs::write(&again, &printed).unwrap();

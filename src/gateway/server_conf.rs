@@ -70,6 +70,33 @@ impl ServerSettings {
             .and_then(|(k, _)| k.as_str().map(str::to_string))
     }
 
+    /// Pingora's keys for `-t --print`: those `conf/archeio.yaml` documents, then the
+    /// others the file sets to something other than Pingora's default (the rest are
+    /// Pingora's defaults, described in its own docs, and left out).
+    pub fn printable(&self) -> Result<(Mapping, Mapping), String> {
+        let as_map = |conf: &ServerConf| match serde_yaml::to_value(conf) {
+            Ok(Value::Mapping(m)) => Ok(m),
+            _ => Err("cannot print Pingora's configuration".to_string()),
+        };
+        let ours = as_map(&self.conf)?;
+        let defaults = ServerConf::new().map(|c| as_map(&c)).transpose()?;
+        let documented: Vec<String> =
+            match serde_yaml::from_str::<Value>(include_str!("../../conf/archeio.yaml")) {
+                Ok(Value::Mapping(m)) => keys(&m),
+                _ => Vec::new(),
+            };
+        let (mut shown, mut others) = (Mapping::new(), Mapping::new());
+        for (k, v) in ours {
+            let name = k.as_str().unwrap_or_default().to_string();
+            if documented.contains(&name) {
+                shown.insert(k, v);
+            } else if defaults.as_ref().and_then(|d| d.get(&k)) != Some(&v) {
+                others.insert(k, v);
+            }
+        }
+        Ok((shown, others))
+    }
+
     /// The configuration Pingora runs with. Pingora stops accepting at `SIGTERM` and then
     /// sleeps `grace_period_seconds` before ending its runtimes; the drain before it is
     /// ours (see `lifecycle`), so Pingora's sleep is the in-flight window, and its runtime

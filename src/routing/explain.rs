@@ -65,12 +65,12 @@ pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String 
     let _ = writeln!(out, "  rule: {rule}");
     match decision {
         Decision::Reply(reply) => {
-            let _ = writeln!(
-                out,
-                "  answer: {} ({})",
-                answer(&reply.answer),
-                reply.route.as_str()
-            );
+            let (said, route) = (answer(&reply.answer), reply.route.as_str());
+            // A redirect names its target already, often the route's own name.
+            match said.ends_with(&format!("({route})")) {
+                true => _ = writeln!(out, "  answer: {said}"),
+                false => _ = writeln!(out, "  answer: {said} (route {route})"),
+            }
         }
         Decision::CheckMirrors(chain) => {
             let how = match chain.delivery {
@@ -223,5 +223,6 @@ mod tests {
         assert!(manifest.contains("placement: none"), "{manifest}");
         assert!(manifest.contains("rule: none"), "{manifest}");
         assert!(manifest.contains("(upstream)"), "{manifest}");
+        assert!(!manifest.contains("(upstream) (upstream)"), "{manifest}");
     }
 }
