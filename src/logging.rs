@@ -24,26 +24,30 @@ pub fn init(settings: LogSettings) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     // The format is looked up per line: a configuration reload may change it.
     builder.format(|buf, record| {
+        let target = record.target();
+        // Only Pingora's server lines are ever reworded: others skip the look.
+        let reworded = target
+            .starts_with("pingora_core::server")
+            .then(|| reword(target, &record.args().to_string()))
+            .flatten();
+        let (level, message): (log::Level, &dyn std::fmt::Display) = match &reworded {
+            Some((level, text)) => (*level, text),
+            None => (record.level(), record.args()),
+        };
         if !json() {
             // env_logger's own layout, written directly: its default formatter passes every
             // line through an indenting writer for multi-line messages, which ours are not.
             let ts = buf.timestamp();
-            return writeln!(
-                buf,
-                "[{ts} {:<5} {}] {}",
-                record.level(),
-                record.target(),
-                record.args()
-            );
+            return writeln!(buf, "[{ts} {level:<5} {target}] {message}");
         }
         let ts = buf.timestamp_millis().to_string();
-        let level = record.level().as_str().to_ascii_lowercase();
-        let message = record.args().to_string();
-        let head = serde_json::json!({"ts": ts, "level": level, "target": record.target()});
+        let level = level.as_str().to_ascii_lowercase();
+        let message = message.to_string();
+        let head = serde_json::json!({"ts": ts, "level": level, "target": target});
         let head = head.to_string();
         match message.strip_prefix('{') {
             // An access record is an object already: its fields join the line's.
-            Some(fields) if record.target() == ACCESS_TARGET => {
+            Some(fields) if target == ACCESS_TARGET => {
                 writeln!(buf, "{},{fields}", &head[..head.len() - 1])
             }
             _ => {
@@ -53,6 +57,36 @@ pub fn init(settings: LogSettings) {
         }
     });
     let _ = builder.try_init();
+}
+
+/// Pingora's lines that mislead in archeio's setup, in our words and at the right level:
+/// a normal `-u` upgrade waits for the old process's sockets (Pingora says error), and
+/// Pingora's shutdown grace period is archeio's in-flight window, which starts after the
+/// drain (Pingora says "grace period starts" as if the signal had just come).
+fn reword(target: &str, message: &str) -> Option<(log::Level, String)> {
+    if target.starts_with("pingora_core::server::transfer_fd")
+        && message.starts_with("No incoming socket transfer")
+    {
+        return Some((
+            log::Level::Info,
+            "upgrade (-u): waiting for the running process to hand over its listening \
+             sockets (send it SIGQUIT)"
+                .into(),
+        ));
+    }
+    if target == "pingora_core::server" {
+        if let Some(rest) = message.strip_prefix("Graceful shutdown: grace period ") {
+            let seconds = rest.trim_end_matches(" starts");
+            return Some((
+                log::Level::Info,
+                format!(
+                    "listeners closed: requests in flight get up to {seconds} to finish \
+                     (graceful_shutdown_timeout_seconds)"
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Logs from now on as `settings` say (at start, and on a configuration reload).

@@ -769,6 +769,11 @@ async fn graceful_upgrade_loses_no_request() {
         &failed[..failed.len().min(3)]
     );
     assert!(ok > 100, "only {ok} requests during the upgrade");
+    // Issue 26: a normal upgrade is not an error, and the in-flight window is not called
+    // a grace period that starts seconds after the signal.
+    let new_log = std::fs::read_to_string(new_dir.path().join("stderr.log")).unwrap();
+    assert!(!new_log.contains(" ERROR "), "{new_log}");
+    assert!(!old.log().contains("grace period"), "{}", old.log());
     assert_eq!(
         served_by_new
             .expect("the port answers after the old process exited")
