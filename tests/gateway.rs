@@ -868,3 +868,39 @@ async fn a_mirror_5xx_counts_as_an_error() {
     assert_eq!(blob_checks(&m, "error"), 1.0);
     assert_eq!(blob_checks(&m, "absent"), 0.0);
 }
+
+/// Issue 26: a client that goes away while its blob is streamed to it left an error-level
+/// `Fail to proxy: Downstream ConnectionClosed` line; its access record says what happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_mid_answer_is_not_an_error() {
+    use tokio::io::AsyncWriteExt;
+    let mirror = Mirror::start().await;
+    let blob = digest(77);
+    mirror.put(&format!("/containers/images/{blob}"));
+    let gw = Gateway::start(&format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: images}}
+  ranges: {{embedded: false}}
+  mirrors: {{named: {{m: {{url: '{}'}}}}}}
+  policy: {{rules: [{{match: {{kind: blob}}, action: mirrors, mirrors: [m], delivery: proxy}}]}}",
+        mirror.base()
+    ))
+    .await;
+    let target = format!("/v2/app/blobs/{blob}");
+    // The mirror's HEAD answer cached; the proxied GET then waits on the slow mirror.
+    assert_eq!(gw.get(&target).await.status, 200);
+    mirror.set_delay(Duration::from_millis(1500));
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = gw.log();
+    let aborted = log
+        .lines()
+        .filter(|l| l.contains("archeio::access") && l.contains(&target))
+        .count();
+    assert_eq!(aborted, 2, "both requests recorded:\n{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+}

@@ -1240,8 +1240,8 @@ pub struct BlobCheckConfig {
 }
 
 /// The circuit breaker per mirror host: after `failures` failed checks in a row (timeout,
-/// connection error, 5xx) the host's blobs go to the upstream without a check for
-/// `cool_down`; then one check probes whether it is back.
+/// connection error, 5xx) the host is skipped for `cool_down` (its clients go to the next
+/// mirror of their chain, else the upstream); then one check probes whether it is back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {

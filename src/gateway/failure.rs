@@ -90,9 +90,19 @@ pub(super) fn is_routine(error: &Error) -> bool {
     *error.etype() == AUTH_RETRY
 }
 
-/// Errors already logged once, with their reason, where they were found.
+/// Errors already logged once, with their reason, where they were found; and a client
+/// that went away mid-answer, which is the client's doing, not an error of the gateway's
+/// (its access record carries the `error`, at info).
 pub(super) fn is_logged_where_found(error: &Error) -> bool {
-    *error.etype() == REALM_REFUSED
+    *error.etype() == REALM_REFUSED || client_went_away(error)
+}
+
+fn client_went_away(error: &Error) -> bool {
+    *error.esource() == ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError
+        )
 }
 
 impl Gateway {

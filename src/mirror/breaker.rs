@@ -96,7 +96,7 @@ impl Breakers {
                     until: now + self.cool_down,
                 };
                 warn!(
-                    "mirror {host} is failing: its blobs go to the upstream without a check for {:?}",
+                    "mirror {host} is failing: skipped for {:?} (its clients go to the next mirror of their rule's chain, else the upstream)",
                     self.cool_down
                 );
                 (self.on_change)(host, true);
