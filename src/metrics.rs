@@ -42,8 +42,8 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static REDIRECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_redirects_total",
-        "Redirects, by target kind (upstream, signature_upstream, mirror, default_mirror, page) and mirror (region or name).",
-        &["target", "region"]
+        "Redirects, by target kind (upstream, signature_upstream, mirror, default_mirror, page) and mirror (its name: the region's for the region table, else mirrors.named's).",
+        &["target", "mirror"]
     )
     .expect("metric registers once")
 });
@@ -415,10 +415,10 @@ pub fn record_request(route: impl Label, status: u16, seconds: f64) {
     );
 }
 
-/// Counts a redirect of `kind`; `region` names the mirror's region, when it has one.
-pub fn record_redirect(kind: impl Label, region: Option<&str>) {
-    match region {
-        Some(region) => REDIRECTS.with_label_values(&[kind.as_str(), region]).inc(),
+/// Counts a redirect of `kind`; `mirror` names the mirror, for a mirror target.
+pub fn record_redirect(kind: impl Label, mirror: Option<&str>) {
+    match mirror {
+        Some(mirror) => REDIRECTS.with_label_values(&[kind.as_str(), mirror]).inc(),
         None => with_series(
             &FIXED_REDIRECT_SERIES,
             kind.slot(),

@@ -504,11 +504,11 @@ async fn metrics_health_and_readiness() {
         1.0
     );
     assert_eq!(
-        delta(r#"archeio_redirects_total{region="",target="upstream"}"#),
+        delta(r#"archeio_redirects_total{mirror="",target="upstream"}"#),
         1.0
     );
     assert_eq!(
-        delta(r#"archeio_redirects_total{region="local-1",target="mirror"}"#),
+        delta(r#"archeio_redirects_total{mirror="local-1",target="mirror"}"#),
         2.0
     );
     assert_eq!(
@@ -689,7 +689,7 @@ fn config_test_flag_checks_our_section_too() {
             "archeio.ranges.min_prefix_ratio: expected a fraction between 0 and 1",
         ),
         (
-            "archeio:\n  upstream: {ca_file: Cargo.toml}\n",
+            "archeio:\n  upstream: {ca_file: /proc/version}\n",
             "archeio.upstream.ca_file: expected PEM certificates",
         ),
     ];

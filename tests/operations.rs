@@ -598,7 +598,7 @@ async fn counters_exist_from_the_first_scrape_with_process_metrics() {
         "archeio_ready 1",
         "archeio_blob_checks_total{mirror=\"default\",outcome=\"cache_hit\"} 0",
         "archeio_blob_checks_total{mirror=\"eu-west-1\",outcome=\"refused\"} 0",
-        "archeio_redirects_total{region=\"\",target=\"upstream\"} 0",
+        "archeio_redirects_total{mirror=\"\",target=\"upstream\"} 0",
         "archeio_upstream_token_fetches_total{result=\"error\"} 0",
         "archeio_manifest_cache_lookups_total{result=\"hit\"} 0",
         "archeio_requests_total{route=\"blob\",status=\"307\"} 0",

@@ -66,11 +66,11 @@ impl Gateway {
                     .inc();
             }
             if let Answer::Redirect { target, .. } = &reply.answer {
-                let region = match target {
-                    Target::Mirror(region) => Some(&**region),
+                let mirror = match target {
+                    Target::Mirror(name) => Some(&**name),
                     _ => None,
                 };
-                metrics::record_redirect(target, region);
+                metrics::record_redirect(target, mirror);
             }
         }
         if !log_enabled!(target: "archeio::access", Level::Info) {
