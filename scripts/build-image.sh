@@ -78,7 +78,7 @@ pass() { echo "ok    $1"; }
 fail() { echo "FAIL  $1" >&2; fails+=("$1"); }
 check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
 
-# The flags an operator runs the image with (README "Docker").
+# The flags an operator runs the image with (docs/operations.md, "Docker").
 hardening=(--read-only --cap-drop ALL --user 10001:10001)
 
 user=$(rt image inspect -f '{{.Config.User}}' "$tag")
