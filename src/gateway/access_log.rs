@@ -13,8 +13,6 @@ use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
 use super::headers::trace_id;
-use super::request::peer_ip;
-use super::slow_clients::set_request_deadline;
 use super::{Gateway, RequestCtx};
 use crate::logging::{self, push_quoted, ACCESS_TARGET};
 use crate::metrics;
@@ -47,11 +45,8 @@ impl metrics::Label for &Target {
 }
 
 impl Gateway {
-    /// The request is over: clears its deadline, counts it, and logs it.
+    /// The request is over: counts it, and logs it.
     pub(super) fn finish(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
-        if ctx.upstream.sent_at.is_some() {
-            set_request_deadline(session, None);
-        }
         let elapsed = ctx.started.elapsed();
         let reply = ctx.reply.as_ref();
         let status = reply
@@ -89,7 +84,7 @@ impl Gateway {
             _ => None,
         };
         let req = session.req_header();
-        let peer = peer_ip(session);
+        let peer = ctx.peer;
         let client = ctx.client.or(peer);
         let ranges = self.ranges.load();
         let placement = client.and_then(|ip| ranges.lookup(ip));

@@ -190,6 +190,8 @@ pub struct RequestCtx {
     started: Instant,
     /// Counts the request as in flight while it lives.
     _in_flight: InFlight,
+    /// The socket peer (IPv4-mapped addresses as IPv4), from the request's first phase.
+    peer: Option<IpAddr>,
     /// The client routing uses (the peer when it could not be told), once found.
     client: Option<IpAddr>,
     /// Why the client could not be told.
@@ -233,6 +235,7 @@ impl ProxyHttp for LiveGateway {
             started: Instant::now(),
             _in_flight: gw.ops.lifecycle.request(),
             gw,
+            peer: None,
             client: None,
             client_error: None,
             reply: None,
@@ -246,6 +249,7 @@ impl ProxyHttp for LiveGateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.peer = request::peer_ip(session);
         request::apply_client_limits(session, &ctx.gw.clients.timeouts);
         Ok(())
     }
@@ -349,6 +353,10 @@ impl ProxyHttp for LiveGateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.upstream.sent_at.is_some() {
+            // The next request on the connection starts without this one's deadline.
+            slow_clients::set_request_deadline(session, None);
+        }
         ctx.gw.clone().finish(session, error, ctx);
     }
 }

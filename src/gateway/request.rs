@@ -40,7 +40,7 @@ impl Gateway {
         let req = session.req_header();
         let headers = RequestHeaders::of(req, self.clients.address.header.name());
         let connection = Connection {
-            peer: peer_ip(session),
+            peer: ctx.peer,
             proxied: proxied_source(session),
         };
         let client = find_client(&self.clients.address, connection, &headers.forwarded);
