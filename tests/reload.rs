@@ -204,7 +204,7 @@ async fn a_hundred_reloads_under_load_lose_no_request() {
 fn everything(after: bool) -> String {
     if !after {
         return "  upstream: {endpoints: ['http://upstream.test'], path: images}
-  ranges: {embedded: false}
+  ranges: {embedded: false, custom: [{cidr: 198.18.0.0/15, provider: office, region: hq}]}
   policy:
     rules:
       - {match: {provider: office}, action: deny}
