@@ -18,6 +18,8 @@ command -v python3 >/dev/null || missing+=(python3)
 # deploy/prometheus/check.py checks the alert rules and the dashboard with promtool and a
 # real Prometheus scraping the release binary.
 command -v promtool >/dev/null || missing+=(prometheus)
+# ... and the sync alerts with the Pushgateway that `archeio sync --push-gateway` feeds.
+command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
 # The rolling-restart test (tests/ops/rolling_restart.py) balances three gateways with HAProxy.
 command -v haproxy >/dev/null || missing+=(haproxy)
 # tests/client_identity.rs puts nginx and HAProxy in front of the gateway (forwarding headers,

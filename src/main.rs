@@ -29,7 +29,7 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::proxy_protocol::Refusal;
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{
-    HealthChecks, RangeRefresh, Reload, SecretFiles, TlsCertificates,
+    HealthChecks, MirrorProbes, RangeRefresh, Reload, SecretFiles, TlsCertificates,
 };
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::tls::{Certificates, Resolver};
@@ -224,6 +224,10 @@ fn main() {
     ));
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(ranges)));
+    server.add_service(background_service(
+        "mirror health",
+        MirrorProbes(live.clone()),
+    ));
     server.add_service(background_service("secret files", SecretFiles(live)));
     server.add_service(background_service(
         "configuration",

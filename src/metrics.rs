@@ -290,6 +290,21 @@ pub static MIRROR_BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 /// Times each mirror host's breaker opened.
+pub static MIRROR_PROBES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_mirror_probes_total",
+        "The gateway's health checks of mirror hosts in use, by result (healthy, unhealthy).",
+        &["host", "result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a health check of a mirror host.
+pub fn record_mirror_probe(host: &str, healthy: bool) {
+    let result = if healthy { "healthy" } else { "unhealthy" };
+    MIRROR_PROBES.with_label_values(&[host, result]).inc();
+}
+
 pub static MIRROR_BREAKER_OPENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "archeio_mirror_breaker_opens_total",

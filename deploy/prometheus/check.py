@@ -3,18 +3,27 @@
 and a real Prometheus (python3 standard library only).
 
   1. `promtool check rules` on alerts.yml, `promtool test rules` on alerts_test.yml, and
-     prometheusrule.yaml (the Prometheus Operator's wrapper) holding the same rules;
+     prometheusrule.yaml (the Prometheus Operator's wrapper) holding the same rules; every
+     alert has its runbook link and README.md section, and test cases where it fires and
+     where it stays silent;
   2. every PromQL expression of deploy/grafana/archeio.json parses (`promtool check rules`
      on a temporary file with one recording rule per expression);
   3. every metric name that the rules and the dashboard use is exported by the gateway:
      the binary at $ARCHEIO_BIN (default target/release/archeio) runs on loopback with a
      small config, in pass-through mode against an in-process fake upstream and mirror so
      that the per-endpoint, per-mirror, per-source series exist, and its /metrics is read;
+     archeio_sync_* names are those `archeio sync --metrics-file` writes after a run against
+     the same fake upstream, push_time_seconds the Pushgateway's;
   4. a real `prometheus` scrapes that gateway every second with alerts.yml loaded; after a
      few registry requests its HTTP API must return archeio_build_info, the request counts
      sent, up == 1, every alert and dashboard expression must evaluate without error, the
      rules must report health "ok", and the alerts whose condition the setup creates (a dead
-     upstream endpoint, a dead mirror's breaker, a range URL that never loads) must match.
+     upstream endpoint, a dead mirror's breaker, a range URL that never loads) must match,
+     those of a healthy gateway must not; once the gateway is stopped, ArcheioNoReadyReplica's
+     condition must hold;
+  5. with prometheus-pushgateway installed, the sync run pushes to it and Prometheus scrapes
+     it (honor_labels): the sync alerts' series must be there, paired, and their conditions
+     must not hold after a successful run.
 
 Exits 1 with one FAIL line per problem. `--write-prometheusrule` regenerates
 prometheusrule.yaml from alerts.yml instead.
@@ -50,6 +59,12 @@ PROMETHEUS_BUILTINS = {
     "up", "scrape_duration_seconds", "scrape_samples_scraped",
     "scrape_samples_post_metric_relabeling", "scrape_series_added", "ALERTS", "ALERTS_FOR_STATE",
 }
+# Series the Pushgateway adds to every group pushed to it (the sync's, job="archeio_sync").
+PUSHGATEWAY_BUILTINS = {"push_time_seconds", "push_failure_time_seconds"}
+# Metric names `archeio sync` writes (--metrics-file) and pushes (--push-gateway), not the
+# gateway's /metrics.
+SYNC_PREFIX = "archeio_sync_"
+README = os.path.join(HERE, "README.md")
 # Words in PromQL that look like metric names.
 PROMQL_WORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
@@ -169,6 +184,45 @@ def check_rules():
     return exprs
 
 
+def check_alert_coverage():
+    """Each alert: a runbook annotation pointing at README.md#<name, lowercase>, a `### <name>`
+    section there, and alerts_test.yml cases where it fires and where it stays silent (a test
+    naming an alert that does not exist passes in promtool, so that is refused too)."""
+    before = len(failures)
+    text = open(ALERTS).read()
+    blocks = re.split(r"^\s*-\s*alert:\s*", text, flags=re.M)[1:]
+    names = [b.split()[0] for b in blocks]
+    headings = set(re.findall(r"^###\s+(\S+)\s*$", open(README).read(), re.M))
+    for name, block in zip(names, blocks):
+        want = f"deploy/prometheus/README.md#{name.lower()}"
+        m = re.search(r'^\s*runbook:\s*"?([^"\n]*)"?\s*$', block, re.M)
+        if not m or m.group(1) != want:
+            fail(f"{name}: runbook annotation {m.group(1) if m else None!r}, expected {want!r}")
+        if name not in headings:
+            fail(f"{name}: no `### {name}` section in {README}")
+    fires, silent = set(), set()
+    lines = open(ALERTS_TEST).read().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s*-?\s*alertname:\s*(\S+)\s*$", line)
+        if not m:
+            continue
+        for nxt in lines[i + 1:i + 3]:
+            e = re.match(r"^\s*exp_alerts:\s*(.*?)\s*$", nxt)
+            if e:
+                (silent if e.group(1) == "[]" else fires).add(m.group(1))
+                break
+    for name in sorted((fires | silent) - set(names)):
+        fail(f"{ALERTS_TEST} tests alert {name}, which {ALERTS} does not have")
+    for name in names:
+        if name not in fires:
+            fail(f"{name}: no case in {ALERTS_TEST} where it fires")
+        if name not in silent:
+            fail(f"{name}: no case in {ALERTS_TEST} where it stays silent")
+    if len(failures) == before:
+        ok(f"each of the {len(names)} alerts has its runbook section and promtool cases where "
+           "it fires and where it stays silent")
+
+
 # --- the dashboard --------------------------------------------------------------------
 
 
@@ -281,17 +335,26 @@ def exported_names(text):
     return names
 
 
-def check_names(uses, exported):
+def check_names(uses, exported, sync_written):
+    """sync_written: the names `archeio sync --metrics-file` wrote (None: it did not run)."""
     missing = {}
     for where, name in uses:
-        if name not in exported and name not in PROMETHEUS_BUILTINS:
+        if name in PROMETHEUS_BUILTINS or name in PUSHGATEWAY_BUILTINS:
+            continue
+        if name.startswith(SYNC_PREFIX) and name not in exported:
+            if sync_written is not None and name not in sync_written:
+                missing.setdefault(name, []).append(where)
+            continue
+        if name not in exported:
             missing.setdefault(name, []).append(where)
     for name, wheres in sorted(missing.items()):
-        fail(f"metric {name} is not exported by {BINARY} (or had no series in its /metrics); "
+        source = f"`{BINARY} sync --metrics-file`" if name.startswith(SYNC_PREFIX) else \
+            f"{BINARY} (or had no series in its /metrics)"
+        fail(f"metric {name} is not exported by {source}; "
              f"used by: {'; '.join(sorted(set(wheres)))}")
-    if not missing:
-        ok(f"{len({n for _, n in uses})} metric names used are exported by the gateway "
-           "or Prometheus built-ins")
+    if not missing and sync_written is not None:
+        ok(f"{len({n for _, n in uses})} metric names used are exported by the gateway, "
+           "written by `archeio sync`, or Prometheus's and the Pushgateway's own")
 
 
 # --- processes ------------------------------------------------------------------------
@@ -351,6 +414,11 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
             return self.answer(200, b"{}", [("Docker-Distribution-Api-Version", "registry/2.0")])
         if path == "/token":
             return self.answer(200, b'{"token": "t"}', [("Content-Type", "application/json")])
+        if path == f"/v2/{SYNC_REPOSITORY}/tags/list":
+            # What `archeio sync` reads: a repository with no tag, so a run that copies
+            # nothing and succeeds.
+            body = json.dumps({"name": SYNC_REPOSITORY, "tags": []}).encode()
+            return self.answer(200, body, [("Content-Type", "application/json")])
         if path.startswith("/containers/images/"):
             if path.endswith(BLOB_DIGEST):
                 return self.answer(200, BLOB, [("Content-Type", "application/octet-stream")])
@@ -424,6 +492,47 @@ archeio:
 
 
 REQUESTS = 3  # of each kind
+SYNC_REPOSITORY = "check/sync"
+
+
+def sync_run(tmp, fake_port, pushgateway=None):
+    """Runs `archeio sync` once against the fake registry (SYNC_REPOSITORY, no tags: a run
+    that succeeds), with --metrics-file and, given a Pushgateway URL, --push-gateway. Returns
+    the metric names it wrote, or None."""
+    d = os.path.join(tmp, "sync")
+    os.mkdir(d)
+    conf = os.path.join(d, "sync.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""\
+sync:
+  source:
+    registry: 'http://127.0.0.1:{fake_port}'
+    repositories: ['{SYNC_REPOSITORY}']
+    attempts: 1
+    timeout: 5s
+  destinations:
+    - url: 'file://{d}/mirror'
+""")
+    metrics = os.path.join(d, "metrics.txt")
+    cmd = [BINARY, "sync", "-c", conf, "--metrics-file", metrics]
+    if pushgateway:
+        cmd += ["--push-gateway", pushgateway]
+    try:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60, cwd=d)
+    except subprocess.TimeoutExpired:
+        fail(f"{' '.join(cmd)}: still running after 60 s")
+        return None
+    if p.returncode != 0:
+        fail(f"{' '.join(cmd)} exited {p.returncode}, expected 0:\n{p.stdout[-2000:]}")
+        return None
+    text = open(metrics).read()
+    if not re.search(r"^archeio_sync_success(\{\})? 1$", text, re.M):
+        fail(f"`archeio sync` succeeded, but its --metrics-file has no archeio_sync_success 1:\n{text}")
+    names = exported_names(text)
+    ok(f"`archeio sync` ran against the fake registry (exit 0), wrote {len(names)} metric "
+       "names" + (" and pushed them to the Pushgateway" if pushgateway else ""))
+    return names
 
 
 def registry_requests(base):
@@ -497,7 +606,7 @@ def live_checks(tmp, alert_exprs, dash_exprs, uses):
         fail("prometheus not found (apt-get install prometheus)")
     fake = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
-    gateway = prometheus = None
+    gateway = prometheus = pushgateway = None
     try:
         dead = free_port()  # nothing listens here
         port, admin, tls = free_port(), free_port(), free_port()
@@ -532,7 +641,26 @@ def live_checks(tmp, alert_exprs, dash_exprs, uses):
         exported = exported_names(body.decode())
         with open(os.path.join(tmp, "metrics.txt"), "wb") as f:
             f.write(body)
-        check_names(uses, exported)
+
+        # The sync's metrics: written by a real run, and pushed to a real Pushgateway when
+        # one is installed (Debian package prometheus-pushgateway), which Prometheus scrapes.
+        pg_url = None
+        if shutil.which("prometheus-pushgateway"):
+            pg_port = free_port()
+            pglog = os.path.join(tmp, "pushgateway.log")
+            with open(pglog, "w") as log:
+                pushgateway = subprocess.Popen(
+                    ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{pg_port}"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp)
+            pg_url = f"http://127.0.0.1:{pg_port}"
+            wait_for("pushgateway /-/ready", lambda: http_get(pg_url + "/-/ready")[0] == 200,
+                     30, pushgateway, pglog)
+            ok(f"pushgateway ready (pid {pushgateway.pid}, port {pg_port})")
+        else:
+            print("skip: prometheus-pushgateway not found: the sync's series are not pushed "
+                  "and scraped (apt-get install prometheus-pushgateway)", flush=True)
+        sync_written = sync_run(tmp, fake.server_address[1], pg_url)
+        check_names(uses, exported, sync_written)
 
         if not shutil.which("prometheus"):
             return
@@ -548,6 +676,13 @@ scrape_configs:
   - job_name: {JOB}
     static_configs: [{{targets: ['127.0.0.1:{admin}']}}]
 """)
+            if pg_url:
+                # honor_labels: the pushed job="archeio_sync" stays, as the alerts expect.
+                f.write(f"""\
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs: [{{targets: ['{pg_url[len("http://"):]}']}}]
+""")
         promlog = os.path.join(promdir, "prometheus.log")
         with open(promlog, "w") as log:
             prometheus = subprocess.Popen(
@@ -559,17 +694,19 @@ scrape_configs:
         wait_for("prometheus /-/ready", lambda: http_get(prom + "/-/ready")[0] == 200, 60,
                  prometheus, promlog)
         ok(f"prometheus ready (pid {prometheus.pid}, port {prom_port})")
-        live_prometheus(prom, sent, alert_exprs, dash_exprs, prometheus, promlog)
+        live_prometheus(prom, sent, alert_exprs, dash_exprs, prometheus, promlog,
+                        gateway, bool(pg_url))
     except RuntimeError as e:
         fail(str(e))
     finally:
         stop(prometheus)
+        stop(pushgateway)
         stop(gateway)
         fake.shutdown()
         fake.server_close()
 
 
-def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log):
+def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log, gateway, pushed):
     sel = f'job="{JOB}"'
     wait_for("a scrape of the gateway", lambda: prom_query(prom, f"up{{{sel}}} == 1"), 30, proc, log)
     ok(f"up{{{sel}}} == 1")
@@ -617,9 +754,17 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log):
             ok(f"{alert}'s condition holds for {label} {values}")
         else:
             fail(f"{alert}: expression returned {label} {values}")
-    for alert in ("ArcheioTargetDown", "ArcheioNotReady", "ArcheioHigh5xxRatio"):
-        if alert in exprs and prom_query(prom, exprs[alert]):
+    healthy = ("ArcheioMetricsAbsent", "ArcheioNoReadyReplica", "ArcheioFewReadyReplicas",
+               "ArcheioTargetDown", "ArcheioNotReady", "ArcheioHigh5xxRatio")
+    for alert in healthy:
+        if alert not in exprs:
+            fail(f"{alert}: not in alerts.yml")
+        elif prom_query(prom, exprs[alert]):
             fail(f"{alert}: its condition holds for a healthy, ready gateway")
+        else:
+            ok(f"{alert}'s condition does not hold for the healthy, ready gateway")
+    if pushed:
+        live_sync_series(prom, exprs, proc, log)
     # The rule manager's own view: every rule evaluated, none in error.
     def rules_evaluated():
         doc = json.loads(http_get(prom + "/api/v1/rules")[1])
@@ -639,6 +784,55 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log):
     except RuntimeError as e:
         fail(str(e))
 
+    # Last: the gateway stops. Its target stays, scraped in vain (up 0, no archeio_ready):
+    # every replica of the job down must page through ArcheioNoReadyReplica, not through
+    # ArcheioMetricsAbsent (there is a target).
+    stop(gateway)
+    for alert in ("ArcheioNoReadyReplica", "ArcheioMetricsAbsent"):
+        if alert not in exprs:
+            fail(f"{alert}: not in alerts.yml")
+            return
+    try:
+        result = wait_for("ArcheioNoReadyReplica's condition once the gateway stopped",
+                          lambda: prom_query(prom, exprs["ArcheioNoReadyReplica"]), 15, proc, log)
+        ok(f"gateway stopped: ArcheioNoReadyReplica's condition holds for job "
+           f"{[r['metric'].get('job') for r in result]}")
+    except RuntimeError as e:
+        up = prom_query(prom, f'up{{job="{JOB}"}}')
+        fail(f"{e}; Prometheus has up {[(r['metric'], r['value'][1]) for r in up]}")
+    if prom_query(prom, exprs["ArcheioMetricsAbsent"]):
+        fail("ArcheioMetricsAbsent: its condition holds while the stopped gateway's target is "
+             "still scraped")
+
+
+def live_sync_series(prom, exprs, proc, log):
+    """The series a real `archeio sync --push-gateway` left, as Prometheus scrapes them from
+    the Pushgateway: the selectors of the sync alerts find them, the two series of the group
+    pair up on (job, instance, shard), and neither sync alert's condition holds after a
+    successful run."""
+    sel = 'job="archeio_sync"'
+    try:
+        success = wait_for(f"archeio_sync_success{{{sel}}} == 1 scraped from the Pushgateway",
+                           lambda: prom_query(prom, f"archeio_sync_success{{{sel}}} == 1"), 15, proc, log)
+    except RuntimeError as e:
+        fail(str(e))
+        return
+    pushed = prom_query(prom, f"push_time_seconds{{{sel}}}")
+    key = lambda r: {k: v for k, v in r["metric"].items() if k in ("job", "instance", "shard")}
+    if [key(r) for r in success] != [key(r) for r in pushed]:
+        fail(f"archeio_sync_success {[r['metric'] for r in success]} and push_time_seconds "
+             f"{[r['metric'] for r in pushed]} do not pair up on (job, instance, shard)")
+    else:
+        ok(f"archeio_sync_success{{{sel}}} == 1 and push_time_seconds{{{sel}}} scraped from the "
+           f"Pushgateway with labels {key(success[0])}")
+    for alert in ("ArcheioSyncNotSucceeding", "ArcheioSyncMetricsAbsent"):
+        if alert not in exprs:
+            fail(f"{alert}: not in alerts.yml")
+        elif prom_query(prom, exprs[alert]):
+            fail(f"{alert}: its condition holds right after a successful sync run")
+        else:
+            ok(f"{alert}'s condition does not hold after a successful sync run")
+
 
 def main():
     if sys.argv[1:] == ["--write-prometheusrule"]:
@@ -652,6 +846,7 @@ def main():
     code, out = run(["prometheus", "--version"]) if shutil.which("prometheus") else (1, "")
     print(f"== {out.splitlines()[0] if out else 'prometheus not found'}; gateway {BINARY}")
     alert_exprs = check_rules()
+    check_alert_coverage()
     dash, dash_exprs, var_queries = dashboard_exprs()
     check_dashboard_structure(dash)
     uses = [(f"alerts.yml {name}", m) for name, e in alert_exprs for m in metric_names(e)]

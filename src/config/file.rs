@@ -21,8 +21,8 @@ use super::values::{
 };
 use super::{
     BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
-    ManifestCacheSettings, RangeSettings, RateLimit, Settings, TlsSettings, UpstreamSettings,
-    UpstreamTimeouts,
+    ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings, TlsSettings,
+    UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
 use crate::routing::policy::glob_set;
@@ -1232,6 +1232,8 @@ pub struct BlobCheckConfig {
     pub capacity: u64,
     /// When a mirror host is considered down and skipped.
     pub breaker: BreakerConfig,
+    /// The gateway's own health checks of the mirror hosts in use.
+    pub probe: ProbeConfig,
     /// How long the upstream's word that a repository holds a blob is cached (asked before
     /// a mirror serves it whenever the policy restricts repositories); a refusal is cached
     /// for `miss_ttl`.
@@ -1252,6 +1254,35 @@ pub struct BreakerConfig {
     pub cool_down: Duration,
 }
 
+/// Health checks of each mirror host in use (one a client's blob went to or was checked at
+/// in the last 10 minutes), in parallel with client traffic and whatever the cache holds: a
+/// `HEAD` of an object no mirror holds, signed for a private mirror. Any answer below 500
+/// within `timeout` is healthy; `failures` unhealthy ones in a row open the host's breaker
+/// (cached "present" answers are then not used) and keep it open while they last; the first
+/// healthy one closes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Time between two checks of a host; 0s turns them off.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// An answer slower than this counts as unhealthy: a slow mirror is skipped too.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Unhealthy checks in a row that open the breaker.
+    pub failures: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures: 1,
+        }
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
@@ -1269,6 +1300,7 @@ impl Default for BlobCheckConfig {
             miss_ttl: Duration::from_secs(60),
             capacity: 100_000,
             breaker: BreakerConfig::default(),
+            probe: ProbeConfig::default(),
             repository_ttl: Duration::from_secs(600),
         }
     }
@@ -1280,6 +1312,14 @@ impl BlobCheckConfig {
         at_least_one("capacity", self.capacity)?;
         at_least_one("breaker.failures", self.breaker.failures.into())?;
         positive_duration("breaker.cool_down", self.breaker.cool_down)?;
+        positive_duration("probe.timeout", self.probe.timeout)?;
+        at_least_one("probe.failures", self.probe.failures.into())?;
+        if !self.probe.interval.is_zero() && self.probe.interval < self.probe.timeout {
+            return Err(Invalid::new(
+                "probe.interval",
+                "must be at least probe.timeout (or 0s: no probes)",
+            ));
+        }
         Ok(BlobCheck {
             timeout: self.timeout,
             hit_ttl: self.hit_ttl,
@@ -1287,6 +1327,11 @@ impl BlobCheckConfig {
             capacity: self.capacity,
             breaker_failures: self.breaker.failures,
             breaker_cool_down: self.breaker.cool_down,
+            probe: (!self.probe.interval.is_zero()).then_some(MirrorProbe {
+                interval: self.probe.interval,
+                timeout: self.probe.timeout,
+                failures: self.probe.failures,
+            }),
             repository_ttl: self.repository_ttl,
         })
     }

@@ -183,8 +183,21 @@ pub struct BlobCheck {
     pub breaker_failures: u32,
     /// How long an open breaker skips the host; more than zero.
     pub breaker_cool_down: Duration,
+    /// The gateway's own checks of the mirror hosts in use; `None`: off.
+    pub probe: Option<MirrorProbe>,
     /// Lifetime of the upstream's cached "this repository holds this blob".
     pub repository_ttl: Duration,
+}
+
+/// Health checks of the mirror hosts in use, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorProbe {
+    /// Time between two checks of a host; more than zero.
+    pub interval: Duration,
+    /// An answer slower than this is unhealthy; at most `interval`.
+    pub timeout: Duration,
+    /// Unhealthy checks in a row that open the host's breaker; at least 1.
+    pub failures: u32,
 }
 
 /// The upstream registry, checked.

@@ -1,6 +1,8 @@
 //! The background work that runs beside the listeners, as Pingora services: upstream health
-//! checks, range refreshes, secret files, TLS certificates and the configuration reload.
-//! The work itself lives in its own module; this only hands it Pingora's shutdown signal.
+//! checks, mirror health checks, range refreshes, secret files, TLS certificates and the
+//! configuration reload.
+//! The work itself lives in its own module; this only hands it Pingora's shutdown signal
+//! (and the mirror checks the current generation's mirrors).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,32 @@ impl BackgroundService for SecretFiles {
     async fn start(&self, shutdown: ShutdownWatch) {
         let reload = || async { self.0.reload_secret_files() };
         on_interval_and_hangup(SECRET_POLL, shutdown, "secret files", reload).await;
+    }
+}
+
+/// The current generation's health checks of the mirror hosts in use, each on its
+/// interval; none while they are off (a reload may turn them on).
+pub struct MirrorProbes(pub LiveGateway);
+
+#[async_trait]
+impl BackgroundService for MirrorProbes {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let gw = self.0.current.load_full();
+            let wait = match gw.mirrors.probe_interval() {
+                Some(interval) => {
+                    let started = tokio::time::Instant::now();
+                    gw.mirrors.probe().await;
+                    interval.saturating_sub(started.elapsed())
+                }
+                None => Duration::from_secs(1),
+            };
+            drop(gw);
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 }
 

@@ -108,11 +108,12 @@ impl Breakers {
 }
 
 impl Breakers {
-    /// Opens `host`'s breaker at once, whatever its count: a failure that every check would
-    /// repeat (credentials refused).
-    pub fn trip(&self, host: &str, now: Instant) {
+    /// Opens `host`'s breaker at once, whatever its count, for a cool-down from `now`: a
+    /// failure that every check would repeat (credentials refused), or failed health
+    /// checks (each one extends it). Whether it was closed before.
+    pub fn trip(&self, host: &str, now: Instant) -> bool {
         let mut hosts = self.hosts.lock().expect("lock is never poisoned");
-        let was_open = matches!(hosts.get(host), Some(State::Open { .. }));
+        let was_open = matches!(hosts.get(host), Some(State::Open { .. } | State::Probing));
         hosts.insert(
             host.to_string(),
             State::Open {
@@ -122,14 +123,17 @@ impl Breakers {
         if !was_open {
             (self.on_change)(host, true);
         }
+        !was_open
     }
 
-    /// Closes `host`'s breaker: what made it fail changed.
-    pub fn reset(&self, host: &str) {
+    /// Closes `host`'s breaker: what made it fail changed. Whether it was open.
+    pub fn reset(&self, host: &str) -> bool {
         let mut hosts = self.hosts.lock().expect("lock is never poisoned");
-        if let Some(state) = hosts.insert(host.to_string(), State::Closed { failures: 0 }) {
-            if !matches!(state, State::Closed { .. }) {
+        match hosts.insert(host.to_string(), State::Closed { failures: 0 }) {
+            Some(State::Closed { .. }) | None => false,
+            Some(_) => {
                 (self.on_change)(host, false);
+                true
             }
         }
     }

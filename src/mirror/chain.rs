@@ -2,11 +2,15 @@
 //! holds it, by the cached check; a private mirror's `HEAD` and the URL the client gets are
 //! presigned, with credentials read again when their files change.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
 
+use super::breaker::host_of;
 use super::check::{Access, Counters};
 use super::signing::MirrorSigner;
 use super::MirrorCheck;
@@ -35,7 +39,21 @@ pub struct Mirrors {
     signers: Vec<Option<SignerSlot>>,
     /// Per mirror of the policy: its check counters.
     counters: Vec<Counters>,
+    /// Per mirror of the policy: where its health check asks (a URL, or a private
+    /// mirror's object key) for an object no mirror holds.
+    probe_at: Vec<String>,
+    /// Per mirror of the policy: when a client's blob last went through its check, in
+    /// milliseconds from `epoch` (0: never); only mirrors in use get health checks.
+    used_ms: Vec<AtomicU64>,
+    epoch: Instant,
 }
+
+/// A digest no blob has: the object a health check asks for.
+const PROBE_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How long a mirror counts as in use after a client's blob last went through its check.
+const IN_USE: Duration = Duration::from_secs(600);
 
 impl Mirrors {
     /// The mirrors of `policy`, checked by `check`, the private ones signed as `signed`
@@ -68,7 +86,48 @@ impl Mirrors {
             check,
             signers,
             counters,
+            probe_at: policy
+                .mirrors
+                .iter()
+                .map(|m| m.location(PROBE_DIGEST))
+                .collect(),
+            used_ms: policy.mirrors.iter().map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
         })
+    }
+
+    /// Time between two health checks of a mirror host; `None`: they are off.
+    pub fn probe_interval(&self) -> Option<Duration> {
+        self.check.probe_interval()
+    }
+
+    /// One health check of each mirror host in use, all at once.
+    pub async fn probe(&self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let window = IN_USE.as_millis() as u64;
+        let mut hosts = HashMap::new();
+        for (i, used) in self.used_ms.iter().enumerate() {
+            let used = used.load(Ordering::Relaxed);
+            if used == 0 || now_ms.saturating_sub(used) > window {
+                continue;
+            }
+            let at = &self.probe_at[i];
+            let (host, url) = match self.signers[i].as_ref() {
+                None => (host_of(at).to_string(), Ok(at.clone())),
+                Some(slot) => {
+                    let current = slot.current.load();
+                    let signer = &current.1;
+                    let url = signer.url(http::Method::HEAD, at).await;
+                    (signer.store().to_string(), url)
+                }
+            };
+            // Mirrors sharing a host share its breaker: one check each.
+            hosts.entry(host).or_insert(url);
+        }
+        let checks = hosts
+            .into_iter()
+            .map(|(host, url)| async move { self.check.probe(&host, url).await });
+        futures::future::join_all(checks).await;
     }
 
     /// The index in `candidates` of the first mirror that holds the blob and the URL for
@@ -79,7 +138,13 @@ impl Mirrors {
         method: &http::Method,
         traceparent: Option<&str>,
     ) -> Option<(usize, String)> {
+        let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
         for (i, c) in candidates.iter().enumerate() {
+            // Marked at most once a second: no cache line bounces between threads.
+            let used = &self.used_ms[c.mirror];
+            if now_ms.saturating_sub(used.load(Ordering::Relaxed)) >= 1000 {
+                used.store(now_ms, Ordering::Relaxed);
+            }
             let counters = &self.counters[c.mirror];
             let url = match self.signers.get(c.mirror).and_then(Option::as_ref) {
                 None => self

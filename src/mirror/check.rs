@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use log::{error, warn};
+use log::{error, info, warn};
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::breaker::{host_of, Breakers, Permit};
-use crate::config::BlobCheck;
+use crate::config::{BlobCheck, MirrorProbe};
 use crate::logging::error_chain;
 use crate::metrics;
 
@@ -115,6 +115,16 @@ pub struct MirrorCheck {
     breakers: Breakers,
     /// When each host's last refusal was logged: once per miss lifetime.
     refusals_logged: Mutex<HashMap<String, Instant>>,
+    /// The health checks of the hosts in use, when on.
+    probe: Option<Probe>,
+}
+
+/// The gateway's own health checks of mirror hosts.
+struct Probe {
+    settings: MirrorProbe,
+    client: reqwest::Client,
+    /// Unhealthy checks in a row, per host.
+    failing: Mutex<HashMap<String, u32>>,
 }
 
 impl MirrorCheck {
@@ -143,7 +153,76 @@ impl MirrorCheck {
                 Box::new(metrics::set_mirror_breaker),
             ),
             refusals_logged: Mutex::new(HashMap::new()),
+            probe: match cfg.probe {
+                Some(settings) => Some(Probe {
+                    settings,
+                    client: reqwest::Client::builder()
+                        .timeout(settings.timeout)
+                        .connect_timeout(settings.timeout)
+                        .user_agent(concat!("archeio/", env!("CARGO_PKG_VERSION")))
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()?,
+                    failing: Mutex::new(HashMap::new()),
+                }),
+                None => None,
+            },
         })
+    }
+
+    /// Time between two health checks of a host; `None`: they are off.
+    pub fn probe_interval(&self) -> Option<Duration> {
+        self.probe.as_ref().map(|p| p.settings.interval)
+    }
+
+    /// One health check of `host` with a `HEAD` of `url` (of an object no mirror holds):
+    /// any answer below 500 in time is healthy. Unhealthy ones in a row open the host's
+    /// breaker and keep it open; a healthy one closes what they opened.
+    pub async fn probe(&self, host: &str, url: Result<String, String>) {
+        let Some(probe) = &self.probe else {
+            return;
+        };
+        let unhealthy = match url {
+            Err(e) => {
+                // Not the host's fault: nothing is recorded.
+                warn!("health check of mirror {host}: cannot sign the HEAD: {e}");
+                return;
+            }
+            Ok(url) => match probe.client.head(&url).send().await {
+                Ok(resp) if resp.status().as_u16() < 500 => None,
+                Ok(resp) => Some(format!("answered {}", resp.status())),
+                Err(e) if e.is_timeout() => Some(format!(
+                    "no answer within {:?} (blob_check.probe.timeout)",
+                    probe.settings.timeout
+                )),
+                Err(e) => Some(error_chain(&e)),
+            },
+        };
+        metrics::record_mirror_probe(host, unhealthy.is_none());
+        let now = Instant::now();
+        let mut failing = probe.failing.lock().expect("lock is never poisoned");
+        match unhealthy {
+            None => {
+                // Only a breaker these checks opened is theirs to close: one that failed
+                // blob checks opened keeps its own cool-down.
+                let opened_it = failing
+                    .remove(host)
+                    .is_some_and(|n| n >= probe.settings.failures);
+                if opened_it && self.breakers.reset(host) {
+                    info!("mirror {host} passes its health check again: in use again");
+                }
+            }
+            Some(why) => {
+                let count = failing.entry(host.to_string()).or_insert(0);
+                *count += 1;
+                if *count >= probe.settings.failures && self.breakers.trip(host, now) {
+                    warn!(
+                        "mirror {host} fails its health checks ({why}): skipped (its clients \
+                         go to the next mirror of their rule's chain, else the upstream) until \
+                         one passes"
+                    );
+                }
+            }
+        }
     }
 
     /// Whether the public mirror holds the blob at `url`; how that was found out goes to
@@ -353,6 +432,7 @@ mod tests {
             capacity: 100,
             breaker_failures: 1,
             breaker_cool_down: cool_down,
+            probe: None,
             repository_ttl: Duration::from_secs(600),
         })
         .unwrap()

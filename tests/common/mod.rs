@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 pub mod fake;
+pub mod fault;
 pub mod front;
 pub mod moto;
 pub mod registry;
@@ -363,6 +364,10 @@ pub fn parse_response(raw: &[u8]) -> Option<Resp> {
     })
 }
 
+/// The digest of the object the gateway's mirror health checks ask for.
+pub const PROBE_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// A blob mirror: answers HEAD and GET with 200 for blobs it holds, with a configured status
 /// (404 unless set) otherwise, and counts the HEADs per path.
 pub struct Mirror {
@@ -451,9 +456,25 @@ impl Mirror {
         self.state.traceparents.lock().unwrap().clone()
     }
 
-    /// HEADs received in all.
+    /// HEADs received for blobs in all (the gateway's health checks, which ask for an
+    /// object no mirror holds, left out).
     pub fn all_heads(&self) -> usize {
-        self.state.heads.lock().unwrap().values().sum()
+        let heads = self.state.heads.lock().unwrap();
+        heads
+            .iter()
+            .filter(|(path, _)| !path.contains(PROBE_DIGEST))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The gateway's health checks received.
+    pub fn probes(&self) -> usize {
+        let heads = self.state.heads.lock().unwrap();
+        heads
+            .iter()
+            .filter(|(path, _)| path.contains(PROBE_DIGEST))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
