@@ -129,7 +129,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&e)),
     )));
     let ranges = Arc::new(Live::new(refresher));
-    let lifecycle = Arc::new(Lifecycle::new(ranges.clone(), upstreams.clone()));
+    let lifecycle = Arc::new(Lifecycle::new(ranges.clone()));
 
     let addresses = listener_keys(
         &settings.listen,

@@ -112,3 +112,69 @@ async fn a_failing_mirror_leaves_the_chain_within_seconds_and_comes_back() {
     }
     assert!(a.probes() > 0, "the gateway's health checks reached A");
 }
+
+/// Issue 30, defect 6: with every upstream endpoint down and `stale_if_error` on, each stale
+/// answer still waited on the endpoints' timeouts although they were known to be down, and
+/// `/readyz` turned `503`, so a readiness probe took every pod out of service during an
+/// outage the pods could partly ride out.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_endpoint_down_stale_answers_come_at_once_and_the_pod_stays_ready() {
+    use common::fake::{Canned, FakeServer};
+    let manifest =
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let upstream = FakeServer::start(move |_| {
+        Canned::new(200)
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest)
+    })
+    .await;
+    let proxy = FaultProxy::start(upstream.addr).await;
+    let gw = Gateway::start(&format!(
+        "  mode: passthrough
+  upstream:
+    endpoints: ['{}']
+    path: test
+    timeouts: {{connect: 5s, read: 10s, total: 30s}}
+    health_check: {{interval: 200ms, timeout: 200ms, unhealthy_after: 1, healthy_after: 1}}
+  manifest_cache: {{tag_ttl: 1s, stale_if_error: 1h}}
+  ranges: {{embedded: false}}",
+        proxy.base()
+    ))
+    .await;
+    let tag = "/v2/app/manifests/v1";
+    assert_eq!(gw.get(tag).await.status, 200);
+    proxy.set(Fault::Blackhole);
+    let host = proxy.addr.to_string();
+    within(
+        Duration::from_secs(5),
+        "the endpoint marked down",
+        &gw,
+        async || {
+            sample(
+                &gw.metrics().await,
+                &format!("archeio_upstream_healthy{{endpoint=\"{host}\"}}"),
+            ) == 0.0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let r = gw.get(tag).await;
+    let took = started.elapsed();
+    eprintln!("stale answer with every endpoint down: {took:?}");
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(r.body, manifest.as_bytes());
+    assert!(
+        r.header("warning").is_some_and(|w| w.starts_with("110")),
+        "{r:?}"
+    );
+    // Not the 10 s read timeout of a black-holed endpoint.
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let ready = request(gw.admin, "GET", "/readyz", &[]).await.unwrap();
+    assert_eq!(
+        ready.status,
+        200,
+        "the pod can serve: {}",
+        String::from_utf8_lossy(&ready.body)
+    );
+}

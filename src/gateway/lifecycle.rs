@@ -22,7 +22,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::live::Live;
 use crate::metrics;
 use crate::range_refresh::RangeRefresher;
-use crate::upstream::Upstreams;
 
 /// How long the listeners may take to accept their first connection after start-up.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
@@ -33,19 +32,19 @@ pub struct Lifecycle {
     draining: AtomicBool,
     in_flight: Arc<AtomicUsize>,
     ranges: Arc<Live<RangeRefresher>>,
-    upstreams: Arc<Live<Upstreams>>,
 }
 
 impl Lifecycle {
-    /// The current `ranges` must have loaded a table; the current `upstreams`, in
-    /// pass-through only, must have a healthy endpoint.
-    pub fn new(ranges: Arc<Live<RangeRefresher>>, upstreams: Arc<Live<Upstreams>>) -> Lifecycle {
+    /// The current `ranges` must have loaded a table. The upstream's health is no part of
+    /// readiness: an outage of the upstream is every pod's, so taking them out of the load
+    /// balancer would only stop what they can still serve (redirects, mirrors, cached and
+    /// stale manifests); it is a metric and an alert instead.
+    pub fn new(ranges: Arc<Live<RangeRefresher>>) -> Lifecycle {
         Lifecycle {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             ranges,
-            upstreams,
         }
     }
 
@@ -58,18 +57,11 @@ impl Lifecycle {
             Err("listeners not bound yet")
         } else if !self.ranges.load().loaded() {
             Err("cloud IP ranges not loaded")
-        } else if self.lacks_healthy_upstream() {
-            Err("no healthy upstream endpoint")
         } else {
             Ok(())
         };
         metrics::set_ready(state.is_ok());
         state
-    }
-
-    fn lacks_healthy_upstream(&self) -> bool {
-        let upstreams = self.upstreams.load();
-        upstreams.needed_for_readiness() && !upstreams.any_healthy()
     }
 
     /// Counts a request as in flight until the guard is dropped.

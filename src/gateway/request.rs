@@ -139,6 +139,16 @@ impl Gateway {
                     write_cached(session, &cached, head, false).await?;
                     return Ok(true);
                 }
+                // Every endpoint known to be down: a stale answer now, not after their
+                // timeouts.
+                if !self.upstream.endpoints.any_healthy() {
+                    if let Some(stale) = self.upstream.manifests.stale(&key) {
+                        ctx.upstream.from_cache = true;
+                        ctx.upstream.stale = true;
+                        write_cached(session, &stale, head, true).await?;
+                        return Ok(true);
+                    }
+                }
                 ctx.upstream.cache_key = Some(key);
             }
         }

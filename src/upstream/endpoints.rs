@@ -42,7 +42,7 @@ pub struct Upstreams {
     roots: Option<Vec<reqwest::Certificate>>,
     connect_timeout: Duration,
     on_health: OnHealth,
-    /// Pass-through: requests are proxied to the endpoints, and readiness needs one healthy.
+    /// Pass-through: requests are proxied to the endpoints, which are then checked.
     passthrough: bool,
 }
 
@@ -201,12 +201,6 @@ impl Upstreams {
     /// endpoint stops being tried first before the next check round.
     pub fn connect_failed(&self, i: usize) {
         self.record(i, false, "connection failed");
-    }
-
-    /// Whether readiness needs a healthy endpoint: in pass-through, where requests go to
-    /// them.
-    pub fn needed_for_readiness(&self) -> bool {
-        self.passthrough
     }
 
     /// Each endpoint's metrics label.
