@@ -93,12 +93,10 @@ fn main() {
         exit(0);
     }
     logging::init(settings.log);
-    let warnings = settings
-        .warnings
-        .iter()
-        .cloned()
-        .chain(unread_forwarding(&settings));
-    for warning in warnings {
+    // The advice about forwarding headers is for -t: the shipped configuration would give
+    // it at every start.
+    let advice = cli.test.then(|| unread_forwarding(&settings)).flatten();
+    for warning in settings.warnings.iter().cloned().chain(advice) {
         match cli.test {
             true => eprintln!("archeio: warning: {source}: {warning}"),
             false => warn!("{source}: {warning}"),

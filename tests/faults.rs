@@ -178,3 +178,53 @@ async fn with_every_endpoint_down_stale_answers_come_at_once_and_the_pod_stays_r
         String::from_utf8_lossy(&ready.body)
     );
 }
+
+/// Issue 30, defect 5: in pass-through, with endpoint 1 black-holed and endpoint 2 healthy,
+/// requests on endpoint 1's pooled connections waited the read timeout and got `504`
+/// (`tries: 1, retry: false`). A `GET` that fails before any byte of the answer was sent is
+/// tried once more on the next endpoint, and the silent one stops getting requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_moves_to_the_next_endpoint_when_one_goes_silent() {
+    use common::fake::{Canned, FakeServer};
+    let answer = |who: &'static str| {
+        move |_: &common::fake::Seen| {
+            Canned::new(200)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"name":"app","tags":["{who}"]}}"#))
+        }
+    };
+    let (one, two) = (
+        FakeServer::start(answer("one")).await,
+        FakeServer::start(answer("two")).await,
+    );
+    let proxy = FaultProxy::start(one.addr).await;
+    let gw = Gateway::start(&format!(
+        "  mode: passthrough
+  upstream:
+    endpoints: ['{}', '{}']
+    path: test
+    timeouts: {{connect: 2s, read: 2s, total: 30s}}
+  ranges: {{embedded: false}}",
+        proxy.base(),
+        two.url()
+    ))
+    .await;
+    let tags = "/v2/app/tags/list";
+    let r = gw.get(tags).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("one"), "{r:?}");
+    proxy.set(Fault::Blackhole);
+    let mut took = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let r = gw.get(tags).await;
+        took.push(started.elapsed());
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+        assert!(String::from_utf8_lossy(&r.body).contains("two"), "{r:?}");
+    }
+    eprintln!("answers after endpoint 1 went silent: {took:?}");
+    // Once it failed, endpoint 1 gets no more requests: no more waits on its timeout.
+    assert!(
+        took[3..].iter().all(|t| *t < Duration::from_secs(1)),
+        "{took:?}"
+    );
+}

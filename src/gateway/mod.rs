@@ -290,6 +290,22 @@ impl ProxyHttp for LiveGateway {
         }
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let gw = ctx.gw.clone();
+        let e = e.more_context(format!("Peer: {peer}"));
+        match mirror_proxy::mirror_fetch(ctx) {
+            Some(_) => upstream_request::retry_if_reused(session, e, client_reused),
+            None => gw.proxy_failed(session, ctx, e, client_reused),
+        }
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
@@ -58,6 +58,37 @@ impl Gateway {
         }
         e.set_retry(endpoints.next(up.tried).is_some());
         e
+    }
+
+    /// Proxying failed after the connection to the endpoint was made (or reused): a `GET`
+    /// or `HEAD` whose answer has not started is tried once more on the next endpoint when
+    /// the endpoint went silent or dropped the connection, and the endpoint counts a failure
+    /// (so new requests avoid it). Anything else is retried only as Pingora would: an
+    /// idempotent request whose reused connection turned out closed.
+    pub(super) fn proxy_failed(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if !idempotent(session) {
+            e.set_retry(false);
+            return e;
+        }
+        let silent = *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::WriteTimedout
+                    | ErrorType::WriteError
+            );
+        if silent && session.response_written().is_none() && !ctx.upstream.auth_retried {
+            return self.connect_failed(ctx, e);
+        }
+        retry_if_reused(session, e, client_reused)
     }
 
     /// Turns the client's request into the upstream's.
@@ -120,4 +151,26 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+fn idempotent(session: &Session) -> bool {
+    matches!(
+        session.req_header().method,
+        http::Method::GET | http::Method::HEAD
+    )
+}
+
+/// Pingora's own rule: an idempotent request is retried when the error says a reused
+/// connection was found closed.
+pub(super) fn retry_if_reused(
+    session: &Session,
+    mut e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    if idempotent(session) {
+        e.retry.decide_reuse(client_reused);
+    } else {
+        e.set_retry(false);
+    }
+    e
 }
