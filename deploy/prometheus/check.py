@@ -597,6 +597,17 @@ def prom_query(base, expr):
     return doc["data"]["result"]
 
 
+def expect_silent(prom, exprs, alerts, when):
+    """Each of `alerts` is in alerts.yml and its condition does not hold `when`."""
+    for alert in alerts:
+        if alert not in exprs:
+            fail(f"{alert}: not in alerts.yml")
+        elif prom_query(prom, exprs[alert]):
+            fail(f"{alert}: its condition holds {when}")
+        else:
+            ok(f"{alert}'s condition does not hold {when}")
+
+
 def live_checks(tmp, alert_exprs, dash_exprs, uses):
     if not os.access(BINARY, os.X_OK):
         fail(f"gateway binary {BINARY} not found; build it (cargo build --release --locked) "
@@ -756,13 +767,7 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log, gateway, pus
             fail(f"{alert}: expression returned {label} {values}")
     healthy = ("ArcheioMetricsAbsent", "ArcheioNoReadyReplica", "ArcheioFewReadyReplicas",
                "ArcheioTargetDown", "ArcheioNotReady", "ArcheioHigh5xxRatio")
-    for alert in healthy:
-        if alert not in exprs:
-            fail(f"{alert}: not in alerts.yml")
-        elif prom_query(prom, exprs[alert]):
-            fail(f"{alert}: its condition holds for a healthy, ready gateway")
-        else:
-            ok(f"{alert}'s condition does not hold for the healthy, ready gateway")
+    expect_silent(prom, exprs, healthy, "for the healthy, ready gateway")
     if pushed:
         live_sync_series(prom, exprs, proc, log)
     # The rule manager's own view: every rule evaluated, none in error.
@@ -825,13 +830,8 @@ def live_sync_series(prom, exprs, proc, log):
     else:
         ok(f"archeio_sync_success{{{sel}}} == 1 and push_time_seconds{{{sel}}} scraped from the "
            f"Pushgateway with labels {key(success[0])}")
-    for alert in ("ArcheioSyncNotSucceeding", "ArcheioSyncMetricsAbsent"):
-        if alert not in exprs:
-            fail(f"{alert}: not in alerts.yml")
-        elif prom_query(prom, exprs[alert]):
-            fail(f"{alert}: its condition holds right after a successful sync run")
-        else:
-            ok(f"{alert}'s condition does not hold after a successful sync run")
+    expect_silent(prom, exprs, ("ArcheioSyncNotSucceeding", "ArcheioSyncMetricsAbsent"),
+                  "after a successful sync run")
 
 
 def main():

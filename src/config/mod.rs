@@ -372,13 +372,12 @@ impl Settings {
         Ok(Settings::load_effective(path, env)?.1)
     }
 
-    /// The admin listener's addresses of `path` (or the defaults), environment applied,
-    /// and nothing else checked: what `archeio health` needs, without the secrets a full
-    /// check reads.
-    pub fn admin_listen(
+    /// The `archeio:` section of `path` (or the defaults) with the environment applied,
+    /// unchecked, and how errors name where it came from.
+    fn read(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Vec<SocketAddr>, ConfigError> {
+    ) -> Result<(file::ArcheioConfig, String), ConfigError> {
         let mut cfg = match path {
             Some(p) => file::ArcheioConfig::from_file(p)?,
             None => file::ArcheioConfig::default(),
@@ -388,6 +387,17 @@ impl Settings {
             || "built-in defaults".to_string(),
             |p| p.display().to_string(),
         );
+        Ok((cfg, source))
+    }
+
+    /// The admin listener's addresses of `path` (or the defaults), environment applied,
+    /// and nothing else checked: what `archeio health` needs, without the secrets a full
+    /// check reads.
+    pub fn admin_listen(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        let (cfg, source) = Settings::read(path, &env)?;
         values::socket_addrs(&cfg.admin_listen, "admin_listen").map_err(|e| {
             ConfigError {
                 source,
@@ -403,15 +413,7 @@ impl Settings {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(file::ArcheioConfig, Settings), ConfigError> {
-        let mut cfg = match path {
-            Some(p) => file::ArcheioConfig::from_file(p)?,
-            None => file::ArcheioConfig::default(),
-        };
-        cfg.apply_env(&env)?;
-        let source = path.map_or_else(
-            || "built-in defaults".to_string(),
-            |p| p.display().to_string(),
-        );
+        let (mut cfg, source) = Settings::read(path, &env)?;
         let settings = cfg
             .check(&source, &env)
             .map_err(|e| e.blamed_on_env(&env))?;
