@@ -228,3 +228,61 @@ async fn passthrough_moves_to_the_next_endpoint_when_one_goes_silent() {
         "{took:?}"
     );
 }
+
+/// Issue 30: a mirror whose health check answers, but slower than `slow_after`, is
+/// degraded: skipped while a later mirror of the chain is healthy, still used where it is
+/// the best there is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_mirror_gives_way_to_a_faster_one_and_serves_when_alone() {
+    let (a, b) = (Mirror::start().await, Mirror::start().await);
+    let proxy = FaultProxy::start(a.addr).await;
+    let blob = digest(9);
+    for m in [&a, &b] {
+        m.put(&format!("/containers/images/{blob}"));
+    }
+    let gw = Gateway::start(&format!(
+        "  upstream: {{endpoints: ['http://upstream.test'], path: images}}
+  ranges: {{embedded: false}}
+  mirrors: {{named: {{a: {{url: '{}'}}, b: {{url: '{}'}}}}}}
+  policy:
+    rules:
+      - {{match: {{repository: 'solo/**', kind: blob}}, action: mirrors, mirrors: [a]}}
+      - {{match: {{kind: blob}}, action: mirrors, mirrors: [a, b]}}",
+        proxy.base(),
+        b.base()
+    ))
+    .await;
+    let (chained, solo) = (
+        format!("/v2/app/blobs/{blob}"),
+        format!("/v2/solo/app/blobs/{blob}"),
+    );
+    let at = |r: &Resp, base: &str| r.status == 307 && r.location().starts_with(base);
+    assert!(at(&gw.get(&chained).await, &proxy.base()));
+    assert!(at(&gw.get(&solo).await, &proxy.base()));
+    // About 0.6 s a round trip: over slow_after (500 ms), under the timeout (1 s).
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    within(
+        Duration::from_secs(5),
+        "the slow mirror giving way",
+        &gw,
+        async || at(&gw.get(&chained).await, &b.base()),
+    )
+    .await;
+    for _ in 0..3 {
+        assert!(at(&gw.get(&solo).await, &proxy.base()), "{}", gw.log());
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            &format!("archeio_mirror_breaker_open{{host=\"{}\"}}", proxy.addr)
+        ),
+        0.0,
+        "slow is not down"
+    );
+    proxy.set(Fault::None);
+    within(Duration::from_secs(5), "A back in use", &gw, async || {
+        at(&gw.get(&chained).await, &proxy.base())
+    })
+    .await;
+}

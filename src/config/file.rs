@@ -1266,9 +1266,13 @@ pub struct ProbeConfig {
     /// Time between two checks of a host; 0s turns them off.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// An answer slower than this counts as unhealthy: a slow mirror is skipped too.
+    /// An answer slower than this counts as unhealthy (the host is skipped as if down).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// A healthy answer slower than this marks the host degraded: skipped while a later
+    /// mirror of the chain is not, used when none is better.
+    #[serde(with = "humantime_serde")]
+    pub slow_after: Duration,
     /// Unhealthy checks in a row that open the breaker.
     pub failures: u32,
 }
@@ -1278,6 +1282,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            slow_after: Duration::from_millis(500),
             failures: 1,
         }
     }
@@ -1314,6 +1319,12 @@ impl BlobCheckConfig {
         positive_duration("breaker.cool_down", self.breaker.cool_down)?;
         positive_duration("probe.timeout", self.probe.timeout)?;
         at_least_one("probe.failures", self.probe.failures.into())?;
+        if self.probe.slow_after > self.probe.timeout {
+            return Err(Invalid::new(
+                "probe.slow_after",
+                "must be at most probe.timeout (slower answers are failures)",
+            ));
+        }
         if !self.probe.interval.is_zero() && self.probe.interval < self.probe.timeout {
             return Err(Invalid::new(
                 "probe.interval",
@@ -1330,6 +1341,7 @@ impl BlobCheckConfig {
             probe: (!self.probe.interval.is_zero()).then_some(MirrorProbe {
                 interval: self.probe.interval,
                 timeout: self.probe.timeout,
+                slow_after: self.probe.slow_after,
                 failures: self.probe.failures,
             }),
             repository_ttl: self.repository_ttl,

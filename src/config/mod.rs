@@ -196,6 +196,8 @@ pub struct MirrorProbe {
     pub interval: Duration,
     /// An answer slower than this is unhealthy; at most `interval`.
     pub timeout: Duration,
+    /// A healthy answer slower than this marks the host degraded; at most `timeout`.
+    pub slow_after: Duration,
     /// Unhealthy checks in a row that open the host's breaker; at least 1.
     pub failures: u32,
 }

@@ -64,6 +64,16 @@ impl Breakers {
         }
     }
 
+    /// Whether `host`'s breaker is open (or probing) at `now`, without changing it.
+    pub fn is_open(&self, host: &str, now: Instant) -> bool {
+        let hosts = self.hosts.lock().expect("lock is never poisoned");
+        match hosts.get(host) {
+            Some(State::Open { until }) => now < *until,
+            Some(State::Probing) => true,
+            _ => false,
+        }
+    }
+
     /// A probe was granted but sent no check (another request's answer arrived first):
     /// let the next request probe.
     pub fn abandon_probe(&self, host: &str, now: Instant) {

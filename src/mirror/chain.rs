@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 
 use super::breaker::host_of;
-use super::check::{Access, Counters};
+use super::check::{Access, Counters, Outcome};
 use super::signing::MirrorSigner;
 use super::MirrorCheck;
 use crate::config::signing::{Signing, SigningConfig};
@@ -146,6 +146,10 @@ impl Mirrors {
                 used.store(now_ms, Ordering::Relaxed);
             }
             let counters = &self.counters[c.mirror];
+            if self.check.degraded(&self.host(c)) && self.better_after(&candidates[i + 1..]) {
+                counters.count(Outcome::Skipped);
+                continue;
+            }
             let url = match self.signers.get(c.mirror).and_then(Option::as_ref) {
                 None => self
                     .check
@@ -164,6 +168,23 @@ impl Mirrors {
             }
         }
         None
+    }
+
+    /// The host whose breaker and health stand for candidate `c`'s mirror.
+    fn host(&self, c: &MirrorCandidate) -> String {
+        match self.signers.get(c.mirror).and_then(Option::as_ref) {
+            None => host_of(&c.location).to_string(),
+            Some(slot) => slot.current.load().1.store().to_string(),
+        }
+    }
+
+    /// Whether one of `rest` is neither degraded nor skipped: a degraded mirror before it
+    /// gives way.
+    fn better_after(&self, rest: &[MirrorCandidate]) -> bool {
+        rest.iter().any(|c| {
+            let host = self.host(c);
+            !self.check.degraded(&host) && !self.check.skipped(&host)
+        })
     }
 
     /// A private mirror: the check with a presigned `HEAD` (cached under the store and

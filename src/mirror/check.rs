@@ -7,7 +7,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use log::{error, info, warn};
@@ -35,7 +36,8 @@ pub enum Outcome {
     /// credentials are wrong, expired or revoked (not a missing blob, which a private bucket
     /// answers `404`).
     Refused,
-    /// Not checked: the mirror host's breaker is open.
+    /// Not checked: the mirror host's breaker is open, or it is slow and a later mirror
+    /// of the chain is not.
     Skipped,
 }
 
@@ -75,7 +77,8 @@ impl Counters {
         ))
     }
 
-    fn count(&self, outcome: Outcome) {
+    /// Counts one check of the mirror by how it went.
+    pub fn count(&self, outcome: Outcome) {
         self.0[outcome as usize].inc();
     }
 }
@@ -125,6 +128,10 @@ struct Probe {
     client: reqwest::Client,
     /// Unhealthy checks in a row, per host.
     failing: Mutex<HashMap<String, u32>>,
+    /// Hosts whose last check answered, but slower than `slow_after`.
+    degraded: Mutex<HashSet<String>>,
+    /// Whether any host is degraded: requests look no further when none is.
+    any_degraded: AtomicBool,
 }
 
 impl MirrorCheck {
@@ -163,10 +170,46 @@ impl MirrorCheck {
                         .redirect(reqwest::redirect::Policy::none())
                         .build()?,
                     failing: Mutex::new(HashMap::new()),
+                    degraded: Mutex::new(HashSet::new()),
+                    any_degraded: AtomicBool::new(false),
                 }),
                 None => None,
             },
         })
+    }
+
+    /// Whether `host`'s last health check answered slower than `slow_after`.
+    pub fn degraded(&self, host: &str) -> bool {
+        self.probe.as_ref().is_some_and(|p| {
+            p.any_degraded.load(Ordering::Relaxed)
+                && p.degraded
+                    .lock()
+                    .expect("lock is never poisoned")
+                    .contains(host)
+        })
+    }
+
+    /// Whether `host` is skipped now (its breaker open): asks without taking a probe's turn.
+    pub fn skipped(&self, host: &str) -> bool {
+        self.breakers.is_open(host, Instant::now())
+    }
+
+    fn note_latency(&self, probe: &Probe, host: &str, took: Duration) {
+        let mut degraded = probe.degraded.lock().expect("lock is never poisoned");
+        if took > probe.settings.slow_after {
+            if degraded.insert(host.to_string()) {
+                warn!(
+                    "mirror {host} is slow (its health check took {took:?}, over \
+                     blob_check.probe.slow_after): skipped while a later mirror of the chain \
+                     is not"
+                );
+            }
+        } else if degraded.remove(host) {
+            info!("mirror {host} answers its health check in {took:?} again: in use again");
+        }
+        probe
+            .any_degraded
+            .store(!degraded.is_empty(), Ordering::Relaxed);
     }
 
     /// Time between two health checks of a host; `None`: they are off.
@@ -181,6 +224,7 @@ impl MirrorCheck {
         let Some(probe) = &self.probe else {
             return;
         };
+        let started = Instant::now();
         let unhealthy = match url {
             Err(e) => {
                 // Not the host's fault: nothing is recorded.
@@ -188,7 +232,10 @@ impl MirrorCheck {
                 return;
             }
             Ok(url) => match probe.client.head(&url).send().await {
-                Ok(resp) if resp.status().as_u16() < 500 => None,
+                Ok(resp) if resp.status().as_u16() < 500 => {
+                    self.note_latency(probe, host, started.elapsed());
+                    None
+                }
                 Ok(resp) => Some(format!("answered {}", resp.status())),
                 Err(e) if e.is_timeout() => Some(format!(
                     "no answer within {:?} (blob_check.probe.timeout)",
