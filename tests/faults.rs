@@ -58,6 +58,17 @@ async fn a_failing_mirror_leaves_the_chain_within_seconds_and_comes_back() {
         let r = gw.get(&format!("/v2/app/blobs/{d}")).await;
         assert!(at_a(&r), "{r:?}");
     }
+    // Those requests came within a second of the start: A is in use and health-checked
+    // from then on, with no further request (a mark skipped in the first second left it
+    // unchecked).
+    let probes_before = a.probes();
+    within(
+        Duration::from_secs(3),
+        "health checks of A",
+        &gw,
+        async || a.probes() > probes_before,
+    )
+    .await;
     let mut cold = (4..=6).map(digest);
     for (fault, name, leaves_within) in [
         (Fault::Blackhole, "blackholed", Duration::from_secs(3)),

@@ -140,9 +140,11 @@ impl Mirrors {
     ) -> Option<(usize, String)> {
         let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
         for (i, c) in candidates.iter().enumerate() {
-            // Marked at most once a second: no cache line bounces between threads.
+            // Marked at first use, then at most once a second: no cache line bounces
+            // between threads.
             let used = &self.used_ms[c.mirror];
-            if now_ms.saturating_sub(used.load(Ordering::Relaxed)) >= 1000 {
+            let last = used.load(Ordering::Relaxed);
+            if last == 0 || now_ms.saturating_sub(last) >= 1000 {
                 used.store(now_ms, Ordering::Relaxed);
             }
             let counters = &self.counters[c.mirror];

@@ -44,24 +44,28 @@ import os
 import platform
 import random
 import re
+import select
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENTS = ["skopeo", "ctr", "podman", "docker"]
 MODES = ["redirect", "passthrough"]
-SCENARIOS = ["pull", "tamper", "private", "auth", "tls"]
+SCENARIOS = ["pull", "tamper", "private", "auth", "tls", "faults"]
 BUCKET = "archeio-e2e"
 # The private scenario: a private S3 bucket (s3s-fs) and a private Azure container (Azurite),
 # each the only mirror of a gateway's chain; named as the gateway's mirrors.named entries.
@@ -1773,6 +1777,448 @@ def scenario_tls(ctx, client, gw, mode):
     ctx.tls_notes.extend(f"{client} {mode}: {n}" for n in notes)
 
 
+# --------------------------------------------------------------------------------------
+# The faults scenario: a mirror that goes dead, resets connections or turns slow
+# --------------------------------------------------------------------------------------
+
+FAULTS = [("blackhole", 3), ("reset", 3), ("delay", 10)]  # (fault, seconds before the pulls)
+FAULT_PULLS_FOR = 10  # seconds of pulls per fault
+FAULT_MARGIN = 2.0  # each pull under a fault: at most the baseline + this
+FAULT_BACK_WITHIN = 5  # seconds for A to be in use again once the fault is off
+
+
+class BlobServer:
+    """A static public mirror in this process, on 127.0.0.1: every blob of the pushed images
+    at BLOB_PATH, GET and HEAD (404 for anything else, such as the gateway's health check of
+    an object no mirror holds), HTTP/1.1 keep-alive. Each request is logged, in memory and in
+    `work/faults/mirror-<name>.log`, when it arrives."""
+
+    def __init__(self, work, name, blobs):
+        self.name = name
+        self.objects = {BLOB_PATH.replace("{digest}", d): data for d, data in blobs.items()}
+        self.log = os.path.join(work, "faults", f"mirror-{name}.log")
+        self.requests = []  # (method, path, status)
+        self.lock = threading.Lock()
+        self.conns = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 30  # an idle keep-alive connection is closed after this
+
+            def setup(self):
+                super().setup()
+                with outer.lock:
+                    outer.conns.add(self.connection)
+
+            def finish(self):
+                with outer.lock:
+                    outer.conns.discard(self.connection)
+                super().finish()
+
+            def do_GET(self):
+                self.answer(body=True)
+
+            def do_HEAD(self):
+                self.answer(body=False)
+
+            def answer(self, body):
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                data = outer.objects.get(path)
+                status = 200 if data is not None else 404
+                outer.record(self.command, path, status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data) if data is not None else 0))
+                self.end_headers()
+                if body and data is not None:
+                    self.wfile.write(data)
+
+            def log_message(self, *_):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client that went away mid-answer (the faults do that)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name=f"mirror-{name}", daemon=True)
+        self.thread.start()
+
+    def record(self, method, path, status):
+        with self.lock:
+            self.requests.append((method, path, status))
+            with open(self.log, "a") as f:
+                f.write(f"{time.time():.3f} {method} {path} {status}\n")
+
+    def mark(self):
+        with self.lock:
+            return len(self.requests)
+
+    def blob_gets(self, since, digest):
+        """GETs of the blob answered 200 since `mark()` said `since`."""
+        key = BLOB_PATH.replace("{digest}", digest)
+        with self.lock:
+            return sum(1 for m, p, st in self.requests[since:] if m == "GET" and p == key and st == 200)
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:  # wakes the handler threads of open keep-alive connections
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
+
+
+class FaultProxy:
+    """A fault-injecting TCP proxy on 127.0.0.1 in front of `target_port`, one thread per
+    connection (select over both ends, 0.2 s ticks), so that a switch applies to new and open
+    connections alike:
+      - pass: bytes pass both ways;
+      - blackhole: connections are accepted, what arrives from either end is read and
+        discarded, nothing is answered or forwarded (a connection that lost bytes so is reset
+        once the fault is off: it cannot be resumed);
+      - reset: connections are closed with SO_LINGER 0 (an RST) when opened, and open ones
+        within a tick;
+      - delay: each piece of data waits 1 s before it is forwarded, each way."""
+
+    MODES = ("pass", "blackhole", "reset", "delay")
+
+    def __init__(self, target_port, delay=1.0):
+        self.target = ("127.0.0.1", target_port)
+        self.delay = delay
+        self.mode = "pass"
+        self.lock = threading.Lock()
+        self.stats = dict(connections=0, up=0, down=0, discarded=0, resets=0)
+        self.stopping = threading.Event()
+        self.threads = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"  # the gateway's metric label for this mirror host
+        self.accepter = threading.Thread(target=self.accept, name="fault-proxy", daemon=True)
+        self.accepter.start()
+
+    def set(self, mode):
+        assert mode in self.MODES, mode
+        self.mode = mode
+
+    def count(self, key, n=1):
+        with self.lock:
+            self.stats[key] += n
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.stats)
+
+    def accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.count("connections")
+            t = threading.Thread(target=self.relay, args=(conn,), name="fault-proxy-conn", daemon=True)
+            self.threads = [x for x in self.threads if x.is_alive()] + [t]
+            t.start()
+
+    def reset(self, sock):
+        """Closes with an RST rather than a FIN."""
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        self.count("resets")
+
+    def relay(self, client):
+        client.settimeout(10)  # sendall's bound; reads wait in select
+        server = None
+        lost = False  # bytes were swallowed by a blackhole
+        try:
+            while not self.stopping.is_set():
+                mode = self.mode
+                if mode == "reset" or (lost and mode != "blackhole"):
+                    self.reset(client)
+                    return
+                if server is None and mode in ("pass", "delay"):
+                    server = socket.create_connection(self.target, timeout=5)
+                    server.settimeout(10)
+                ready, _, _ = select.select([client] + ([server] if server else []), [], [], 0.2)
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return  # either end closed: both close
+                    mode = self.mode
+                    if mode == "blackhole":
+                        lost = True
+                        self.count("discarded", len(data))
+                        continue
+                    if mode == "reset":
+                        self.reset(client)
+                        return
+                    if mode == "delay":
+                        time.sleep(self.delay)
+                    if src is client:
+                        server.sendall(data)
+                        self.count("up", len(data))
+                    else:
+                        client.sendall(data)
+                        self.count("down", len(data))
+        except OSError:
+            pass
+        finally:
+            for s in (client, server):
+                if s is not None:
+                    s.close()  # no-op when reset() closed it
+
+    def stop(self):
+        self.stopping.set()
+        self.listener.close()
+        self.accepter.join(timeout=5)
+        for t in self.threads:
+            t.join(timeout=self.delay + 11)
+
+
+def faults_gateway_config(d, port, admin, upstream_url, a_base, b_base):
+    """Redirect mode; loopback blobs go to the chain [a, b] (a: the fault proxy in front of
+    mirror A, b: mirror B); the shipped blob_check defaults (health checks every 1 s, 1 s
+    timeout, one failure opens the breaker). Default and region mirrors: a closed port."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    return pingora_config(d) + f"""archeio:
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']
+  mode: redirect
+  upstream:
+    endpoints: ['{upstream_url}']
+    path: ''
+  mirrors:
+    default: '{dead}'
+    blob_path: '{BLOB_PATH}'
+    replace_regions: true
+    regions:
+      {REGION}: '{dead}'
+    named:
+      a: {{url: '{a_base}'}}
+      b: {{url: '{b_base}'}}
+  policy:
+    rules:
+      - {{match: {{cidr: 127.0.0.0/8, kind: blob}}, action: mirrors, mirrors: [a, b]}}
+  ranges:
+    embedded: false
+    custom:
+      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
+  client_address:
+    trusted_proxy_hops: 0
+"""
+
+
+def breaker_open(gw, host):
+    """archeio_mirror_breaker_open for `host` (absent: 0, never opened) and the health checks
+    counted for it, {result: n}."""
+    status, _, body = http("GET", f"http://127.0.0.1:{gw.admin}/metrics", timeout=5)
+    if status != 200:
+        raise Failure(f"GET /metrics on the admin port: {status}")
+    text = body.decode(errors="replace")
+    m = re.search(r'^archeio_mirror_breaker_open\{host="' + re.escape(host) + r'"\} (\S+)$', text, re.M)
+    probes = {r: float(n) for r, n in re.findall(
+        r'^archeio_mirror_probes_total\{host="' + re.escape(host) + r'",result="([^"]*)"\} (\S+)$', text, re.M)}
+    return (float(m.group(1)) if m else 0.0), probes
+
+
+def faults_pull(ctx, gw, img, timeout):
+    """skopeo copies `img` from the gateway into a fresh oci: layout; (seconds, problem or None).
+    The manifest and blobs it wrote must have the right digests; the layout is removed."""
+    d = ctx.clients.fresh("skopeo-faults")
+    dest = os.path.join(d, "oci")
+    t = time.time()
+    try:
+        r = run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                 f"docker://{gw.addr}/{img.repo}:{img.tag}", f"oci:{dest}:{img.tag}"], timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return time.time() - t, f"no end within {timeout:.0f} s (killed)"
+    took = time.time() - t
+    problem = None
+    if r.returncode != 0:
+        problem = f"exit {r.returncode}: {last_line(r.stdout)}"
+    else:
+        for b in [img.manifest_digest] + img.blobs:
+            try:
+                with open(os.path.join(dest, "blobs", "sha256", b[7:]), "rb") as f:
+                    if sha256(f.read()) != b:
+                        problem = f"{b} has other bytes"
+            except OSError:
+                problem = f"{b} not in the layout"
+    shutil.rmtree(d, ignore_errors=True)
+    return took, problem
+
+
+def scenario_faults(ctx, work, binary):
+    """Mirror A (behind a fault-injecting proxy) and mirror B both hold every blob; the
+    gateway's chain for loopback blobs is [A, B]. A first pull warms the check cache (blobs at
+    A). Then, for each fault, after a wait: skopeo pulls for FAULT_PULLS_FOR seconds, each of
+    which must succeed, within the baseline + FAULT_MARGIN, with its blobs from B; then the
+    fault goes off and A must be in use again within FAULT_BACK_WITHIN seconds (its breaker
+    gauge 0, and the next pull's blobs from A). One summary line per fault goes to
+    ctx.faults_summary, printed again before the suite's summary."""
+    img = ctx.images.images[0]  # test/app: config, a 6 MiB layer, a small layer
+    os.makedirs(os.path.join(work, "faults"), exist_ok=True)
+    started = time.time()
+    a = b = proxy = gw = None
+    try:
+        a = BlobServer(work, "a", ctx.images.blobs)
+        b = BlobServer(work, "b", ctx.images.blobs)
+        proxy = FaultProxy(a.port)
+        gw = start("the gateway", lambda: Gateway(
+            work, binary, "gateway-redirect-faults",
+            lambda d, port, admin: faults_gateway_config(d, port, admin, ctx.upstream.url, proxy.base, b.base)))
+        ready = time.time()
+        log(f"== gateway {gw.addr} in redirect mode, blobs: chain [a {proxy.base} (fault proxy -> {a.base}), "
+            f"b {b.base}]")
+
+        def from_where(ma, mb):
+            """(blob GETs at A, at B) of each blob of img, once the servers' logs show them."""
+            return [(a.blob_gets(ma, x), b.blob_gets(mb, x)) for x in img.blobs]
+
+        def pull_at(where, what):
+            """One pull whose blobs must all come from `where` ('a' or 'b'); its time."""
+            ma, mb, down = a.mark(), b.mark(), proxy.snapshot()["down"]
+            took, problem = faults_pull(ctx, gw, img, timeout=60)
+            if problem:
+                raise Failure(f"{what}: skopeo pull of {img.repo}:{img.tag} failed ({took:.1f} s): {problem}\n"
+                              f"-- gateway log:\n{tail(gw.log, 20)}")
+            want = [(1, 0) if where == "a" else (0, 1)] * len(img.blobs)
+            got = from_where(ma, mb)
+            deadline = time.time() + 2
+            while got != want and time.time() < deadline:
+                time.sleep(0.1)
+                got = from_where(ma, mb)
+            if got != want:
+                raise Failure(f"{what}: blob GETs (A, B) per blob {got}, expected {want}\n"
+                              f"-- gateway log:\n{tail(gw.log, 20)}")
+            return took, proxy.snapshot()["down"] - down
+
+        age = time.time() - ready
+        took, through = pull_at("a", "warm-up")
+        size = sum(len(ctx.images.blobs[x]) for x in img.blobs)
+        expect(through >= size, f"warm-up: the proxy passed {through} bytes from A, the blobs are {size}")
+        log(f"   ok  skopeo  redirect    faults warm-up: {len(img.blobs)} blobs served by A "
+            f"({through} bytes through the proxy), {took:.2f} s")
+        baseline = max(pull_at("a", "baseline")[0] for _ in range(2))
+        bound = baseline + FAULT_MARGIN
+        log(f"   ok  skopeo  redirect    faults baseline {baseline:.2f} s (slowest of 2 pulls from A); "
+            f"bound under a fault {bound:.2f} s")
+
+        def checked(within):
+            """Seconds until a passing health check of A is counted, or None."""
+            t = time.time()
+            while time.time() - t < within:
+                if breaker_open(gw, proxy.host)[1].get("healthy", 0) >= 1:
+                    return time.time() - t
+                time.sleep(0.1)
+            return None
+
+        # The faults mean something only once the gateway checks A (a host "in use").
+        notes = []
+        if checked(3) is None:
+            # Seen with this binary: a mirror used only within the gateway's first second is
+            # not marked in use (the mark is skipped while less than 1 s from 0), so it gets
+            # no health checks until a request after that second uses it again.
+            notes.append(f"no health check of A within 3 s of the warm-up and baseline pulls, which began "
+                         f"{age:.2f} s after the gateway was ready; one more pull from A")
+            log(f"   NOTE faults: {notes[-1]}")
+            pull_at("a", "second warm-up")
+            if checked(3) is None:
+                raise Failure(f"the gateway never checked A's health (archeio_mirror_probes_total for {proxy.host} "
+                              f"absent 3 s after a pull used it)\n-- gateway log:\n{tail(gw.log, 20)}")
+        log(f"   ok  skopeo  redirect    faults A under health checks: {breaker_open(gw, proxy.host)[1]}")
+
+        summaries, problems = [], []
+        for fault, wait in FAULTS:
+            known = len(problems)
+            proxy.set(fault)
+            before = proxy.snapshot()
+            time.sleep(wait)
+            opened, probes = breaker_open(gw, proxy.host)
+            if opened != 1:
+                problems.append(f"{fault}: after {wait} s A's breaker gauge is {opened:g}, expected 1 "
+                                f"(health checks: {probes})")
+            ma, mb = a.mark(), b.mark()
+            pulls, failures, slowest, first_problem = 0, 0, 0.0, None
+            end = time.time() + FAULT_PULLS_FOR
+            while time.time() < end:
+                took, problem = faults_pull(ctx, gw, img, timeout=max(10, 3 * bound))
+                pulls += 1
+                slowest = max(slowest, took)
+                if problem is None and took > bound:
+                    problem = f"took {took:.2f} s, bound {bound:.2f} s"
+                if problem:
+                    failures += 1
+                    first_problem = first_problem or problem
+            ok = pulls - failures
+            served = from_where(ma, mb)
+            deadline = time.time() + 2
+            while any(bb < ok for _, bb in served) and time.time() < deadline:
+                time.sleep(0.1)
+                served = from_where(ma, mb)
+            if failures:
+                problems.append(f"{fault}: {failures} of {pulls} pulls failed or were late; first: {first_problem}")
+            if any(aa for aa, _ in served) or any(bb < ok for _, bb in served):
+                problems.append(f"{fault}: blob GETs (A, B) per blob {served} over {pulls} pulls; "
+                                "expected none at A, each at B once a pull")
+            during = proxy.snapshot()
+            # The fault off: A must be in use again (its breaker closed by a passing check).
+            proxy.set("pass")
+            off = time.time()
+            back = None
+            while time.time() - off < FAULT_BACK_WITHIN:
+                if breaker_open(gw, proxy.host)[0] == 0:
+                    back = time.time() - off
+                    break
+                time.sleep(0.05)
+            if back is None:
+                problems.append(f"{fault}: A's breaker still open {FAULT_BACK_WITHIN} s after the fault was off")
+            try:
+                pull_at("a", f"{fault}: first pull once A was back")
+                confirmed = "next pull's blobs from A"
+            except Failure as e:
+                problems.append(str(e))
+                confirmed = "next pull NOT from A"
+            proxy_note = (f"proxy: {during['discarded'] - before['discarded']} bytes discarded" if fault == "blackhole"
+                          else f"proxy: {during['resets'] - before['resets']} resets" if fault == "reset"
+                          else f"proxy: {during['connections'] - before['connections']} connections opened, delayed")
+            line = (f"faults {fault:9}: {pulls} pulls, {failures} failures, slowest {slowest:.2f} s, "
+                    f"baseline {baseline:.2f} s (bound {bound:.2f} s), breaker open after {wait} s: "
+                    f"{'yes' if opened == 1 else 'NO'}, A back in use "
+                    + (f"{back:.2f} s" if back is not None else f"NOT within {FAULT_BACK_WITHIN} s")
+                    + f" after the fault was off ({confirmed}); {proxy_note}")
+            log(f"   {'ok ' if len(problems) == known else 'FAIL'} skopeo  redirect    {line}")
+            summaries.append(line)
+        _, probes = breaker_open(gw, proxy.host)
+        log(f"   health checks of A counted: {probes}; scenario {time.time() - started:.1f} s")
+        ctx.faults_summary = summaries + [f"faults NOTE: {n}" for n in notes] + [
+            f"faults: scenario {time.time() - started:.1f} s"]
+        if problems:
+            raise Failure("faults:\n  " + "\n  ".join(problems) + f"\n-- gateway log:\n{tail(gw.log, 30)}")
+        log(f"   ok  skopeo  redirect    faults ({time.time() - started:.1f} s)")
+    finally:
+        if gw is not None:
+            gw.stop()
+        for x in (proxy, b, a):
+            if x is not None:
+                x.stop()
+
+
 class Ctx:
     pass
 
@@ -1803,6 +2249,7 @@ def main():
     private = "private" in scenarios
     auth = "auth" in scenarios
     tls = "tls" in scenarios
+    faults = "faults" in scenarios  # skopeo in redirect mode only
     if not clients:
         ap.error("no client left to run")
 
@@ -1858,7 +2305,9 @@ def main():
         if tls:
             ctx.tls, ctx.tls_alpn, ctx.tls_notes = TestCA(work), {}, []
         ctx.clients = Clients(work, clients)
+        ctx.faults_summary = []
         failures = []
+        faults_runs = 0
         for mode in modes:
             if base:
                 gw = start("the gateway", lambda: Gateway(
@@ -1924,6 +2373,19 @@ def main():
                         log(f"   FAIL {client} {mode} tls: {e}")
                         failures.append(f"{client} {mode} tls")
                 gw.stop()
+            if faults:
+                # One run: the fault proxy and the health checks are the gateway's, not the
+                # client's; skopeo in redirect mode (clients fetch blobs from the mirrors).
+                for client in clients:
+                    if client != "skopeo" or mode != "redirect":
+                        log(f"   --  {client:7} {mode:11} faults: not run (skopeo in redirect mode only)")
+                        continue
+                    faults_runs += 1
+                    try:
+                        scenario_faults(ctx, work, args.binary)
+                    except (Failure, subprocess.TimeoutExpired, OSError) as e:
+                        log(f"   FAIL {client} {mode} faults: {e}")
+                        failures.append(f"{client} {mode} faults")
         if tls:
             log("== tls: ALPN agreed (archeio_tls_handshakes_total): "
                 + "; ".join(f"{c} {', '.join(sorted(a)) or '-'}" for c, a in ctx.tls_alpn.items())
@@ -1933,10 +2395,14 @@ def main():
         total = len(modes) * len(clients) * (len(base) + (len(PRIVATE_STORES) if private else 0)
                                              + (len(AUTH_MODES) if auth else 0) + (1 if tls else 0))
         total += len(modes) if tls else 0  # the tls scenario's control handshakes, once per gateway
+        total += faults_runs  # the faults scenario: skopeo in redirect mode, once
+        for line in ctx.faults_summary:
+            log(f"== {line}")
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
             f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
             + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "")
-                        + (f" [{', '.join(AUTH_MODES)}]" if x == "auth" else "") for x in scenarios) + ")"
+                        + (f" [{', '.join(AUTH_MODES)}]" if x == "auth" else "")
+                        + (" [skopeo, redirect]" if x == "faults" else "") for x in scenarios) + ")"
             + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
         log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
         if failures:
