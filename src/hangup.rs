@@ -1,5 +1,5 @@
-//! Work that runs again on an interval and on `SIGHUP` (range files, secret files, the
-//! htpasswd file), in one loop shape.
+//! Work that runs again on an interval and on `SIGHUP` (range files, secret files, TLS
+//! certificates, the configuration file), in one loop shape.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,15 +8,25 @@ use log::{info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+/// What woke the work up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The interval (the first run, at once, included).
+    Interval,
+    /// A `SIGHUP`.
+    Hangup,
+}
+
 /// Runs `work` at once, then every `interval` and on each `SIGHUP`, until `shutdown`
-/// changes. `what` names the work in the log line of a `SIGHUP` ("reloading {what}").
+/// changes, telling it which. `what` names the work in the log line of a `SIGHUP`
+/// ("reloading {what}").
 pub async fn on_interval_and_hangup<F, Fut>(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
     what: &str,
     mut work: F,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(Wake) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -29,16 +39,19 @@ pub async fn on_interval_and_hangup<F, Fut>(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => Wake::Interval,
             Some(()) = async {
                 match hangup.as_mut() {
                     Some(h) => h.recv().await,
                     None => std::future::pending().await,
                 }
-            } => info!("SIGHUP: reloading {what}"),
-        }
-        work().await;
+            } => {
+                info!("SIGHUP: reloading {what}");
+                Wake::Hangup
+            }
+        };
+        work(wake).await;
     }
 }

@@ -261,7 +261,7 @@ impl RangeRefresher {
             .cfg
             .refresh_interval
             .unwrap_or(Duration::from_secs(u32::MAX.into()));
-        let refresh = || async {
+        let refresh = |_| async {
             self.refresh().await;
         };
         on_interval_and_hangup(interval, shutdown, "cloud ranges", refresh).await;

@@ -282,6 +282,17 @@ async fn everything_but_the_listeners_reloads() {
         gw.log()
     );
 
+    // From the attacker's side: a reload that withdraws the trust makes the same forged
+    // header worthless again (the office range stays, the proxy is no longer believed).
+    let withdrawn =
+        everything(true).replace("  client_address: {trusted_proxies: [127.0.0.0/8]}\n", "");
+    rewrite(&gw, &withdrawn);
+    hangup(&gw);
+    until(&gw, "the forged address ignored again", async || {
+        gw.send("GET", manifest, &office).await.status == 307
+    })
+    .await;
+
     // Pingora's own keys are read at start only: a change is refused, not ignored.
     let path = gw.dir.path().join("archeio.yaml");
     let text = std::fs::read_to_string(&path).unwrap();

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 use sha2::{Digest, Sha256};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::lifecycle::Lifecycle;
@@ -28,6 +27,7 @@ use crate::auth::relay::TokenRelay;
 use crate::auth::ClientAuthority;
 use crate::config::file::ArcheioConfig;
 use crate::config::{ClientAuth, Settings};
+use crate::hangup::{on_interval_and_hangup, Wake};
 use crate::live::Live;
 use crate::logging;
 use crate::metrics;
@@ -182,35 +182,18 @@ impl ConfigReload {
     /// Reloads on every `SIGHUP`, and when the file's bytes change (a Kubernetes ConfigMap
     /// update reaches the mounted file without a signal), looked at every
     /// [`FILE_POLL`], until `shutdown` changes.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error!(
-                    "cannot listen for SIGHUP: the configuration reloads on file changes only: {e}"
-                );
-                None
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        let reload = |wake| async move {
+            match wake {
+                Wake::Hangup => self.reload(),
+                Wake::Interval if self.file_changed() => {
+                    info!("{} changed: reloading it", self.source);
+                    self.reload();
+                }
+                Wake::Interval => {}
             }
         };
-        let mut tick = tokio::time::interval(FILE_POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    if self.file_changed() {
-                        info!("{} changed: reloading it", self.source);
-                        self.reload();
-                    }
-                }
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => self.reload(),
-            }
-        }
+        on_interval_and_hangup(FILE_POLL, shutdown, "the configuration", reload).await;
     }
 
     /// Whether the file's bytes differ from those last read (a file that cannot be read is

@@ -59,11 +59,10 @@ impl ServerSettings {
     /// The first of Pingora's keys whose value `next` changes: the server reads them once,
     /// at start.
     pub fn changed_key(&self, next: &ServerSettings) -> Option<String> {
-        let as_map = |s: &ServerSettings| match serde_yaml::to_value(&s.conf) {
-            Ok(Value::Mapping(m)) => m,
-            _ => Mapping::new(),
-        };
-        let (now, then) = (as_map(self), as_map(next));
+        let (now, then) = (
+            as_mapping(&self.conf).unwrap_or_default(),
+            as_mapping(&next.conf).unwrap_or_default(),
+        );
         now.iter()
             .chain(then.iter())
             .find(|(k, _)| now.get(*k) != then.get(*k))
@@ -74,12 +73,12 @@ impl ServerSettings {
     /// others the file sets to something other than Pingora's default (the rest are
     /// Pingora's defaults, described in its own docs, and left out).
     pub fn printable(&self) -> Result<(Mapping, Mapping), String> {
-        let as_map = |conf: &ServerConf| match serde_yaml::to_value(conf) {
-            Ok(Value::Mapping(m)) => Ok(m),
-            _ => Err("cannot print Pingora's configuration".to_string()),
+        let unprintable = || "cannot print Pingora's configuration".to_string();
+        let ours = as_mapping(&self.conf).ok_or_else(unprintable)?;
+        let defaults = match ServerConf::new() {
+            Some(c) => Some(as_mapping(&c).ok_or_else(unprintable)?),
+            None => None,
         };
-        let ours = as_map(&self.conf)?;
-        let defaults = ServerConf::new().map(|c| as_map(&c)).transpose()?;
         let documented: Vec<String> =
             match serde_yaml::from_str::<Value>(include_str!("../../conf/archeio.yaml")) {
                 Ok(Value::Mapping(m)) => keys(&m),
@@ -142,10 +141,16 @@ fn check_keys(text: &str) -> Result<(), String> {
 
 /// Pingora's keys, from its own configuration type so that a new Pingora key is known.
 fn known_keys() -> Vec<String> {
-    let defaults = ServerConf::new().map(|c| serde_yaml::to_value(c).ok());
-    match defaults {
-        Some(Some(Value::Mapping(m))) => keys(&m),
-        _ => Vec::new(),
+    ServerConf::new()
+        .and_then(|c| as_mapping(&c))
+        .map_or_else(Vec::new, |m| keys(&m))
+}
+
+/// Pingora's keys and values as YAML.
+fn as_mapping(conf: &ServerConf) -> Option<Mapping> {
+    match serde_yaml::to_value(conf) {
+        Ok(Value::Mapping(m)) => Some(m),
+        _ => None,
     }
 }
 

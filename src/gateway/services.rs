@@ -53,7 +53,7 @@ pub struct SecretFiles(pub LiveGateway);
 #[async_trait]
 impl BackgroundService for SecretFiles {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let reload = || async { self.0.reload_secret_files() };
+        let reload = |_| async { self.0.reload_secret_files() };
         on_interval_and_hangup(SECRET_POLL, shutdown, "secret files", reload).await;
     }
 }

@@ -149,7 +149,7 @@ impl Certificates {
 
     /// Looks at the files every [`POLL`] and on `SIGHUP` until `shutdown` changes.
     pub async fn watch(&self, shutdown: watch::Receiver<bool>) {
-        let reload = || async { self.reload() };
+        let reload = |_| async { self.reload() };
         on_interval_and_hangup(POLL, shutdown, "TLS certificates", reload).await;
     }
 }

@@ -148,7 +148,10 @@ impl Mirrors {
                 used.store(now_ms, Ordering::Relaxed);
             }
             let counters = &self.counters[c.mirror];
-            if self.check.degraded(&self.host(c)) && self.better_after(&candidates[i + 1..]) {
+            if self.check.any_degraded()
+                && self.check.degraded(&self.host(c))
+                && self.better_after(&candidates[i + 1..])
+            {
                 counters.count(Outcome::Skipped);
                 continue;
             }

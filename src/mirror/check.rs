@@ -178,6 +178,14 @@ impl MirrorCheck {
         })
     }
 
+    /// Whether any host's last health check answered slower than `slow_after`: when none
+    /// did, the request path looks no further.
+    pub fn any_degraded(&self) -> bool {
+        self.probe
+            .as_ref()
+            .is_some_and(|p| p.any_degraded.load(Ordering::Relaxed))
+    }
+
     /// Whether `host`'s last health check answered slower than `slow_after`.
     pub fn degraded(&self, host: &str) -> bool {
         self.probe.as_ref().is_some_and(|p| {
