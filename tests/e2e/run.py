@@ -860,15 +860,12 @@ def gateway_config(d, port, admin, upstream_url, mirror_base, mode, upstream_ext
 PRIVATE_ENV = {"s3": ("E2E_S3_KEY_ID", "E2E_S3_SECRET"), "azure": "E2E_AZURE_KEY"}
 
 
-def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode):
-    """Both private stores as named mirrors; loopback blobs go to the chain `[store]` alone.
-    Redirect mode: `307` to a URL presigned for the client's method. Pass-through mode: the
-    rule's `delivery: proxy`, the gateway streams the blob from a presigned GET (a pass-through
-    deployment's clients need not reach the store). The default and region mirrors are a
-    closed port: a correct gateway never uses them here."""
+def chain_gateway_config(d, port, admin, upstream_url, mode, named, rule):
+    """A gateway whose loopback blobs go along a chain of named mirrors: `named`, the YAML
+    lines under `mirrors.named` (indented six spaces); `rule`, the one policy rule (flow
+    style). The default and region mirrors are a closed port: a correct gateway never uses
+    them here."""
     dead = f"http://127.0.0.1:{free_port()}"
-    delivery = "redirect" if mode == "redirect" else "proxy"
-    key_id_env, secret_env = PRIVATE_ENV["s3"]
     return pingora_config(d) + f"""archeio:
   listen: ['127.0.0.1:{port}']
   admin_listen: ['127.0.0.1:{admin}']
@@ -883,7 +880,26 @@ def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode)
     regions:
       {REGION}: '{dead}'
     named:
-      s3-private:
+{named}  policy:
+    rules:
+      - {rule}
+  ranges:
+    embedded: false
+    custom:
+      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
+  client_address:
+    trusted_proxy_hops: 0
+"""
+
+
+def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode):
+    """Both private stores as named mirrors; loopback blobs go to the chain `[store]` alone.
+    Redirect mode: `307` to a URL presigned for the client's method. Pass-through mode: the
+    rule's `delivery: proxy`, the gateway streams the blob from a presigned GET (a pass-through
+    deployment's clients need not reach the store)."""
+    delivery = "redirect" if mode == "redirect" else "proxy"
+    key_id_env, secret_env = PRIVATE_ENV["s3"]
+    named = f"""      s3-private:
         blob_path: '{BLOB_PATH}'
         signing:
           s3: {{bucket: {PRIVATE_BUCKET}, region: {REGION}, endpoint: '{s3.endpoint}',
@@ -893,16 +909,10 @@ def private_gateway_config(d, port, admin, upstream_url, s3, azure, store, mode)
         signing:
           azure: {{account: {AZURE_ACCOUNT}, container: {PRIVATE_BUCKET}, endpoint: '{azure.endpoint}',
                   access_key_env: {PRIVATE_ENV["azure"]}, lifetime: 15m}}
-  policy:
-    rules:
-      - {{match: {{cidr: 127.0.0.0/8, kind: blob}}, action: mirrors, mirrors: [{store}], delivery: {delivery}}}
-  ranges:
-    embedded: false
-    custom:
-      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
-  client_address:
-    trusted_proxy_hops: 0
 """
+    rule = (f"{{match: {{cidr: 127.0.0.0/8, kind: blob}}, action: mirrors, mirrors: [{store}], "
+            f"delivery: {delivery}}}")
+    return chain_gateway_config(d, port, admin, upstream_url, mode, named, rule)
 
 
 class Containerd:
@@ -1993,34 +2003,12 @@ class FaultProxy:
 def faults_gateway_config(d, port, admin, upstream_url, a_base, b_base):
     """Redirect mode; loopback blobs go to the chain [a, b] (a: the fault proxy in front of
     mirror A, b: mirror B); the shipped blob_check defaults (health checks every 1 s, 1 s
-    timeout, one failure opens the breaker). Default and region mirrors: a closed port."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    return pingora_config(d) + f"""archeio:
-  listen: ['127.0.0.1:{port}']
-  admin_listen: ['127.0.0.1:{admin}']
-  mode: redirect
-  upstream:
-    endpoints: ['{upstream_url}']
-    path: ''
-  mirrors:
-    default: '{dead}'
-    blob_path: '{BLOB_PATH}'
-    replace_regions: true
-    regions:
-      {REGION}: '{dead}'
-    named:
-      a: {{url: '{a_base}'}}
+    timeout, one failure opens the breaker)."""
+    named = f"""      a: {{url: '{a_base}'}}
       b: {{url: '{b_base}'}}
-  policy:
-    rules:
-      - {{match: {{cidr: 127.0.0.0/8, kind: blob}}, action: mirrors, mirrors: [a, b]}}
-  ranges:
-    embedded: false
-    custom:
-      - {{cidr: 127.0.0.0/8, cloud: aws, region: {REGION}}}
-  client_address:
-    trusted_proxy_hops: 0
 """
+    rule = "{match: {cidr: 127.0.0.0/8, kind: blob}, action: mirrors, mirrors: [a, b]}"
+    return chain_gateway_config(d, port, admin, upstream_url, "redirect", named, rule)
 
 
 def breaker_open(gw, host):
