@@ -13,7 +13,7 @@ use archeio::config::{BlobCheck, Settings};
 use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::routing::client_addr::{find_client, ClientAddrError, ClientAddressRules, Connection};
 use archeio::routing::ranges::{RangeSources, RangeTable};
-use archeio::routing::{decide, Decision, Request};
+use archeio::routing::{decide, Decision, Places, Request};
 use archeio::upstream::auth::UpstreamAuth;
 use archeio::upstream::blob_access::{Asker, BlobAccess};
 use archeio::upstream::Upstreams;
@@ -103,7 +103,7 @@ fn decision(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let req = request(target, client(&proxy, black_box(xff)));
-                decide(&req, &routes, &table)
+                decide(&req, &routes, Places::ranges_only(&table))
             })
         });
     }
@@ -126,14 +126,14 @@ fn decision(c: &mut Criterion) {
     .unwrap();
     let req = request(&blob, client(&proxy, &xff_aws));
     let get = http::Method::GET;
-    let Decision::CheckMirrors(warm) = decide(&req, &routes, &table) else {
+    let Decision::CheckMirrors(warm) = decide(&req, &routes, Places::ranges_only(&table)) else {
         panic!("an AWS client's blob needs a mirror check");
     };
     rt.block_on(mirrors.first_holding(&warm.candidates, &get, None));
     c.bench_function("blob_decision_with_cached_mirror_answer", |b| {
         b.to_async(&rt).iter(|| async {
             let req = request(&blob, client(&proxy, black_box(&xff_aws)));
-            match decide(&req, &routes, &table) {
+            match decide(&req, &routes, Places::ranges_only(&table)) {
                 Decision::CheckMirrors(chain) => {
                     let found = mirrors.first_holding(&chain.candidates, &get, None).await;
                     chain.decide(found)
@@ -170,7 +170,7 @@ fn decision(c: &mut Criterion) {
             .unwrap(),
     );
     let credential: &[u8] = b"Basic YWxpY2U6YWxpY2UtcGFzc3dvcmQ=";
-    let Decision::CheckMirrors(warm) = decide(&req, &relay.routes, &table) else {
+    let Decision::CheckMirrors(warm) = decide(&req, &relay.routes, Places::ranges_only(&table)) else {
         panic!("a relayed blob needs a mirror check");
     };
     let path = warm.confirm.clone().expect("relayed blobs are confirmed");
@@ -195,13 +195,13 @@ fn decision(c: &mut Criterion) {
     };
     let long = long.check("bench", |_| None).unwrap().routes;
     assert!(matches!(
-        decide(&req, &long, &table),
+        decide(&req, &long, Places::ranges_only(&table)),
         Decision::CheckMirrors(_)
     ));
     c.bench_function("decide/blob_50_rules", |b| {
         b.iter(|| {
             let req = request(&blob, client(&proxy, black_box(&xff_aws)));
-            decide(&req, &long, &table)
+            decide(&req, &long, Places::ranges_only(&table))
         })
     });
 }

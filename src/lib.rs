@@ -33,6 +33,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;
+pub mod geo_refresh;
 pub mod range_refresh;
 pub mod rate_limit;
 pub mod routing;

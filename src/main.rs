@@ -29,7 +29,7 @@ use archeio::gateway::lifecycle::{probe_binds, Lifecycle, ListenCheck, Signals};
 use archeio::gateway::proxy_protocol::Refusal;
 use archeio::gateway::server_conf::ServerSettings;
 use archeio::gateway::services::{
-    HealthChecks, MirrorProbes, RangeRefresh, Reload, SecretFiles, TlsCertificates,
+    GeoRefresh, HealthChecks, MirrorProbes, RangeRefresh, Reload, SecretFiles, TlsCertificates,
 };
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::tls::{Certificates, Resolver};
@@ -37,10 +37,11 @@ use archeio::gateway::LiveGateway;
 use archeio::live::Live;
 use archeio::logging;
 use archeio::metrics;
+use archeio::geo_refresh::GeoRefresher;
 use archeio::range_refresh::RangeRefresher;
 use archeio::routing::client_addr::ClientAddrError;
 use archeio::routing::explain::Sample;
-use archeio::routing::{Route, Routes};
+use archeio::routing::{Places, Route, Routes};
 use archeio::sync;
 use archeio::upstream::Upstreams;
 use cli::{Cli, Command};
@@ -57,10 +58,9 @@ fn main() {
     match &cli.command {
         Some(Command::Sync { args }) => exit(run_sync(args)),
         Some(Command::Health(h)) => {
-            let conf = cli::conf_path(h.conf.clone());
-            let admin =
-                Settings::admin_listen(conf.as_deref().map(Path::new), |k| std::env::var(k).ok())
-                    .unwrap_or_else(|e| fail(&e));
+            let target = cli::health_target(h.conf.clone());
+            let admin = Settings::admin_listen(target.conf.as_deref(), |k| target.var(k))
+                .unwrap_or_else(|e| fail(&e));
             exit(cli::health(h, admin.first().copied()));
         }
         None => {}
@@ -107,8 +107,12 @@ fn main() {
         RangeRefresher::start_up(&settings.ranges)
             .unwrap_or_else(|e| fail(&format!("{source}: archeio.ranges: {e}"))),
     );
+    let geo = Arc::new(
+        GeoRefresher::start_up(&settings.geo)
+            .unwrap_or_else(|e| fail(&format!("{source}: archeio.geo: {e}"))),
+    );
     if !samples.is_empty() {
-        exit(explain(&refresher, &settings.routes, &samples));
+        exit(explain(&refresher, &geo, &settings.routes, &samples));
     }
     let (v4, v6) = refresher.live().load().prefix_counts();
     metrics::init(&metrics::KnownLabels {
@@ -127,6 +131,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&e)),
     )));
     let ranges = Arc::new(Live::new(refresher));
+    let geo = Arc::new(Live::new(geo));
     let lifecycle = Arc::new(Lifecycle::new(ranges.clone()));
 
     let addresses = listener_keys(
@@ -154,11 +159,18 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(cli.pingora(), server_settings.into_pingora());
     let shared = Shared {
         ranges: ranges.clone(),
+        geo: geo.clone(),
         upstreams: upstreams.clone(),
         lifecycle: lifecycle.clone(),
         certificates: certificates.clone(),
     };
-    let gateway = build(&settings, &ranges.load(), &upstreams.load(), &lifecycle)
+    let gateway = build(
+        &settings,
+        &ranges.load(),
+        &geo.load(),
+        &upstreams.load(),
+        &lifecycle,
+    )
         .unwrap_or_else(|e| fail(&format!("{source}: {e}")));
     metrics::set_config_loaded(&config_hash(&effective));
     let live = LiveGateway::new(gateway);
@@ -222,6 +234,7 @@ fn main() {
     ));
     // Also without files or URLs: SIGHUP must not end the process.
     server.add_service(background_service("cloud ranges", RangeRefresh(ranges)));
+    server.add_service(background_service("geo databases", GeoRefresh(geo)));
     server.add_service(background_service(
         "mirror health",
         MirrorProbes(live.clone()),
@@ -361,7 +374,12 @@ fn explain_samples(cli: &Cli) -> Result<Vec<Sample>, String> {
 
 /// Prints what each sample would get, after fetching the range URLs as the first refresh
 /// would; the exit code.
-fn explain(refresher: &RangeRefresher, routes: &Routes, samples: &[Sample]) -> i32 {
+fn explain(
+    refresher: &RangeRefresher,
+    geo: &GeoRefresher,
+    routes: &Routes,
+    samples: &[Sample],
+) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -374,15 +392,21 @@ fn explain(refresher: &RangeRefresher, routes: &Routes, samples: &[Sample]) -> i
     };
     rt.block_on(refresher.refresh());
     let ranges = refresher.live().load_full();
+    let geo = geo.live().load_full();
     let (v4, v6) = ranges.prefix_counts();
     println!(
-        "{v4} IPv4 and {v6} IPv6 prefixes; {} policy rules\n",
+        "{v4} IPv4 and {v6} IPv6 prefixes; {} geo databases; {} policy rules\n",
+        geo.len(),
         routes.policy.rules.len()
     );
+    let places = Places {
+        ranges: &ranges,
+        geo: &geo,
+    };
     for sample in samples {
         println!(
             "{}",
-            archeio::routing::explain::explain(sample, routes, &ranges)
+            archeio::routing::explain::explain(sample, routes, places)
         );
     }
     0

@@ -342,12 +342,40 @@ pub static CLIENT_ADDRESS_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// The commit the binary was built from: `ARCHEIO_REVISION` at compile time (the image
+/// build sets it), else "unknown".
+fn revision() -> &'static str {
+    option_env!("ARCHEIO_REVISION")
+        .filter(|r| !r.is_empty())
+        .unwrap_or("unknown")
+}
+
+/// Loads of a geo database file, by file and result.
+pub static GEO_LOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_geo_database_loads_total",
+        "Reads of a geo database (MaxMind DB) file, by file and result (ok; failed: unreadable or corrupt, the last good version kept).",
+        &["database", "result"]
+    )
+    .expect("metric registers once")
+});
+
+/// When the geo database in use was built.
+pub static GEO_BUILT: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        "archeio_geo_database_build_timestamp_seconds",
+        "Unix time the geo database in use was built (its metadata's build_epoch): how old its facts are.",
+        &["database"]
+    )
+    .expect("metric registers once")
+});
+
 /// Build information, value 1.
 pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "archeio_build_info",
         "Build information; the value is 1.",
-        &["version"]
+        &["version", "revision"]
     )
     .expect("metric registers once")
 });
@@ -606,7 +634,9 @@ pub fn init(known: &KnownLabels<'_>) {
     LazyLock::force(&MIRROR_BREAKER_OPEN);
     LazyLock::force(&MIRROR_BREAKER_OPENS);
     LazyLock::force(&RANGE_LAST_SUCCESS);
+    LazyLock::force(&GEO_LOADS);
+    LazyLock::force(&GEO_BUILT);
     BUILD_INFO
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), revision()])
         .set(1);
 }

@@ -478,7 +478,10 @@ async fn metrics_health_and_readiness() {
     assert!(sample(&before, r#"archeio_ip_prefixes{family="ipv4"}"#) > 5000.0);
     assert!(sample(&before, r#"archeio_ip_prefixes{family="ipv6"}"#) > 2000.0);
     assert_eq!(
-        sample(&before, r#"archeio_build_info{version="0.1.0"}"#),
+        sample(
+            &before,
+            r#"archeio_build_info{revision="unknown",version="0.1.0"}"#
+        ),
         1.0
     );
 

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use archeio::config::file::{ArcheioConfig, Mode};
 use archeio::routing::client_addr::{find_client, ClientAddressRules, Connection};
 use archeio::routing::ranges::{CustomRange, RangeSources, RangeTable};
-use archeio::routing::{decide, Answer, Decision, Request, Routes};
+use archeio::routing::{decide, Answer, Decision, Places, Request, Routes};
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 
@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
             has_body: control & 2 != 0,
             grants: archeio::routing::Grants::Unchecked,
         };
-        let reply = match decide(&req, routes, &f.ranges) {
+        let reply = match decide(&req, routes, Places::ranges_only(&f.ranges)) {
             Decision::Reply(r) => r,
             Decision::CheckMirrors(chain) => {
                 assert!(!chain.candidates.is_empty());

@@ -21,7 +21,7 @@ use super::values::{
 };
 use super::{
     BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
-    ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings, TlsSettings,
+    GeoSettings, ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings, TlsSettings,
     UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
@@ -82,6 +82,9 @@ pub struct ArcheioConfig {
     pub policy: PolicyConfig,
     /// Which provider network and region a client address belongs to.
     pub ranges: RangesConfig,
+    /// Country, continent and network (autonomous system) of client addresses, from MaxMind
+    /// DB files, for rules' `country`, `continent` and `asn`.
+    pub geo: GeoConfig,
     /// How the client address is found.
     pub client_address: ClientAddressConfig,
     /// How the gateway treats its clients' credentials. Must be set when
@@ -118,6 +121,7 @@ impl Default for ArcheioConfig {
             mirrors: MirrorsConfig::default(),
             policy: PolicyConfig::default(),
             ranges: RangesConfig::default(),
+            geo: GeoConfig::default(),
             client_address: ClientAddressConfig::default(),
             client_auth: None,
             blob_check: BlobCheckConfig::default(),
@@ -208,9 +212,13 @@ impl ArcheioConfig {
             None => None,
         };
         let ranges = self.ranges.check().map_err(|e| e.under("ranges"))?;
-        let (policy, signed_mirrors) =
-            self.policy
-                .check(&self.mirrors, &ranges.sources.providers(), &env)?;
+        let geo = self.geo.check().map_err(|e| e.under("geo"))?;
+        let (policy, signed_mirrors) = self.policy.check(
+            &self.mirrors,
+            &ranges.sources.providers(),
+            !geo.databases.is_empty(),
+            &env,
+        )?;
         let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
         let client_timeouts = self
             .client_timeouts
@@ -247,6 +255,7 @@ impl ArcheioConfig {
             client_address,
             proxy_protocol,
             ranges,
+            geo,
             blob_check,
             upstream,
             signed_mirrors,
@@ -834,6 +843,52 @@ impl RangesConfig {
     }
 }
 
+/// The geo databases: MaxMind DB files (GeoLite2/GeoIP2 Country, City or ASN, DB-IP,
+/// ip-location-db, IPinfo), read at start-up (a missing or corrupt file stops the start)
+/// and again when one changes or on `SIGHUP`; a changed file that does not open keeps its
+/// last good version. The gateway never downloads them: keep them current with the
+/// vendor's updater (e.g. `geoipupdate`) or an image rebuild.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// The files, in order: for each fact (country, continent, network) the first file
+    /// that has it for an address gives it, so a country file and an ASN file combine.
+    /// Empty: no geo facts (rules cannot use `country`, `continent` or `asn`).
+    pub databases: Vec<PathBuf>,
+    /// How often the files are looked at for a change (size or modification time).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        GeoConfig {
+            databases: Vec::new(),
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl GeoConfig {
+    fn check(&self) -> Result<GeoSettings, Invalid> {
+        if self.check_interval.is_zero() {
+            return Err(Invalid::new("check_interval", "must be more than 0s"));
+        }
+        for (i, path) in self.databases.iter().enumerate() {
+            if self.databases[..i].contains(path) {
+                return Err(Invalid::new(
+                    format!("databases[{i}]"),
+                    format!("{} is listed twice", path.display()),
+                ));
+            }
+        }
+        Ok(GeoSettings {
+            databases: self.databases.clone(),
+            check_interval: self.check_interval,
+        })
+    }
+}
+
 /// One range document under `ranges.sources`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1407,6 +1462,7 @@ impl ArcheioConfig {
         for source in &mut self.ranges.sources {
             maybe(&mut source.file);
         }
+        self.geo.databases.iter_mut().for_each(one);
         for pair in &mut self.tls.certificates {
             one(&mut pair.cert_file);
             one(&mut pair.key_file);

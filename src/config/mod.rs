@@ -46,6 +46,8 @@ pub struct Settings {
     pub routes: Routes,
     /// Where the range table comes from and how it is kept fresh.
     pub ranges: RangeSettings,
+    /// The geo databases.
+    pub geo: GeoSettings,
     /// The mirror check.
     pub blob_check: BlobCheck,
     /// How the private mirrors' URLs are signed.
@@ -166,6 +168,15 @@ pub struct RangeSettings {
     /// A refreshed source with fewer prefixes than this fraction of its last good version
     /// is refused.
     pub min_prefix_ratio: f64,
+}
+
+/// The geo databases and how often they are looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoSettings {
+    /// MaxMind DB files, in order.
+    pub databases: Vec<PathBuf>,
+    /// Time between looks at the files for a change.
+    pub check_interval: Duration,
 }
 
 /// The mirror `HEAD` check, its cache and its breaker.

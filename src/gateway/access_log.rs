@@ -16,6 +16,7 @@ use super::headers::trace_id;
 use super::{Gateway, RequestCtx};
 use crate::logging::{self, push_quoted, ACCESS_TARGET};
 use crate::metrics;
+use crate::routing::geo::{Code, GeoFacts};
 use crate::routing::{Answer, Reply, Route, Target};
 
 impl metrics::Label for Route {
@@ -86,8 +87,12 @@ impl Gateway {
         let req = session.req_header();
         let peer = ctx.peer;
         let client = ctx.client.or(peer);
-        let ranges = self.ranges.load();
+        let ranges = self.places.ranges.load();
         let placement = client.and_then(|ip| ranges.lookup(ip));
+        let geo = self.places.geo.load();
+        let facts = client
+            .filter(|_| !geo.is_empty())
+            .map(|ip| geo.lookup(ip));
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
         AccessEntry {
             method: req.method.as_str().as_bytes(),
@@ -95,6 +100,7 @@ impl Gateway {
             client,
             peer,
             placement: placement.map(|p| (&*p.provider, &*p.region)),
+            geo: facts,
             route: reply.map_or("error", |r| r.route.as_str()),
             how,
             rule: ctx
@@ -132,6 +138,7 @@ pub(super) fn record_refused(method: &[u8], target: &[u8], client: Option<IpAddr
         client,
         peer: client,
         placement: None,
+        geo: None,
         route: reply.route.as_str(),
         how: "-",
         rule: None,
@@ -159,6 +166,8 @@ struct AccessEntry<'a> {
     peer: Option<IpAddr>,
     /// The client's provider and region, when its address is in the range table.
     placement: Option<(&'a str, &'a str)>,
+    /// The client's country, continent and network, when geo databases are loaded.
+    geo: Option<GeoFacts>,
     /// The rule that answered ([`Route::as_str`]), or `error`.
     route: &'a str,
     /// Where the answer came from: a redirect target kind, `proxy`, `cache`, `stale`, or `-`.
@@ -221,6 +230,9 @@ impl<'a> AccessEntry<'a> {
                 "region",
                 text(self.placement.map(|p| p.1).filter(|r| !r.is_empty())),
             ),
+            ("country", code(self.geo.as_ref().and_then(|g| g.country.as_ref()))),
+            ("continent", code(self.geo.as_ref().and_then(|g| g.continent.as_ref()))),
+            ("asn", self.geo.and_then(|g| g.asn).map_or(Field::Absent, Field::Number)),
             ("rule", text(self.rule)),
             ("location", text(location)),
             ("upstream", word(self.upstream)),
@@ -256,6 +268,7 @@ impl<'a> AccessEntry<'a> {
                     Field::Absent => continue,
                     Field::Ip(ip) => Value::from(ip.to_string()),
                     Field::Status(n) => Value::from(n),
+                    Field::Number(n) => Value::from(n),
                     Field::Millis(d) => {
                         let ms = d.as_secs_f64() * 1e3;
                         if ms.fract() == 0.0 {
@@ -310,6 +323,9 @@ fn push_value(line: &mut String, field: Field<'_>) {
         Field::Status(n) => {
             let _ = write!(line, "{n}");
         }
+        Field::Number(n) => {
+            let _ = write!(line, "{n}");
+        }
         Field::Millis(d) => {
             let micros = (d.as_nanos() + 500) / 1000;
             let _ = write!(line, "{}.{:03}", micros / 1000, micros % 1000);
@@ -362,8 +378,15 @@ enum Field<'a> {
     Millis(Duration),
     /// An id, as 16 hex digits.
     Id(u64),
+    /// A number (an AS number).
+    Number(u32),
     /// A token that needs no quotes (a route, a provider).
     Word(&'a str),
     /// Free text: quoted in a line.
     Text(Cow<'a, str>),
+}
+
+/// A country or continent code as a field.
+fn code(c: Option<&Code>) -> Field<'_> {
+    c.map_or(Field::Absent, |c| Field::Word(c.as_str()))
 }

@@ -21,7 +21,7 @@ use super::proxy_protocol::ProxyProtocol;
 use super::server_conf::ServerSettings;
 use super::slow_clients::ConnectionRules;
 use super::tls::Certificates;
-use super::{Clients, Gateway, LiveGateway, Operations, UpstreamAccess};
+use super::{Clients, Gateway, LiveGateway, LivePlaces, Operations, UpstreamAccess};
 use crate::auth::local::LocalAuth;
 use crate::auth::relay::TokenRelay;
 use crate::auth::ClientAuthority;
@@ -32,6 +32,7 @@ use crate::live::Live;
 use crate::logging;
 use crate::metrics;
 use crate::mirror::{MirrorCheck, Mirrors};
+use crate::geo_refresh::GeoRefresher;
 use crate::range_refresh::RangeRefresher;
 use crate::rate_limit::RateLimiter;
 use crate::upstream::auth::UpstreamAuth;
@@ -46,6 +47,7 @@ use crate::upstream::Upstreams;
 #[derive(Clone)]
 pub struct Shared {
     pub ranges: Arc<Live<RangeRefresher>>,
+    pub geo: Arc<Live<GeoRefresher>>,
     pub upstreams: Arc<Live<Upstreams>>,
     pub lifecycle: Arc<Lifecycle>,
     /// With TLS listeners only.
@@ -57,6 +59,7 @@ pub struct Shared {
 pub fn build(
     settings: &Settings,
     ranges: &RangeRefresher,
+    geo: &GeoRefresher,
     upstreams: &Arc<Upstreams>,
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<Gateway, String> {
@@ -126,7 +129,10 @@ pub fn build(
             connections: Arc::new(connections),
         },
         settings.routes.clone(),
-        ranges.live(),
+        LivePlaces {
+            ranges: ranges.live(),
+            geo: geo.live(),
+        },
         Arc::new(mirrors),
         UpstreamAccess {
             endpoints: upstreams.clone(),
@@ -264,6 +270,14 @@ impl ConfigReload {
                 .map_err(|e| format!("{}: archeio.ranges: {e}", self.source))?;
             Some(Arc::new(refresher))
         };
+        let current_geo = self.shared.geo.load();
+        let geo = if *current_geo.settings() == settings.geo {
+            None
+        } else {
+            let refresher = GeoRefresher::start_up(&settings.geo)
+                .map_err(|e| format!("{}: archeio.geo: {e}", self.source))?;
+            Some(Arc::new(refresher))
+        };
         let upstreams = if running.archeio.same_upstream_reach(&cfg) {
             None
         } else {
@@ -275,6 +289,7 @@ impl ConfigReload {
         let gateway = build(
             &settings,
             ranges.as_deref().unwrap_or(&current_ranges),
+            geo.as_deref().unwrap_or(&current_geo),
             upstreams.as_ref().unwrap_or(&self.shared.upstreams.load()),
             &self.shared.lifecycle,
         )
@@ -288,6 +303,9 @@ impl ConfigReload {
             let (v4, v6) = ranges.live().load().prefix_counts();
             metrics::set_prefix_counts(v4, v6);
             self.shared.ranges.replace(ranges);
+        }
+        if let Some(geo) = geo {
+            self.shared.geo.replace(geo);
         }
         if let Some(upstreams) = upstreams {
             let old = self.shared.upstreams.load();

@@ -33,6 +33,7 @@ use crate::auth::ClientAuthority;
 use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::mirror::Mirrors;
+use crate::geo_refresh::LiveGeo;
 use crate::range_refresh::LiveRanges;
 use crate::rate_limit::RateLimiter;
 use crate::routing::client_addr::{ClientAddrError, ClientAddressRules};
@@ -69,13 +70,22 @@ pub struct Gateway {
     /// Who the clients are, how long they may take, how they authenticate.
     clients: Clients,
     routes: Routes,
-    ranges: LiveRanges,
+    places: LivePlaces,
     mirrors: Arc<Mirrors>,
     upstream: UpstreamAccess,
     /// Requests decided per policy rule, by the rule's index.
     rule_matches: Vec<IntCounter>,
     /// What is around the requests.
     ops: Operations,
+}
+
+/// Where clients are: the live range table and geo databases, each swapped whole by its
+/// refresher.
+pub struct LivePlaces {
+    /// Cloud ranges, geofeeds, custom ranges.
+    pub ranges: LiveRanges,
+    /// Geo databases.
+    pub geo: LiveGeo,
 }
 
 /// What the gateway knows and asks of its clients.
@@ -117,12 +127,12 @@ pub struct UpstreamAccess {
 }
 
 impl Gateway {
-    /// A gateway answering by `routes` over `ranges`, asking `mirrors` for blobs,
+    /// A gateway answering by `routes` over `places`, asking `mirrors` for blobs,
     /// reaching the upstream through `upstream`.
     pub fn new(
         clients: Clients,
         routes: Routes,
-        ranges: LiveRanges,
+        places: LivePlaces,
         mirrors: Arc<Mirrors>,
         upstream: UpstreamAccess,
         ops: Operations,
@@ -132,7 +142,7 @@ impl Gateway {
             rule_matches: metrics::policy_rule_counters(rules),
             clients,
             routes,
-            ranges,
+            places,
             mirrors,
             upstream,
             ops,

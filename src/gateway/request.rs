@@ -16,7 +16,9 @@ use crate::auth::ClientAuthority;
 use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::routing::client_addr::{canonical, find_client, Connection};
-use crate::routing::{decide_by_rule, rate_limited, Answer, AuthMode, Decision, Grants, Request};
+use crate::routing::{
+    decide_by_rule, rate_limited, Answer, AuthMode, Decision, Grants, Places, Request,
+};
 use crate::upstream::blob_access::Asker;
 use crate::upstream::manifest_cache::ManifestCache;
 
@@ -71,7 +73,12 @@ impl Gateway {
             has_body: headers.has_body,
             grants,
         };
-        let (decision, rule) = decide_by_rule(&facts, &self.routes, &self.ranges.load());
+        let (ranges, geo) = (self.places.ranges.load(), self.places.geo.load());
+        let places = Places {
+            ranges: &ranges,
+            geo: &geo,
+        };
+        let (decision, rule) = decide_by_rule(&facts, &self.routes, places);
         ctx.rule = rule;
         if let Some(counter) = rule.and_then(|i| self.rule_matches.get(i)) {
             counter.inc();

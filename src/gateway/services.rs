@@ -16,6 +16,7 @@ use super::tls::Certificates;
 use super::LiveGateway;
 use crate::hangup::on_interval_and_hangup;
 use crate::live::Live;
+use crate::geo_refresh::GeoRefresher;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
 
@@ -103,6 +104,18 @@ impl BackgroundService for RangeRefresh {
     async fn start(&self, shutdown: ShutdownWatch) {
         let refreshes =
             |refresher: Arc<RangeRefresher>, shutdown| async move { refresher.run(shutdown).await };
+        self.0.follow(shutdown, refreshes).await;
+    }
+}
+
+/// The current geo databases looked at on their interval and read again on `SIGHUP`.
+pub struct GeoRefresh(pub Arc<Live<GeoRefresher>>);
+
+#[async_trait]
+impl BackgroundService for GeoRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let refreshes =
+            |refresher: Arc<GeoRefresher>, shutdown| async move { refresher.run(shutdown).await };
         self.0.follow(shutdown, refreshes).await;
     }
 }

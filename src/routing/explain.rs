@@ -6,8 +6,8 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::client_addr::canonical;
-use super::ranges::RangeTable;
-use super::{decide_by_rule, Answer, Decision, Request, Routes, Target};
+use super::geo::{GeoFacts, CONTINENTS};
+use super::{decide_by_rule, Answer, Decision, Places, Request, Routes, Target};
 
 /// One sample: a client address and a request target (`/v2/...`), fetched with `GET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +39,9 @@ impl Sample {
     }
 }
 
-/// The explanation of `sample`: the client's placement, the rule that matched, the answer.
-pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String {
+/// The explanation of `sample`: the client's placement (cloud range; country, continent
+/// and network when geo databases are loaded), the rule that matched, the answer.
+pub fn explain(sample: &Sample, routes: &Routes, places: Places<'_>) -> String {
     // The sample names the client itself, in the form the gateway would see it in.
     let client = canonical(sample.client);
     let req = Request {
@@ -51,13 +52,16 @@ pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String 
         has_body: false,
         grants: crate::routing::Grants::Unchecked,
     };
-    let (decision, rule) = decide_by_rule(&req, routes, ranges);
+    let (decision, rule) = decide_by_rule(&req, routes, places);
     let mut out = format!("{client} GET {}\n", sample.target);
-    let placement = match ranges.lookup(client) {
+    let placement = match places.ranges.lookup(client) {
         Some(p) => format!("{} {}", p.provider, p.region),
         None => "none (in no range)".into(),
     };
     let _ = writeln!(out, "  placement: {placement}");
+    if !places.geo.is_empty() {
+        let _ = writeln!(out, "  {}", geo_facts(&places.geo.lookup(client)));
+    }
     let rule = match rule {
         Some(i) => format!("#{} {:?}", i + 1, &*routes.policy.rules[i].name),
         None => "none".into(),
@@ -108,6 +112,20 @@ pub fn explain(sample: &Sample, routes: &Routes, ranges: &RangeTable) -> String 
     out
 }
 
+/// `country: DE, continent: EU (Europe), network: AS3320`, with `unknown` for what the
+/// databases do not say.
+fn geo_facts(f: &GeoFacts) -> String {
+    let country = f.country.map_or("unknown".into(), |c| c.to_string());
+    let continent = f.continent.map_or("unknown".into(), |c| {
+        match CONTINENTS.iter().find(|(code, _)| *code == c.as_str()) {
+            Some((_, name)) => format!("{c} ({name})"),
+            None => c.to_string(),
+        }
+    });
+    let network = f.asn.map_or("unknown".into(), |a| format!("AS{a}"));
+    format!("country: {country}, continent: {continent}, network: {network}")
+}
+
 fn target(t: &Target) -> String {
     match t {
         Target::Mirror(name) => format!("mirror {name:?}"),
@@ -145,7 +163,7 @@ fn answer(a: &Answer) -> String {
 mod tests {
     use super::*;
     use crate::config::file::ArcheioConfig;
-    use crate::routing::ranges::RangeSources;
+    use crate::routing::ranges::{RangeSources, RangeTable};
 
     #[test]
     fn samples_parse_and_comments_are_skipped() {
@@ -180,7 +198,7 @@ mod tests {
         let aws = explain(
             &Sample::parse(&format!("3.4.12.4 {blob}")).unwrap().unwrap(),
             &routes,
-            &ranges,
+            Places::ranges_only(&ranges),
         );
         assert!(aws.contains("placement: aws eu-west-1"), "{aws}");
         assert!(aws.contains("rule: #2 \"regional-mirror\""), "{aws}");
@@ -202,7 +220,7 @@ mod tests {
                 .unwrap()
                 .unwrap(),
             &routes,
-            &ranges,
+            Places::ranges_only(&ranges),
         );
         assert!(gcp.contains("placement: gcp africa-south1"), "{gcp}");
         assert!(
@@ -218,7 +236,7 @@ mod tests {
                 .unwrap()
                 .unwrap(),
             &routes,
-            &ranges,
+            Places::ranges_only(&ranges),
         );
         assert!(manifest.contains("placement: none"), "{manifest}");
         assert!(manifest.contains("rule: none"), "{manifest}");

@@ -7,6 +7,8 @@
 //! - [`client_addr`](mod@client_addr): the client's address from the connection and the
 //!   headers of the proxies the operator trusts (the glue finds it once per request);
 //! - [`ranges`]: which provider and region an address belongs to;
+//! - [`geo`]: its country, continent and network, from MaxMind DB files ([`Places`] holds
+//!   both: the one placement the rules read);
 //! - [`policy`]: the ordered rules and the mirrors they name;
 //! - [`explain`]: the decision for a sample request, in words, for `archeio -t --explain`.
 
@@ -15,6 +17,7 @@ use std::net::IpAddr;
 
 pub mod client_addr;
 pub mod explain;
+pub mod geo;
 pub mod grammar;
 pub mod policy;
 pub mod ranges;
@@ -22,6 +25,7 @@ pub mod target;
 
 use client_addr::ClientAddrError;
 use globset::GlobSet;
+use geo::GeoTable;
 use grammar::{parse_endpoint, Endpoint, Reference};
 use policy::{first_match, Action, Client, Delivery, Kind, Link, Policy};
 use ranges::RangeTable;
@@ -76,6 +80,25 @@ pub enum AuthMode {
     /// The gateway checks credentials itself ([`Request::grants`]) and reads the upstream
     /// with its own: everything upstream-bound is proxied, `/token` issues its tokens.
     Local,
+}
+
+/// Where clients are: the cloud ranges (provider and region) and the geo databases
+/// (country, continent, network). A client in a cloud range keeps its provider and region;
+/// the geo facts are extra facts about every client, looked up only for a rule that asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Places<'t> {
+    /// The cloud ranges, geofeeds and custom ranges.
+    pub ranges: &'t RangeTable,
+    /// The geo databases (possibly none).
+    pub geo: &'t GeoTable,
+}
+
+impl<'t> Places<'t> {
+    /// The ranges alone, without geo databases.
+    pub fn ranges_only(ranges: &'t RangeTable) -> Places<'t> {
+        static NONE: GeoTable = GeoTable::EMPTY;
+        Places { ranges, geo: &NONE }
+    }
 }
 
 /// The facts of one request.
@@ -394,15 +417,15 @@ pub fn rate_limited(target: &[u8], wait: std::time::Duration) -> Reply {
 /// 6. path starting with `/privacy`: `307` to the privacy URL;
 /// 7. `/token` when clients authenticate (`client_auth` not anonymous): the token request;
 /// 8. anything else: `404`.
-pub fn decide(req: &Request<'_>, routes: &Routes, ranges: &RangeTable) -> Decision {
-    decide_by_rule(req, routes, ranges).0
+pub fn decide(req: &Request<'_>, routes: &Routes, places: Places<'_>) -> Decision {
+    decide_by_rule(req, routes, places).0
 }
 
 /// [`decide`], with the index in [`Policy::rules`] of the rule that decided, if one did.
 pub fn decide_by_rule(
     req: &Request<'_>,
     routes: &Routes,
-    ranges: &RangeTable,
+    places: Places<'_>,
 ) -> (Decision, Option<usize>) {
     let api = req.target.starts_with(b"/v2");
     if !served_method(req.method.as_bytes()) {
@@ -425,7 +448,7 @@ pub fn decide_by_rule(
         Err(why) => return (error(Route::Invalid, 400, "NAME_INVALID", why, api), None),
     };
     if api {
-        return decide_api(path, query, req, routes, ranges);
+        return decide_api(path, query, req, routes, places);
     }
     if path == "/" {
         return (
@@ -487,7 +510,7 @@ fn decide_api(
     query: Option<&str>,
     req: &Request<'_>,
     routes: &Routes,
-    ranges: &RangeTable,
+    places: Places<'_>,
 ) -> (Decision, Option<usize>) {
     let rest = &path[3..];
     if rest.is_empty() || rest == "/" {
@@ -581,9 +604,14 @@ fn decide_api(
     };
     let find_client = || {
         let address = req.client.map_err(|e| e.to_string());
-        let placement = address.as_ref().ok().and_then(|ip| ranges.lookup(*ip));
-        Client { address, placement }
+        let placement = address.as_ref().ok().and_then(|ip| places.ranges.lookup(*ip));
+        Client {
+            address,
+            placement,
+            geo: None,
+        }
     };
+    let geo_of = |ip| places.geo.lookup(ip);
     let mut client = None;
     if kind == Kind::Blob {
         let c = client.insert(find_client());
@@ -594,7 +622,14 @@ fn decide_api(
             );
         }
     }
-    let matched = match first_match(&policy.rules, kind, repository, &mut client, find_client) {
+    let matched = match first_match(
+        &policy.rules,
+        kind,
+        repository,
+        &mut client,
+        find_client,
+        geo_of,
+    ) {
         Ok(matched) => matched,
         Err(e) => {
             return (

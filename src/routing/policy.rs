@@ -1,7 +1,7 @@
 //! The routing policy: ordered rules, first match wins, that send a registry request to the
 //! upstream, along a chain of blob mirrors, or nowhere (`404`). A rule matches on the
-//! client's placement (provider, region), its address, the repository and the kind of
-//! request; what the rule says is turned into an answer by `decide_api`. With no rules
+//! client's placement (provider, region; country, continent, network), its address, the
+//! repository and the kind of request; what the rule says is turned into an answer by `decide_api`. With no rules
 //! configured, [`Policy::archeio`] is archeio's own behaviour as two rules.
 
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use globset::{Candidate, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::geo::{Code, GeoFacts};
 use super::ranges::Placement;
 
 /// What a registry request asks for; rules match on it.
@@ -124,6 +125,12 @@ pub struct Rule {
     pub regions: Option<GlobSet>,
     /// Networks of the client's address; empty: any.
     pub cidrs: Box<[IpNet]>,
+    /// Countries of the client (ISO 3166-1 alpha-2), by the geo databases; empty: any.
+    pub countries: Box<[Code]>,
+    /// Continents of the client, by the geo databases; empty: any.
+    pub continents: Box<[Code]>,
+    /// Autonomous systems of the client's network, by the geo databases; empty: any.
+    pub asns: Box<[u32]>,
     /// Repository globs (`*` stays within a path segment, `**` crosses them); `None`: any.
     pub repositories: Option<GlobSet>,
     /// What it does.
@@ -142,6 +149,9 @@ impl Rule {
             providers: Box::new([]),
             regions: None,
             cidrs: Box::new([]),
+            countries: Box::new([]),
+            continents: Box::new([]),
+            asns: Box::new([]),
             repositories: None,
             action,
             delivery: None,
@@ -150,7 +160,15 @@ impl Rule {
 
     /// Whether the rule looks at the client: then the client's address must be known.
     pub fn needs_client(&self) -> bool {
-        !self.providers.is_empty() || self.regions.is_some() || !self.cidrs.is_empty()
+        !self.providers.is_empty()
+            || self.regions.is_some()
+            || !self.cidrs.is_empty()
+            || self.needs_geo()
+    }
+
+    /// Whether the rule looks at the geo databases' facts.
+    pub fn needs_geo(&self) -> bool {
+        !self.countries.is_empty() || !self.continents.is_empty() || !self.asns.is_empty()
     }
 
     /// Whether the request's own facts (kind and repository) match. `repository` is made a
@@ -168,12 +186,15 @@ impl Rule {
     }
 
     /// Whether the client matches; `client` is its address and placement. Its region is
-    /// made a glob candidate once, as the repository is.
+    /// made a glob candidate once, as the repository is, and its geo facts are looked up
+    /// (`geo_of`) once, by the first rule that asks.
     fn matches_client<'p>(
         &self,
         ip: IpAddr,
         placement: Option<&'p Placement>,
         region: &mut Option<Candidate<'p>>,
+        geo: &mut Option<GeoFacts>,
+        geo_of: &impl Fn(IpAddr) -> GeoFacts,
     ) -> bool {
         if !self.providers.is_empty()
             && !placement.is_some_and(|p| self.providers.iter().any(|n| **n == *p.provider))
@@ -188,7 +209,19 @@ impl Rule {
                 return false;
             }
         }
-        self.cidrs.is_empty() || self.cidrs.iter().any(|net| net.contains(&ip))
+        if !(self.cidrs.is_empty() || self.cidrs.iter().any(|net| net.contains(&ip))) {
+            return false;
+        }
+        if !self.needs_geo() {
+            return true;
+        }
+        let facts = *geo.get_or_insert_with(|| geo_of(ip));
+        let one_of = |list: &[Code], fact: Option<Code>| {
+            list.is_empty() || fact.is_some_and(|f| list.contains(&f))
+        };
+        one_of(&self.countries, facts.country)
+            && one_of(&self.continents, facts.continent)
+            && (self.asns.is_empty() || facts.asn.is_some_and(|a| self.asns.contains(&a)))
     }
 }
 
@@ -282,18 +315,22 @@ impl Policy {
 pub(super) struct Client<'t> {
     /// The address, or why it could not be found.
     pub address: Result<IpAddr, String>,
-    /// Where it lives.
+    /// The cloud range it is in.
     pub placement: Option<&'t Placement>,
+    /// Its country, continent and network, once a rule asked.
+    pub geo: Option<GeoFacts>,
 }
 
 /// The index of the first rule that matches, or why the client could not be placed.
-/// `client` is called at most once, for the first rule that looks at the client.
+/// `client` is called at most once, for the first rule that looks at the client, and
+/// `geo_of` at most once, for the first that looks at its geo facts.
 pub(super) fn first_match<'t>(
     rules: &[Rule],
     kind: Kind,
     repository: &str,
     client: &mut Option<Client<'t>>,
     find_client: impl Fn() -> Client<'t>,
+    geo_of: impl Fn(IpAddr) -> GeoFacts,
 ) -> Result<Option<usize>, String> {
     let (mut candidate, mut region) = (None, None);
     for (i, rule) in rules.iter().enumerate() {
@@ -303,7 +340,7 @@ pub(super) fn first_match<'t>(
         if rule.needs_client() {
             let c = client.get_or_insert_with(&find_client);
             let ip = c.address.clone()?;
-            if !rule.matches_client(ip, c.placement, &mut region) {
+            if !rule.matches_client(ip, c.placement, &mut region, &mut c.geo, &geo_of) {
                 continue;
             }
         }
@@ -336,6 +373,10 @@ mod tests {
         }
     }
 
+    fn no_geo(_: IpAddr) -> GeoFacts {
+        GeoFacts::default()
+    }
+
     fn rule(kinds: &[Kind]) -> Rule {
         Rule::new(
             "r",
@@ -353,8 +394,10 @@ mod tests {
         let find = || Client {
             address: Ok(ip.parse().unwrap()),
             placement: p,
+            geo: None,
         };
-        first_match(std::slice::from_ref(r), kind, repo, &mut client, find).unwrap() == Some(0)
+        first_match(std::slice::from_ref(r), kind, repo, &mut client, find, no_geo).unwrap()
+            == Some(0)
     }
 
     #[test]
@@ -443,9 +486,14 @@ mod tests {
     fn a_rule_without_client_conditions_never_asks_for_the_client() {
         let rules = [rule(&[Kind::Manifest]), rule(&[])];
         let mut client = None;
-        let got = first_match(&rules, Kind::Blob, "x", &mut client, || {
-            panic!("the client was not needed")
-        });
+        let got = first_match(
+            &rules,
+            Kind::Blob,
+            "x",
+            &mut client,
+            || panic!("the client was not needed"),
+            no_geo,
+        );
         assert_eq!(got, Ok(Some(1)));
     }
 
@@ -457,15 +505,16 @@ mod tests {
         let bad = || Client {
             address: Err("bad X-Forwarded-For".into()),
             placement: None,
+            geo: None,
         };
         let mut client = None;
         assert_eq!(
-            first_match(&rules, Kind::Blob, "x", &mut client, bad),
+            first_match(&rules, Kind::Blob, "x", &mut client, bad, no_geo),
             Ok(Some(0))
         );
         let mut client = None;
         assert_eq!(
-            first_match(&rules, Kind::Manifest, "x", &mut client, bad),
+            first_match(&rules, Kind::Manifest, "x", &mut client, bad, no_geo),
             Err("bad X-Forwarded-For".into())
         );
     }
@@ -484,14 +533,71 @@ mod tests {
             Client {
                 address: Ok("1.2.3.4".parse().unwrap()),
                 placement: Some(&p),
+                geo: None,
             }
         };
         let mut client = None;
         assert_eq!(
-            first_match(&rules, Kind::Blob, "x", &mut client, find),
+            first_match(&rules, Kind::Blob, "x", &mut client, find, no_geo),
             Ok(Some(1))
         );
         assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn geo_conditions_match_the_databases_facts_looked_up_once() {
+        let code = |c: &str| Code::parse(c).unwrap();
+        let mut partner = rule(&[Kind::Blob]);
+        partner.asns = Box::new([64512]);
+        let mut aws_in_de = rule(&[Kind::Blob]);
+        aws_in_de.providers = Box::new(["aws".into()]);
+        aws_in_de.countries = Box::new([code("DE")]);
+        let mut europe = rule(&[Kind::Blob]);
+        europe.continents = Box::new([code("EU")]);
+        let rules = [partner, aws_in_de, europe, rule(&[])];
+        let lookups = std::cell::Cell::new(0);
+        let first = |facts: GeoFacts, p: Option<&Placement>| {
+            lookups.set(0);
+            let mut client = None;
+            let find = || Client {
+                address: Ok("192.0.2.1".parse().unwrap()),
+                placement: p,
+                geo: None,
+            };
+            let geo_of = |_| {
+                lookups.set(lookups.get() + 1);
+                facts
+            };
+            let got = first_match(&rules, Kind::Blob, "x", &mut client, find, geo_of).unwrap();
+            assert_eq!(lookups.get(), 1, "looked up once");
+            got
+        };
+        let de = GeoFacts {
+            country: Some(code("DE")),
+            continent: Some(code("EU")),
+            asn: Some(3320),
+        };
+        let aws = place("aws", "eu-central-1");
+        assert_eq!(first(de, Some(&aws)), Some(1), "cloud and country together");
+        assert_eq!(first(de, None), Some(2), "no cloud range: the continent");
+        let partner_de = GeoFacts {
+            asn: Some(64512),
+            ..de
+        };
+        assert_eq!(first(partner_de, Some(&aws)), Some(0), "the network first");
+        assert_eq!(first(GeoFacts::default(), None), Some(3), "no facts match no geo rule");
+        // Rules that never look at the geo facts never look them up.
+        let mut client = None;
+        let find = || Client {
+            address: Ok("192.0.2.1".parse().unwrap()),
+            placement: None,
+            geo: None,
+        };
+        let never = |_| -> GeoFacts { panic!("not looked up") };
+        assert_eq!(
+            first_match(&rules[3..], Kind::Blob, "x", &mut client, find, never),
+            Ok(Some(0))
+        );
     }
 
     #[test]
@@ -501,11 +607,12 @@ mod tests {
         let aws = place("aws", "us-east-1");
         let first = |kind, p: Option<&Placement>| {
             let mut client = None;
-            first_match(&rules, kind, "pause", &mut client, || Client {
+            let find = || Client {
                 address: Ok("1.2.3.4".parse().unwrap()),
                 placement: p,
-            })
-            .unwrap()
+                geo: None,
+            };
+            first_match(&rules, kind, "pause", &mut client, find, no_geo).unwrap()
         };
         assert_eq!(first(Kind::Blob, Some(&gcp)), Some(0));
         assert_eq!(first(Kind::Blob, Some(&aws)), Some(1));

@@ -69,7 +69,7 @@ fn decide_over(
         has_body: false,
         grants: crate::routing::Grants::Unchecked,
     };
-    decide_by_rule(&req, routes, ranges)
+    decide_by_rule(&req, routes, Places::ranges_only(ranges))
 }
 
 fn chain(d: Decision) -> MirrorChain {

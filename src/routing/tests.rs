@@ -77,7 +77,7 @@ fn decide_with(method: &str, target: &str, peer: &str, xff: &[&str], routes: &Ro
         has_body: false,
         grants: crate::routing::Grants::Unchecked,
     };
-    decide(&req, routes, ranges())
+    decide(&req, routes, Places::ranges_only(ranges()))
 }
 
 fn url(answer: &Answer) -> &str {
@@ -476,7 +476,7 @@ fn without_trusted_proxies_the_peer_decides() {
         has_body: false,
         grants: crate::routing::Grants::Unchecked,
     };
-    let c = candidate(decide(&req, &routes(false), ranges()));
+    let c = candidate(decide(&req, &routes(false), Places::ranges_only(ranges())));
     assert_eq!(c.target, Target::Mirror("us-east-1".into()));
 }
 
@@ -631,7 +631,7 @@ fn redirects_go_to_the_endpoint_the_health_checks_chose() {
             has_body: false,
             grants: crate::routing::Grants::Unchecked,
         };
-        let r = reply(decide(&req, &routes, ranges()));
+        let r = reply(decide(&req, &routes, Places::ranges_only(ranges())));
         assert_eq!(
             url(&r.answer),
             format!("https://{host}/v2/k8s-artifacts-prod/images/pause/manifests/3.9?x=1")
@@ -735,7 +735,7 @@ fn requests_with_a_body_are_400() {
             grants: crate::routing::Grants::Unchecked,
         };
         assert_eq!(
-            status(decide(&req, &passthrough_routes(), ranges())),
+            status(decide(&req, &passthrough_routes(), Places::ranges_only(ranges()))),
             (Route::Invalid, 400, true)
         );
     }

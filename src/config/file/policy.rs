@@ -12,6 +12,7 @@ use super::super::values::{base_url, blob_path, Invalid};
 use super::super::SignedMirror;
 use super::MirrorsConfig;
 use crate::routing::client_addr::canonical_net;
+use crate::routing::geo::{is_country, parse_asn, Code, CONTINENTS};
 use crate::routing::policy::{glob_set, Action, Delivery, Kind, Kinds, Link, Mirror, Policy, Rule};
 
 /// How requests are routed: rules over the client's placement, its address, the repository
@@ -79,6 +80,15 @@ pub struct MatchConfig {
     pub region: OneOrMany,
     /// Networks the client's address is in (`10.20.0.0/16`; host bits must be zero).
     pub cidr: OneOrMany,
+    /// Countries of the client by the geo databases: ISO 3166-1 alpha-2 codes (`DE`, `JP`).
+    /// Needs `geo.databases`.
+    pub country: OneOrMany,
+    /// Continents of the client by the geo databases: `AF`, `AN`, `AS`, `EU`, `NA`, `OC`,
+    /// `SA`. Needs `geo.databases`.
+    pub continent: OneOrMany,
+    /// Autonomous systems of the client's network by the geo databases: numbers (`64512`
+    /// or `AS64512`). Needs `geo.databases`.
+    pub asn: OneOrMany,
     /// Repository globs: `*` within a path segment, `**` across segments.
     pub repository: OneOrMany,
     /// Request kinds: `blob`, `manifest`, `tag_list`, `referrers`, `signature` (cosign
@@ -204,6 +214,7 @@ impl PolicyConfig {
         &self,
         mirrors: &MirrorsConfig,
         providers: &BTreeSet<String>,
+        geo: bool,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Policy, Vec<SignedMirror>), Invalid> {
         let (prefix, suffix) =
@@ -279,7 +290,7 @@ impl PolicyConfig {
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    r.check(i, &named, providers)
+                    r.check(i, &named, providers, geo)
                         .map_err(|e| e.under(&format!("policy.rules[{i}]")))
                 })
                 .collect::<Result<_, _>>()?
@@ -381,6 +392,9 @@ impl RuleConfig {
             && values(&m.provider, &o.provider, &[])
             && values(&m.region, &o.region, &["*", "**"])
             && values(&m.repository, &o.repository, &["**"])
+            && values(&m.country, &o.country, &[])
+            && values(&m.continent, &o.continent, &[])
+            && values(&m.asn, &o.asn, &[])
             && cidrs
     }
 
@@ -389,8 +403,10 @@ impl RuleConfig {
         i: usize,
         named: &BTreeMap<&str, usize>,
         providers: &BTreeSet<String>,
+        geo: bool,
     ) -> Result<Rule, Invalid> {
         let m = &self.matches;
+        let geo = geo_conditions(m, geo)?;
         let kinds = m
             .kind
             .as_slice()
@@ -485,11 +501,90 @@ impl RuleConfig {
                 .collect(),
             regions: globs("region", m.region.as_slice())?,
             cidrs: cidrs.into(),
+            countries: geo.countries,
+            continents: geo.continents,
+            asns: geo.asns,
             repositories: globs("repository", m.repository.as_slice())?,
             action,
             delivery: self.delivery,
         })
     }
+}
+
+/// A rule's geo conditions, checked.
+struct GeoConditions {
+    countries: Box<[Code]>,
+    continents: Box<[Code]>,
+    asns: Box<[u32]>,
+}
+
+/// A rule's countries, continents and AS numbers, checked against the lists of each;
+/// `geo`: whether databases are configured to tell them.
+fn geo_conditions(m: &MatchConfig, geo: bool) -> Result<GeoConditions, Invalid> {
+    let countries = m
+        .country
+        .as_slice()
+        .iter()
+        .map(|c| {
+            Code::parse(c).filter(|&code| is_country(code)).ok_or_else(|| {
+                Invalid::new(
+                    "match.country",
+                    format!("{c:?} is not an ISO 3166-1 alpha-2 country code (e.g. DE, JP, US)"),
+                )
+            })
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    let continents = m
+        .continent
+        .as_slice()
+        .iter()
+        .map(|c| {
+            Code::parse(c)
+                .filter(|code| CONTINENTS.iter().any(|(k, _)| *k == code.as_str()))
+                .ok_or_else(|| {
+                    let known: Vec<String> = CONTINENTS
+                        .iter()
+                        .map(|(k, name)| format!("{k} ({name})"))
+                        .collect();
+                    Invalid::new(
+                        "match.continent",
+                        format!("{c:?} is not a continent code; one of {}", known.join(", ")),
+                    )
+                })
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    let asns = m
+        .asn
+        .as_slice()
+        .iter()
+        .map(|a| {
+            parse_asn(a).ok_or_else(|| {
+                Invalid::new(
+                    "match.asn",
+                    format!("{a:?} is not an AS number; write 64512 or AS64512"),
+                )
+            })
+        })
+        .collect::<Result<Box<[_]>, _>>()?;
+    if !geo {
+        for (key, set) in [
+            ("country", countries.is_empty()),
+            ("continent", continents.is_empty()),
+            ("asn", asns.is_empty()),
+        ] {
+            if !set {
+                return Err(Invalid::new(
+                    format!("match.{key}"),
+                    "needs geo.databases (MaxMind DB files) to tell a client's country,                      continent and network",
+                ));
+            }
+        }
+    }
+    Ok(GeoConditions {
+        countries,
+        continents,
+        asns,
+    })
 }
 
 /// A network as a rule writes it: an address and a prefix length, no host bits.
