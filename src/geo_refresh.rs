@@ -166,7 +166,9 @@ fn stamp_of(m: &std::fs::Metadata) -> Stamp {
 fn record_load(path: &Path, db: Option<&GeoDatabase>) {
     let label = path.display().to_string();
     let result = if db.is_some() { "ok" } else { "failed" };
-    metrics::GEO_LOADS.with_label_values(&[&label, result]).inc();
+    metrics::GEO_LOADS
+        .with_label_values(&[&label, result])
+        .inc();
     metrics::GEO_LOADS.with_label_values(&[&label, "failed"]);
     if let Some(db) = db {
         metrics::GEO_BUILT

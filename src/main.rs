@@ -34,10 +34,10 @@ use archeio::gateway::services::{
 use archeio::gateway::slow_clients::HeaderDeadline;
 use archeio::gateway::tls::{Certificates, Resolver};
 use archeio::gateway::LiveGateway;
+use archeio::geo_refresh::GeoRefresher;
 use archeio::live::Live;
 use archeio::logging;
 use archeio::metrics;
-use archeio::geo_refresh::GeoRefresher;
 use archeio::range_refresh::RangeRefresher;
 use archeio::routing::client_addr::ClientAddrError;
 use archeio::routing::explain::Sample;
@@ -171,7 +171,7 @@ fn main() {
         &upstreams.load(),
         &lifecycle,
     )
-        .unwrap_or_else(|e| fail(&format!("{source}: {e}")));
+    .unwrap_or_else(|e| fail(&format!("{source}: {e}")));
     metrics::set_config_loaded(&config_hash(&effective));
     let live = LiveGateway::new(gateway);
     let reload = ConfigReload {

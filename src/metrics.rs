@@ -350,6 +350,46 @@ fn revision() -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Proxied mirror blobs cut off because their bytes did not hash to the digest.
+pub static MIRROR_DIGEST_MISMATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_mirror_digest_mismatches_total",
+        "Blobs proxied from a mirror (delivery: proxy) whose bytes did not hash to their digest: the answer was cut off and the mirror counts as not holding the blob.",
+        &["mirror"]
+    )
+    .expect("metric registers once")
+});
+
+/// Bytes of blobs the gateway answered with, by where they came from.
+pub static BLOB_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_blob_bytes_total",
+        "Bytes of blobs answered with (GET), by source (mirror, upstream), mirror (its name; empty for the upstream) and delivery (redirect: the size the mirror's HEAD gave, counted when the client is sent there; proxy: the bytes streamed). Bytes from a mirror are bytes the upstream did not serve.",
+        &["source", "mirror", "delivery"]
+    )
+    .expect("metric registers once")
+});
+
+/// Blob answers whose size the gateway did not learn.
+pub static BLOB_SIZE_UNKNOWN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "archeio_blob_size_unknown_total",
+        "Blob answers (GET) not in archeio_blob_bytes_total because their size was not known: a redirect to the upstream without offload.upstream_head, or a mirror HEAD without Content-Length.",
+        &["source", "delivery"]
+    )
+    .expect("metric registers once")
+});
+
+/// The operator's egress price per gigabyte, for the dashboard's cost estimate.
+pub static EGRESS_COST: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        "archeio_egress_cost_per_gigabyte",
+        "Egress price per gigabyte (10^9 bytes) from offload.cost_per_gb, by source (mirror, upstream) and mirror: times archeio_blob_bytes_total, an egress estimate.",
+        &["source", "mirror"]
+    )
+    .expect("metric registers once")
+});
+
 /// Loads of a geo database file, by file and result.
 pub static GEO_LOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -635,6 +675,9 @@ pub fn init(known: &KnownLabels<'_>) {
     LazyLock::force(&MIRROR_BREAKER_OPENS);
     LazyLock::force(&RANGE_LAST_SUCCESS);
     LazyLock::force(&GEO_LOADS);
+    LazyLock::force(&MIRROR_DIGEST_MISMATCHES);
+    LazyLock::force(&BLOB_BYTES);
+    LazyLock::force(&BLOB_SIZE_UNKNOWN);
     LazyLock::force(&GEO_BUILT);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), revision()])

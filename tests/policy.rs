@@ -18,6 +18,11 @@ fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
+/// The blob's own digest: what a proxied blob is verified against.
+fn real_digest(bytes: &[u8]) -> String {
+    common::registry::sha256(bytes)
+}
+
 /// An upstream whose every repository holds every blob, each blob's bytes being
 /// `UPSTREAM_BYTES`: the policy below restricts repositories, so the gateway asks it before a
 /// mirror serves one.
@@ -33,8 +38,9 @@ fn up(upstream: &common::fake::FakeServer) -> String {
 }
 
 /// A gateway with three mirrors in a chain: `empty` holds nothing, `broken` answers 500,
-/// `s3` is a moto bucket holding `digest(1)` and `digest(2)`. Clients in 10.20.0.0/16 get
-/// the chain by proxy, everyone else by redirect.
+/// `s3` is a moto bucket holding `digest(1)`, `digest(2)` and the blob under its real
+/// digest ([`real_digest`]). Clients in 10.20.0.0/16 get the chain by proxy, everyone else
+/// by redirect.
 async fn setup() -> (
     Gateway,
     Mirror,
@@ -49,8 +55,8 @@ async fn setup() -> (
     let moto = Moto::start().await;
     moto.bucket("blobs").await;
     let bytes = blob_bytes(65_536);
-    for n in [1, 2] {
-        moto.put("blobs", &format!("containers/images/{}", digest(n)), &bytes)
+    for d in [digest(1), digest(2), real_digest(&bytes)] {
+        moto.put("blobs", &format!("containers/images/{d}"), &bytes)
             .await;
     }
     // The test's clients are named by a proxy on 127.0.0.1 (`client, 127.0.0.1`).
@@ -209,7 +215,7 @@ async fn deny_and_unknown_repositories_answer_404() {
 async fn proxy_delivery_streams_the_blob_from_the_mirror_with_ranges() {
     let (gw, _empty, _broken, _moto, bytes, upstream) = setup().await;
     let office = ("X-Forwarded-For", "10.20.3.4, 127.0.0.1");
-    let target = format!("/v2/app/blobs/{}", digest(1));
+    let target = format!("/v2/app/blobs/{}", real_digest(&bytes));
 
     let r = gw.send("GET", &target, &[office]).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -259,6 +265,69 @@ async fn proxy_delivery_streams_the_blob_from_the_mirror_with_ranges() {
             "archeio_mirror_proxied_total{mirror=\"s3\",status=\"200\"}"
         ),
         2.0
+    );
+    // Offload: the bytes streamed from the mirror (the whole blob and the range; not the
+    // HEAD), and the upstream's.
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_blob_bytes_total{delivery=\"proxy\",mirror=\"s3\",source=\"mirror\"}"
+        ),
+        (bytes.len() + 1000) as f64
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "archeio_blob_bytes_total{delivery=\"proxy\",mirror=\"\",source=\"upstream\"}"
+        ),
+        UPSTREAM_BYTES.len() as f64
+    );
+}
+
+/// Issue 27: a mirror object whose bytes are not the blob's (a bad upload, bit rot, someone
+/// with write access to the bucket) reached clients that check no digest (Python
+/// `requests`, scripts) whole when proxied. From the client's side now: the answer never
+/// completes, the next request for the blob is served by the upstream instead, and the
+/// mismatch is counted against the mirror.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxied_blob_whose_bytes_are_not_its_digest_never_completes() {
+    let (gw, _empty, _broken, moto, _bytes, _upstream) = setup().await;
+    let office = ("X-Forwarded-For", "10.20.3.4, 127.0.0.1");
+    let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = real_digest(&blob);
+    let mut tampered = blob.clone();
+    tampered[150_000] ^= 0x20;
+    moto.put("blobs", &format!("containers/images/{digest}"), &tampered)
+        .await;
+    let target = format!("/v2/app/blobs/{digest}");
+
+    match request(gw.addr, "GET", &target, &[office]).await {
+        // Cut off: either nothing readable, or a head and less than it promised.
+        Err(_) => {}
+        Ok(r) => {
+            assert_eq!(r.status, 200, "{r:?}");
+            let promised: usize = r.header("content-length").unwrap().parse().unwrap();
+            assert_eq!(promised, tampered.len());
+            assert!(
+                r.body.len() < promised,
+                "the tampered blob reached the client whole ({} bytes)",
+                r.body.len()
+            );
+        }
+    }
+    // The mirror is failing for that blob: the upstream answers now.
+    let r = gw.send("GET", &target, &[office]).await;
+    assert_eq!((r.status, &r.body[..]), (200, UPSTREAM_BYTES), "{r:?}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, "archeio_mirror_digest_mismatches_total{mirror=\"s3\"}"),
+        1.0
+    );
+    let log = gw.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("mirror s3") && errors[0].contains("do not hash"),
+        "logged once, naming the mirror:\n{log}"
     );
 }
 

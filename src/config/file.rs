@@ -20,9 +20,9 @@ use super::values::{
     positive_duration, provider_name, realm_host, redirect_url, socket_addrs, Invalid,
 };
 use super::{
-    BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, HealthCheck, LogSettings,
-    GeoSettings, ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings, TlsSettings,
-    UpstreamSettings, UpstreamTimeouts,
+    BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, GeoSettings, HealthCheck,
+    LogSettings, ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings,
+    TlsSettings, UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
 use crate::routing::policy::glob_set;

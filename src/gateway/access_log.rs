@@ -68,6 +68,9 @@ impl Gateway {
                 };
                 metrics::record_redirect(target, mirror);
             }
+            if reply.route == Route::Blob && session.req_header().method == http::Method::GET {
+                count_blob_bytes(&reply.answer, ctx);
+            }
         }
         if !log_enabled!(target: "archeio::access", Level::Info) {
             return;
@@ -90,9 +93,7 @@ impl Gateway {
         let ranges = self.places.ranges.load();
         let placement = client.and_then(|ip| ranges.lookup(ip));
         let geo = self.places.geo.load();
-        let facts = client
-            .filter(|_| !geo.is_empty())
-            .map(|ip| geo.lookup(ip));
+        let facts = client.filter(|_| !geo.is_empty()).map(|ip| geo.lookup(ip));
         let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
         AccessEntry {
             method: req.method.as_str().as_bytes(),
@@ -124,6 +125,36 @@ impl Gateway {
             detail: AccessEntry::detail(reply.map(|r| &r.answer), error),
         }
         .write();
+    }
+}
+
+/// Counts a blob answer's bytes against where they came from: a redirect by the size the
+/// check learnt (the client may still not fetch it), a proxied answer by the bytes that
+/// arrived to be streamed.
+fn count_blob_bytes(answer: &Answer, ctx: &RequestCtx) {
+    let (source, mirror, delivery, size) = match answer {
+        Answer::Redirect { target, .. } => match target {
+            Target::Mirror(name) => ("mirror", &**name, "redirect", ctx.blob.size),
+            Target::DefaultMirror => ("mirror", "default", "redirect", ctx.blob.size),
+            _ => ("upstream", "", "redirect", ctx.blob.size),
+        },
+        Answer::ProxyMirror { target, .. } => {
+            let name = match target {
+                Target::Mirror(name) => &**name,
+                _ => "default",
+            };
+            ("mirror", name, "proxy", Some(ctx.blob.streamed))
+        }
+        Answer::Proxy { .. } => ("upstream", "", "proxy", Some(ctx.blob.streamed)),
+        _ => return,
+    };
+    match size {
+        Some(bytes) => metrics::BLOB_BYTES
+            .with_label_values(&[source, mirror, delivery])
+            .inc_by(bytes),
+        None => metrics::BLOB_SIZE_UNKNOWN
+            .with_label_values(&[source, delivery])
+            .inc(),
     }
 }
 
@@ -230,9 +261,20 @@ impl<'a> AccessEntry<'a> {
                 "region",
                 text(self.placement.map(|p| p.1).filter(|r| !r.is_empty())),
             ),
-            ("country", code(self.geo.as_ref().and_then(|g| g.country.as_ref()))),
-            ("continent", code(self.geo.as_ref().and_then(|g| g.continent.as_ref()))),
-            ("asn", self.geo.and_then(|g| g.asn).map_or(Field::Absent, Field::Number)),
+            (
+                "country",
+                code(self.geo.as_ref().and_then(|g| g.country.as_ref())),
+            ),
+            (
+                "continent",
+                code(self.geo.as_ref().and_then(|g| g.continent.as_ref())),
+            ),
+            (
+                "asn",
+                self.geo
+                    .and_then(|g| g.asn)
+                    .map_or(Field::Absent, Field::Number),
+            ),
             ("rule", text(self.rule)),
             ("location", text(location)),
             ("upstream", word(self.upstream)),

@@ -18,6 +18,8 @@ pub(super) const REALM_REFUSED: ErrorType = ErrorType::Custom("upstream token re
 pub(super) const AUTH_RETRY: ErrorType = ErrorType::Custom("upstream authentication");
 /// The gateway's credentials were refused, or no token could be had.
 pub(super) const AUTH_FAILED: ErrorType = ErrorType::Custom("upstream authentication failed");
+/// A mirror's copy of a proxied blob did not hash to its digest.
+pub(super) const DIGEST_MISMATCH: ErrorType = ErrorType::Custom("mirror blob digest mismatch");
 
 /// Why proxying a request failed, as far as the client's answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +96,7 @@ pub(super) fn is_routine(error: &Error) -> bool {
 /// that went away mid-answer, which is the client's doing, not an error of the gateway's
 /// (its access record carries the `error`, at info).
 pub(super) fn is_logged_where_found(error: &Error) -> bool {
-    *error.etype() == REALM_REFUSED || client_went_away(error)
+    *error.etype() == REALM_REFUSED || *error.etype() == DIGEST_MISMATCH || client_went_away(error)
 }
 
 fn client_went_away(error: &Error) -> bool {

@@ -1,15 +1,23 @@
 //! Proxy delivery from a mirror: for a rule with `delivery: proxy`, the gateway fetches the
 //! blob from the mirror that holds it and streams it to the client as it arrives, `Range`
 //! honoured, for clients that cannot reach the mirror or do not follow redirects. Only the
-//! headers a blob download needs cross, both ways.
+//! headers a blob download needs cross, both ways. A whole body is checked against the
+//! blob's digest as it streams ([`Verifier`]): a copy that does not match is cut off before
+//! its last bytes, counted, and the mirror counts as not holding the blob.
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use bytes::Bytes;
+use log::error;
+use pingora_proxy::Session;
+
+use super::failure::DIGEST_MISMATCH;
 use super::headers::names_not_in;
 use super::{Gateway, RequestCtx};
 use crate::metrics;
+use crate::mirror::verify::Verifier;
 use crate::routing::{Answer, Target};
 
 /// Client request headers a mirror may see: ranges and revalidation.
@@ -97,12 +105,17 @@ impl Gateway {
 
     /// The mirror's answer: a blob (`200`, `206`, `304`, `416`) is passed on with its own
     /// headers; anything else means the mirror lost the blob or refused the URL since the
-    /// check, and the client gets a `502`.
+    /// check, and the client gets a `502`. A whole body (`200` to a `GET`) is to be checked
+    /// against the digest; an empty one is checked here, before the head goes out.
     pub(super) fn take_mirror_response(
         &self,
+        session: &Session,
         resp: &mut ResponseHeader,
-        mirror: &str,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let Some((_, mirror)) = mirror_fetch(ctx) else {
+            return Error::e_explain(ErrorType::InternalError, "no mirror fetch decided");
+        };
         let status = resp.status.as_u16();
         metrics::MIRROR_PROXIED
             .with_label_values(&[mirror, resp.status.as_str()])
@@ -113,10 +126,68 @@ impl Gateway {
                 format!("the mirror answered {status} for a blob it held"),
             );
         }
+        if status == 200 && session.req_header().method == http::Method::GET {
+            ctx.blob.verifier = blob_digest(session).and_then(Verifier::new);
+            let empty = resp
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+            if empty {
+                self.verify_mirror_body(session, &mut None, true, ctx)
+                    .map_err(|e| e.into_up())?;
+            }
+        }
         for name in names_not_in(&resp.headers, &MIRROR_RESPONSE_HEADERS) {
             resp.remove_header(&name);
         }
         resp.insert_header("Content-Type", "application/octet-stream")?;
         Ok(())
     }
+
+    /// Passes a mirror's body on through the digest check, when the body is one to check.
+    /// On a mismatch the answer is cut off (the client never sees it complete), counted and
+    /// logged, and the mirror counts as not holding the blob, so that the next request for
+    /// it goes along the chain.
+    pub(super) fn verify_mirror_body(
+        &self,
+        session: &Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(verifier) = ctx.blob.verifier.as_mut() else {
+            return Ok(());
+        };
+        let Err(mismatch) = verifier.pass(body, end_of_stream) else {
+            return Ok(());
+        };
+        let (Some(Answer::ProxyMirror { mirror, .. }), Some(digest)) =
+            (ctx.reply.as_ref().map(|r| &r.answer), blob_digest(session))
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no mirror fetch decided");
+        };
+        let name = mirror_fetch(ctx).map_or("", |(_, name)| name);
+        let location = self.routes.policy.mirrors[*mirror].location(digest);
+        metrics::MIRROR_DIGEST_MISMATCHES
+            .with_label_values(&[name])
+            .inc();
+        self.mirrors.mark_corrupt(*mirror, &location);
+        // The location, not the URL fetched: a private mirror's is presigned.
+        error!(
+            "mirror {name}: the {} bytes of {location} do not hash to {digest}: the answer was \
+             cut off before its end, and the blob goes along the chain until the mirror's copy \
+             is replaced",
+            mismatch.bytes
+        );
+        Error::e_explain(
+            DIGEST_MISMATCH,
+            "the mirror's copy does not match the blob's digest",
+        )
+    }
+}
+
+/// The digest of a blob request (`/v2/<name>/blobs/<digest>`), as the decision checked it.
+fn blob_digest(session: &Session) -> Option<&str> {
+    let path = session.req_header().uri.path();
+    path.rsplit_once("/blobs/").map(|(_, digest)| digest)
 }

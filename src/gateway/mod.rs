@@ -31,9 +31,10 @@ use prometheus::IntCounter;
 
 use crate::auth::ClientAuthority;
 use crate::config::ClientTimeouts;
-use crate::metrics;
-use crate::mirror::Mirrors;
 use crate::geo_refresh::LiveGeo;
+use crate::metrics;
+use crate::mirror::verify::Verifier;
+use crate::mirror::Mirrors;
 use crate::range_refresh::LiveRanges;
 use crate::rate_limit::RateLimiter;
 use crate::routing::client_addr::{ClientAddrError, ClientAddressRules};
@@ -212,6 +213,19 @@ pub struct RequestCtx {
     rule: Option<usize>,
     /// Pass-through progress.
     upstream: UpstreamCtx,
+    /// The blob answered, for the offload accounting and the digest check.
+    blob: BlobCtx,
+}
+
+/// What the gateway knows of the blob it answers with.
+#[derive(Default)]
+struct BlobCtx {
+    /// Its size, when a mirror's `HEAD` gave it.
+    size: Option<u64>,
+    /// Bytes of it that arrived to be streamed to the client (proxied answers).
+    streamed: u64,
+    /// The check of a proxied mirror body against the blob's digest.
+    verifier: Option<Verifier>,
 }
 
 /// Pass-through state of one request.
@@ -251,6 +265,7 @@ impl ProxyHttp for LiveGateway {
             reply: None,
             rule: None,
             upstream: UpstreamCtx::default(),
+            blob: BlobCtx::default(),
         }
     }
 
@@ -337,21 +352,24 @@ impl ProxyHttp for LiveGateway {
     ) -> Result<()> {
         let gw = ctx.gw.clone();
         match mirror_proxy::mirror_fetch(ctx) {
-            Some((_, mirror)) => gw.take_mirror_response(resp, mirror),
+            Some(_) => gw.take_mirror_response(session, resp, ctx),
             None => gw.take_response(session, resp, ctx).await,
         }
     }
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        ctx.gw
-            .clone()
-            .take_body(body.as_ref(), end_of_stream, ctx)?;
+        let gw = ctx.gw.clone();
+        ctx.blob.streamed += body.as_ref().map_or(0, |b| b.len() as u64);
+        if mirror_proxy::mirror_fetch(ctx).is_some() {
+            gw.verify_mirror_body(session, body, end_of_stream, ctx)?;
+        }
+        gw.take_body(body.as_ref(), end_of_stream, ctx)?;
         Ok(None)
     }
 

@@ -110,7 +110,8 @@ impl Gateway {
                     }
                     false => None,
                 };
-                chain.decide(found)
+                ctx.blob.size = found.as_ref().and_then(|f| f.size);
+                chain.decide(found.map(|f| (f.index, f.url)))
             }
         };
         let head = req.method == http::Method::HEAD;

@@ -14,9 +14,9 @@ use pingora_core::services::background::BackgroundService;
 use super::generation::ConfigReload;
 use super::tls::Certificates;
 use super::LiveGateway;
+use crate::geo_refresh::GeoRefresher;
 use crate::hangup::on_interval_and_hangup;
 use crate::live::Live;
-use crate::geo_refresh::GeoRefresher;
 use crate::range_refresh::RangeRefresher;
 use crate::upstream::Upstreams;
 

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 
 use super::breaker::host_of;
-use super::check::{Access, Counters, Outcome};
+use super::check::{Access, Counters, Held, Outcome};
 use super::signing::MirrorSigner;
 use super::MirrorCheck;
 use crate::config::signing::{Signing, SigningConfig};
@@ -30,6 +30,17 @@ struct SignerSlot {
     current: ArcSwap<(Signing, MirrorSigner)>,
     /// Why the last reading failed, while it keeps failing: logged and counted once.
     failing: Mutex<Option<String>>,
+}
+
+/// The mirror of a chain that holds a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its index among the candidates.
+    pub index: usize,
+    /// The URL for the client's method (presigned for a private mirror).
+    pub url: String,
+    /// The blob's size, when the mirror's `HEAD` gave it.
+    pub size: Option<u64>,
 }
 
 /// The mirrors of the policy, by their index in it, and the check that asks them.
@@ -130,14 +141,13 @@ impl Mirrors {
         futures::future::join_all(checks).await;
     }
 
-    /// The index in `candidates` of the first mirror that holds the blob and the URL for
-    /// the client's `method` (presigned for a private mirror), or `None` when none does.
+    /// The first mirror in `candidates` that holds the blob, or `None` when none does.
     pub async fn first_holding(
         &self,
         candidates: &[MirrorCandidate],
         method: &http::Method,
         traceparent: Option<&str>,
-    ) -> Option<(usize, String)> {
+    ) -> Option<Found> {
         let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
         for (i, c) in candidates.iter().enumerate() {
             // Marked at first use, then at most once a second: no cache line bounces
@@ -155,12 +165,12 @@ impl Mirrors {
                 counters.count(Outcome::Skipped);
                 continue;
             }
-            let url = match self.signers.get(c.mirror).and_then(Option::as_ref) {
+            let found = match self.signers.get(c.mirror).and_then(Option::as_ref) {
                 None => self
                     .check
                     .check(&c.location, counters, traceparent)
                     .await
-                    .then(|| c.location.clone()),
+                    .map(|held| (c.location.clone(), held)),
                 Some(slot) => {
                     let current = slot.current.load();
                     let signer = &current.1;
@@ -168,8 +178,12 @@ impl Mirrors {
                         .await
                 }
             };
-            if let Some(url) = url {
-                return Some((i, url));
+            if let Some((url, held)) = found {
+                return Some(Found {
+                    index: i,
+                    url,
+                    size: held.size,
+                });
             }
         }
         None
@@ -201,7 +215,7 @@ impl Mirrors {
         method: &http::Method,
         counters: &Counters,
         traceparent: Option<&str>,
-    ) -> Option<String> {
+    ) -> Option<(String, Held)> {
         let store = signer.store();
         let name = format!("{store}/{key}");
         let held = self
@@ -209,15 +223,24 @@ impl Mirrors {
             .check_via(&name, store, Access::Signed, counters, traceparent, || {
                 signer.url(http::Method::HEAD, key)
             })
-            .await;
-        if !held {
-            return None;
-        }
+            .await?;
         match signer.url(method.clone(), key).await {
-            Ok(url) => Some(url),
+            Ok(url) => Some((url, held)),
             Err(e) => {
                 warn!("mirror {name}: cannot sign the client's URL: {e}");
                 None
+            }
+        }
+    }
+
+    /// Mirror `mirror`'s copy of the blob at `location` (its URL, or object key) did not
+    /// hash to the blob's digest: the mirror counts as not holding it for a while.
+    pub fn mark_corrupt(&self, mirror: usize, location: &str) {
+        match self.signers.get(mirror).and_then(Option::as_ref) {
+            None => self.check.mark_corrupt(location),
+            Some(slot) => {
+                let store = slot.current.load().1.store().to_string();
+                self.check.mark_corrupt(&format!("{store}/{location}"));
             }
         }
     }

@@ -92,10 +92,18 @@ pub enum Access {
     Signed,
 }
 
-/// A cached answer: whether the mirror holds the blob, and until when that holds.
+/// A mirror holds the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Its size, from the `HEAD`'s `Content-Length`, when the mirror sent one.
+    pub size: Option<u64>,
+}
+
+/// A cached answer: whether the mirror holds the blob (and its size), and until when that
+/// holds.
 #[derive(Debug, Clone, Copy)]
 struct Answer {
-    present: bool,
+    held: Option<Held>,
     /// Milliseconds since the check was made ([`MirrorCheck::epoch`]).
     expires_ms: u64,
 }
@@ -282,7 +290,12 @@ impl MirrorCheck {
 
     /// Whether the public mirror holds the blob at `url`; how that was found out goes to
     /// `counters`. `traceparent` goes with the `HEAD`, when one is sent.
-    pub async fn check(&self, url: &str, counters: &Counters, traceparent: Option<&str>) -> bool {
+    pub async fn check(
+        &self,
+        url: &str,
+        counters: &Counters,
+        traceparent: Option<&str>,
+    ) -> Option<Held> {
         self.check_via(
             url,
             host_of(url),
@@ -306,7 +319,7 @@ impl MirrorCheck {
         counters: &Counters,
         traceparent: Option<&str>,
         head_url: F,
-    ) -> bool
+    ) -> Option<Held>
     where
         F: FnOnce() -> U,
         U: Future<Output = Result<String, String>>,
@@ -315,7 +328,7 @@ impl MirrorCheck {
         if permit == Permit::Skip {
             // Not cached: the answer is about the host, not the blob.
             counters.count(Outcome::Skipped);
-            return false;
+            return None;
         }
         let key = xxh3_128_with_seed(name.as_bytes(), self.seed);
         let guard = loop {
@@ -326,7 +339,7 @@ impl MirrorCheck {
                         self.breakers.abandon_probe(host, Instant::now());
                     }
                     counters.count(Outcome::CacheHit);
-                    return answer.present;
+                    return answer.held;
                 }
                 Ok(_) => {
                     let now = self.now_ms();
@@ -335,39 +348,51 @@ impl MirrorCheck {
                 Err(guard) => break guard,
             }
         };
-        let (present, outcome) = match head_url().await {
+        let (held, outcome) = match head_url().await {
             Ok(url) => {
-                let (present, o, healthy) = self.head(&url, name, host, access, traceparent).await;
+                let (held, o, healthy) = self.head(&url, name, host, access, traceparent).await;
                 if let Outcome::Refused = o {
                     // No blob will be readable with these credentials: out at once, as if
                     // the breaker had opened, and not cached, so that new credentials are
                     // tried as soon as the breaker lets a probe through.
                     self.breakers.trip(host, Instant::now());
                     counters.count(o);
-                    return false;
+                    return None;
                 }
                 self.breakers.record(host, healthy, Instant::now());
-                (present, o)
+                (held, o)
             }
             Err(e) => {
                 // Not the host's fault: the breaker is left alone.
                 warn!("mirror check of {name}: cannot sign the HEAD: {e}");
-                (false, Outcome::Error)
+                (None, Outcome::Error)
             }
         };
-        let ttl = if present {
+        let ttl = if held.is_some() {
             self.hit_ttl_ms
         } else {
             self.miss_ttl_ms
         };
         let expires_ms = self.now_ms().saturating_add(ttl);
         // Err: the entry was removed meanwhile; the answer still stands for this request.
-        let _ = guard.insert(Answer {
-            present,
-            expires_ms,
-        });
+        let _ = guard.insert(Answer { held, expires_ms });
         counters.count(outcome);
-        present
+        held
+    }
+
+    /// Remembers that the mirror's copy of the blob known as `name` is not the blob (its
+    /// bytes did not hash to the digest): the mirror counts as not holding it for as long as
+    /// a holding answer would have lasted.
+    pub fn mark_corrupt(&self, name: &str) {
+        let key = xxh3_128_with_seed(name.as_bytes(), self.seed);
+        let expires_ms = self.now_ms().saturating_add(self.hit_ttl_ms);
+        self.cache.insert(
+            key,
+            Answer {
+                held: None,
+                expires_ms,
+            },
+        );
     }
 
     /// Closes `host`'s breaker: its credentials changed, so it deserves a new try.
@@ -404,7 +429,8 @@ impl MirrorCheck {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The answer, how it was found, and whether the host answered sanely (for the breaker).
+    /// The answer (with the size the mirror gave), how it was found, and whether the host
+    /// answered sanely (for the breaker).
     /// Logs name the blob by `name`: a presigned `url` is a credential.
     async fn head(
         &self,
@@ -413,7 +439,7 @@ impl MirrorCheck {
         host: &str,
         access: Access,
         traceparent: Option<&str>,
-    ) -> (bool, Outcome, bool) {
+    ) -> (Option<Held>, Outcome, bool) {
         let started = Instant::now();
         let mut request = self.client.head(url);
         if let Some(value) = traceparent {
@@ -422,14 +448,22 @@ impl MirrorCheck {
         let result = request.send().await;
         metrics::MIRROR_HEAD_SECONDS.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(resp) if resp.status() == reqwest::StatusCode::OK => (true, Outcome::Present, true),
+            Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+                // From the header: reqwest's content_length() is the empty body of a HEAD.
+                let size = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                (Some(Held { size }), Outcome::Present, true)
+            }
             Ok(resp) if access == Access::Signed && matches!(resp.status().as_u16(), 401 | 403) => {
                 self.log_refusal(host, name, resp.status());
-                (false, Outcome::Refused, false)
+                (None, Outcome::Refused, false)
             }
             Ok(resp) if resp.status().is_server_error() => {
                 warn!("mirror check HEAD {name} answered {}", resp.status());
-                (false, Outcome::Error, false)
+                (None, Outcome::Error, false)
             }
             Ok(resp) if resp.status().is_redirection() => {
                 // Answered, so the host is healthy; where it points is not checked.
@@ -437,14 +471,14 @@ impl MirrorCheck {
                     "mirror check HEAD {name} answered {} (a redirect): counted as absent",
                     resp.status()
                 );
-                (false, Outcome::Absent, true)
+                (None, Outcome::Absent, true)
             }
-            Ok(_) => (false, Outcome::Absent, true),
+            Ok(_) => (None, Outcome::Absent, true),
             Err(e) => {
                 // reqwest's message holds the URL, and a presigned one is a credential.
                 let e = e.without_url();
                 warn!("mirror check HEAD {name} failed: {}", error_chain(&e));
-                (false, Outcome::Error, false)
+                (None, Outcome::Error, false)
             }
         }
     }
@@ -501,11 +535,11 @@ mod tests {
         let counters = Counters::for_mirror("test");
         let cached = format!("{base}/blob/a");
         assert!(
-            c.check(&cached, &counters, None).await,
+            c.check(&cached, &counters, None).await.is_some(),
             "the mirror holds it"
         );
         assert!(
-            c.check(&cached, &counters, None).await,
+            c.check(&cached, &counters, None).await.is_some(),
             "now from the cache"
         );
         assert_eq!(heads.load(Ordering::SeqCst), 1, "one HEAD for both");
@@ -513,9 +547,12 @@ mod tests {
         // The mirror goes away: a check of another blob fails and opens the breaker.
         server.abort();
         let _ = server.await;
-        assert!(!c.check(&format!("{base}/blob/b"), &counters, None).await);
+        assert!(c
+            .check(&format!("{base}/blob/b"), &counters, None)
+            .await
+            .is_none());
         assert!(
-            !c.check(&cached, &counters, None).await,
+            c.check(&cached, &counters, None).await.is_none(),
             "an open breaker overrides the cached present answer"
         );
 
@@ -524,14 +561,19 @@ mod tests {
         // and the breaker opens again, over the cached answer too.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(
-            c.check(&cached, &counters, None).await,
+            c.check(&cached, &counters, None).await.is_some(),
             "the probe's turn, answered from the cache"
         );
         assert!(
-            !c.check(&format!("{base}/blob/c"), &counters, None).await,
+            c.check(&format!("{base}/blob/c"), &counters, None)
+                .await
+                .is_none(),
             "the probe fails"
         );
-        assert!(!c.check(&cached, &counters, None).await, "open again");
+        assert!(
+            c.check(&cached, &counters, None).await.is_none(),
+            "open again"
+        );
         assert_eq!(heads.load(Ordering::SeqCst), 1);
     }
 }

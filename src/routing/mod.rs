@@ -24,8 +24,8 @@ pub mod ranges;
 pub mod target;
 
 use client_addr::ClientAddrError;
-use globset::GlobSet;
 use geo::GeoTable;
+use globset::GlobSet;
 use grammar::{parse_endpoint, Endpoint, Reference};
 use policy::{first_match, Action, Client, Delivery, Kind, Link, Policy};
 use ranges::RangeTable;
@@ -604,7 +604,10 @@ fn decide_api(
     };
     let find_client = || {
         let address = req.client.map_err(|e| e.to_string());
-        let placement = address.as_ref().ok().and_then(|ip| places.ranges.lookup(*ip));
+        let placement = address
+            .as_ref()
+            .ok()
+            .and_then(|ip| places.ranges.lookup(*ip));
         Client {
             address,
             placement,
@@ -647,7 +650,10 @@ fn decide_api(
     };
     let decision = match rule.map(|r| &r.action) {
         Some(Action::Deny) => unknown_repository(Route::Denied),
-        Some(Action::Mirrors(chain)) if kind == Kind::Blob => {
+        Some(Action::Mirrors(chain))
+            if kind == Kind::Blob
+                && (delivery != Some(Delivery::Proxy) || checkable(&endpoint)) =>
+        {
             let Endpoint::Blob { digest, .. } = endpoint else {
                 unreachable!("the kind is Blob")
             };
@@ -825,6 +831,13 @@ fn join(base: &str, rest: &str, query: Option<&str>) -> String {
         url.push_str(q);
     }
     url
+}
+
+/// Whether the gateway can check a proxied blob's bytes against its digest: `sha256` and
+/// `sha512`. A mirror's copy of any other is not proxied (it goes to the upstream).
+fn checkable(endpoint: &Endpoint<'_>) -> bool {
+    matches!(endpoint, Endpoint::Blob { digest, .. }
+        if digest.starts_with("sha256:") || digest.starts_with("sha512:"))
 }
 
 /// A cosign tag: `sha256-<64 lowercase hex>.sig` or `.att`.

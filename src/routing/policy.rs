@@ -396,7 +396,15 @@ mod tests {
             placement: p,
             geo: None,
         };
-        first_match(std::slice::from_ref(r), kind, repo, &mut client, find, no_geo).unwrap()
+        first_match(
+            std::slice::from_ref(r),
+            kind,
+            repo,
+            &mut client,
+            find,
+            no_geo,
+        )
+        .unwrap()
             == Some(0)
     }
 
@@ -585,7 +593,11 @@ mod tests {
             ..de
         };
         assert_eq!(first(partner_de, Some(&aws)), Some(0), "the network first");
-        assert_eq!(first(GeoFacts::default(), None), Some(3), "no facts match no geo rule");
+        assert_eq!(
+            first(GeoFacts::default(), None),
+            Some(3),
+            "no facts match no geo rule"
+        );
         // Rules that never look at the geo facts never look them up.
         let mut client = None;
         let find = || Client {

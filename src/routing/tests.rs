@@ -735,7 +735,11 @@ fn requests_with_a_body_are_400() {
             grants: crate::routing::Grants::Unchecked,
         };
         assert_eq!(
-            status(decide(&req, &passthrough_routes(), Places::ranges_only(ranges()))),
+            status(decide(
+                &req,
+                &passthrough_routes(),
+                Places::ranges_only(ranges())
+            )),
             (Route::Invalid, 400, true)
         );
     }

@@ -526,12 +526,16 @@ fn geo_conditions(m: &MatchConfig, geo: bool) -> Result<GeoConditions, Invalid> 
         .as_slice()
         .iter()
         .map(|c| {
-            Code::parse(c).filter(|&code| is_country(code)).ok_or_else(|| {
-                Invalid::new(
-                    "match.country",
-                    format!("{c:?} is not an ISO 3166-1 alpha-2 country code (e.g. DE, JP, US)"),
-                )
-            })
+            Code::parse(c)
+                .filter(|&code| is_country(code))
+                .ok_or_else(|| {
+                    Invalid::new(
+                        "match.country",
+                        format!(
+                            "{c:?} is not an ISO 3166-1 alpha-2 country code (e.g. DE, JP, US)"
+                        ),
+                    )
+                })
         })
         .collect::<Result<Box<[_]>, _>>()?;
     let continents = m
