@@ -136,7 +136,7 @@ fn decision(c: &mut Criterion) {
             match decide(&req, &routes, Places::ranges_only(&table)) {
                 Decision::CheckMirrors(chain) => {
                     let found = mirrors.first_holding(&chain.candidates, &get, None).await;
-                    chain.decide(found)
+                    chain.decide(found.map(|f| (f.index, f.url)))
                 }
                 Decision::Reply(r) => r,
             }
@@ -170,7 +170,8 @@ fn decision(c: &mut Criterion) {
             .unwrap(),
     );
     let credential: &[u8] = b"Basic YWxpY2U6YWxpY2UtcGFzc3dvcmQ=";
-    let Decision::CheckMirrors(warm) = decide(&req, &relay.routes, Places::ranges_only(&table)) else {
+    let Decision::CheckMirrors(warm) = decide(&req, &relay.routes, Places::ranges_only(&table))
+    else {
         panic!("a relayed blob needs a mirror check");
     };
     let path = warm.confirm.clone().expect("relayed blobs are confirmed");
