@@ -598,6 +598,16 @@ pub fn set_prefix_counts(v4: usize, v6: usize) {
     IP_PREFIXES.with_label_values(&["ipv6"]).set(v6 as i64);
 }
 
+/// Sets the egress prices, forgetting any a reload removed.
+pub fn set_egress_prices(prices: &[crate::config::Price]) {
+    EGRESS_COST.reset();
+    for p in prices {
+        EGRESS_COST
+            .with_label_values(&[p.source, &p.mirror])
+            .set(p.per_gb);
+    }
+}
+
 /// Records readiness.
 pub fn set_ready(ready: bool) {
     READY.set(i64::from(ready));

@@ -21,11 +21,11 @@ use super::values::{
 };
 use super::{
     BlobCheck, ClientAuth, ClientTimeouts, ConfigError, Credentials, GeoSettings, HealthCheck,
-    LogSettings, ManifestCacheSettings, MirrorProbe, RangeSettings, RateLimit, Settings,
-    TlsSettings, UpstreamSettings, UpstreamTimeouts,
+    LogSettings, ManifestCacheSettings, MirrorProbe, OffloadSettings, Price, RangeSettings,
+    RateLimit, Settings, TlsSettings, UpstreamSettings, UpstreamTimeouts,
 };
 use crate::routing::client_addr::{canonical_net, ClientAddressRules, ForwardingHeader};
-use crate::routing::policy::glob_set;
+use crate::routing::policy::{glob_set, Policy};
 use crate::routing::ranges::{CustomRange, Format, Origin, RangeSources, Source};
 use crate::routing::{AuthMode, Routes};
 
@@ -93,6 +93,9 @@ pub struct ArcheioConfig {
     pub client_auth: Option<ClientAuthConfig>,
     /// The check that a mirror holds a blob before a client is sent there.
     pub blob_check: BlobCheckConfig,
+    /// What the mirrors save: blob sizes for the upstream's redirects, and egress prices
+    /// for the dashboard's estimate.
+    pub offload: OffloadConfig,
     /// Manifests kept in memory in pass-through mode.
     pub manifest_cache: ManifestCacheConfig,
     /// Limits on slow and idle clients of the registry listener.
@@ -125,6 +128,7 @@ impl Default for ArcheioConfig {
             client_address: ClientAddressConfig::default(),
             client_auth: None,
             blob_check: BlobCheckConfig::default(),
+            offload: OffloadConfig::default(),
             manifest_cache: ManifestCacheConfig::default(),
             client_timeouts: ClientTimeoutsConfig::default(),
             rate_limit: RateLimitConfig::default(),
@@ -220,6 +224,10 @@ impl ArcheioConfig {
             &env,
         )?;
         let blob_check = self.blob_check.check().map_err(|e| e.under("blob_check"))?;
+        let offload = self
+            .offload
+            .check(&policy)
+            .map_err(|e| e.under("offload"))?;
         let client_timeouts = self
             .client_timeouts
             .check()
@@ -257,6 +265,7 @@ impl ArcheioConfig {
             ranges,
             geo,
             blob_check,
+            offload,
             upstream,
             signed_mirrors,
             client_auth,
@@ -839,6 +848,60 @@ impl RangesConfig {
             sources: RangeSources { documents, custom },
             refresh_interval: Some(self.refresh_interval).filter(|t| !t.is_zero()),
             min_prefix_ratio: ratio,
+        })
+    }
+}
+
+/// Offload accounting: `archeio_blob_bytes_total` counts the bytes of each blob answer by
+/// where it came from (a mirror's from its check's `Content-Length`, a proxied answer's as
+/// streamed); these settings fill in the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadConfig {
+    /// Learn the size of blobs redirected to the upstream with a `HEAD` there (made by the
+    /// gateway with its credentials, cached like the mirror answers), so that the upstream's
+    /// bytes are counted too. Off: such answers are counted in
+    /// `archeio_blob_size_unknown_total` only.
+    pub upstream_head: bool,
+    /// Egress price per gigabyte (10^9 bytes) by mirror name (`default`, a region of
+    /// `mirrors.regions`, a name of `mirrors.named`) or `upstream`, e.g.
+    /// `{upstream: 0.09, eu: 0.02}`: exported as `archeio_egress_cost_per_gigabyte` for the
+    /// dashboard's cost estimate. Empty: no estimate.
+    pub cost_per_gb: BTreeMap<String, f64>,
+}
+
+impl OffloadConfig {
+    fn check(&self, policy: &Policy) -> Result<OffloadSettings, Invalid> {
+        let mut prices = Vec::with_capacity(self.cost_per_gb.len());
+        for (name, price) in &self.cost_per_gb {
+            let key = format!("cost_per_gb.{name}");
+            if !price.is_finite() || *price < 0.0 {
+                return Err(Invalid::new(
+                    key,
+                    format!("expected a price of 0 or more, got {price}"),
+                ));
+            }
+            let (source, mirror) = if name == "upstream" {
+                ("upstream", "")
+            } else if policy.mirrors.iter().any(|m| *m.name == **name) {
+                ("mirror", name.as_str())
+            } else {
+                let mut known: Vec<&str> = policy.mirrors.iter().map(|m| &*m.name).collect();
+                known.push("upstream");
+                return Err(Invalid::new(
+                    key,
+                    format!("{name:?} is no mirror; one of {}", known.join(", ")),
+                ));
+            };
+            prices.push(Price {
+                source,
+                mirror: mirror.to_string(),
+                per_gb: *price,
+            });
+        }
+        Ok(OffloadSettings {
+            upstream_head: self.upstream_head,
+            prices,
         })
     }
 }

@@ -50,6 +50,8 @@ pub struct Settings {
     pub geo: GeoSettings,
     /// The mirror check.
     pub blob_check: BlobCheck,
+    /// Offload accounting.
+    pub offload: OffloadSettings,
     /// How the private mirrors' URLs are signed.
     pub signed_mirrors: Vec<SignedMirror>,
     /// The upstream endpoints and how to reach them.
@@ -168,6 +170,26 @@ pub struct RangeSettings {
     /// A refreshed source with fewer prefixes than this fraction of its last good version
     /// is refused.
     pub min_prefix_ratio: f64,
+}
+
+/// Offload accounting, checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OffloadSettings {
+    /// Size the upstream's blob redirects with a cached `HEAD`.
+    pub upstream_head: bool,
+    /// Egress prices.
+    pub prices: Vec<Price>,
+}
+
+/// One egress price.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    /// `mirror` or `upstream`.
+    pub source: &'static str,
+    /// The mirror's name; empty for the upstream.
+    pub mirror: String,
+    /// Per gigabyte.
+    pub per_gb: f64,
 }
 
 /// The geo databases and how often they are looked at.

@@ -63,6 +63,7 @@ pub fn build(
     upstreams: &Arc<Upstreams>,
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<Gateway, String> {
+    metrics::set_egress_prices(&settings.offload.prices);
     let check = MirrorCheck::new(&settings.blob_check)
         .map_err(|e| format!("cannot build the mirror check HTTP client: {e}"))?;
     let mirrors = Mirrors::new(check, &settings.routes.policy, &settings.signed_mirrors)
@@ -141,6 +142,7 @@ pub fn build(
             blobs,
             manifests: ManifestCache::new(&settings.manifest_cache),
             total_timeout: settings.upstream.timeouts.total,
+            size_blobs: settings.offload.upstream_head,
         },
         Operations {
             lifecycle: lifecycle.clone(),

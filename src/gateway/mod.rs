@@ -125,6 +125,9 @@ pub struct UpstreamAccess {
     pub manifests: ManifestCache,
     /// Limit on a whole upstream response.
     pub total_timeout: Option<Duration>,
+    /// Blobs redirected to the upstream are sized with a cached `HEAD` there, for the
+    /// offload accounting.
+    pub size_blobs: bool,
 }
 
 impl Gateway {

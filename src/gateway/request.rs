@@ -17,7 +17,8 @@ use crate::config::ClientTimeouts;
 use crate::metrics;
 use crate::routing::client_addr::{canonical, find_client, Connection};
 use crate::routing::{
-    decide_by_rule, rate_limited, Answer, AuthMode, Decision, Grants, Places, Request,
+    decide_by_rule, rate_limited, Answer, AuthMode, Decision, Grants, Places, Request, Route,
+    Target,
 };
 use crate::upstream::blob_access::Asker;
 use crate::upstream::manifest_cache::ManifestCache;
@@ -114,6 +115,28 @@ impl Gateway {
                 chain.decide(found.map(|f| (f.index, f.url)))
             }
         };
+        if self.upstream.size_blobs
+            && reply.route == Route::Blob
+            && req.method == http::Method::GET
+            && matches!(
+                &reply.answer,
+                Answer::Redirect {
+                    target: Target::Upstream,
+                    ..
+                }
+            )
+        {
+            // The blob's upstream path: names of blob requests never carry the prefix.
+            let path = format!("{}{}", self.routes.upstream_prefix, &req.uri.path()[3..]);
+            let traceparent = headers
+                .traceparent
+                .and_then(|v| std::str::from_utf8(v).ok());
+            let up = &self.upstream;
+            ctx.blob.size = up
+                .blobs
+                .size(&up.endpoints, &up.auth, &path, traceparent)
+                .await;
+        }
         let head = req.method == http::Method::HEAD;
         if let Answer::Token { query } = &reply.answer {
             let query = query.as_deref();

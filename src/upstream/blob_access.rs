@@ -50,6 +50,8 @@ impl Outcome {
 #[derive(Debug, Clone, Copy)]
 struct Answer {
     held: bool,
+    /// The blob's size, from the `HEAD`'s `Content-Length`.
+    size: Option<u64>,
     /// Milliseconds since [`BlobAccess::epoch`].
     expires_ms: u64,
 }
@@ -109,6 +111,35 @@ impl BlobAccess {
         asker: Asker<'_>,
         traceparent: Option<&str>,
     ) -> bool {
+        self.answer(endpoints, auth, path, asker, traceparent)
+            .await
+            .is_some_and(|a| a.held)
+    }
+
+    /// The size of the blob `path` names, as the upstream's `HEAD` gave it to the gateway
+    /// (the same cached answer as [`BlobAccess::held`]'s).
+    pub async fn size(
+        &self,
+        endpoints: &Upstreams,
+        auth: &UpstreamAuth,
+        path: &str,
+        traceparent: Option<&str>,
+    ) -> Option<u64> {
+        self.answer(endpoints, auth, path, Asker::Gateway, traceparent)
+            .await
+            .filter(|a| a.held)
+            .and_then(|a| a.size)
+    }
+
+    /// The answer, cached; `None` when the upstream could not be asked.
+    async fn answer(
+        &self,
+        endpoints: &Upstreams,
+        auth: &UpstreamAuth,
+        path: &str,
+        asker: Asker<'_>,
+        traceparent: Option<&str>,
+    ) -> Option<Answer> {
         let key = match asker {
             Asker::Gateway => xxh3_128_with_seed(path.as_bytes(), self.seed),
             Asker::Client(authorization) => self
@@ -119,7 +150,7 @@ impl BlobAccess {
             match self.cache.get_value_or_guard_async(&key).await {
                 Ok(answer) if answer.expires_ms > self.now_ms() => {
                     self.record(Outcome::CacheHit);
-                    return answer.held;
+                    return Some(answer);
                 }
                 Ok(_) => {
                     let now = self.now_ms();
@@ -128,25 +159,26 @@ impl BlobAccess {
                 Err(guard) => break guard,
             }
         };
-        let outcome = self.ask(endpoints, auth, path, asker, traceparent).await;
+        let (outcome, size) = self.ask(endpoints, auth, path, asker, traceparent).await;
         self.record(outcome);
-        let held = outcome == Outcome::Held;
         let ttl = match outcome {
             Outcome::Held => self.held_ttl_ms,
             Outcome::NotHeld => self.not_held_ttl_ms,
             // Not the repository's answer: the next request asks again.
-            Outcome::Error | Outcome::CacheHit => return false,
+            Outcome::Error | Outcome::CacheHit => return None,
         };
-        let _ = guard.insert(Answer {
-            held,
+        let answer = Answer {
+            held: outcome == Outcome::Held,
+            size,
             expires_ms: self.now_ms().saturating_add(ttl),
-        });
-        held
+        };
+        let _ = guard.insert(answer);
+        Some(answer)
     }
 
     /// One `HEAD` at the preferred endpoint; for the gateway, one more when it asked for
     /// credentials the gateway has (or a fresh token). A client's answer is its own: no
-    /// second try.
+    /// second try. With the blob's size when the upstream answered `200` with it.
     async fn ask(
         &self,
         endpoints: &Upstreams,
@@ -154,7 +186,7 @@ impl BlobAccess {
         path: &str,
         asker: Asker<'_>,
         traceparent: Option<&str>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<u64>) {
         let i = endpoints.preferred();
         let url = format!("{}{path}", endpoints.endpoint(i).url);
         let repo = repository(path);
@@ -173,7 +205,7 @@ impl BlobAccess {
                     Ok(None) => {}
                     Err(e) => {
                         warn!("upstream HEAD {path}: authentication failed: {e}");
-                        return Outcome::Error;
+                        return (Outcome::Error, None);
                     }
                 },
             }
@@ -188,7 +220,7 @@ impl BlobAccess {
                         endpoints.label(i),
                         error_chain(&e.without_url())
                     );
-                    return Outcome::Error;
+                    return (Outcome::Error, None);
                 }
             };
             let status = resp.status();
@@ -207,12 +239,18 @@ impl BlobAccess {
                         Ok(false) => {}
                         Err(e) => {
                             warn!("upstream HEAD {path}: {e}");
-                            return Outcome::Error;
+                            return (Outcome::Error, None);
                         }
                     }
                 }
             }
-            return if status.is_success() || status.is_redirection() {
+            let size = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .filter(|_| status == reqwest::StatusCode::OK);
+            let outcome = if status.is_success() || status.is_redirection() {
                 // A registry may send the blob's bytes from its storage: it holds it.
                 Outcome::Held
             } else if status.is_server_error() {
@@ -224,6 +262,7 @@ impl BlobAccess {
             } else {
                 Outcome::NotHeld
             };
+            return (outcome, size);
         }
     }
 

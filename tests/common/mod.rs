@@ -383,6 +383,7 @@ struct MirrorState {
     traceparents: Mutex<Vec<Option<String>>>,
     delay: Mutex<Duration>,
     default_status: Mutex<Option<u16>>,
+    sizes: Mutex<HashMap<String, u64>>,
 }
 
 impl Mirror {
@@ -419,6 +420,17 @@ impl Mirror {
     /// Makes the blob at `path` present.
     pub fn put(&self, path: &str) {
         self.state.present.lock().unwrap().insert(path.to_string());
+    }
+
+    /// Makes the blob at `path` present, its `HEAD` saying it has `size` bytes (for
+    /// redirects: its `GET` still has no body).
+    pub fn put_sized(&self, path: &str, size: u64) {
+        self.put(path);
+        self.state
+            .sizes
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), size);
     }
 
     /// Answers `status` for `path` (when not present).
@@ -505,6 +517,11 @@ impl MirrorState {
         };
         let mut resp = Response::new(Empty::new());
         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        let size = self.sizes.lock().unwrap().get(&path).copied();
+        if let Some(size) = size.filter(|_| status == 200 && req.method() == Method::HEAD) {
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, size.into());
+        }
         resp
     }
 }
