@@ -460,9 +460,10 @@ fn unread_forwarding(settings: &Settings) -> Option<String> {
     Some(format!(
         "client_address.trusted_proxies is empty, so forwarding headers (X-Forwarded-For, \
          Forwarded) are ignored and each connection's peer is the client; {looking} policy \
-         {} on provider, region or cidr. If the gateway runs behind a load balancer or \
-         ingress, list its addresses in client_address.trusted_proxies, or every client \
-         will look like the balancer (docs/configuration.md, \"Who the client is\")",
+         {} at the client (provider, region, cidr, country, continent, asn). If the gateway \
+         runs behind a load balancer or ingress, list its addresses in \
+         client_address.trusted_proxies, or every client will look like the balancer \
+         (docs/configuration.md, \"Who the client is\")",
         if looking == 1 {
             "rule looks"
         } else {

@@ -85,3 +85,51 @@ fn every_example_runs_as_its_header_says_from_another_directory() {
     }
     assert!(ran >= 3, "{ran} examples found");
 }
+
+/// The networks of `conf/examples/geo-sample.mmdb` (documentation addresses only): network,
+/// country, continent, AS number (0: none).
+const GEO_SAMPLE: [(&str, &str, &str, u32); 5] = [
+    ("192.0.2.0/24", "JP", "AS", 0),
+    ("198.51.100.0/24", "DE", "EU", 0),
+    ("203.0.113.0/25", "US", "NA", 0),
+    ("203.0.113.128/25", "US", "NA", 64512),
+    ("2001:db8::/32", "BR", "SA", 0),
+];
+
+/// The sample database the geo example reads is exactly [`GEO_SAMPLE`] in the GeoLite2
+/// layout; `ARCHEIO_WRITE_GEO_SAMPLE=1` writes it again after a change of the table.
+#[test]
+fn the_sample_geo_database_holds_what_its_table_says() {
+    let mut w = mmdb_writer::Writer::new("archeio-example-country-asn");
+    for (net, country, continent, asn) in GEO_SAMPLE {
+        let mut record = serde_json::json!({
+            "continent": {"code": continent},
+            "country": {"iso_code": country},
+        });
+        if asn != 0 {
+            record["autonomous_system_number"] = serde_json::json!(asn);
+        }
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
+            .unwrap();
+    }
+    let want = w.to_bytes().unwrap();
+    let path = repo_file("conf/examples/geo-sample.mmdb");
+    if std::env::var_os("ARCHEIO_WRITE_GEO_SAMPLE").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read(&path).unwrap_or_default();
+    // The metadata's build time differs between writes; the tree and records must not.
+    let records = |db: &[u8]| {
+        let marker = b"\xab\xcd\xefMaxMind.com";
+        let end = db
+            .windows(marker.len())
+            .rposition(|w| w == marker)
+            .unwrap_or(db.len());
+        db[..end].to_vec()
+    };
+    assert!(
+        records(&have) == records(&want),
+        "{} is not what GEO_SAMPLE says: run ARCHEIO_WRITE_GEO_SAMPLE=1 cargo test --test examples",
+        path.display()
+    );
+}
