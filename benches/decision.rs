@@ -10,8 +10,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 use archeio::config::file::ArcheioConfig;
 use archeio::config::{BlobCheck, Settings};
+use archeio::mirror::verify::Verifier;
 use archeio::mirror::{MirrorCheck, Mirrors};
 use archeio::routing::client_addr::{find_client, ClientAddrError, ClientAddressRules, Connection};
+use archeio::routing::geo::{GeoDatabase, GeoTable};
 use archeio::routing::ranges::{RangeSources, RangeTable};
 use archeio::routing::{decide, Decision, Places, Request};
 use archeio::upstream::auth::UpstreamAuth;
@@ -319,5 +321,113 @@ fn range_loading(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, decision, forwarded_for, range_loading);
+/// A country-and-network database the size of a real one's IPv4 part: 200,000 networks
+/// (/24 and /20 alternately, at pseudo-random places), each with a country, its continent and
+/// an AS number, in the GeoLite2 layout (names in two languages, as the real records carry).
+fn geo_database() -> Vec<u8> {
+    let countries = [("DE", "EU"), ("JP", "AS"), ("BR", "SA"), ("US", "NA"), ("ZA", "AF")];
+    let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
+    for (i, ip) in addresses(200_000, false).into_iter().enumerate() {
+        let len = if i % 2 == 0 { 24 } else { 20 };
+        let net = ipnet::IpNet::new(ip, len).unwrap().trunc();
+        let (country, continent) = countries[i % countries.len()];
+        let names = serde_json::json!({"en": "Somewhere", "de": "Irgendwo"});
+        let record = serde_json::json!({
+            "continent": {"code": continent, "geoname_id": 6255148, "names": names},
+            "country": {"iso_code": country, "geoname_id": 2921044, "names": names},
+            "autonomous_system_number": 64512 + (i % 1000) as u32,
+        });
+        w.insert(net, &record).unwrap();
+    }
+    w.to_bytes().unwrap()
+}
+
+/// Geo placement: the lookup alone, and the blob decision of a client no cloud range places
+/// routed by its continent (third rule, after a network and a cloud rule), beside
+/// `decide/blob_50_rules`.
+fn geo(c: &mut Criterion) {
+    let db = GeoDatabase::open(geo_database()).unwrap();
+    let geo = GeoTable::new(vec![std::sync::Arc::new(db)]);
+    let placed = addresses(200_000, false)[0];
+    let unknown: IpAddr = "192.0.2.1".parse().unwrap();
+    assert!(geo.lookup(placed).country.is_some());
+    assert!(geo.lookup(unknown).country.is_none());
+    let mut g = c.benchmark_group("geo_lookup");
+    g.bench_function("v4_hit", |b| b.iter(|| geo.lookup(black_box(placed))));
+    g.bench_function("v4_miss", |b| b.iter(|| geo.lookup(black_box(unknown))));
+    let ips = addresses(1024, false);
+    g.bench_function("v4_random_1024", |b| {
+        b.iter(|| ips.iter().filter(|ip| geo.lookup(**ip).country.is_some()).count())
+    });
+    g.finish();
+
+    let mut cfg: ArcheioConfig = serde_yaml::from_str(GEO_POLICY).unwrap();
+    cfg.ranges = ArcheioConfig::default().ranges;
+    let routes = cfg.check("bench", |_| None).unwrap().routes;
+    let table = RangeTable::build(&RangeSources::default(), &[]).unwrap();
+    let places = Places {
+        ranges: &table,
+        geo: &geo,
+    };
+    let blob = format!("/v2/pause/blobs/{SHA}");
+    let proxy = trusted_lb();
+    let xff = format!("{placed}, 130.211.0.1");
+    let xff: [&[u8]; 1] = [xff.as_bytes()];
+    let req = request(&blob, client(&proxy, &xff));
+    let Decision::CheckMirrors(chain) = decide(&req, &routes, places) else {
+        panic!("a placed client's blob goes to a mirror chain");
+    };
+    assert!(chain.candidates[0].location.starts_with("https://blobs-"));
+    c.bench_function("decide/blob_unknown_client_geo", |b| {
+        b.iter(|| {
+            let req = request(&blob, client(&proxy, black_box(&xff)));
+            decide(&req, &routes, places)
+        })
+    });
+}
+
+/// A network rule, a cloud rule, then continents: the geo example's shape.
+const GEO_POLICY: &str = "
+geo: {databases: [unused-by-the-benchmark.mmdb]}
+mirrors:
+  named:
+    partner: {url: 'https://partner.example'}
+    eu: {url: 'https://blobs-eu.example'}
+    ap: {url: 'https://blobs-ap.example'}
+    us: {url: 'https://blobs-us.example'}
+policy:
+  rules:
+    - {match: {asn: 1}, action: mirrors, mirrors: [partner]}
+    - {match: {provider: aws, region: 'eu-*'}, action: mirrors, mirrors: [eu]}
+    - {match: {continent: [EU, AF, AS, SA, NA, OC]}, action: mirrors, mirrors: [eu, us]}
+    - {match: {kind: blob}, action: mirrors, mirrors: [us]}
+";
+
+/// The digest check of a proxied blob: 100 MiB in 64 KiB chunks, as a mirror's body arrives.
+fn verify(c: &mut Criterion) {
+    use sha2::Digest;
+    let blob: Vec<u8> = (0..100u32 << 20).map(|i| (i * 2_654_435_761) as u8).collect();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&blob));
+    let chunks: Vec<bytes::Bytes> = blob
+        .chunks(64 << 10)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let mut g = c.benchmark_group("verify");
+    g.throughput(criterion::Throughput::Bytes(blob.len() as u64));
+    g.sample_size(10);
+    g.bench_function("sha256_100mib_64k_chunks", |b| {
+        b.iter(|| {
+            let mut v = Verifier::new(&digest).unwrap();
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.iter().enumerate() {
+                let mut body = Some(chunk.clone());
+                v.pass(&mut body, i == last).unwrap();
+                black_box(body);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lookup, decision, geo, verify, forwarded_for, range_loading);
 criterion_main!(benches);

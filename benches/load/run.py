@@ -20,6 +20,9 @@ Scenarios (--scenarios, comma-separated; default all):
   proxied_blob_100mib            `delivery: proxy` of a 100 MiB blob vs nginx proxy_pass, both
                                  from an nginx mirror serving the file with sendfile
   policy_50_rules                a 50-rule policy (49 miss) vs nginx_conf.py's blob redirect
+  blob_unknown_client_geo        a client in no cloud range, placed by a published country
+                                 database (ip-location-db, installed with npm) and routed by
+                                 its continent (third rule), vs nginx_conf.py's blob redirect
   blob_relay_cached              `client_auth: relay` before the docker-registry: a blob of
                                  bench/pause with a client's Basic credential, its
                                  authorization (the upstream's HEAD) and mirror answer cached,
@@ -77,6 +80,19 @@ ACCEPT = f"{OCI_MANIFEST}, application/vnd.docker.distribution.manifest.v2+json"
 # The proxies the routing servers trust to name the client: the load generator's address and
 # Google's load balancer in the `X-Forwarded-For` of the scenarios (nginx_conf.py's realip).
 TRUSTED_PROXIES = ["127.0.0.1/32", "130.211.0.0/22"]
+# RIPE NCC in Amsterdam: in no cloud range; the country database places it in NL, Europe.
+GEO_CLIENT = "193.0.6.139"
+# The published country database of the geo scenario, and where it is installed (the test
+# command's cache).
+GEO_PACKAGE = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719"
+GEO_DIR = os.path.join(os.environ.get("ARCHEIO_TEST_CACHE", os.path.expanduser("~/.cache/archeio-test")),
+                       "ip-location-db")
+# A network rule (the lookup happens here), a cloud rule, then continents: the geo example.
+GEO_RULES = ["policy:", "  rules:",
+             "    - {match: {asn: 1}, action: mirrors, mirrors: [eu]}",
+             "    - {match: {provider: aws, region: 'eu-*'}, action: mirrors, mirrors: [eu]}",
+             "    - {match: {continent: [EU, AF]}, action: mirrors, mirrors: [eu, us]}",
+             "    - {match: {kind: blob}, action: mirrors, mirrors: [us]}"]
 # The client credential of the relay scenarios (the open docker-registry ignores it).
 AUTHORIZATION = "Basic " + base64.b64encode(b"bench-user:bench-pw").decode()
 # Every blob through the mirror chain, to the default mirror (the relay scenarios).
@@ -97,6 +113,8 @@ SCENARIOS = {
                                 headers={}, throughput=True),
     "policy_50_rules": dict(gw="policy50", ng="routing", target=f"/v2/pause/blobs/{SHA}",
                             headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
+    "blob_unknown_client_geo": dict(gw="geo", ng="routing", target=f"/v2/pause/blobs/{SHA}",
+                                    headers={"X-Forwarded-For": f"{GEO_CLIENT}, 130.211.0.1"}),
     # "{layer}": the digest of bench/pause:v1's layer in the docker-registry.
     "blob_relay_cached": dict(gw="relay", ng="routing", target="/v2/pause/blobs/{layer}",
                               headers={"Authorization": AUTHORIZATION}),
@@ -485,6 +503,17 @@ class Servers:
             self.shared["files"] = (f"http://127.0.0.1:{port}", digest)
         return self.shared["files"]
 
+    def geo_database(self):
+        """The published country database, installed with npm when missing."""
+        db = os.path.join(GEO_DIR, "node_modules", "@ip-location-db", "geo-whois-asn-country-mmdb",
+                          "geo-whois-asn-country.mmdb")
+        if not os.path.exists(db):
+            ensure_tools(["npm"])
+            os.makedirs(GEO_DIR, exist_ok=True)
+            subprocess.run(["npm", "install", "--prefix", GEO_DIR, "--no-audit", "--no-fund",
+                            "--silent", GEO_PACKAGE], check=True)
+        return db
+
     def layer(self):
         """The digest of the layer of bench/pause:v1 in the registry."""
         _, manifest, _ = self.registry()
@@ -518,6 +547,9 @@ class Servers:
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
             extra = harness.policy_50_rules()
+        elif kind == "geo":
+            named = {"eu": f"{mirror}/eu", "us": f"{mirror}/us"}
+            extra = [f"geo: {{databases: ['{self.geo_database()}']}}", *GEO_RULES]
         elif kind == "tls":
             # The routing gateway with a TLS listener besides its plain one.
             _, cert, key = self.tls_files()
@@ -533,7 +565,7 @@ class Servers:
             if kind == "relay":
                 extra.append(f"client_auth: {{mode: relay, public_url: 'http://127.0.0.1:{port}', "
                              "authorization_ttl: 10m}")
-        if kind in ("routing", "logged", "policy50", "relay", "anonymous_same", "tls"):
+        if kind in ("routing", "logged", "policy50", "geo", "relay", "anonymous_same", "tls"):
             # wrk on 127.0.0.1 plays the proxy in front, which appended the client's entry
             # after Google's load balancer (130.211.0.0/22); both trusted, as nginx's realip.
             extra = [*extra, f"client_address: {{trusted_proxies: {TRUSTED_PROXIES}}}"]
