@@ -25,12 +25,13 @@ pub fn init(settings: LogSettings) {
     // The format is looked up per line: a configuration reload may change it.
     builder.format(|buf, record| {
         let target = record.target();
-        // Only Pingora's server lines are ever reworded: others skip the look.
-        let reworded = target
-            .starts_with("pingora_core::server")
+        // Only Pingora's server and listener lines are ever reworded: others skip the look.
+        let reworded = (target.starts_with("pingora_core::server") || target == LISTENING)
             .then(|| reword(target, &record.args().to_string()))
             .flatten();
         let (level, message): (log::Level, &dyn std::fmt::Display) = match &reworded {
+            // A line moved below the level in effect is not written.
+            Some((level, _)) if !log::log_enabled!(target: target, *level) => return Ok(()),
             Some((level, text)) => (*level, text),
             None => (record.level(), record.args()),
         };
@@ -59,11 +60,25 @@ pub fn init(settings: LogSettings) {
     let _ = builder.try_init();
 }
 
+/// Pingora's listener module, which logs failed TLS handshakes.
+const LISTENING: &str = "pingora_core::services::listening";
+
 /// Pingora's lines that mislead in archeio's setup, in our words and at the right level:
-/// a normal `-u` upgrade waits for the old process's sockets (Pingora says error), and
+/// a normal `-u` upgrade waits for the old process's sockets (Pingora says error),
 /// Pingora's shutdown grace period is archeio's in-flight window, which starts after the
-/// drain (Pingora says "grace period starts" as if the signal had just come).
+/// drain (Pingora says "grace period starts" as if the signal had just come), and a client's
+/// failed TLS handshake is the client's doing (Pingora says error): a connection closed
+/// before any handshake (a load balancer's TCP health check, a port scan) at debug, any
+/// other failure at info.
 fn reword(target: &str, message: &str) -> Option<(log::Level, String)> {
+    if target == LISTENING {
+        let rest = message.strip_prefix("Downstream handshake error from ")?;
+        let level = match rest.contains("handshake eof") {
+            true => log::Level::Debug,
+            false => log::Level::Info,
+        };
+        return Some((level, format!("TLS handshake failed with client {rest}")));
+    }
     if target.starts_with("pingora_core::server::transfer_fd")
         && message.starts_with("No incoming socket transfer")
     {
@@ -165,6 +180,20 @@ mod tests {
         };
         assert_eq!(quoted(r#"it's "x" \ y"#), r#""it's \"x\" \\ y""#);
         assert_eq!(quoted("a\nb\u{1}"), r#""a\x0ab\x01""#);
+    }
+
+    #[test]
+    fn a_client_s_failed_tls_handshake_is_not_an_error_of_the_gateway() {
+        let eof = "Downstream handshake error from 127.0.0.1:49062:  TLSHandshakeFailure \
+                   context: TLS accept() failed:  TLSHandshakeFailure context: tls connect \
+                   error: tls handshake eof";
+        let (level, text) = reword(LISTENING, eof).unwrap();
+        assert_eq!(level, log::Level::Debug);
+        assert!(text.starts_with("TLS handshake failed with client 127.0.0.1:49062"));
+        let refused = "Downstream handshake error from 127.0.0.1:1: TLSHandshakeFailure \
+                       context: peer sent no certificates";
+        assert_eq!(reword(LISTENING, refused).unwrap().0, log::Level::Info);
+        assert_eq!(reword(LISTENING, "something else"), None);
     }
 
     #[test]

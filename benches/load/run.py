@@ -19,7 +19,9 @@ Scenarios (--scenarios, comma-separated; default all):
                                  docker-registry filled by skopeo
   proxied_blob_100mib            `delivery: proxy` of a 100 MiB blob vs nginx proxy_pass, both
                                  from an nginx mirror serving the file with sendfile
-  policy_50_rules                a 50-rule policy (49 miss) vs nginx_conf.py's blob redirect
+  policy_50_rules                a 50-rule policy (49 miss; its deny rules make the blob wait for
+                                 the upstream's cached word on the repository) vs nginx_conf.py's
+                                 blob redirect
   blob_unknown_client_geo        a client in no cloud range, placed by a published country
                                  database (ip-location-db, installed with npm) and routed by
                                  its continent (third rule), vs nginx_conf.py's blob redirect
@@ -111,7 +113,9 @@ SCENARIOS = {
                                         headers={"Accept": ACCEPT}),
     "proxied_blob_100mib": dict(gw="proxyblob", ng="proxyblob", target="/v2/pause/blobs/{big}",
                                 headers={}, throughput=True),
-    "policy_50_rules": dict(gw="policy50", ng="routing", target=f"/v2/pause/blobs/{SHA}",
+    # Its deny rules hide repositories, so each blob first needs the upstream's word that the
+    # repository holds it (cached): the docker-registry's layer, whose answer is "held".
+    "policy_50_rules": dict(gw="policy50", ng="routing", target="/v2/pause/blobs/{layer}",
                             headers={"X-Forwarded-For": f"{AWS_CLIENT}, 130.211.0.1"}),
     "blob_unknown_client_geo": dict(gw="geo", ng="routing", target=f"/v2/pause/blobs/{SHA}",
                                     headers={"X-Forwarded-For": f"{GEO_CLIENT}, 130.211.0.1"}),
@@ -546,6 +550,8 @@ class Servers:
             extra = ["policy:", "  rules:",
                      "    - {match: {kind: blob}, action: mirrors, mirrors: [files], delivery: proxy}"]
         elif kind == "policy50":
+            url, _, _ = self.registry()
+            upstream = (url, UPSTREAM_PATH)
             extra = harness.policy_50_rules()
         elif kind == "geo":
             named = {"eu": f"{mirror}/eu", "us": f"{mirror}/us"}
