@@ -325,7 +325,13 @@ fn range_loading(c: &mut Criterion) {
 /// (/24 and /20 alternately, at pseudo-random places), each with a country, its continent and
 /// an AS number, in the GeoLite2 layout (names in two languages, as the real records carry).
 fn geo_database() -> Vec<u8> {
-    let countries = [("DE", "EU"), ("JP", "AS"), ("BR", "SA"), ("US", "NA"), ("ZA", "AF")];
+    let countries = [
+        ("DE", "EU"),
+        ("JP", "AS"),
+        ("BR", "SA"),
+        ("US", "NA"),
+        ("ZA", "AF"),
+    ];
     let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
     for (i, ip) in addresses(200_000, false).into_iter().enumerate() {
         let len = if i % 2 == 0 { 24 } else { 20 };
@@ -357,7 +363,11 @@ fn geo(c: &mut Criterion) {
     g.bench_function("v4_miss", |b| b.iter(|| geo.lookup(black_box(unknown))));
     let ips = addresses(1024, false);
     g.bench_function("v4_random_1024", |b| {
-        b.iter(|| ips.iter().filter(|ip| geo.lookup(**ip).country.is_some()).count())
+        b.iter(|| {
+            ips.iter()
+                .filter(|ip| geo.lookup(**ip).country.is_some())
+                .count()
+        })
     });
     g.finish();
 
@@ -406,7 +416,9 @@ policy:
 /// The digest check of a proxied blob: 100 MiB in 64 KiB chunks, as a mirror's body arrives.
 fn verify(c: &mut Criterion) {
     use sha2::Digest;
-    let blob: Vec<u8> = (0..100u32 << 20).map(|i| (i * 2_654_435_761) as u8).collect();
+    let blob: Vec<u8> = (0..100u32 << 20)
+        .map(|i| (i * 2_654_435_761) as u8)
+        .collect();
     let digest = format!("sha256:{:x}", sha2::Sha256::digest(&blob));
     let chunks: Vec<bytes::Bytes> = blob
         .chunks(64 << 10)
@@ -429,5 +441,13 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, decision, geo, verify, forwarded_for, range_loading);
+criterion_group!(
+    benches,
+    lookup,
+    decision,
+    geo,
+    verify,
+    forwarded_for,
+    range_loading
+);
 criterion_main!(benches);

@@ -30,6 +30,7 @@ prometheusrule.yaml from alerts.yml instead.
 """
 
 import hashlib
+import http.client
 import http.server
 import json
 import os
@@ -387,11 +388,16 @@ MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.ima
                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                   "digest": BLOB_DIGEST, "size": len(BLOB)},
                        "layers": []}).encode()
+# What the tampered mirror serves for BLOB: as long, other bytes (a digest mismatch).
+TAMPERED = bytes(b ^ 0x20 for b in BLOB)
+GEO_SAMPLE = os.path.join(ROOT, "conf", "examples", "geo-sample.mmdb")
 
 
 class FakeRegistry(http.server.BaseHTTPRequestHandler):
     """The upstream registry (under /v2/prefix/) and the public mirror (/containers/images/),
-    with a token service the upstream's Bearer challenge points at."""
+    with a token service the upstream's Bearer challenge points at; under /nolength/ a mirror
+    whose HEAD gives no Content-Length (a blob of unknown size), under /tampered/ one whose
+    bytes are not the blob's (a digest mismatch)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -423,6 +429,13 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
             if path.endswith(BLOB_DIGEST):
                 return self.answer(200, BLOB, [("Content-Type", "application/octet-stream")])
             return self.answer(404)
+        if path == f"/nolength/containers/images/{BLOB_DIGEST}" and self.command == "HEAD":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            return
+        if path == f"/tampered/containers/images/{BLOB_DIGEST}":
+            return self.answer(200, TAMPERED, [("Content-Type", "application/octet-stream")])
         if path.startswith("/v2/prefix/"):
             if self.headers.get("Authorization") != "Bearer t":
                 realm = f'Bearer realm="http://127.0.0.1:{port}/token",service="fake"'
@@ -445,6 +458,12 @@ def gateway_config(tmp, port, admin, tls, fake, dead):
     cidrs = os.path.join(tmp, "cidrs.txt")
     with open(cidrs, "w") as f:
         f.write("10.0.0.0/8\n")
+    # A geo database, so that its load and build-time series exist: the repository's sample.
+    geo = os.path.join(tmp, "geo.mmdb")
+    try:
+        shutil.copyfile(GEO_SAMPLE, geo)
+    except OSError as e:
+        fail(f"the geo database sample: {e}")
     # A TLS listener, so that the certificate's series exist: a self-signed pair.
     code, out = run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-nodes", "-days", "30", "-subj", "/CN=localhost", "-addext",
@@ -475,9 +494,15 @@ archeio:
     regions: {{}}
     named:
       dead: {{url: 'http://127.0.0.1:{dead}'}}
+      nolength: {{url: 'http://127.0.0.1:{fake}/nolength'}}
+      tampered: {{url: 'http://127.0.0.1:{fake}/tampered'}}
+  geo:
+    databases: ['{geo}']
   policy:
     rules:
       - {{name: dead-mirror, match: {{repository: 'broken/**', kind: blob}}, action: mirrors, mirrors: [dead]}}
+      - {{name: unsized, match: {{repository: 'unsized/**', kind: blob}}, action: mirrors, mirrors: [nolength]}}
+      - {{name: tampered, match: {{repository: 'tampered/**', kind: blob}}, action: mirrors, mirrors: [tampered], delivery: proxy}}
       - {{name: streamed, match: {{repository: 'streamed/**', kind: blob}}, action: mirrors, mirrors: [default], delivery: proxy}}
       - {{name: mirrored, match: {{kind: blob}}, action: mirrors, mirrors: [default]}}
   ranges:
@@ -488,6 +513,9 @@ archeio:
       - {{format: cidrs, url: 'http://127.0.0.1:{dead}/ranges.txt', provider: onprem, region: lab}}
   blob_check:
     breaker: {{failures: 1, cool_down: 10m}}
+  offload:
+    # The egress prices, for the dashboard's estimate and savings.
+    cost_per_gb: {{upstream: 0.09, default: 0.02, dead: 0.02, nolength: 0.01, tampered: 0.01}}
 """
 
 
@@ -545,6 +573,7 @@ def registry_requests(base):
         (f"/v2/lib/app/blobs/{BLOB_DIGEST}", "blob", 307),
         (f"/v2/streamed/app/blobs/{BLOB_DIGEST}", "blob", 200),
         (f"/v2/broken/app/blobs/{BLOB_DIGEST}", "blob", 200),  # dead mirror: from the upstream
+        (f"/v2/unsized/app/blobs/{BLOB_DIGEST}", "blob", 307),  # a mirror HEAD without length
     ]
     for path, route, want in cases:
         for _ in range(REQUESTS):
@@ -553,6 +582,18 @@ def registry_requests(base):
                 fail(f"GET {path}: {status}, expected {want}: {body[:200]!r}")
                 continue
             sent[(route, str(want))] = sent.get((route, str(want)), 0) + 1
+    # A mirror whose copy is not the blob, streamed: the gateway must cut the answer off (a
+    # digest mismatch), never hand the client the whole of it.
+    path = f"/v2/tampered/app/blobs/{BLOB_DIGEST}"
+    try:
+        status, body = http_get(base + path)
+    except (OSError, http.client.HTTPException):
+        ok(f"GET {path} from a tampered mirror: cut off")
+    else:
+        if status == 200 and body == TAMPERED:
+            fail(f"GET {path}: the tampered mirror's bytes were served whole")
+        else:
+            ok(f"GET {path} from a tampered mirror: {status}, {len(body)} bytes")
     return sent
 
 
@@ -743,12 +784,14 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log, gateway, pus
         except ValueError as e:
             fail(f"{where}: Prometheus cannot evaluate the expression: {e}\n{expr}")
     ok(f"Prometheus evaluated {len(alert_exprs)} alert and {len(dash_exprs)} dashboard expressions")
+    live_offload_panels(prom, dash_exprs, proc, log)
     # The conditions this setup creates, without the `for:` wait.
     exprs = dict(alert_exprs)
     expect = [
         ("ArcheioUpstreamEndpointUnhealthy", "endpoint", lambda v: v != ""),
         ("ArcheioMirrorBreakerOpen", "host", lambda v: v != ""),
         ("ArcheioRangeRefreshFailing", "source", lambda v: v.endswith("/ranges.txt")),
+        ("ArcheioMirrorDigestMismatch", "mirror", lambda v: v == "tampered"),
     ]
     for alert, label, good in expect:
         if alert not in exprs:
@@ -808,6 +851,39 @@ def live_prometheus(prom, sent, alert_exprs, dash_exprs, proc, log, gateway, pus
     if prom_query(prom, exprs["ArcheioMetricsAbsent"]):
         fail("ArcheioMetricsAbsent: its condition holds while the stopped gateway's target is "
              "still scraped")
+
+
+# Dashboard panels whose every query the setup gives data (bytes from mirrors and the
+# upstream, their prices, a mirror HEAD without Content-Length, a tampered mirror): a vector
+# matching that matches nothing evaluates without error, so it is looked for here.
+DATA_PANELS = ("Bytes served by source", "Egress estimate", "Share offloaded",
+               "Saved versus all from upstream", "Blob answers of unknown size",
+               "Digest mismatches by mirror")
+
+
+def live_offload_panels(prom, dash_exprs, proc, log):
+    """Each query of DATA_PANELS returns series; the egress estimate has the (source,
+    mirror) pairs of the bytes (every source of the setup has a price)."""
+    results = {}
+    for title in DATA_PANELS:
+        mine = [(w, e) for w, e in dash_exprs if f'"{title}"' in w]
+        if not mine:
+            fail(f'dashboard: no panel "{title}"')
+        for where, expr in mine:
+            try:
+                results[title] = wait_for(f"{where} returns data",
+                                          lambda e=substitute(expr): prom_query(prom, e),
+                                          15, proc, log)
+            except RuntimeError as e:
+                fail(f"{e}: the setup gives it data\n{substitute(expr)}")
+    if len(results) == len(DATA_PANELS):
+        pairs = {t: sorted((r["metric"].get("source"), r["metric"].get("mirror", ""))
+                           for r in results[t]) for t in ("Bytes served by source", "Egress estimate")}
+        if pairs["Bytes served by source"] != pairs["Egress estimate"]:
+            fail(f"Egress estimate has (source, mirror) {pairs['Egress estimate']}, the bytes "
+                 f"{pairs['Bytes served by source']}")
+        else:
+            ok(f"the offload panels return data; bytes and egress estimate for {pairs['Egress estimate']}")
 
 
 def live_sync_series(prom, exprs, proc, log):

@@ -13,7 +13,9 @@ What it starts (all on 127.0.0.1, ephemeral ports, state in one temporary direct
   - for the auth scenario: a second docker-registry over the same storage behind htpasswd
     (user robot), and gateways with `client_auth: relay` and `client_auth: local`;
   - for the tls scenario: a CA and a server certificate for localhost made with openssl, and
-    gateways with a TLS listener serving it.
+    gateways with a TLS listener serving it;
+  - for the geo scenario: three static mirrors in this process (default, asia, europe) and
+    gateways whose MaxMind DB file, written here, puts 127.0.0.0/8 in Japan, then Germany.
 Then, for each mode (redirect, passthrough) and client (skopeo, ctr, podman, docker), it pulls
 every image into a fresh store, checks the digests the client reports, and reads the mirror's
 and the upstream's request logs to check which server served each blob. The tamper scenario
@@ -24,7 +26,9 @@ registry with the right credentials (relay: robot's; local: the gateway's user a
 checks that no credentials, a wrong password and (local) a repository not granted are refused.
 The tls scenario pulls over the TLS listener with each client trusting the run's CA, reads the
 ALPN protocol each agreed from archeio_tls_handshakes_total, and checks that a client not
-trusting the CA is refused with a certificate error.
+trusting the CA is refused with a certificate error. The geo scenario pulls through a gateway
+whose continent rules send Asian clients' blobs to the asia mirror (European: europe), and
+checks that only that mirror served them and archeio_blob_bytes_total counted their bytes there.
 
 Everything started is stopped by process id, and the temporary directory removed, on success,
 failure, Ctrl-C or SIGTERM (--keep keeps the directory). See tests/e2e/README.md.
@@ -39,6 +43,7 @@ import gzip
 import hashlib
 import hmac
 import io
+import ipaddress
 import json
 import os
 import platform
@@ -65,7 +70,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIENTS = ["skopeo", "ctr", "podman", "docker"]
 MODES = ["redirect", "passthrough"]
-SCENARIOS = ["pull", "tamper", "private", "auth", "tls", "faults"]
+SCENARIOS = ["pull", "tamper", "private", "auth", "tls", "faults", "geo"]
 BUCKET = "archeio-e2e"
 # The private scenario: a private S3 bucket (s3s-fs) and a private Azure container (Azurite),
 # each the only mirror of a gateway's chain; named as the gateway's mirrors.named entries.
@@ -1801,12 +1806,12 @@ class BlobServer:
     """A static public mirror in this process, on 127.0.0.1: every blob of the pushed images
     at BLOB_PATH, GET and HEAD (404 for anything else, such as the gateway's health check of
     an object no mirror holds), HTTP/1.1 keep-alive. Each request is logged, in memory and in
-    `work/faults/mirror-<name>.log`, when it arrives."""
+    `work/<scenario>/mirror-<name>.log` (the faults or the geo scenario's), when it arrives."""
 
-    def __init__(self, work, name, blobs):
+    def __init__(self, work, name, blobs, scenario="faults"):
         self.name = name
         self.objects = {BLOB_PATH.replace("{digest}", d): data for d, data in blobs.items()}
-        self.log = os.path.join(work, "faults", f"mirror-{name}.log")
+        self.log = os.path.join(work, scenario, f"mirror-{name}.log")
         self.requests = []  # (method, path, status)
         self.lock = threading.Lock()
         self.conns = set()
@@ -2207,6 +2212,247 @@ def scenario_faults(ctx, work, binary):
                 x.stop()
 
 
+# --------------------------------------------------------------------------------------
+# The geo scenario: a blob pulled from "Asia" lands on the Asian mirror
+# --------------------------------------------------------------------------------------
+
+# (country, continent, the mirror its rule picks): one gateway each, its database placing
+# 127.0.0.0/8 (every client here) in that country.
+GEO_PLACES = [("JP", "AS", "asia"), ("DE", "EU", "europe")]
+GEO_MIRRORS = ["default", "asia", "europe"]
+
+
+def mmdb_value(v):
+    """One value of a MaxMind DB data section (https://maxmind.github.io/MaxMind-DB/): a dict
+    (map), a str (UTF-8 string), a list (array) or (type, n) an unsigned integer of type 5
+    (uint16), 6 (uint32) or 9 (uint64), the types a GeoLite2-style record and the metadata
+    need. No pointers: every value is written out where it is used."""
+
+    def control(kind, size):
+        # Type in the top 3 bits (types above 7: 0 there and a byte of type - 7 after), size in
+        # the low 5 (sizes 29 to 284: 29 there and a byte of size - 29 after; no more needed).
+        assert size < 285
+        return (bytes([(kind if kind < 8 else 0) << 5 | min(size, 29)]) + (bytes([kind - 7]) if kind >= 8 else b"")
+                + (bytes([size - 29]) if size >= 29 else b""))
+
+    if isinstance(v, dict):  # size: the number of pairs; then key, value, key, value...
+        return control(7, len(v)) + b"".join(mmdb_value(k) + mmdb_value(x) for k, x in v.items())
+    if isinstance(v, str):
+        return control(2, len(v.encode())) + v.encode()
+    if isinstance(v, list):
+        return control(11, len(v)) + b"".join(mmdb_value(x) for x in v)
+    kind, n = v  # big-endian, leading zero bytes dropped (0: no bytes at all)
+    data = n.to_bytes(8, "big").lstrip(b"\0")
+    return control(kind, len(data)) + data
+
+
+def mmdb_ipv4(cidr, record):
+    """A MaxMind DB file (ip_version 4, 24-bit records) holding `record` for the one network
+    `cidr` and nothing else. The search tree walks an address's bits from the top: node i
+    (0-based) decides bit i, its left record for a 0, its right one for a 1. With a /n network
+    the tree is n nodes along the network's bits: the record the network's bit takes points to
+    node i + 1, the last one to the data; every other record is node_count, "no data". A
+    record above node_count points into the data section, at record - node_count - 16 (the 16
+    bytes of zeros between tree and data). Then the metadata marker and the metadata map."""
+    net = ipaddress.ip_network(cidr)
+    n = net.prefixlen
+    assert n >= 1 and net.version == 4
+    bits = int(net.network_address)
+    tree = b""
+    for i in range(n):
+        records = [n, n]
+        records[(bits >> (31 - i)) & 1] = i + 1 if i + 1 < n else n + 16 + 0  # the record: data offset 0
+        tree += b"".join(r.to_bytes(3, "big") for r in records)
+    metadata = {
+        "node_count": (6, n), "record_size": (5, 24), "ip_version": (5, 4),
+        "database_type": "archeio-e2e-Country", "languages": [], "description": {"en": "archeio e2e geo scenario"},
+        "binary_format_major_version": (5, 2), "binary_format_minor_version": (5, 0),
+        "build_epoch": (9, int(time.time())),
+    }
+    return tree + bytes(16) + mmdb_value(record) + b"\xab\xcd\xefMaxMind.com" + mmdb_value(metadata)
+
+
+def geo_gateway_config(d, port, admin, upstream_url, database, mirrors):
+    """Redirect mode; no ranges (no placement), one geo database; blobs of Asian clients go to
+    the chain [asia], of European ones to [europe], of the rest to [default] (`mirrors`: the
+    BlobServers by name)."""
+    return pingora_config(d) + f"""archeio:
+  listen: ['127.0.0.1:{port}']
+  admin_listen: ['127.0.0.1:{admin}']
+  mode: redirect
+  upstream:
+    endpoints: ['{upstream_url}']
+    path: ''
+  geo: {{databases: ['{database}'], check_interval: 60s}}
+  policy:
+    rules:
+      - {{name: asia, match: {{continent: AS}}, action: mirrors, mirrors: [asia]}}
+      - {{name: europe, match: {{continent: EU}}, action: mirrors, mirrors: [europe]}}
+      - {{name: rest, match: {{kind: blob}}, action: mirrors, mirrors: [default]}}
+  mirrors:
+    default: '{mirrors["default"].base}'
+    blob_path: '{BLOB_PATH}'
+    named:
+      asia: {{url: '{mirrors["asia"].base}'}}
+      europe: {{url: '{mirrors["europe"].base}'}}
+  ranges:
+    embedded: false
+  client_address:
+    trusted_proxy_hops: 0
+"""
+
+
+def geo_gateway(work, binary, ctx, mirrors, place):
+    """The gateway of one of GEO_PLACES, its database written first, in `work/geo/`."""
+    country, continent, _ = place
+    database = os.path.join(work, "geo", f"{country.lower()}.mmdb")
+    with open(database, "wb") as f:
+        f.write(mmdb_ipv4("127.0.0.0/8", {"continent": {"code": continent}, "country": {"iso_code": country}}))
+    return start("the gateway", lambda: Gateway(
+        work, binary, f"gateway-redirect-geo-{country.lower()}",
+        lambda d, port, admin: geo_gateway_config(d, port, admin, ctx.upstream.url, database, mirrors)))
+
+
+def geo_explain(ctx, binary, gw, place):
+    """`archeio -t --explain 127.0.0.1 <a blob>` with the gateway's configuration must read the
+    database as written and pick the place's mirror: this checks the .mmdb writer with the
+    gateway's own reader before any client. Returns the facts line."""
+    country, continent, want = place
+    img = ctx.images.images[0]
+    out = run([binary, "-t", "-c", gw.conf, "--explain", "127.0.0.1", f"/v2/{img.repo}/blobs/{img.layers[0]}"],
+              timeout=30).stdout
+    facts = [x.strip() for x in out.splitlines() if x.strip().startswith("country:")]
+    expect(facts and facts[0].startswith(f"country: {country}, continent: {continent} ("),
+           f"--explain 127.0.0.1: expected country {country}, continent {continent}:\n{out}")
+    expect(f'mirror "{want}"' in out, f'--explain 127.0.0.1: expected the chain mirror "{want}":\n{out}')
+    return facts[0]
+
+
+def blob_bytes(gw):
+    """archeio_blob_bytes_total from the gateway's admin /metrics: {(source, mirror, delivery): n}."""
+    status, _, body = http("GET", f"http://127.0.0.1:{gw.admin}/metrics", timeout=5)
+    if status != 200:
+        raise Failure(f"GET /metrics on the admin port: {status}")
+    out = {}
+    for labels, n in re.findall(r"^archeio_blob_bytes_total\{([^}]*)\} (\S+)$", body.decode(errors="replace"), re.M):
+        d = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        out[(d.get("source"), d.get("mirror"), d.get("delivery"))] = int(float(n))
+    return out
+
+
+def scenario_geo(ctx, client, gw, place, mirrors):
+    """`client` pulls through the gateway of `place` (redirect mode), whose database puts the
+    client (127.0.0.1) in that country: test/app, test/multi and test/docker for JP, test/app
+    for DE. For each pull: the digests the client reports (as in pull); the gateway answered
+    each blob once, a 307 to the place's mirror with the country and continent on its access
+    line; that mirror served each blob's GET once, the other two mirrors got no request for any
+    of the image's blobs; blobs of other platforms were fetched from nowhere; and
+    archeio_blob_bytes_total grew by exactly the image's blob bytes (config + layers), all under
+    {source="mirror", mirror=<place's>, delivery="redirect"}. Returns (bytes counted, bytes
+    fetched) per pull."""
+    country, continent, want = place
+    imgs = ctx.images.images if country == "JP" else ctx.images.images[:1]
+    measured = []
+    for img in imgs:
+        marks = {n: m.mark() for n, m in mirrors.items()}
+        before = blob_bytes(gw)
+        win = LogWindow(gw.log)
+        t = time.time()
+        r = ctx.clients.pull(client, gw, img)
+        took = time.time() - t
+        if r.returncode != 0:
+            raise Failure(f"{client} could not pull {img.repo}:{img.tag} through the geo gateway ({country}):\n{r.stdout}")
+        size = sum(len(ctx.images.blobs[b]) for b in img.blobs)
+
+        def check():
+            problems = []
+            gwl = win.text()
+            for b in img.blobs:
+                answers = re.findall(r"GET /v2/[^ ]+/blobs/" + re.escape(b) + r" client=\S+ decision=(\S+) status=(\d+)(.*)",
+                                     gwl)
+                if [a[:2] for a in answers] != [("blob/mirror", "307")]:
+                    problems.append(f"blob {b}: gateway answered {[a[:2] for a in answers] or 'nothing'}, "
+                                    "expected once ('blob/mirror', '307')")
+                elif not all(x in answers[0][2] for x in (f"country={country}", f"continent={continent}", f'rule="{want}"',
+                                                           mirrors[want].base + BLOB_PATH.replace("{digest}", b))):
+                    problems.append(f"blob {b}: access line lacks country={country}, continent={continent}, "
+                                    f'rule="{want}" or the {want} mirror\'s URL:{answers[0][2]}')
+                gets = {n: m.blob_gets(marks[n], b) for n, m in mirrors.items()}
+                if gets != {n: int(n == want) for n in mirrors}:
+                    problems.append(f"blob {b}: GETs per mirror {gets}, expected one at {want} and none elsewhere")
+            keys = {BLOB_PATH.replace("{digest}", b) for b in img.blobs + img.other_blobs}
+            for n, m in mirrors.items():
+                with m.lock:
+                    seen = [(meth, p, st) for meth, p, st in m.requests[marks[n]:] if p in keys]
+                if n != want and seen:
+                    problems.append(f"mirror {n} (not the {country} rule's) was asked for the image's blobs: {seen}")
+            for b in img.other_blobs:
+                if any(m.blob_gets(marks[n], b) for n, m in mirrors.items()):
+                    problems.append(f"blob {b} of another platform was fetched")
+            after = blob_bytes(gw)
+            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            if grew != {("mirror", want, "redirect"): size}:
+                problems.append(f"archeio_blob_bytes_total grew by {grew}, expected "
+                                f"{{('mirror', '{want}', 'redirect'): {size}}} (the image's {len(img.blobs)} blobs)")
+            return problems, (gwl, grew)
+
+        problems, (gwl, grew) = settle(check)
+        if problems:
+            raise Failure(f"{client} geo pull of {img.repo}:{img.tag} ({country}) was misplaced:\n  " + "\n  ".join(problems)
+                          + f"\n-- gateway log:\n{gwl}")
+        counted = grew[("mirror", want, "redirect")]
+        log(f"   ok  {client:7} redirect    geo    {img.repo}:{img.tag} from {country}/{continent}: {len(img.blobs)} "
+            f"blob GETs at mirror {want} only; bytes counted for {want} {counted} = fetched {size} ({took:.1f} s)")
+        measured.append((counted, size))
+    return measured
+
+
+def geo_runs(ctx, work, binary, clients, failures):
+    """The geo scenario (redirect mode): the three mirrors, then for each of GEO_PLACES its
+    gateway, the --explain check and each client's pulls, that gateway stopped before the
+    next one starts (so no other gateway talks to the mirrors meanwhile). Appends what failed
+    to `failures`; returns the number of runs (per place: the --explain check, one per
+    client) and summary lines."""
+    os.makedirs(os.path.join(work, "geo"), exist_ok=True)
+    started = time.time()
+    mirrors, runs, summary = {}, 0, []
+    try:
+        for name in GEO_MIRRORS:
+            mirrors[name] = BlobServer(work, name, ctx.images.blobs, scenario="geo")
+        log("== geo mirrors (every blob each): " + ", ".join(f"{n} {m.base}" for n, m in mirrors.items()))
+        for place in GEO_PLACES:
+            country, continent, want = place
+            gw = geo_gateway(work, binary, ctx, mirrors, place)
+            measured, known = [], len(failures)
+            try:
+                log(f"== gateway {gw.addr} in redirect mode, geo database: 127.0.0.0/8 in {country} ({continent})")
+                runs += 1
+                try:
+                    facts = geo_explain(ctx, binary, gw, place)
+                    log(f"   ok  geo --explain 127.0.0.1 ({country}): {facts}; chain [mirror \"{want}\"]")
+                except (Failure, subprocess.TimeoutExpired) as e:
+                    log(f"   FAIL geo --explain ({country}): {e}")
+                    failures.append(f"redirect geo {country} --explain")
+                for client in clients:
+                    runs += 1
+                    try:
+                        measured += scenario_geo(ctx, client, gw, place, mirrors)
+                    except (Failure, subprocess.TimeoutExpired) as e:
+                        log(f"   FAIL {client} redirect geo {country}: {e}")
+                        failures.append(f"{client} redirect geo {country}")
+            finally:
+                gw.stop()
+            summary.append(f"geo {country}/{continent} -> mirror {want}: {len(measured)} pulls passed (blob GETs at {want} "
+                           f"only), {len(failures) - known} runs failed; over the passed pulls "
+                           f"archeio_blob_bytes_total{{mirror=\"{want}\"}} counted {sum(c for c, _ in measured)} bytes, "
+                           f"the clients fetched {sum(f for _, f in measured)}")
+    finally:
+        for m in mirrors.values():
+            m.stop()
+    summary.append(f"geo: scenario {time.time() - started:.1f} s")
+    return runs, summary
+
+
 class Ctx:
     pass
 
@@ -2238,6 +2484,7 @@ def main():
     auth = "auth" in scenarios
     tls = "tls" in scenarios
     faults = "faults" in scenarios  # skopeo in redirect mode only
+    geo = "geo" in scenarios  # redirect mode only
     if not clients:
         ap.error("no client left to run")
 
@@ -2293,9 +2540,9 @@ def main():
         if tls:
             ctx.tls, ctx.tls_alpn, ctx.tls_notes = TestCA(work), {}, []
         ctx.clients = Clients(work, clients)
-        ctx.faults_summary = []
+        ctx.faults_summary, geo_summary = [], []
         failures = []
-        faults_runs = 0
+        faults_runs = geo_count = 0
         for mode in modes:
             if base:
                 gw = start("the gateway", lambda: Gateway(
@@ -2374,6 +2621,14 @@ def main():
                     except (Failure, subprocess.TimeoutExpired, OSError) as e:
                         log(f"   FAIL {client} {mode} faults: {e}")
                         failures.append(f"{client} {mode} faults")
+            if geo:
+                # Redirect mode only: where a blob goes is the same decision in both modes (a
+                # mirror's blobs are 307s in pass-through too); one gateway per place.
+                if mode != "redirect":
+                    for client in clients:
+                        log(f"   --  {client:7} {mode:11} geo: not run (redirect mode only)")
+                else:
+                    geo_count, geo_summary = geo_runs(ctx, work, args.binary, clients, failures)
         if tls:
             log("== tls: ALPN agreed (archeio_tls_handshakes_total): "
                 + "; ".join(f"{c} {', '.join(sorted(a)) or '-'}" for c, a in ctx.tls_alpn.items())
@@ -2384,13 +2639,16 @@ def main():
                                              + (len(AUTH_MODES) if auth else 0) + (1 if tls else 0))
         total += len(modes) if tls else 0  # the tls scenario's control handshakes, once per gateway
         total += faults_runs  # the faults scenario: skopeo in redirect mode, once
-        for line in ctx.faults_summary:
+        total += geo_count  # the geo scenario: per place, the --explain check and each client
+        for line in ctx.faults_summary + geo_summary:
             log(f"== {line}")
         log(f"== e2e: {total - len(failures)} passed, {len(failures)} failed in {time.time() - started:.0f} s"
             f" (clients: {', '.join(clients)}; modes: {', '.join(modes)}; scenarios: "
             + ", ".join(x + (f" [{', '.join(PRIVATE_STORES)}]" if x == "private" else "")
                         + (f" [{', '.join(AUTH_MODES)}]" if x == "auth" else "")
-                        + (" [skopeo, redirect]" if x == "faults" else "") for x in scenarios) + ")"
+                        + (" [skopeo, redirect]" if x == "faults" else "")
+                        + (" [redirect; " + ", ".join(f"{c}->{m}" for c, _, m in GEO_PLACES) + "]" if x == "geo" else "")
+                        for x in scenarios) + ")"
             + (f"; NOT tested: {', '.join(sorted(skip))}" if skip else ""))
         log(f"e2e: {total - len(failures)} passed, {len(failures)} failed")
         if failures:
