@@ -598,13 +598,11 @@ pub fn set_prefix_counts(v4: usize, v6: usize) {
     IP_PREFIXES.with_label_values(&["ipv6"]).set(v6 as i64);
 }
 
-/// Sets the egress prices, forgetting any a reload removed.
-pub fn set_egress_prices(prices: &[crate::config::Price]) {
+/// Sets the egress prices (source, mirror, per GB), forgetting any a reload removed.
+pub fn set_egress_prices<'a>(prices: impl IntoIterator<Item = (&'a str, &'a str, f64)>) {
     EGRESS_COST.reset();
-    for p in prices {
-        EGRESS_COST
-            .with_label_values(&[p.source, &p.mirror])
-            .set(p.per_gb);
+    for (source, mirror, per_gb) in prices {
+        EGRESS_COST.with_label_values(&[source, mirror]).set(per_gb);
     }
 }
 

@@ -63,7 +63,8 @@ pub fn build(
     upstreams: &Arc<Upstreams>,
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<Gateway, String> {
-    metrics::set_egress_prices(&settings.offload.prices);
+    let prices = settings.offload.prices.iter();
+    metrics::set_egress_prices(prices.map(|p| (p.source, p.mirror.as_str(), p.per_gb)));
     let check = MirrorCheck::new(&settings.blob_check)
         .map_err(|e| format!("cannot build the mirror check HTTP client: {e}"))?;
     let mirrors = Mirrors::new(check, &settings.routes.policy, &settings.signed_mirrors)
