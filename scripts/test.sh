@@ -25,6 +25,10 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 # tests/client_identity.rs puts nginx and HAProxy in front of the gateway (forwarding headers,
 # PROXY protocol v1/v2).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# The image test (tests/image/run.py) builds the Dockerfile with podman on stand-in base
+# images that debootstrap makes (no registry is reachable).
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v podman >/dev/null || missing+=(podman)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"
@@ -77,6 +81,15 @@ if [ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
   npm install --prefix "$azurite_dir" --no-audit --no-fund --silent azurite@3.35.0
 fi
 export AZURITE_BLOB="$azurite_dir/node_modules/.bin/azurite-blob"
+# tests/geo.rs places well-known addresses with a published country database: ip-location-db's
+# geo-whois-asn-country (CC0, MaxMind DB format), pinned, from the npm registry.
+geo_dir=${ARCHEIO_TEST_CACHE:-$HOME/.cache/archeio-test}/ip-location-db
+geo_pkg=@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719
+if [ ! -f "$geo_dir/node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb" ]; then
+  echo "== installing $geo_pkg into $geo_dir"
+  mkdir -p "$geo_dir"
+  npm install --prefix "$geo_dir" --no-audit --no-fund --silent "$geo_pkg"
+fi
 # Every server is installed now: a test that cannot find one fails instead of skipping.
 export ARCHEIO_TEST_REQUIRE_SERVERS=1
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
@@ -97,6 +110,8 @@ echo "== Prometheus rules and Grafana dashboard against the release binary (depl
 python3 deploy/prometheus/check.py
 echo "== end-to-end suite: skopeo, ctr, podman, docker through the gateway (tests/e2e/run.py)"
 python3 tests/e2e/run.py
+echo "== image test: the Dockerfile built twice on stand-in bases, run hardened with -c and ARCHEIO_CONFIG (tests/image/run.py)"
+python3 tests/image/run.py
 echo "== rolling restart: three release gateways behind HAProxy, SIGTERM one at a time under load (tests/ops/rolling_restart.py)"
 # About 11 s; the script bounds its own load and waits, `timeout` bounds the whole.
 timeout -k 10 60 python3 tests/ops/rolling_restart.py
