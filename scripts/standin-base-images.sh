@@ -42,7 +42,8 @@ command -v debootstrap >/dev/null || die "install debootstrap (apt-get install d
 command -v "$runtime" >/dev/null || die "install $runtime"
 read -r -a rtflags <<<"${RUNTIME_FLAGS:-}"
 rt() { "$runtime" "${rtflags[@]}" "$@"; }
-rt info >/dev/null 2>&1 || die "$runtime info fails: is the engine running (and RUNTIME_FLAGS right)?"
+info_err=$(rt info 2>&1 >/dev/null) ||
+  die "$runtime info fails (is the engine running, are RUNTIME_FLAGS right?): $info_err"
 
 # The references the Dockerfile pins, read from it so that the two never disagree.
 rust_tag=$(sed -n 's/^ARG RUST_IMAGE=//p' Dockerfile)

@@ -136,7 +136,8 @@ class Podman:
         self.env = dict(os.environ, TMPDIR=os.path.join(work, "tmp"))
         os.makedirs(self.env["TMPDIR"], exist_ok=True)
         driver = "overlay" if self._overlay_works(work) else "vfs"
-        self.flags = ["--root", f"{work}/podman/root", "--runroot", f"{work}/podman/runroot",
+        # podman refuses a runroot path over 50 characters: a short one under the work directory.
+        self.flags = ["--root", f"{work}/podman/root", "--runroot", f"{work}/rr",
                       "--storage-driver", driver, "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
         # This sandbox lacks CAP_SYS_RESOURCE and podman's default limits are above its hard
         # limits ("error setting rlimit type 6/7: operation not permitted"): ask for less.
