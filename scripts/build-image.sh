@@ -57,7 +57,8 @@ fi
 case $runtime in docker | podman) ;; *) die "--runtime must be docker or podman, not $runtime" ;; esac
 command -v "$runtime" >/dev/null || die "$runtime is not installed"
 rt() { "$runtime" "${rtflags[@]}" "$@"; }
-rt info >/dev/null 2>&1 || die "$runtime info fails: is the engine running (and RUNTIME_FLAGS right)?"
+info_err=$(rt info 2>&1 >/dev/null) ||
+  die "$runtime info fails (is the engine running, are RUNTIME_FLAGS right?): $info_err"
 ((!smoke)) || command -v curl >/dev/null || die "the smoke test needs curl on the host"
 echo "== runtime: $runtime $(rt --version 2>/dev/null | head -1)"
 
