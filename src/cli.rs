@@ -130,11 +130,25 @@ fn conf_in(flag: Option<String>, env: impl Fn(&str) -> Option<String>) -> Option
 
 /// The configuration `archeio health` reads the admin address from, and the environment
 /// that overrides it (`ARCHEIO_ADMIN_PORT`).
-#[derive(Debug, PartialEq)]
+#[derive(PartialEq)]
 pub struct HealthTarget {
     pub conf: Option<PathBuf>,
     /// The gateway's environment; `None`: this process's.
     env: Option<HashMap<String, String>>,
+}
+
+/// The environment's names only: its values may be secrets (a bucket's key, a password).
+impl std::fmt::Debug for HealthTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Option<Vec<&String>> = self.env.as_ref().map(|e| e.keys().collect());
+        if let Some(names) = &mut names {
+            names.sort();
+        }
+        f.debug_struct("HealthTarget")
+            .field("conf", &self.conf)
+            .field("env_names", &names)
+            .finish()
+    }
 }
 
 impl HealthTarget {
