@@ -132,21 +132,15 @@ impl Gateway {
 /// check learnt (the client may still not fetch it), a proxied answer by the bytes that
 /// arrived to be streamed.
 fn count_blob_bytes(answer: &Answer, ctx: &RequestCtx) {
-    let (source, mirror, delivery, size) = match answer {
-        Answer::Redirect { target, .. } => match target {
-            Target::Mirror(name) => ("mirror", &**name, "redirect", ctx.blob.size),
-            Target::DefaultMirror => ("mirror", "default", "redirect", ctx.blob.size),
-            _ => ("upstream", "", "redirect", ctx.blob.size),
-        },
-        Answer::ProxyMirror { target, .. } => {
-            let name = match target {
-                Target::Mirror(name) => &**name,
-                _ => "default",
-            };
-            ("mirror", name, "proxy", Some(ctx.blob.streamed))
-        }
-        Answer::Proxy { .. } => ("upstream", "", "proxy", Some(ctx.blob.streamed)),
+    let (target, delivery, size) = match answer {
+        Answer::Redirect { target, .. } => (Some(target), "redirect", ctx.blob.size),
+        Answer::ProxyMirror { target, .. } => (Some(target), "proxy", Some(ctx.blob.streamed)),
+        Answer::Proxy { .. } => (None, "proxy", Some(ctx.blob.streamed)),
         _ => return,
+    };
+    let (source, mirror) = match target.and_then(Target::mirror_name) {
+        Some(name) => ("mirror", name),
+        None => ("upstream", ""),
     };
     match size {
         Some(bytes) => metrics::BLOB_BYTES

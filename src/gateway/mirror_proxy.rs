@@ -18,7 +18,7 @@ use super::headers::names_not_in;
 use super::{Gateway, RequestCtx};
 use crate::metrics;
 use crate::mirror::verify::Verifier;
-use crate::routing::{Answer, Target};
+use crate::routing::Answer;
 
 /// Client request headers a mirror may see: ranges and revalidation.
 const MIRROR_REQUEST_HEADERS: [&str; 5] = [
@@ -46,11 +46,7 @@ const MIRROR_RESPONSE_HEADERS: [&str; 8] = [
 pub(super) fn mirror_fetch(ctx: &RequestCtx) -> Option<(&str, &str)> {
     match ctx.reply.as_ref().map(|r| &r.answer) {
         Some(Answer::ProxyMirror { url, target, .. }) => {
-            let name = match target {
-                Target::Mirror(name) => name,
-                _ => "default",
-            };
-            Some((url, name))
+            Some((url, target.mirror_name().unwrap_or("default")))
         }
         _ => None,
     }

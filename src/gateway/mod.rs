@@ -223,7 +223,8 @@ pub struct RequestCtx {
 /// What the gateway knows of the blob it answers with.
 #[derive(Default)]
 struct BlobCtx {
-    /// Its size, when a mirror's `HEAD` gave it.
+    /// Its size, when the `HEAD` of the mirror sent to (or, with `offload.upstream_head`,
+    /// of the upstream) gave it.
     size: Option<u64>,
     /// Bytes of it that arrived to be streamed to the client (proxied answers).
     streamed: u64,

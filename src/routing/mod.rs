@@ -258,6 +258,16 @@ impl Target {
             Target::Page => "page",
         }
     }
+
+    /// The mirror's name: its region or `mirrors.named` name, `default` for the default
+    /// mirror; `None` for anything but a mirror.
+    pub fn mirror_name(&self) -> Option<&str> {
+        match self {
+            Target::Mirror(name) => Some(name),
+            Target::DefaultMirror => Some("default"),
+            _ => None,
+        }
+    }
 }
 
 /// A complete answer.
