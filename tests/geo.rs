@@ -421,3 +421,29 @@ async fn the_upstream_s_bytes_are_counted_when_sized_and_prices_are_exported() {
         1.0
     );
 }
+
+/// From the attacker's side: a client that is not behind a trusted proxy names a Japanese
+/// address in `X-Forwarded-For` to be sent to the Asian mirror (or to count as the partner's
+/// network). The header is not believed: its own address, which no database places, decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_forwarding_header_does_not_choose_the_continent() {
+    let s = setup("").await;
+    let [default, ..] = &s.mirrors;
+    let untrusted: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    for forged in ["203.0.113.9", "198.51.100.200"] {
+        let r = request_from(
+            Some(untrusted),
+            s.gw.addr,
+            "GET",
+            format!("/v2/app/blobs/{SHA}"),
+            &[("X-Forwarded-For", forged)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status, r.location()),
+            (307, at(default).as_str()),
+            "{forged}"
+        );
+    }
+}
