@@ -503,11 +503,15 @@ pub fn decide_by_rule(
 /// 7. a repository outside the known repositories (when listed): `404` `NAME_UNKNOWN`;
 /// 8. blob: the client address (`400` if unusable);
 /// 9. the first policy rule that matches the kind, repository and client (a rule that looks
-///    at the client needs its address: `400` if unusable) decides:
+///    at the client needs its address: `400` if unusable; the client's placement is its
+///    cloud range, then its country, continent and network from the geo databases, looked
+///    up once by the first rule that asks) decides:
 ///    - `deny`: `404` `NAME_UNKNOWN`;
 ///    - `mirrors`: the first mirror of the chain that holds the blob, else the upstream;
 ///      when the policy restricts repositories or clients authenticate, only after the
-///      upstream says the named repository holds the blob (else the upstream);
+///      upstream says the named repository holds the blob (else the upstream); with
+///      `delivery: proxy`, a digest the gateway cannot check (not `sha256`/`sha512`) goes
+///      to the upstream;
 ///    - `upstream`: a cosign tag (`/v2/<name>/manifests/sha256-<64 hex>.sig|.att`) with a
 ///      signature upstream is redirected there; anything else goes upstream;
 /// 10. no rule matches: upstream.
