@@ -80,6 +80,11 @@ def start_gateway(binary, conf, log=None, args=(), wrapper=(), rust_log="warn"):
 def wait_ready(port, path="/readyz", proc=None, deadline_s=20, interval=0.002):
     """Polls GET http://127.0.0.1:port{path} every `interval` s until it answers 200; exits
     (SystemExit) when `proc` ends first or after `deadline_s` s."""
+    wait_answer(port, path, proc, 200, deadline_s, interval)
+
+
+def wait_answer(port, path, proc=None, status=200, deadline_s=20, interval=0.002):
+    """wait_ready() for a server whose ready answer is `status`."""
     start = time.monotonic()
     while True:
         try:
@@ -88,16 +93,16 @@ def wait_ready(port, path="/readyz", proc=None, deadline_s=20, interval=0.002):
                 conn.request("GET", path)
                 r = conn.getresponse()
                 r.read()
-                if r.status == 200:
+                if r.status == status:
                     return
             finally:
                 conn.close()
         except OSError:
             pass
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"process exited with {proc.returncode} before 127.0.0.1:{port}{path} answered 200")
+            raise SystemExit(f"process exited with {proc.returncode} before 127.0.0.1:{port}{path} answered {status}")
         if time.monotonic() - start > deadline_s:
-            raise SystemExit(f"127.0.0.1:{port}{path} did not answer 200 within {deadline_s}s")
+            raise SystemExit(f"127.0.0.1:{port}{path} did not answer {status} within {deadline_s}s")
         time.sleep(interval)
 
 

@@ -11,6 +11,12 @@ nginx/gateway CPU ratio (above 1: the gateway is cheaper), p50/p99 latency; MB/s
 for the 100 MiB blob. Then: peak RSS, start-to-ready time, RSS with 100,000 cached mirror answers
 and with 100,000 cached relay authorizations.
 
+The floor: beside the plain-HTTP redirect scenarios (manifest, blob_unknown_client,
+blob_aws_client_xff, v2) a minimal C epoll server (floor.c, built here with the system C
+compiler) answers the same requests with a fixed 307, one recv and one send each, at the same
+worker count. Its CPU µs per request is what the kernel and loopback TCP cost on this machine,
+measured in the same rounds: the least any server can spend.
+
 Scenarios (--scenarios, comma-separated; default all):
   manifest, blob_unknown_client, blob_aws_client_xff, v2   redirects, gateway vs nginx_conf.py's
   manifest_access_log            the manifest redirect with access records on both sides, each
@@ -70,6 +76,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # noqa: E402
 
 NGINX_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx_conf.py")
+FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
 SHA = "sha256:4a1c4b21597c1b4415bdbecb28a3296c6b5e23ca4f9feeb599860a1dac6a0108"
 AWS_CLIENT = "15.193.6.10"  # us-east-1 in the embedded AWS ranges
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -125,6 +132,8 @@ SCENARIOS = {
     "blob_anonymous_same": dict(gw="anonymous_same", ng="routing", target="/v2/pause/blobs/{layer}",
                                 headers={"Authorization": AUTHORIZATION}),
 }
+# Scenarios the C floor server also answers (the plain-HTTP redirects; see floor.c).
+FLOOR_KINDS = ("routing",)
 # The TLS scenarios (gw/ng "tls", see Servers.tls_files): the routing servers with a TLS
 # listener, `tls` naming the client: wrk over HTTP/1.1 kept alive, h2load over HTTP/2, or wrk
 # with `Connection: close` (a TCP connection and a full TLS handshake per request).
@@ -613,6 +622,18 @@ class Servers:
             self.nginx_status[p.pid] = status_port
         return p, tls_port or port
 
+    def floor(self, threads):
+        """(process, port) of the C floor server with `threads` worker processes, built once."""
+        if "floor" not in self.shared:
+            binary = os.path.join(self.tmp, "floor")
+            subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", binary, FLOOR_SOURCE], check=True)
+            self.shared["floor"] = binary
+        port = harness.free_port()
+        p = subprocess.Popen([self.shared["floor"], str(port), str(threads)])
+        self.procs.append(p)
+        harness.wait_answer(port, "/v2/", p, status=307)
+        return p, port
+
 
 def nginx_accepts(status_port):
     """Connections nginx accepted so far (stub_status), this request's own included."""
@@ -836,6 +857,8 @@ def main():
     if a.skip_throughput:
         names = []
     tools = ["nginx", "wrk"]
+    if any(SCENARIOS[n]["gw"] in FLOOR_KINDS for n in names):
+        tools.append("cc")
     if any(SCENARIOS[n]["gw"] in REGISTRY_KINDS for n in names):
         tools += ["docker-registry", "skopeo"]
     if any(SCENARIOS[n].get("tls") for n in names):
@@ -869,12 +892,15 @@ def main():
         rows, big_rows, hs_rows, rss, notes = [], [], [], {}, []
         for threads in [int(t) for t in a.threads.split(",")] if names else []:
             gws, ngs = {}, {}
+            floor = None
             for name in names:
                 sc = SCENARIOS[name]
                 if sc["gw"] not in gws:
                     gws[sc["gw"]] = servers.gateway(sc["gw"], threads)
                 if sc["ng"] not in ngs:
                     ngs[sc["ng"]] = servers.nginx(sc["ng"], threads)
+                if sc["gw"] in FLOOR_KINDS and floor is None:
+                    floor = servers.floor(threads)
             checked = set()
             for name in names:
                 sc = SCENARIOS[name]
@@ -892,6 +918,8 @@ def main():
                     target = servers.target(sc)
                     gw, ng = gws[sc["gw"]], ngs[sc["ng"]]
                     order = [("gateway", gw[1], gw[0].pid), ("nginx", ng[1], ng[0].pid)]
+                    if sc["gw"] in FLOOR_KINDS:
+                        order.append(("floor", floor[1], floor[0].pid))
                     if r % 2:
                         order.reverse()
                     if name == "passthrough_manifest_cached":
@@ -961,8 +989,10 @@ def main():
                                     f"{gus:,.0f} | {nus:,.0f} |")
                 else:
                     grps, nrps = med(g, "rps"), med(n, "rps")
+                    f = results.get((name, "floor"))
+                    fus = f"{med(f, 'us_per_req'):.1f}" if f else "-"
                     rows.append(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
-                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {latency(g)} | {latency(n)} |")
+                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {fus} | {latency(g)} | {latency(n)} |")
             for kind, (p, _, _) in gws.items():
                 rss.setdefault(threads, {})[f"gateway {kind}"] = peak_rss_kib([p.pid])
             for kind, (p, _) in ngs.items():
@@ -971,12 +1001,15 @@ def main():
                 harness.stop(p, 5)
             for p, _ in ngs.values():
                 harness.stop(p, 5)
+            if floor:
+                rss.setdefault(threads, {})["floor"] = peak_rss_kib(tree(floor[0].pid))
+                harness.stop(floor[0], 5)
         if rows:
             say()
             say("| threads | scenario | gateway req/s | nginx req/s | req/s ratio gateway/nginx | "
-                "gateway CPU µs/req | nginx CPU µs/req | CPU ratio nginx/gateway | "
+                "gateway CPU µs/req | nginx CPU µs/req | CPU ratio nginx/gateway | floor CPU µs/req | "
                 "gateway p50/p99 ms | nginx p50/p99 ms |")
-            say("|---|---|---|---|---|---|---|---|---|---|")
+            say("|---|---|---|---|---|---|---|---|---|---|---|")
             for row in rows:
                 say(row)
         if big_rows:
