@@ -1088,3 +1088,66 @@ async fn stale_tag_manifests_are_served_when_every_upstream_is_down() {
         }
     }
 }
+
+/// Serves `/v2/` with 200 and every other request with a small manifest; keeps each request
+/// head byte for byte (names in the case they arrived in).
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"GET /v2/ ") {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                };
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Requests are read without their header names' case (most are answered by the gateway and
+/// never need it); one that is forwarded gets it back, so the upstream sees the client's
+/// spelling of each header it is allowed to see, whatever that spelling is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forwarded_request_keeps_the_client_s_header_case() {
+    let (addr, heads) = recording_upstream().await;
+    let gw = gateway_with("passthrough", &format!("http://{addr}"), "", "").await;
+    let sent = [
+        ("accept", "application/vnd.oci.image.manifest.v1+json"),
+        ("USER-AGENT", "containerd/2.0"),
+        ("If-None-Match", "\"abc\""),
+        ("x-CUSTOM", "dropped"),
+    ];
+    let r = gw.send("GET", "/v2/app/manifests/v1", &sent).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = &heads[0];
+    for line in [
+        "\r\naccept: application/vnd.oci.image.manifest.v1+json\r\n",
+        "\r\nUSER-AGENT: containerd/2.0\r\n",
+        "\r\nIf-None-Match: \"abc\"\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} not in the upstream's request:\n{head}");
+    }
+    assert!(!head.to_ascii_lowercase().contains("x-custom"), "{head}");
+}

@@ -3,7 +3,7 @@
 //! requests refused before Pingora parsed them.
 
 use bytes::{Bytes, BytesMut};
-use http::header::HeaderValue;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -13,48 +13,40 @@ use crate::routing::{Answer, Reply};
 use crate::upstream::manifest_cache::CachedManifest;
 
 /// Writes the answer: redirects and the version check with an empty body, errors with a JSON
-/// (registry API) or text body; HEAD gets the headers only. Constant values are given as
-/// `HeaderValue`s, neither checked nor copied again: this runs for every answer.
+/// (registry API) or text body; HEAD gets the headers only. This runs for every answer, so the
+/// head has no case map (Pingora writes its names in their conventional case), its names are
+/// constants, never parsed, and constant values are neither checked nor copied again.
 pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) -> Result<()> {
     let status = answer.status().unwrap_or(500);
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(4))?;
     let body = match answer {
         Answer::Redirect { location, .. } => {
-            resp.insert_header("Location", location.as_str())?;
+            resp.insert_header(header::LOCATION, value_of(location)?)?;
             None
         }
         Answer::ApiVersion => {
-            resp.insert_header(
-                "Docker-Distribution-Api-Version",
-                HeaderValue::from_static("registry/2.0"),
-            )?;
+            resp.insert_header(API_VERSION, HeaderValue::from_static("registry/2.0"))?;
             None
         }
         Answer::Error {
             code, message, oci, ..
         } => {
-            let (headers, body) = error_parts(status, code, message, *oci);
-            for (name, value) in headers {
-                resp.insert_header(name, value)?;
-            }
+            let (fields, body) = error_parts(status, code, message, *oci);
+            insert_fields(&mut resp, fields)?;
             Some(body)
         }
         Answer::Unauthorized { challenge } => {
-            resp.insert_header("WWW-Authenticate", challenge.as_str())?;
+            resp.insert_header(header::WWW_AUTHENTICATE, value_of(challenge)?)?;
             let message = "authentication required";
-            let (headers, body) = error_parts(status, "UNAUTHORIZED", message, true);
-            for (name, value) in headers {
-                resp.insert_header(name, value)?;
-            }
+            let (fields, body) = error_parts(status, "UNAUTHORIZED", message, true);
+            insert_fields(&mut resp, fields)?;
             Some(body)
         }
         Answer::TooManyRequests { retry_after, oci } => {
-            resp.insert_header("Retry-After", retry_after.to_string())?;
+            resp.insert_header(header::RETRY_AFTER, HeaderValue::from(*retry_after))?;
             let message = "too many requests from this client; retry later";
-            let (headers, body) = error_parts(status, "TOOMANYREQUESTS", message, *oci);
-            for (name, value) in headers {
-                resp.insert_header(name, value)?;
-            }
+            let (fields, body) = error_parts(status, "TOOMANYREQUESTS", message, *oci);
+            insert_fields(&mut resp, fields)?;
             Some(body)
         }
         Answer::Proxy { .. } | Answer::ProxyMirror { .. } | Answer::Token { .. } => {
@@ -64,10 +56,11 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
             )
         }
     };
-    match body.as_ref().map_or(0, Bytes::len) {
-        0 => resp.insert_header("Content-Length", HeaderValue::from_static("0"))?,
-        len => resp.insert_header("Content-Length", len)?,
+    let length = match body.as_ref().map_or(0, Bytes::len) {
+        0 => HeaderValue::from_static("0"),
+        len => HeaderValue::from(len),
     };
+    resp.insert_header(header::CONTENT_LENGTH, length)?;
     match body {
         Some(body) if !head => {
             session.write_response_header(Box::new(resp), false).await?;
@@ -75,6 +68,24 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
         }
         _ => session.write_response_header(Box::new(resp), true).await,
     }
+}
+
+/// `Docker-Distribution-Api-Version`, which registry clients look for on `/v2/` and errors.
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// An error answer's fixed fields (not a hot path: their names are parsed).
+fn insert_fields(resp: &mut ResponseHeader, fields: Vec<(&'static str, &'static str)>) -> Result<()> {
+    for (name, value) in fields {
+        resp.insert_header(name, HeaderValue::from_static(value))?;
+    }
+    Ok(())
+}
+
+/// A header value made from text the gateway composed (a location, a challenge); refused,
+/// not written, if it holds what a header value cannot.
+fn value_of(text: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(text)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
 }
 
 /// The headers of an error answer (its framing aside) and its body: OCI JSON

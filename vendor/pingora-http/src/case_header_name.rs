@@ -38,6 +38,20 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name as the header map keys it and, only when `with_case`, the case to write it in.
+    ///
+    /// A header without a case map needs no case copy of a name, and a [`HeaderName`] need not
+    /// be parsed again: those implementations skip both.
+    fn into_header_names(self, with_case: bool) -> Result<(HeaderName, Option<CaseHeaderName>)>
+    where
+        Self: Sized,
+    {
+        let case_header_name = self.into_case_header_name();
+        let header_name = HeaderName::try_from(case_header_name.as_slice())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok((header_name, with_case.then_some(case_header_name)))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +76,21 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_names(self, with_case: bool) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+        let case_header_name = with_case.then(|| CaseHeaderName(titled_header_name(&self)));
+        Ok((self, case_header_name))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_names(self, with_case: bool) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+        let case_header_name = with_case.then(|| CaseHeaderName(titled_header_name(self)));
+        Ok((self.clone(), case_header_name))
     }
 }
 

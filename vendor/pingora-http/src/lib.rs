@@ -22,7 +22,7 @@
 
 #![allow(clippy::new_without_default)]
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
@@ -237,6 +237,36 @@ impl RequestHeader {
         &'a N: 'a + AsHeaderName,
     {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+    }
+
+    /// Gives a header built without its case (see [`Self::build_no_case()`]) the case its names
+    /// were received in, late: only a request that is forwarded needs it. `received` holds the
+    /// names of the header lines as they arrived, in order. Each value takes the spelling of a
+    /// line of its name not yet used, in order; a header added since has no such line and gets
+    /// the titled name. A header that already has its case is left as it is.
+    pub fn set_received_case(&mut self, received: &[Bytes]) -> Result<()> {
+        if self.header_name_map.is_some() {
+            return Ok(());
+        }
+        let mut case_map = CaseMap::with_capacity(self.base.headers.len());
+        let mut used = vec![false; received.len()];
+        for (name, _) in self.base.headers.iter() {
+            let line = (0..received.len()).find(|&i| {
+                !used[i] && received[i].eq_ignore_ascii_case(name.as_str().as_bytes())
+            });
+            let case_header_name = match line {
+                Some(i) => {
+                    used[i] = true;
+                    received[i].clone().into_case_header_name()
+                }
+                None => name.into_case_header_name(),
+            };
+            case_map
+                .try_append(name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        self.header_name_map = Some(case_map);
+        Ok(())
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -852,13 +882,9 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    let (header_name, case_header_name) = name.into_header_names(name_map.is_some())?;
     // store the original case in the map
-    if let Some(name_map) = name_map {
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // Use the non-panicking `try_append`: the infallible `append` calls
         // `.expect("size overflows MAX_SIZE")` internally, which would abort the
         // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
@@ -881,12 +907,8 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
-    if let Some(name_map) = name_map {
+    let (header_name, case_header_name) = name.into_header_names(name_map.is_some())?;
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }

@@ -1237,6 +1237,13 @@ where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
+        // The request was read without its header names' case: forwarded, it keeps the
+        // client's spelling.
+        if let Err(e) = session.downstream_session.restore_request_header_case() {
+            return self
+                .handle_error(session, &mut ctx, e, "Fail to restore request header case:")
+                .await;
+        }
         if let Some((reuse, err)) = self.proxy_cache(&mut session, &mut ctx).await {
             // cache hit
             return self.finish(session, &mut ctx, reuse, err).await;

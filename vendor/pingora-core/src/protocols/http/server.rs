@@ -151,6 +151,18 @@ impl Session {
         }
     }
 
+    /// For an HTTP/1 request, read without the case of its header names: gives it that case,
+    /// before the request is forwarded (see [`HttpSession::restore_request_header_case()`]).
+    /// Other protocols carry no case; nothing to do.
+    ///
+    /// [`HttpSession::restore_request_header_case()`]: crate::protocols::http::v1::server::HttpSession::restore_request_header_case
+    pub fn restore_request_header_case(&mut self) -> Result<()> {
+        match self {
+            Self::H1(s) => s.restore_request_header_case(),
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => Ok(()),
+        }
+    }
+
     /// Return the header by name. None if the header doesn't exist.
     ///
     /// In case there are multiple headers under the same name, the first one will be returned. To

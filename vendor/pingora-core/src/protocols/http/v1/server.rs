@@ -349,7 +349,10 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // Without the names' case: most requests are answered here and
+                        // never need it; `restore_request_header_case()` adds it for a request
+                        // that is forwarded.
+                        let mut request_header = Box::new(RequestHeader::build_no_case(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -846,14 +849,12 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
-
-            // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
+            header.insert_header(header::DATE, date::get_cached_date())?;
             header.insert_header(header::CONNECTION, connection_value)?;
         }
 
@@ -909,8 +910,9 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
-        // Serialize header to bytes
-        let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        // Serialize header to bytes, into a buffer of about its size: most heads are a few
+        // hundred bytes, and a small allocation is much cheaper than a 4 KiB one.
+        let mut write_buf = BytesMut::with_capacity(response_head_size(header));
         http_resp_header_to_buf(header, &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
@@ -1301,6 +1303,41 @@ impl HttpSession {
     /// Whether the client has half-closed the TCP connection.
     pub fn is_half_closed(&self) -> bool {
         self.half_closed
+    }
+
+    /// Gives the request header the case of its names as the client sent them (read_request()
+    /// reads it without): for a request about to be forwarded, whose upstream request should
+    /// spell its headers as the client did. Headers added since are titled.
+    pub fn restore_request_header_case(&mut self) -> Result<()> {
+        let (Some(raw), Some(header)) = (self.raw_header.as_ref(), self.request_header.as_mut())
+        else {
+            return Ok(());
+        };
+        if header.has_case() {
+            return Ok(());
+        }
+        let head = raw.get_bytes(&self.buf);
+        let mut names = Vec::with_capacity(header.headers.len());
+        // The request line first, then one header per line up to the blank line; a line that
+        // starts with whitespace continues the one before (obsolete folding) and names nothing.
+        let mut offset = head.iter().position(|&b| b == b'\n').map_or(head.len(), |i| i + 1);
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let start = offset;
+            offset += line.len() + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            if line[0] == b' ' || line[0] == b'\t' {
+                continue;
+            }
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let name = &line[..colon];
+                let end = name.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+                names.push(head.slice(start..start + end));
+            }
+        }
+        header.set_received_case(&names)
     }
 
     /// Return the raw bytes of the request header.
@@ -1823,6 +1860,40 @@ fn parse_req_buffer<'buf>(
 }
 
 #[inline]
+/// The bytes of `resp`'s head on the wire (status line, header lines, blank line), to size
+/// the buffer it is written into.
+fn response_head_size(resp: &ResponseHeader) -> usize {
+    let status_line = "HTTP/1.1 000 ".len() + resp.get_reason_phrase().map_or(0, str::len) + 2;
+    let lines: usize = resp
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    status_line + lines + 2
+}
+
+/// Writes a lowercase header name (as `http::HeaderName` holds it) the way HTTP/1.1 servers
+/// conventionally spell it: each dash-separated word capitalised, and the few names whose
+/// registered spelling differs from that rule as registered.
+fn put_conventional_case(name: &str, buf: &mut BytesMut) {
+    let irregular = match name {
+        "www-authenticate" => Some("WWW-Authenticate"),
+        "etag" => Some("ETag"),
+        "te" => Some("TE"),
+        "content-md5" => Some("Content-MD5"),
+        _ => None,
+    };
+    if let Some(spelled) = irregular {
+        buf.put_slice(spelled.as_bytes());
+        return;
+    }
+    let mut word_start = true;
+    for &b in name.as_bytes() {
+        buf.put_u8(if word_start { b.to_ascii_uppercase() } else { b });
+        word_start = b == b'-';
+    }
+}
+
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
     buf: &mut BytesMut,
@@ -1848,7 +1919,18 @@ fn http_resp_header_to_buf(
 
     // headers
     // TODO: style: make sure Server and Date headers are the first two
-    resp.header_to_h1_wire(buf);
+    if resp.has_case() {
+        resp.header_to_h1_wire(buf);
+    } else {
+        // Built without a case map (an answer made here rather than relayed): each name in its
+        // conventional case, `Location` rather than `location`.
+        for (name, value) in resp.headers.iter() {
+            put_conventional_case(name.as_str(), buf);
+            buf.put_slice(b": ");
+            buf.put_slice(value.as_bytes());
+            buf.put_slice(CRLF);
+        }
+    }
 
     buf.put_slice(CRLF);
     Ok(())
