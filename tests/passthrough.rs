@@ -1147,7 +1147,10 @@ async fn a_forwarded_request_keeps_the_client_s_header_case() {
         "\r\nUSER-AGENT: containerd/2.0\r\n",
         "\r\nIf-None-Match: \"abc\"\r\n",
     ] {
-        assert!(head.contains(line), "{line:?} not in the upstream's request:\n{head}");
+        assert!(
+            head.contains(line),
+            "{line:?} not in the upstream's request:\n{head}"
+        );
     }
     assert!(!head.to_ascii_lowercase().contains("x-custom"), "{head}");
 }

@@ -74,7 +74,10 @@ pub async fn write_answer(session: &mut Session, answer: &Answer, head: bool) ->
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 /// An error answer's fixed fields (not a hot path: their names are parsed).
-fn insert_fields(resp: &mut ResponseHeader, fields: Vec<(&'static str, &'static str)>) -> Result<()> {
+fn insert_fields(
+    resp: &mut ResponseHeader,
+    fields: Vec<(&'static str, &'static str)>,
+) -> Result<()> {
     for (name, value) in fields {
         resp.insert_header(name, HeaderValue::from_static(value))?;
     }
