@@ -288,12 +288,14 @@ impl Session {
                 s.finish()?;
                 Ok(None)
             }
+            // Boxed: inline, these protocols' states would be part of every HTTP/1 request's
+            // future too, moved with it.
             Self::Subrequest(mut s) => {
-                s.finish().await?;
+                Box::pin(s.finish()).await?;
                 Ok(None)
             }
             Self::Custom(mut s) => {
-                s.finish().await?;
+                Box::pin(s.finish()).await?;
                 Ok(None)
             }
         }

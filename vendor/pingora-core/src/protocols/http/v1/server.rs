@@ -1485,12 +1485,16 @@ impl HttpSession {
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+        // The closing and the draining are boxed: rarely taken, and inline their state would
+        // be part of every request's future, moved with it.
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
-            self.shutdown().await;
+            Box::pin(self.shutdown()).await;
             Ok(None)
         } else {
-            self.drain_request_body().await?;
+            if !self.is_body_done() {
+                Box::pin(self.drain_request_body()).await?;
+            }
             if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
                 debug!("bytes overread on request, disallowing reuse");
                 Ok(None)
@@ -1887,10 +1891,14 @@ fn put_conventional_case(name: &str, buf: &mut BytesMut) {
         buf.put_slice(spelled.as_bytes());
         return;
     }
+    let start = buf.len();
+    buf.put_slice(name.as_bytes());
     let mut word_start = true;
-    for &b in name.as_bytes() {
-        buf.put_u8(if word_start { b.to_ascii_uppercase() } else { b });
-        word_start = b == b'-';
+    for b in &mut buf[start..] {
+        if word_start {
+            b.make_ascii_uppercase();
+        }
+        word_start = *b == b'-';
     }
 }
 
