@@ -361,7 +361,7 @@ http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;
 
 def ensure_tools(names):
     pkg = {"nginx": "nginx-light", "wrk": "wrk", "docker-registry": "docker-registry", "skopeo": "skopeo",
-           "h2load": "nghttp2-client", "openssl": "openssl", "curl": "curl"}
+           "h2load": "nghttp2-client", "openssl": "openssl", "curl": "curl", "cc": "gcc"}
     missing = [t for t in names if not shutil.which(t)]
     if missing:
         pkgs = [pkg[t] for t in missing]

@@ -1159,13 +1159,13 @@ where
             .early_request_filter(&mut session, &mut ctx)
             .await
         {
-            return Box::pin(self.handle_error(
+            let handled = Box::pin(self.handle_error(
                 session,
                 &mut ctx,
                 e,
                 "Fail to early filter request:",
-            ))
-            .await;
+            ));
+            return handled.await;
         }
 
         if self.inner.allow_spawning_subrequest(&session, &ctx) {
@@ -1180,13 +1180,13 @@ where
             .request_header_filter(req)
             .await
         {
-            return Box::pin(self.handle_error(
+            let handled = Box::pin(self.handle_error(
                 session,
                 &mut ctx,
                 e,
                 "Failed in downstream modules request filter:",
-            ))
-            .await;
+            ));
+            return handled.await;
         }
 
         match self.inner.request_filter(&mut session, &mut ctx).await {
@@ -1210,20 +1210,21 @@ where
                 /* else continue */
             }
             Err(e) => {
-                return Box::pin(self.handle_error(
+                let handled = Box::pin(self.handle_error(
                     session,
                     &mut ctx,
                     e,
                     "Fail to filter request:",
-                ))
-                .await;
+                ));
+                return handled.await;
             }
         }
 
         // The rest of the request's life (cache, upstream, retries, errors) is boxed on its
         // own: its state machine is tens of KiB, and when it is part of this future every
         // request pays for moving it, also those answered by `request_filter` above.
-        Box::pin(self.proxy_request(session, ctx)).await
+        let proxied = Box::pin(self.proxy_request(session, ctx));
+        proxied.await
     }
 
     /// What follows `request_filter` when it did not answer: the cache, the upstream, retries,
