@@ -40,7 +40,8 @@ ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
 # them against stub sources. benches/decision.rs is a stub too: cargo refuses a manifest
 # whose [[bench]] file is missing, and the benches are not part of the build context.
 COPY Cargo.toml Cargo.lock ./
-# Pingora's proxy with our change (vendor/PATCHES.md), a dependency like the others.
+# Pingora's core, HTTP types and proxy with our changes (vendor/PATCHES.md), dependencies
+# like the others.
 COPY vendor/ vendor/
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
