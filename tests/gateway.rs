@@ -99,6 +99,43 @@ async fn pages_version_check_catalog_and_methods() {
     }
 }
 
+/// The gateway's own answers are built without a case map for their header names (issue 28:
+/// it cost every answer); on the wire the names keep their conventional spelling.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_spell_their_header_names_conventionally() {
+    let (gw, ..) = setup(false, "{}").await;
+    let names = |r: &common::Resp| r.headers.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let r = gw.get("/v2/").await;
+    assert_eq!(
+        names(&r),
+        [
+            "Docker-Distribution-Api-Version",
+            "Content-Length",
+            "Date",
+            "Connection"
+        ]
+    );
+    let r = gw.get("/v2/pause/manifests/latest").await;
+    assert_eq!(r.status, 307);
+    assert_eq!(names(&r), ["Location", "Content-Length", "Date", "Connection"]);
+    let r = gw.get("/v2/_catalog").await;
+    assert_eq!(
+        names(&r),
+        [
+            "Content-Type",
+            "Docker-Distribution-Api-Version",
+            "Content-Length",
+            "Date",
+            "Connection"
+        ]
+    );
+    let r = gw
+        .send("DELETE", "/v2/pause/manifests/latest", &[("Content-Length", "0")])
+        .await;
+    assert_eq!(r.status, 405);
+    assert!(names(&r).contains(&"Allow".to_string()), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn manifests_tags_referrers_and_signatures_redirect_upstream() {
     let (gw, local, ..) = setup(false, "{}").await;

@@ -45,8 +45,10 @@ Scenarios (--scenarios, comma-separated; default all):
   tls_handshakes                 the same with `Connection: close`: one TLS handshake a request;
                                  CPU ms per 1000 handshakes and handshakes per CPU second
 
-usage: benches/load/run.py [--binary PATH] [--no-build] [--duration 5] [--rounds 3]
+usage: benches/load/run.py [--binary PATH] [--baseline PATH] [--no-build] [--duration 5] [--rounds 3]
                          [--threads 1] [--scenarios a,b] [--markdown FILE] [--skip-cache-fill]
+--baseline PATH runs a second gateway build (an earlier commit's) beside the first in every
+round, so that before and after are measured side by side, not in runs minutes apart.
 Access logs are off on both sides (RUST_LOG=warn, nginx `access_log off`) but in
 manifest_access_log.
 """
@@ -132,6 +134,9 @@ SCENARIOS = {
     "blob_anonymous_same": dict(gw="anonymous_same", ng="routing", target="/v2/pause/blobs/{layer}",
                                 headers={"Authorization": AUTHORIZATION}),
 }
+# The columns --baseline adds: the other build's CPU per request and baseline/gateway (above 1:
+# the build under test is the cheaper).
+BASELINE_COLUMNS = ("", " baseline CPU µs/req | CPU ratio baseline/gateway |")
 # Scenarios the C floor server also answers (the plain-HTTP redirects; see floor.c).
 FLOOR_KINDS = ("routing",)
 # The TLS scenarios (gw/ng "tls", see Servers.tls_files): the routing servers with a TLS
@@ -541,10 +546,10 @@ class Servers:
             target = target.replace("{layer}", self.layer())
         return target
 
-    def gateway(self, kind, threads):
+    def gateway(self, kind, threads, binary=None):
         """(process, port, admin port) of the gateway of `kind` at `threads` threads (kind
-        "tls": the port of its TLS listener)."""
-        d = self._dir(f"gw-{kind}-{threads}")
+        "tls": the port of its TLS listener), of `binary` (default: the binary under test)."""
+        d = self._dir(f"gw-{kind}-{threads}" + ("-baseline" if binary else ""))
         port, admin = harness.free_port(), harness.free_port()
         tls_port = None
         mirror, extra, upstream, named = self.mirror_base(), [], None, None
@@ -584,7 +589,8 @@ class Servers:
             # wrk on 127.0.0.1 plays the proxy in front, which appended the client's entry
             # after Google's load balancer (130.211.0.0/22); both trusted, as nginx's realip.
             extra = [*extra, f"client_address: {{trusted_proxies: {TRUSTED_PROXIES}}}"]
-        p = start_gateway(self.binary, d, threads, port, admin, mirror, extra, upstream, named, rust_log)
+        p = start_gateway(binary or self.binary, d, threads, port, admin, mirror, extra, upstream, named,
+                          rust_log)
         self.procs.append(p)
         harness.wait_ready(admin, "/readyz", p)
         return p, tls_port or port, admin
@@ -845,6 +851,8 @@ def main():
                     help="wrk connections in all for proxied_blob_100mib")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+    ap.add_argument("--baseline", help="another gateway binary (e.g. a build of an earlier commit), run beside "
+                    "the first in every round: its CPU µs/req and the ratio baseline/gateway are added")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--markdown", help="also write the tables here")
     ap.add_argument("--skip-cache-fill", action="store_true")
@@ -868,8 +876,9 @@ def main():
     ensure_tools(tools)
     if not a.no_build:
         harness.build(quiet=False)
-    if not os.access(a.binary, os.X_OK):
-        raise SystemExit(f"no gateway binary at {a.binary}")
+    for binary in (a.binary, a.baseline):
+        if binary and not os.access(binary, os.X_OK):
+            raise SystemExit(f"no gateway binary at {binary}")
 
     tmp = tempfile.mkdtemp(prefix="archeio-load-")
     # nginx's workers run as another user when started by root (`nobody`): they must reach the
@@ -884,6 +893,8 @@ def main():
 
     try:
         servers = Servers(tmp, a.binary, procs)
+        if a.baseline:
+            say(f"baseline binary {a.baseline}: a second gateway of each kind, in every round")
         say(f"binary {a.binary}; wrk {a.duration}s x {a.rounds} rounds, {a.connections} connections per "
             f"wrk thread ({a.blob_connections} in all for the 100 MiB blob); medians over rounds; "
             f"CPU: {os.cpu_count()} cores, shared by wrk and the servers")
@@ -891,12 +902,14 @@ def main():
             "/ requests wrk completed; CPU ratio nginx/gateway > 1: the gateway is cheaper")
         rows, big_rows, hs_rows, rss, notes = [], [], [], {}, []
         for threads in [int(t) for t in a.threads.split(",")] if names else []:
-            gws, ngs = {}, {}
+            gws, ngs, bgws = {}, {}, {}
             floor = None
             for name in names:
                 sc = SCENARIOS[name]
                 if sc["gw"] not in gws:
                     gws[sc["gw"]] = servers.gateway(sc["gw"], threads)
+                    if a.baseline:
+                        bgws[sc["gw"]] = servers.gateway(sc["gw"], threads, a.baseline)
                 if sc["ng"] not in ngs:
                     ngs[sc["ng"]] = servers.nginx(sc["ng"], threads)
                 if sc["gw"] in FLOOR_KINDS and floor is None:
@@ -918,6 +931,9 @@ def main():
                     target = servers.target(sc)
                     gw, ng = gws[sc["gw"]], ngs[sc["ng"]]
                     order = [("gateway", gw[1], gw[0].pid), ("nginx", ng[1], ng[0].pid)]
+                    if a.baseline:
+                        bgw = bgws[sc["gw"]]
+                        order.append(("baseline", bgw[1], bgw[0].pid))
                     if sc["gw"] in FLOOR_KINDS:
                         order.append(("floor", floor[1], floor[0].pid))
                     if r % 2:
@@ -932,8 +948,9 @@ def main():
                         if handshakes:
                             # Handshakes the server saw: the gateway's counter, nginx's accepted
                             # connections (less the second stub_status request's own).
-                            if who == "gateway":
-                                counted = lambda: metric(gw[2], TLS_HANDSHAKES)  # noqa: E731
+                            if who in ("gateway", "baseline"):
+                                admin = gw[2] if who == "gateway" else bgws[sc["gw"]][2]
+                                counted = lambda: metric(admin, TLS_HANDSHAKES)  # noqa: E731
                             else:
                                 counted = lambda: nginx_accepts(servers.nginx_status[ng[0].pid]) - 1  # noqa: E731
                             seen = counted()
@@ -950,7 +967,7 @@ def main():
                         results.setdefault((name, who), []).append(run)
                     if name == "passthrough_manifest_cached":
                         fetched = manifest_gets(servers.registry()[2]) - before
-                        if fetched > 2:
+                        if fetched > (4 if a.baseline else 2):
                             raise SystemExit(f"{name}: the upstream registry answered {fetched} manifest "
                                              "GETs during the load: a cache is not serving")
                         if fetched:
@@ -972,29 +989,42 @@ def main():
                     return f"{med(xs, 'p50'):.3f} / {med(xs, 'p99'):.3f}"
 
                 gus, nus = med(g, "us_per_req"), med(n, "us_per_req")
+                b = results.get((name, "baseline"))
+                # The baseline's CPU per request (per GB for the big blob) and baseline/gateway.
+                bcol = ""
                 if SCENARIOS[name].get("tls") == "handshakes":
                     # One handshake a request: CPU µs/request = CPU ms per 1000 handshakes.
                     gps = median([x["requests"] / x["cpu"] for x in g])
                     nps = median([x["requests"] / x["cpu"] for x in n])
+                    if b:
+                        bcol = f" {med(b, 'us_per_req'):.1f} | {med(b, 'us_per_req') / gus:.2f} |"
                     hs_rows.append(f"| {threads} | {name} | {med(g, 'rps'):,.0f} | {med(n, 'rps'):,.0f} | "
                                    f"{gus:.1f} | {nus:.1f} | {gps:,.0f} | {nps:,.0f} | "
-                                   f"{nus / gus:.2f} | {latency(g)} | {latency(n)} |")
+                                   f"{nus / gus:.2f} | {latency(g)} | {latency(n)} |{bcol}")
                 elif SCENARIOS[name].get("throughput"):
                     gmb = median([x["bytes"] / x["seconds"] / 1e6 for x in g])
                     nmb = median([x["bytes"] / x["seconds"] / 1e6 for x in n])
                     gsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in g])
                     nsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in n])
+                    if b:
+                        bsg = median([x["cpu"] / (x["bytes"] / 1e9) for x in b])
+                        bcol = f" {bsg:.3f} | {bsg / gsg:.2f} |"
                     big_rows.append(f"| {threads} | {name} | {gmb:,.0f} | {nmb:,.0f} | {gsg:.3f} | {nsg:.3f} | "
                                     f"{nsg / gsg:.2f} | {med(g, 'rps'):.1f} | {med(n, 'rps'):.1f} | "
-                                    f"{gus:,.0f} | {nus:,.0f} |")
+                                    f"{gus:,.0f} | {nus:,.0f} |{bcol}")
                 else:
                     grps, nrps = med(g, "rps"), med(n, "rps")
                     f = results.get((name, "floor"))
                     fus = f"{med(f, 'us_per_req'):.1f}" if f else "-"
+                    if b:
+                        bcol = f" {med(b, 'us_per_req'):.1f} | {med(b, 'us_per_req') / gus:.2f} |"
                     rows.append(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
-                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {fus} | {latency(g)} | {latency(n)} |")
+                                f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {fus} | {latency(g)} | {latency(n)} |{bcol}")
             for kind, (p, _, _) in gws.items():
                 rss.setdefault(threads, {})[f"gateway {kind}"] = peak_rss_kib([p.pid])
+            for kind, (p, _, _) in bgws.items():
+                rss.setdefault(threads, {})[f"baseline {kind}"] = peak_rss_kib([p.pid])
+                harness.stop(p, 5)
             for kind, (p, _) in ngs.items():
                 rss.setdefault(threads, {})[f"nginx {kind}"] = peak_rss_kib(tree(p.pid))
             for p, _, _ in gws.values():
@@ -1008,15 +1038,16 @@ def main():
             say()
             say("| threads | scenario | gateway req/s | nginx req/s | req/s ratio gateway/nginx | "
                 "gateway CPU µs/req | nginx CPU µs/req | CPU ratio nginx/gateway | floor CPU µs/req | "
-                "gateway p50/p99 ms | nginx p50/p99 ms |")
-            say("|---|---|---|---|---|---|---|---|---|---|---|")
+                "gateway p50/p99 ms | nginx p50/p99 ms |" + BASELINE_COLUMNS[bool(a.baseline)])
+            say("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.baseline))
             for row in rows:
                 say(row)
         if big_rows:
             say()
             say("| threads | scenario | gateway MB/s | nginx MB/s | gateway CPU s/GB | nginx CPU s/GB | "
-                "CPU ratio nginx/gateway | gateway req/s | nginx req/s | gateway CPU µs/req | nginx CPU µs/req |")
-            say("|---|---|---|---|---|---|---|---|---|---|---|")
+                "CPU ratio nginx/gateway | gateway req/s | nginx req/s | gateway CPU µs/req | nginx CPU µs/req |"
+                + (" baseline CPU s/GB | CPU ratio baseline/gateway |" if a.baseline else ""))
+            say("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.baseline))
             for row in big_rows:
                 say(row)
         if hs_rows:
@@ -1024,8 +1055,8 @@ def main():
             say("| threads | scenario | gateway handshakes/s | nginx handshakes/s | "
                 "gateway CPU ms/1000 handshakes | nginx CPU ms/1000 handshakes | "
                 "gateway handshakes/CPU-s | nginx handshakes/CPU-s | CPU ratio nginx/gateway | "
-                "gateway p50/p99 ms | nginx p50/p99 ms |")
-            say("|---|---|---|---|---|---|---|---|---|---|---|")
+                "gateway p50/p99 ms | nginx p50/p99 ms |" + BASELINE_COLUMNS[bool(a.baseline)])
+            say("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * bool(a.baseline))
             for row in hs_rows:
                 say(row)
         for note in notes:
