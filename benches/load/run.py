@@ -922,6 +922,10 @@ def main():
                     note = check(name, sc, servers, gws[sc["gw"]][1], ngs[sc["ng"]][1], gws[sc["gw"]][2])
                     if note:
                         say(note)
+                    if a.baseline:
+                        # Checked the same way, which also fills its caches as the gateway's.
+                        bgw = bgws[sc["gw"]]
+                        check(name, sc, servers, bgw[1], ngs[sc["ng"]][1], bgw[2])
                     checked.add((sc["gw"], sc["ng"], sc["target"]))
             results = {}
             for r in range(a.rounds):
