@@ -117,7 +117,10 @@ async fn answers_spell_their_header_names_conventionally() {
     );
     let r = gw.get("/v2/pause/manifests/latest").await;
     assert_eq!(r.status, 307);
-    assert_eq!(names(&r), ["Location", "Content-Length", "Date", "Connection"]);
+    assert_eq!(
+        names(&r),
+        ["Location", "Content-Length", "Date", "Connection"]
+    );
     let r = gw.get("/v2/_catalog").await;
     assert_eq!(
         names(&r),
@@ -130,7 +133,11 @@ async fn answers_spell_their_header_names_conventionally() {
         ]
     );
     let r = gw
-        .send("DELETE", "/v2/pause/manifests/latest", &[("Content-Length", "0")])
+        .send(
+            "DELETE",
+            "/v2/pause/manifests/latest",
+            &[("Content-Length", "0")],
+        )
         .await;
     assert_eq!(r.status, 405);
     assert!(names(&r).contains(&"Allow".to_string()), "{r:?}");

@@ -462,7 +462,10 @@ async fn local_mode_lets_each_user_read_only_its_repositories() {
     let r = gw.get("/v2/").await;
     assert_eq!(r.status, 401);
     // Spelled as registered, though the gateway builds its answers without a case map.
-    assert!(r.headers.iter().any(|(k, _)| k == "WWW-Authenticate"), "{r:?}");
+    assert!(
+        r.headers.iter().any(|(k, _)| k == "WWW-Authenticate"),
+        "{r:?}"
+    );
     let challenge = r.header("www-authenticate").unwrap().to_string();
     assert!(
         challenge.starts_with(&format!("Bearer realm=\"http://{}/token\"", gw.addr)),
