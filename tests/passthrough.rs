@@ -754,6 +754,21 @@ async fn tag_paging_through_the_gateway_with_an_upstream_prefix() {
     }
 }
 
+/// A request head read from `s` (up to and with its blank line; what follows it in the same
+/// read, too), or None when the peer went first.
+async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Serves `/v2/` with 200 and any other request with a `len`-byte body written as fast as the
 /// reader takes it, `stall_after` bytes at most; records when a write failed (the peer closed).
 async fn raw_upstream(len: usize, stall_after: usize) -> (SocketAddr, Arc<Mutex<Option<Instant>>>) {
@@ -766,14 +781,10 @@ async fn raw_upstream(len: usize, stall_after: usize) -> (SocketAddr, Arc<Mutex<
         while let Ok((mut s, _)) = listener.accept().await {
             let flag = flag.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 if head.starts_with(b"GET /v2/ ") {
                     let _ = s
                         .write_all(
@@ -1092,7 +1103,7 @@ async fn stale_tag_manifests_are_served_when_every_upstream_is_down() {
 /// Serves `/v2/` with 200 and every other request with a small manifest; keeps each request
 /// head byte for byte (names in the case they arrived in).
 async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -1101,14 +1112,9 @@ async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut s, _)) = listener.accept().await {
             let log = log.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let answer: &[u8] = if head.starts_with(b"GET /v2/ ") {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 } else {
