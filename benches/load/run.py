@@ -995,13 +995,11 @@ def main():
                 gus, nus = med(g, "us_per_req"), med(n, "us_per_req")
                 b = results.get((name, "baseline"))
                 # The baseline's CPU per request (per GB for the big blob) and baseline/gateway.
-                bcol = ""
+                bcol = f" {med(b, 'us_per_req'):.1f} | {med(b, 'us_per_req') / gus:.2f} |" if b else ""
                 if SCENARIOS[name].get("tls") == "handshakes":
                     # One handshake a request: CPU µs/request = CPU ms per 1000 handshakes.
                     gps = median([x["requests"] / x["cpu"] for x in g])
                     nps = median([x["requests"] / x["cpu"] for x in n])
-                    if b:
-                        bcol = f" {med(b, 'us_per_req'):.1f} | {med(b, 'us_per_req') / gus:.2f} |"
                     hs_rows.append(f"| {threads} | {name} | {med(g, 'rps'):,.0f} | {med(n, 'rps'):,.0f} | "
                                    f"{gus:.1f} | {nus:.1f} | {gps:,.0f} | {nps:,.0f} | "
                                    f"{nus / gus:.2f} | {latency(g)} | {latency(n)} |{bcol}")
@@ -1020,8 +1018,6 @@ def main():
                     grps, nrps = med(g, "rps"), med(n, "rps")
                     f = results.get((name, "floor"))
                     fus = f"{med(f, 'us_per_req'):.1f}" if f else "-"
-                    if b:
-                        bcol = f" {med(b, 'us_per_req'):.1f} | {med(b, 'us_per_req') / gus:.2f} |"
                     rows.append(f"| {threads} | {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
                                 f"{gus:.1f} | {nus:.1f} | {nus / gus:.2f} | {fus} | {latency(g)} | {latency(n)} |{bcol}")
             for kind, (p, _, _) in gws.items():

@@ -1316,27 +1316,16 @@ impl HttpSession {
         if header.has_case() {
             return Ok(());
         }
+        // The names as read_request() saw them: the same parser over the same bytes.
         let head = raw.get_bytes(&self.buf);
-        let mut names = Vec::with_capacity(header.headers.len());
-        // The request line first, then one header per line up to the blank line; a line that
-        // starts with whitespace continues the one before (obsolete folding) and names nothing.
-        let mut offset = head.iter().position(|&b| b == b'\n').map_or(head.len(), |i| i + 1);
-        for line in head.split(|&b| b == b'\n').skip(1) {
-            let start = offset;
-            offset += line.len() + 1;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                break;
-            }
-            if line[0] == b' ' || line[0] == b'\t' {
-                continue;
-            }
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                let name = &line[..colon];
-                let end = name.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-                names.push(head.slice(start..start + end));
-            }
-        }
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut parsed);
+        let HeaderParseState::Complete(_) = parse_req_buffer(&mut req, &head) else {
+            return Error::e_explain(InvalidHTTPHeader, "request header no longer parses");
+        };
+        let mut refs = Vec::with_capacity(req.headers.len());
+        populate_headers(head.as_ptr() as usize, &mut refs, req.headers);
+        let names: Vec<Bytes> = refs.iter().map(|r| r.get_name_bytes(&head)).collect();
         header.set_received_case(&names)
     }
 
@@ -1863,7 +1852,6 @@ fn parse_req_buffer<'buf>(
     }
 }
 
-#[inline]
 /// The bytes of `resp`'s head on the wire (status line, header lines, blank line), to size
 /// the buffer it is written into.
 fn response_head_size(resp: &ResponseHeader) -> usize {
@@ -1902,6 +1890,7 @@ fn put_conventional_case(name: &str, buf: &mut BytesMut) {
     }
 }
 
+#[inline]
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
     buf: &mut BytesMut,
