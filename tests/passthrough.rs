@@ -1160,3 +1160,48 @@ async fn a_forwarded_request_keeps_the_client_s_header_case() {
     }
     assert!(!head.to_ascii_lowercase().contains("x-custom"), "{head}");
 }
+
+/// From the attacker's side: the client's spelling now travels with a forwarded request, so a
+/// header the upstream must not see cannot get through by its spelling, and a forged forwarding
+/// header in odd case is replaced by the gateway's, not sent beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_odd_spelling_does_not_carry_a_refused_header_upstream() {
+    let (addr, heads) = recording_upstream().await;
+    let gw = gateway_with("passthrough", &format!("http://{addr}"), "", "").await;
+    let sent = [
+        ("COOKIE", "session=secret"),
+        ("authorization", "Bearer client-token"),
+        ("x-Forwarded-HOST", "evil.example"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("X-FORWARDED-FOR", "7.7.7.7"),
+    ];
+    let r = gw.send("GET", "/v2/app/manifests/v1", &sent).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = heads[0].to_ascii_lowercase();
+    for refused in [
+        "cookie",
+        "authorization",
+        "x-forwarded-host",
+        "6.6.6.6",
+        "7.7.7.7",
+    ] {
+        assert!(
+            !head.contains(refused),
+            "{refused} reached the upstream:\n{}",
+            heads[0]
+        );
+    }
+    assert_eq!(
+        head.matches("\r\nx-forwarded-for:").count(),
+        1,
+        "{}",
+        heads[0]
+    );
+    assert!(
+        head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{}",
+        heads[0]
+    );
+}
